@@ -1,0 +1,72 @@
+"""The one exception tree of zmesh.
+
+Every error a user or a peer can cause is a ``ZmeshError``; its subclass says *what* went wrong
+and the message says what to do about it. Who is at fault is visible in the class:
+
+    ZmeshError
+    ├── ProtocolError        a peer sent bytes that break the wire protocol (malformed, oversized,
+    │                        out of state); the core turns these into a closed circuit or link
+    ├── CryptoError          a signature, MAC or digest did not verify, or a key has the wrong size
+    ├── CircuitError         a circuit could not be built or was torn down (carries ``reason``)
+    ├── StreamError          a stream was refused or ended abnormally (carries ``reason``)
+    ├── ConfigError          a setting or argument is out of range (names the bad key)
+    ├── TransportError       a link could not be opened or broke
+    │   └── LinkClosed       the link is closed; nothing more will arrive
+    ├── ExitPolicyError      an exit refused the target
+    ├── FECError             forward-error-correction input was inconsistent
+    └── InvalidState         API misuse: the call is not valid in the object's current state
+"""
+
+from __future__ import annotations
+
+
+class ZmeshError(Exception):
+    """Base of every error zmesh raises on purpose."""
+
+
+class ProtocolError(ZmeshError):
+    """A peer violated the wire protocol. Never carries secret material."""
+
+
+class CryptoError(ZmeshError):
+    """A cryptographic check failed or a key/signature had the wrong shape."""
+
+
+class CircuitError(ZmeshError):
+    """A circuit failed to build or was destroyed."""
+
+    def __init__(self, message: str, reason: str = "failed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StreamError(ZmeshError):
+    """A stream was refused by the exit or closed abnormally."""
+
+    def __init__(self, message: str, reason: str = "failed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ConfigError(ZmeshError):
+    """A configuration value or argument is invalid; the message names the key."""
+
+
+class TransportError(ZmeshError):
+    """A link could not be opened or failed."""
+
+
+class LinkClosed(TransportError):
+    """The link is closed; no more frames will be received or sent."""
+
+
+class ExitPolicyError(ZmeshError):
+    """The exit's policy refuses the requested target."""
+
+
+class FECError(ZmeshError):
+    """Forward-error-correction input was inconsistent (lying headers, absurd sizes)."""
+
+
+class InvalidState(ZmeshError):
+    """The object is not in a state where this call makes sense."""
