@@ -1,0 +1,214 @@
+"""Fixed-size cells and the frames that carry them (docs/protocol.md §2–3).
+
+Every cell on every hop is exactly ``CELL_SIZE`` bytes, so a cell's size tells an observer nothing.
+
+Link cell (1024 bytes) = 16-byte header ‖ 1008-byte body::
+
+    version:u8  command:u8  circ_id:u32  stream_id:u16  length:u16  flags:u8  reserved:5×00
+
+For link commands (CREATE, CREATED, DESTROY, PING, PONG, PADDING) ``length`` counts the payload at
+the start of the body and every byte after it is zero. RELAY cells carry an onion-encrypted body:
+their clear header has stream_id = length = flags = 0, and the real stream id, relay command and
+length sit in the *encrypted* relay header inside the body::
+
+    recognized:u16=0  relay_command:u8  flags:u8  stream_id:u16  length:u16  digest:8 bytes
+
+A frame is 1..``MAX_CELLS_PER_FRAME`` cells back to back. The parser checks lengths first, never
+allocates on a peer's say-so, and raises only ``ProtocolError``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .errors import ProtocolError
+
+VERSION = 1
+CELL_SIZE = 1024
+HEADER_SIZE = 16
+BODY_SIZE = CELL_SIZE - HEADER_SIZE
+RELAY_HEADER_SIZE = 16
+RELAY_DATA_SIZE = BODY_SIZE - RELAY_HEADER_SIZE
+MAX_CELLS_PER_FRAME = 64
+MAX_FRAME_SIZE = CELL_SIZE * MAX_CELLS_PER_FRAME
+FLAG_MORE = 0x01  # a fragmented payload continues in the next cell (CREATE/CREATED, EXTEND/EXTENDED)
+DIGEST_SLICE = slice(8, 16)  # where the digest sits inside a relay body
+
+_HEADER = struct.Struct(">BBIHHB5x")
+_RELAY_HEADER = struct.Struct(">HBBHH8s")
+_ZERO_BODY = bytes(BODY_SIZE)
+_ZERO_DIGEST = bytes(8)
+
+
+class CellCommand(IntEnum):
+    PADDING = 0
+    CREATE = 1
+    CREATED = 2
+    RELAY = 3
+    DESTROY = 4
+    PING = 5
+    PONG = 6
+
+
+class RelayCommand(IntEnum):
+    BEGIN = 1
+    DATA = 2
+    END = 3
+    CONNECTED = 4
+    SENDME = 5
+    EXTEND = 6
+    EXTENDED = 7
+    DROP = 8  # long-range padding: recognised by the hop it is for, then discarded
+
+
+class DestroyReason(IntEnum):
+    NONE = 0
+    PROTOCOL = 1
+    INTERNAL = 2
+    REQUESTED = 3
+    TIMEOUT = 4
+    CONNECT_FAILED = 5
+    RESOURCE_LIMIT = 6
+    LINK_CLOSED = 7
+    TAMPERED = 8
+
+
+class EndReason(IntEnum):
+    DONE = 1
+    MISC = 2
+    RESOLVE_FAILED = 3
+    CONNECT_REFUSED = 4
+    EXIT_POLICY = 5
+    DESTROYED = 6
+    TIMEOUT = 7
+    PROTOCOL = 8
+
+
+_CELL_COMMANDS = frozenset(int(c) for c in CellCommand)
+_RELAY_COMMANDS = frozenset(int(c) for c in RelayCommand)
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """A parsed link cell. For RELAY cells ``payload`` is the whole (encrypted) body."""
+
+    command: CellCommand
+    circ_id: int
+    payload: bytes
+    flags: int = 0
+
+
+def encode_cell(command: CellCommand, circ_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    """A link cell. RELAY cells pass their full ``BODY_SIZE`` body as ``payload``."""
+    if command == CellCommand.RELAY:
+        if len(payload) != BODY_SIZE:
+            raise ValueError("a RELAY cell body must be exactly BODY_SIZE bytes")
+        return _HEADER.pack(VERSION, command, circ_id, 0, 0, 0) + payload
+    if len(payload) > BODY_SIZE:
+        raise ValueError(f"link cell payload is limited to {BODY_SIZE} bytes")
+    return (_HEADER.pack(VERSION, command, circ_id, 0, len(payload), flags) + payload
+            + _ZERO_BODY[len(payload):])
+
+
+def relay_cell_header(circ_id: int) -> bytes:
+    """The clear header of a RELAY cell: what a relay rewrites when it forwards a body."""
+    return _HEADER.pack(VERSION, CellCommand.RELAY, circ_id, 0, 0, 0)
+
+
+def parse_cell(raw: bytes | memoryview) -> Cell:
+    """Parse one ``CELL_SIZE`` cell; anything off is a ``ProtocolError``."""
+    if len(raw) != CELL_SIZE:
+        raise ProtocolError(f"cell must be {CELL_SIZE} bytes, got {len(raw)}")
+    version, command, circ_id, stream_id, length, flags = _HEADER.unpack_from(raw)
+    if version != VERSION:
+        raise ProtocolError(f"unsupported cell version {version}")
+    if command not in _CELL_COMMANDS:
+        raise ProtocolError(f"unknown cell command {command}")
+    if bytes(raw[11:HEADER_SIZE]) != bytes(5) or stream_id != 0:
+        raise ProtocolError("reserved cell header bytes must be zero")
+    body = bytes(raw[HEADER_SIZE:])
+    if command == CellCommand.RELAY:
+        if length or flags:
+            raise ProtocolError("RELAY cells carry length and flags inside the encrypted body")
+        if circ_id == 0:
+            raise ProtocolError("RELAY cell on circuit id 0")
+        return Cell(CellCommand.RELAY, circ_id, body)
+    if length > BODY_SIZE or flags & ~FLAG_MORE:
+        raise ProtocolError("link cell length or flags out of range")
+    if body[length:] != _ZERO_BODY[length:]:
+        raise ProtocolError("link cell padding must be zero")
+    command = CellCommand(command)
+    if (circ_id == 0) != (command in (CellCommand.PADDING, CellCommand.PING, CellCommand.PONG)):
+        raise ProtocolError(f"{command.name} cell has an invalid circuit id")
+    return Cell(command, circ_id, body[:length], flags)
+
+
+def split_frame(frame: bytes | memoryview, max_cells: int = MAX_CELLS_PER_FRAME) -> list[memoryview]:
+    """Cut a frame into cell-sized views; the count is checked before anything is sliced."""
+    size = len(frame)
+    if size == 0 or size % CELL_SIZE or size // CELL_SIZE > max_cells:
+        raise ProtocolError(f"frame of {size} bytes is not 1..{max_cells} whole {CELL_SIZE}-byte cells")
+    view = memoryview(frame)
+    return [view[i:i + CELL_SIZE] for i in range(0, size, CELL_SIZE)]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMessage:
+    """A decrypted, recognised relay body."""
+
+    command: RelayCommand
+    stream_id: int
+    data: bytes
+    flags: int = 0
+
+
+def encode_relay_body(command: RelayCommand, stream_id: int, data: bytes, flags: int = 0) -> bytearray:
+    """A plaintext relay body with a zero digest (the sender's hop crypto fills it in)."""
+    if len(data) > RELAY_DATA_SIZE:
+        raise ValueError(f"relay data is limited to {RELAY_DATA_SIZE} bytes per cell")
+    body = bytearray(BODY_SIZE)
+    _RELAY_HEADER.pack_into(body, 0, 0, command, flags, stream_id, len(data), _ZERO_DIGEST)
+    body[RELAY_HEADER_SIZE:RELAY_HEADER_SIZE + len(data)] = data
+    return body
+
+
+def parse_relay_body(body: bytes) -> RelayMessage:
+    """Parse a body whose digest already verified: it came from the far end of our own circuit,
+    so a bad field here means a buggy or hostile endpoint — still a ``ProtocolError``."""
+    _recognized, command, flags, stream_id, length, _digest = _RELAY_HEADER.unpack_from(body)
+    if command not in _RELAY_COMMANDS:
+        raise ProtocolError(f"unknown relay command {command}")
+    if length > RELAY_DATA_SIZE or flags & ~FLAG_MORE:
+        raise ProtocolError("relay length or flags out of range")
+    end = RELAY_HEADER_SIZE + length
+    if body[end:] != _ZERO_BODY[end:]:
+        raise ProtocolError("relay cell padding must be zero")
+    return RelayMessage(RelayCommand(command), stream_id, bytes(body[RELAY_HEADER_SIZE:end]), flags)
+
+
+def fragments(payload: bytes, chunk: int) -> list[tuple[bytes, int]]:
+    """Split a handshake payload into ``(piece, flags)`` with ``FLAG_MORE`` on all but the last."""
+    pieces = [payload[i:i + chunk] for i in range(0, len(payload), chunk)] or [b""]
+    return [(p, FLAG_MORE if i < len(pieces) - 1 else 0) for i, p in enumerate(pieces)]
+
+
+class Reassembler:
+    """Collects a fragmented handshake payload, refusing to grow past ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def add(self, piece: bytes, flags: int) -> bytes | None:
+        """Add a piece; return the whole payload once the last piece has arrived."""
+        self._size += len(piece)
+        if self._size > self.limit:
+            raise ProtocolError(f"fragmented payload exceeds {self.limit} bytes")
+        self._parts.append(piece)
+        if flags & FLAG_MORE:
+            return None
+        whole, self._parts, self._size = b"".join(self._parts), [], 0
+        return whole

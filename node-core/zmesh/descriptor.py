@@ -1,0 +1,172 @@
+"""Signed peer descriptors: what a node publishes so others can find it and build circuits.
+
+Wire form: canonical msgpack ``[body, signature]`` where ``body`` is itself canonical msgpack and
+``signature = Ed25519(identity, DOMAIN ‖ body)``. Verification checks, in this order: size, shape,
+canonical encoding, key sizes, signature, then time (not before ``published - skew``, not after
+``expires``). Each failure is a typed error; nothing is half-accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .crypto.provider import ED25519_SIG_SIZE, CryptoProvider
+from .encoding import pack_canonical, unpack_canonical
+from .errors import ConfigError, CryptoError, ProtocolError
+from .identity import Identity, OnionKeys, PeerId
+
+DOMAIN = b"zmesh-descriptor-v1\x00"
+MAX_DESCRIPTOR_SIZE = 8192
+MAX_LIFETIME = 24 * 3600
+DEFAULT_LIFETIME = 3 * 3600
+CLOCK_SKEW = 300
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_MAX_ADDRESSES = 8
+_MAX_ADDRESS_LEN = 256
+_MAX_PORT_RANGES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a node offers. ``bandwidth`` is its advertised capacity in bytes/s."""
+
+    relay: bool = True
+    exit: bool = False
+    country: str | None = None
+    bandwidth: int = 0
+
+    def __post_init__(self) -> None:
+        if self.country is not None and not _COUNTRY.match(self.country):
+            raise ConfigError(f"country must be a two-letter ISO 3166 code like 'DE', got {self.country!r}")
+        if not isinstance(self.bandwidth, int) or not 0 <= self.bandwidth < 2**48:
+            raise ConfigError("bandwidth must be a non-negative integer (bytes/s)")
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """A verified (or freshly signed) descriptor. ``raw`` is its exact wire form."""
+
+    peer_id: PeerId
+    published: int
+    expires: int
+    addresses: dict[str, tuple[str, ...]]
+    capabilities: Capabilities
+    exit_ports: tuple[tuple[int, int], ...]
+    onion_keys: OnionKeys
+    raw: bytes = field(repr=False, compare=False)
+
+    def allows_port(self, port: int) -> bool:
+        """Whether the exit's published policy summary admits ``port`` (coarse: addresses are
+        checked by the exit itself after DNS resolution)."""
+        return self.capabilities.exit and any(lo <= port <= hi for lo, hi in self.exit_ports)
+
+    def is_live(self, now: float) -> bool:
+        return self.published - CLOCK_SKEW <= now < self.expires
+
+
+def _body(peer_id: PeerId, published: int, expires: int, addresses: dict[str, tuple[str, ...]],
+          caps: Capabilities, exit_ports: tuple[tuple[int, int], ...], onion: OnionKeys) -> dict:
+    return {
+        "v": 1,
+        "id": peer_id.key,
+        "published": published,
+        "expires": expires,
+        "addresses": {k: list(v) for k, v in addresses.items()},
+        "caps": {"relay": caps.relay, "exit": caps.exit, "country": caps.country or "",
+                 "bandwidth": caps.bandwidth},
+        "exit_ports": [list(r) for r in exit_ports],
+        "onion": {"x25519": onion.x25519, "mlkem768": onion.mlkem768},
+    }
+
+
+def _check_addresses(addresses: dict) -> dict[str, tuple[str, ...]]:
+    if not isinstance(addresses, dict) or len(addresses) > _MAX_ADDRESSES:
+        raise ProtocolError("descriptor addresses must be a small map of transport → list")
+    out: dict[str, tuple[str, ...]] = {}
+    for transport, addrs in addresses.items():
+        if (not isinstance(addrs, list) or len(addrs) > _MAX_ADDRESSES
+                or not all(isinstance(a, str) and 0 < len(a) <= _MAX_ADDRESS_LEN for a in addrs)):
+            raise ProtocolError(f"descriptor addresses for {transport!r} are malformed")
+        out[transport] = tuple(addrs)
+    return out
+
+
+def _check_ports(ranges: object) -> tuple[tuple[int, int], ...]:
+    if not isinstance(ranges, list) or len(ranges) > _MAX_PORT_RANGES:
+        raise ProtocolError("descriptor exit_ports must be a short list of [low, high]")
+    out = []
+    for r in ranges:
+        if (not isinstance(r, list) or len(r) != 2 or not all(isinstance(p, int) for p in r)
+                or not 1 <= r[0] <= r[1] <= 65535):
+            raise ProtocolError("descriptor exit_ports has an invalid port range")
+        out.append((r[0], r[1]))
+    return tuple(out)
+
+
+async def sign_descriptor(provider: CryptoProvider, identity: Identity, *, now: int,
+                          addresses: dict[str, tuple[str, ...]] | None = None,
+                          capabilities: Capabilities | None = None,
+                          exit_ports: tuple[tuple[int, int], ...] = (),
+                          lifetime: int = DEFAULT_LIFETIME) -> Descriptor:
+    """Build and sign a descriptor for ``identity`` valid from ``now`` for ``lifetime`` seconds."""
+    if not 60 <= lifetime <= MAX_LIFETIME:
+        raise ConfigError(f"descriptor lifetime must be 60..{MAX_LIFETIME} seconds")
+    caps = capabilities or Capabilities()
+    addresses = _check_addresses({k: list(v) for k, v in (addresses or {}).items()})
+    exit_ports = _check_ports([list(r) for r in exit_ports])
+    body = pack_canonical(_body(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports,
+                                identity.onion_keys))
+    signature = await provider.ed25519_sign(identity.signing_key, DOMAIN + body)
+    raw = pack_canonical([body, signature])
+    if len(raw) > MAX_DESCRIPTOR_SIZE:
+        raise ConfigError("descriptor too large: publish fewer addresses or port ranges")
+    return Descriptor(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports,
+                      identity.onion_keys, raw)
+
+
+def _parse_body(body: bytes) -> Descriptor:
+    fields = unpack_canonical(body, max_size=MAX_DESCRIPTOR_SIZE, what="descriptor body")
+    expected = {"v", "id", "published", "expires", "addresses", "caps", "exit_ports", "onion"}
+    if not isinstance(fields, dict) or set(fields) != expected or fields["v"] != 1:
+        raise ProtocolError("descriptor body has missing, unknown or versioned-out fields")
+    caps, onion = fields["caps"], fields["onion"]
+    if (not isinstance(caps, dict) or set(caps) != {"relay", "exit", "country", "bandwidth"}
+            or not isinstance(onion, dict) or set(onion) != {"x25519", "mlkem768"}
+            or not all(isinstance(caps[k], bool) for k in ("relay", "exit"))
+            or not isinstance(caps["country"], str)
+            or not all(isinstance(fields[k], int) for k in ("published", "expires"))
+            or not all(isinstance(onion[k], bytes) for k in onion)
+            or not isinstance(fields["id"], bytes)):
+        raise ProtocolError("descriptor body fields have the wrong types")
+    if not fields["published"] < fields["expires"] <= fields["published"] + MAX_LIFETIME:
+        raise ProtocolError(f"descriptor lifetime must be positive and at most {MAX_LIFETIME} s")
+    try:
+        capabilities = Capabilities(caps["relay"], caps["exit"], caps["country"] or None, caps["bandwidth"])
+    except ConfigError as exc:
+        raise ProtocolError(f"descriptor capabilities are invalid: {exc}") from exc
+    return Descriptor(PeerId(fields["id"]), fields["published"], fields["expires"],
+                      _check_addresses(fields["addresses"]), capabilities,
+                      _check_ports(fields["exit_ports"]),
+                      OnionKeys(onion["x25519"], onion["mlkem768"]), b"")
+
+
+async def verify_descriptor(provider: CryptoProvider, raw: bytes, *, now: float) -> Descriptor:
+    """Parse and verify a descriptor received from anyone. Raises ``ProtocolError`` (malformed),
+    ``CryptoError`` (bad key size or signature) or ``CryptoError`` for expired/future-dated ones."""
+    outer = unpack_canonical(raw, max_size=MAX_DESCRIPTOR_SIZE, what="descriptor")
+    if (not isinstance(outer, list) or len(outer) != 2 or not isinstance(outer[0], bytes)
+            or not isinstance(outer[1], bytes)):
+        raise ProtocolError("descriptor must be [body, signature]")
+    body, signature = outer
+    if len(signature) != ED25519_SIG_SIZE:
+        raise CryptoError(f"descriptor signature must be {ED25519_SIG_SIZE} bytes")
+    parsed = _parse_body(body)
+    if not await provider.ed25519_verify(parsed.peer_id.key, signature, DOMAIN + body):
+        raise CryptoError("descriptor signature does not verify")
+    if now < parsed.published - CLOCK_SKEW:
+        raise CryptoError("descriptor is dated in the future; check the publisher's clock")
+    if now >= parsed.expires:
+        raise CryptoError("descriptor has expired")
+    return Descriptor(parsed.peer_id, parsed.published, parsed.expires, parsed.addresses,
+                      parsed.capabilities, parsed.exit_ports, parsed.onion_keys, bytes(raw))

@@ -1,0 +1,351 @@
+"""The asyncio driver: runs a ``Node`` over real ``Link`` objects (same code on Pyodide's loop).
+
+It owns every task it starts (one reader and one writer per link, one timer, dials and stream
+handlers) and cancels them in ``close``. All calls into the node go through one lock, because the
+node's coroutines may suspend on the crypto provider and it must see one input at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from .cells import DestroyReason, EndReason
+from .circuit import RelayInfo
+from .errors import CircuitError, InvalidState, LinkClosed, StreamError, TransportError, ZmeshError
+from .events import (
+    CircuitBuilt,
+    CircuitClosed,
+    CloseLink,
+    Event,
+    LinkNeeded,
+    StreamConnected,
+    StreamData,
+    StreamEnded,
+    StreamRequested,
+    StreamWritable,
+)
+from .identity import PeerId
+from .link import Link
+from .node import Node
+
+Dialer = Callable[[PeerId], Awaitable[Link]]
+StreamHandler = Callable[["IncomingStream"], Awaitable[None]]
+
+
+class MeshStream:
+    """A byte stream through a circuit: ``read`` / ``write`` / ``close``, with flow control."""
+
+    def __init__(self, driver: NodeDriver, circuit: int, stream_id: int) -> None:
+        self._driver = driver
+        self.circuit = circuit
+        self.stream_id = stream_id
+        self._chunks: deque[bytes] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self.ended: EndReason | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._readable.set()
+
+    def _end(self, reason: EndReason) -> None:
+        self.ended = reason
+        self._readable.set()
+        self._writable.set()
+
+    async def read(self) -> bytes:
+        """Return whatever data has arrived (waiting for some); ``b""`` once the stream ended.
+
+        Raises ``StreamError`` if the stream ended because the circuit was destroyed."""
+        while not self._chunks:
+            if self.ended is not None:
+                if self.ended == EndReason.DESTROYED:
+                    raise StreamError("the circuit carrying this stream was destroyed", "destroyed")
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        cells = len(self._chunks)
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self.bytes_in += len(data)
+        await self._driver._call(self._driver.node.consume, self.circuit, self.stream_id, cells)
+        return data
+
+    async def read_exactly(self, size: int) -> bytes:
+        """Read until ``size`` bytes or the end; used by message framing."""
+        parts, have = [], 0
+        while have < size:
+            part = await self.read()
+            if not part:
+                break
+            parts.append(part)
+            have += len(part)
+        data = b"".join(parts)
+        if len(data) > size:
+            self._chunks.appendleft(data[size:])
+            self.bytes_in -= len(data) - size
+        return data[:size]
+
+    async def write(self, data: bytes) -> None:
+        """Send all of ``data``, waiting while the flow-control windows are closed."""
+        view = memoryview(data)
+        while view:
+            if self.ended is not None:
+                raise StreamError(f"stream ended ({self.ended.name.lower()})", self.ended.name.lower())
+            self._writable.clear()
+            taken = await self._driver._call(self._driver.node.send, self.circuit, self.stream_id,
+                                             bytes(view[:256 * 1024]))
+            self.bytes_out += taken
+            view = view[taken:]
+            if view and not taken:
+                await self._writable.wait()
+
+    async def close(self, reason: EndReason = EndReason.DONE) -> None:
+        if self.ended is None:
+            self.ended = reason
+            await self._driver._call(self._driver.node.end_stream, self.circuit, self.stream_id, reason)
+        self._driver._streams.pop((self.circuit, self.stream_id), None)
+
+
+class IncomingStream:
+    """A BEGIN that reached this node; the stream handler accepts or rejects it."""
+
+    def __init__(self, driver: NodeDriver, event: StreamRequested) -> None:
+        self._driver = driver
+        self.circuit = event.circuit
+        self.stream_id = event.stream_id
+        self.host = event.host
+        self.port = event.port
+
+    async def accept(self) -> MeshStream:
+        stream = self._driver._register_stream(self.circuit, self.stream_id)
+        await self._driver._call(self._driver.node.accept_stream, self.circuit, self.stream_id)
+        return stream
+
+    async def reject(self, reason: EndReason) -> None:
+        await self._driver._call(self._driver.node.end_stream, self.circuit, self.stream_id, reason)
+
+
+class NodeDriver:
+    """Drives one node. ``dialer`` opens links for ``LinkNeeded``; ``stream_handler`` answers BEGINs
+    (exits and destinations); a node without one refuses every BEGIN with EXIT_POLICY."""
+
+    def __init__(self, node: Node, *, dialer: Dialer | None = None,
+                 stream_handler: StreamHandler | None = None) -> None:
+        self.node = node
+        self.dialer = dialer
+        self.stream_handler = stream_handler
+        self._lock = asyncio.Lock()
+        self._links: dict[int, Link] = {}
+        self._output: dict[int, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._building: dict[int, asyncio.Future] = {}
+        self._opening: dict[tuple[int, int], asyncio.Future] = {}
+        self._streams: dict[tuple[int, int], MeshStream] = {}
+        self._timer_changed = asyncio.Event()
+        self._closed = False
+        self.on_event: Callable[[Event], None] | None = None
+        self._spawn(self._timer_loop())
+
+    # ---------------------------------------------------------------- links
+
+    async def add_link(self, link: Link, peer: PeerId | None, *, initiator: bool) -> int:
+        """Attach an open link; ``peer`` is who the transport says is on the other end."""
+        link_id = await self._call(self.node.link_opened, peer, initiator=initiator)
+        self._links[link_id] = link
+        self._output[link_id] = asyncio.Event()
+        self._spawn(self._read_loop(link_id, link))
+        self._spawn(self._write_loop(link_id, link))
+        self._wake()
+        return link_id
+
+    def links(self) -> dict[int, Link]:
+        return dict(self._links)
+
+    async def _read_loop(self, link_id: int, link: Link) -> None:
+        try:
+            while True:
+                frame = await link.recv()
+                await self._call(self.node.receive_frame, link_id, frame)
+        except (LinkClosed, TransportError):
+            pass
+        finally:
+            await self._drop_link(link_id, link)
+
+    async def _write_loop(self, link_id: int, link: Link) -> None:
+        output = self._output[link_id]
+        try:
+            while True:
+                frame = self.node.take_frame(link_id)
+                if frame is None:
+                    output.clear()
+                    await output.wait()
+                    continue
+                await link.send(frame)
+        except (LinkClosed, TransportError):
+            pass
+        finally:
+            await self._drop_link(link_id, link)
+
+    async def _drop_link(self, link_id: int, link: Link) -> None:
+        if self._links.pop(link_id, None) is None:
+            return
+        self._output.pop(link_id, None)
+        await link.close()
+        if not self._closed:
+            await self._call(self.node.link_closed, link_id)
+
+    async def _dial(self, peer: PeerId) -> None:
+        try:
+            if self.dialer is None:
+                raise TransportError("this node has no dialer")
+            link = await self.dialer(peer)
+        except Exception:  # any dial failure fails the waiting circuits, never the driver
+            await self._call(self.node.link_failed, peer)
+            return
+        await self.add_link(link, peer, initiator=True)
+
+    # ---------------------------------------------------------------- circuits and streams
+
+    async def build_circuit(self, path: list[RelayInfo]) -> int:
+        """Build a circuit; return its handle once built, or raise ``CircuitError``."""
+        future = asyncio.get_running_loop().create_future()
+        async with self._lock:
+            handle = await self.node.build_circuit(path)
+            self._building[handle] = future
+        self._after_call()
+        return await future
+
+    async def open_stream(self, circuit: int, host: str, port: int) -> MeshStream:
+        """Open a stream through ``circuit`` to ``host:port`` (resolved by the exit)."""
+        future = asyncio.get_running_loop().create_future()
+        async with self._lock:
+            stream_id = await self.node.open_stream(circuit, host, port)
+            self._opening[(circuit, stream_id)] = future
+            stream = self._register_stream(circuit, stream_id)
+        self._after_call()
+        try:
+            await future
+        except StreamError:
+            self._streams.pop((circuit, stream_id), None)
+            raise
+        return stream
+
+    async def destroy_circuit(self, circuit: int) -> None:
+        await self._call(self.node.destroy_circuit, circuit, DestroyReason.REQUESTED)
+
+    def _register_stream(self, circuit: int, stream_id: int) -> MeshStream:
+        stream = MeshStream(self, circuit, stream_id)
+        self._streams[(circuit, stream_id)] = stream
+        return stream
+
+    # ---------------------------------------------------------------- plumbing
+
+    async def _call(self, method: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            raise InvalidState("the node driver is closed")
+        async with self._lock:
+            result = await method(*args, **kwargs)
+        self._after_call()
+        return result
+
+    def _after_call(self) -> None:
+        for event in self.node.events():
+            self._dispatch(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        for link_id in self.node.links_with_output():
+            output = self._output.get(link_id)
+            if output is not None:
+                output.set()
+        self._timer_changed.set()
+
+    def _dispatch(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        match event:
+            case StreamData(circuit, stream_id, data):
+                stream = self._streams.get((circuit, stream_id))
+                if stream is not None:
+                    stream._feed(data)
+            case StreamWritable(circuit, stream_id):
+                stream = self._streams.get((circuit, stream_id))
+                if stream is not None:
+                    stream._writable.set()
+            case LinkNeeded(peer):
+                self._spawn(self._dial(peer))
+            case CloseLink(link_id, _):
+                link = self._links.get(link_id)
+                if link is not None:
+                    self._spawn(self._drop_link(link_id, link))
+            case CircuitBuilt(circuit, _, _):
+                future = self._building.pop(circuit, None)
+                if future is not None and not future.done():
+                    future.set_result(circuit)
+            case CircuitClosed(circuit, reason, _):
+                future = self._building.pop(circuit, None)
+                if future is not None and not future.done():
+                    future.set_exception(CircuitError(
+                        f"circuit failed to build: {reason.name.lower().replace('_', ' ')}",
+                        reason.name.lower()))
+            case StreamConnected(circuit, stream_id):
+                future = self._opening.pop((circuit, stream_id), None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            case StreamEnded(circuit, stream_id, reason):
+                future = self._opening.pop((circuit, stream_id), None)
+                if future is not None and not future.done():
+                    future.set_exception(StreamError(
+                        f"stream refused: {reason.name.lower().replace('_', ' ')}", reason.name.lower()))
+                stream = self._streams.pop((circuit, stream_id), None)
+                if stream is not None:
+                    stream._end(reason)
+            case StreamRequested():
+                self._spawn(self._handle_incoming(IncomingStream(self, event)))
+
+    async def _handle_incoming(self, request: IncomingStream) -> None:
+        if self.stream_handler is None:
+            await request.reject(EndReason.EXIT_POLICY)
+            return
+        try:
+            await self.stream_handler(request)
+        except (ZmeshError, OSError):  # the handler's target failed: end the stream, keep the node
+            await self._call(self.node.end_stream, request.circuit, request.stream_id, EndReason.MISC)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._timer_changed.clear()
+            deadline = self.node.next_deadline()
+            if deadline is None:
+                await self._timer_changed.wait()
+                continue
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._timer_changed.wait(), delay)
+                    continue
+                except TimeoutError:
+                    pass
+            await self._call(self.node.handle_timer, time.monotonic())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop every task and close every link."""
+        self._closed = True
+        for link in list(self._links.values()):
+            await link.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,84 @@
+"""Events the node state machine hands to its driver (frozen, like h11's events).
+
+Circuits are named by a node-local integer handle; streams by (circuit, stream_id).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cells import DestroyReason, EndReason
+from .identity import PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class LinkNeeded:
+    """Open a link to ``peer`` and report it with ``Node.link_opened`` (or ``link_failed``)."""
+
+    peer: PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLink:
+    """The peer on this link broke the protocol; close the link."""
+
+    link: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBuilt:
+    circuit: int
+    path: tuple[PeerId, ...]
+    build_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitClosed:
+    circuit: int
+    reason: DestroyReason
+    origin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequested:
+    """A BEGIN reached this node as the circuit's last hop: accept or end it."""
+
+    circuit: int
+    stream_id: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConnected:
+    circuit: int
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamData:
+    """Data for the application; report it with ``Node.consume`` once it has been used."""
+
+    circuit: int
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    circuit: int
+    stream_id: int
+    reason: EndReason
+
+
+@dataclass(frozen=True, slots=True)
+class StreamWritable:
+    """The stream's send window reopened after ``Node.send`` had accepted less than offered."""
+
+    circuit: int
+    stream_id: int
+
+
+Event = (LinkNeeded | CloseLink | CircuitBuilt | CircuitClosed | StreamRequested | StreamConnected
+         | StreamData | StreamEnded | StreamWritable)

@@ -1,0 +1,121 @@
+"""Who a node is: its Ed25519 identity, its PeerId and its onion (circuit-handshake) keys.
+
+A PeerId is the 32-byte Ed25519 public key. Its text form copies Tor's v3 onion address layout
+(rend-spec-v3 §6): base32(key ‖ checksum[2] ‖ version), checksum = SHA3-256(".mesh checksum" ‖ key ‖
+version)[:2], so a typo is caught before it is dialled. ``<text>.mesh`` is a node's address.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+
+from .crypto.provider import KEY_SIZE, MLKEM768_EK_SIZE, MLKEM768_SEED_SIZE, CryptoProvider
+from .encoding import pack_canonical, unpack_canonical
+from .errors import ConfigError, CryptoError, ProtocolError
+
+PEER_ID_VERSION = 1
+PEER_ID_TEXT_LEN = 56
+
+
+def _checksum(key: bytes) -> bytes:
+    return hashlib.sha3_256(b".mesh checksum" + key + bytes([PEER_ID_VERSION])).digest()[:2]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerId:
+    """A node's identity: its Ed25519 public key."""
+
+    key: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, bytes) or len(self.key) != KEY_SIZE:
+            raise CryptoError(f"a PeerId is a {KEY_SIZE}-byte Ed25519 public key")
+
+    @property
+    def text(self) -> str:
+        raw = self.key + _checksum(self.key) + bytes([PEER_ID_VERSION])
+        return base64.b32encode(raw).decode("ascii").lower()
+
+    @classmethod
+    def from_text(cls, text: str) -> PeerId:
+        """Parse the text form (with or without ``.mesh``); raise ``ConfigError`` if mistyped."""
+        text = text.strip().lower().removesuffix(".mesh")
+        if len(text) != PEER_ID_TEXT_LEN:
+            raise ConfigError(f"a PeerId is {PEER_ID_TEXT_LEN} base32 characters, got {len(text)}")
+        try:
+            raw = base64.b32decode(text.upper())
+        except ValueError as exc:
+            raise ConfigError("PeerId contains characters outside base32 (a-z, 2-7)") from exc
+        key, checksum, version = raw[:32], raw[32:34], raw[34]
+        if version != PEER_ID_VERSION:
+            raise ConfigError(f"PeerId version {version} is not supported")
+        if checksum != _checksum(key):
+            raise ConfigError("PeerId checksum does not match: the id is mistyped")
+        return cls(key)
+
+    def short(self) -> str:
+        """First characters of the text form, for logs and dashboards."""
+        return self.text[:10]
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"PeerId({self.short()}…)"
+
+
+@dataclass(frozen=True, slots=True)
+class OnionKeys:
+    """Public keys a client needs to run the hybrid circuit handshake with a relay."""
+
+    x25519: bytes
+    mlkem768: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.x25519) != KEY_SIZE:
+            raise CryptoError("onion X25519 key must be 32 bytes")
+        if len(self.mlkem768) != MLKEM768_EK_SIZE:
+            raise CryptoError(f"onion ML-KEM-768 key must be {MLKEM768_EK_SIZE} bytes")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Identity:
+    """A node's secret keys. ``repr`` never shows them."""
+
+    signing_key: bytes
+    peer_id: PeerId
+    onion_x25519_private: bytes
+    onion_keys: OnionKeys
+    onion_mlkem_seed: bytes
+
+    @classmethod
+    async def generate(cls, provider: CryptoProvider) -> Identity:
+        signing, public = await provider.ed25519_generate()
+        x_priv, x_pub = await provider.x25519_generate()
+        seed, ek = await provider.mlkem768_generate()
+        return cls(signing, PeerId(public), x_priv, OnionKeys(x_pub, ek), seed)
+
+    def to_bytes(self) -> bytes:
+        """Secret serialisation for the node's key file (store it with mode 0600)."""
+        return pack_canonical({"v": 1, "ed25519": self.signing_key, "x25519": self.onion_x25519_private,
+                               "mlkem768_seed": self.onion_mlkem_seed})
+
+    @classmethod
+    async def from_bytes(cls, provider: CryptoProvider, data: bytes) -> Identity:
+        try:
+            fields = unpack_canonical(data, max_size=512, what="identity file")
+            if fields.get("v") != 1:
+                raise ProtocolError("identity file has an unknown version")
+            signing, x_priv, seed = fields["ed25519"], fields["x25519"], fields["mlkem768_seed"]
+        except (ProtocolError, KeyError, AttributeError) as exc:
+            raise ConfigError("identity file is corrupt; move it away to create a new identity") from exc
+        if len(signing) != KEY_SIZE or len(x_priv) != KEY_SIZE or len(seed) != MLKEM768_SEED_SIZE:
+            raise ConfigError("identity file has keys of the wrong size")
+        return cls(signing, PeerId(await provider.ed25519_public(signing)), x_priv,
+                   OnionKeys(await provider.x25519_public(x_priv), await provider.mlkem768_public(seed)),
+                   seed)
+
+    def __repr__(self) -> str:
+        return f"Identity({self.peer_id!r})"

@@ -1,0 +1,83 @@
+"""A whole mesh inside one process, on in-memory links: for protocol tests and benchmarks only.
+
+``MemoryNetwork`` keeps a driver per peer and dials by connecting a ``memory_link_pair`` between
+two of them. Real deployments use the WebSocket/WebRTC adapters instead.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .cells import EndReason
+from .crypto.provider import CryptoProvider
+from .descriptor import Capabilities, Descriptor, sign_descriptor
+from .driver import IncomingStream, NodeDriver, StreamHandler
+from .errors import TransportError
+from .identity import Identity, PeerId
+from .link import Link, memory_link_pair
+from .node import Node, NodeLimits
+
+
+class MemoryNetwork:
+    """Nodes reachable by PeerId over bounded in-memory links."""
+
+    def __init__(self, provider: CryptoProvider, *, link_capacity: int = 256 * 1024,
+                 limits: NodeLimits | None = None) -> None:
+        self.provider = provider
+        self.link_capacity = link_capacity
+        self.limits = limits
+        self.drivers: dict[PeerId, NodeDriver] = {}
+        self.descriptors: dict[PeerId, Descriptor] = {}
+        self.links: list[tuple[PeerId, PeerId, Link, Link]] = []
+
+    async def add_node(self, *, exit: bool = False, country: str | None = None,
+                       stream_handler: StreamHandler | None = None) -> NodeDriver:
+        identity = await Identity.generate(self.provider)
+        node = Node(identity, self.provider, time.monotonic, limits=self.limits)
+        driver = NodeDriver(node, dialer=lambda peer, me=identity.peer_id: self._dial(me, peer),
+                            stream_handler=stream_handler)
+        self.drivers[identity.peer_id] = driver
+        self.descriptors[identity.peer_id] = await sign_descriptor(
+            self.provider, identity, now=int(time.time()),
+            addresses={"memory": (identity.peer_id.text,)},
+            capabilities=Capabilities(relay=True, exit=exit, country=country, bandwidth=10_000_000),
+            exit_ports=((1, 65535),) if exit else ())
+        return driver
+
+    async def _dial(self, me: PeerId, peer: PeerId) -> Link:
+        remote = self.drivers.get(peer)
+        if remote is None:
+            raise TransportError(f"no node {peer.short()} in this memory network")
+        ours, theirs = memory_link_pair(capacity_bytes=self.link_capacity)
+        await remote.add_link(theirs, me, initiator=False)
+        self.links.append((me, peer, ours, theirs))
+        return ours
+
+    def queued_bytes(self, peer: PeerId) -> int:
+        """What ``peer`` buffers: cells queued in its node plus bytes it wrote not yet read."""
+        own = sum(link.queued_bytes for me, _, link, _ in self.links if me == peer)
+        own += sum(link.queued_bytes for _, them, _, link in self.links if them == peer)
+        return self.drivers[peer].node.buffered_bytes() + own
+
+    async def close(self) -> None:
+        for driver in self.drivers.values():
+            await driver.close()
+
+
+def blob_service(payload: bytes) -> StreamHandler:
+    """A stream handler that answers every BEGIN with ``payload`` and then ends the stream."""
+
+    async def serve(request: IncomingStream) -> None:
+        stream = await request.accept()
+        await stream.write(payload)
+        await stream.close(EndReason.DONE)
+
+    return serve
+
+
+async def echo_service(request: IncomingStream) -> None:
+    """A stream handler that sends back whatever it reads until the client ends the stream."""
+    stream = await request.accept()
+    while data := await stream.read():
+        await stream.write(data)
+    await stream.close()

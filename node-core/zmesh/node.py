@@ -1,0 +1,686 @@
+"""The node state machine: links in, cells through, events out (sans-IO; docs/protocol.md §6).
+
+One ``Node`` is every role at once: circuit origin (client), relay (middle hop) and edge (exit or
+destination at a circuit's last hop). It never touches sockets, tasks or timers. A driver
+(``zmesh.driver``) feeds it frames with ``receive_frame``, pulls frames to write with
+``take_frame``, drains ``events()`` and calls ``handle_timer`` at ``next_deadline()``. Its methods
+are coroutines only because the crypto provider is (WebCrypto); the driver must call them one at a
+time.
+
+Peer input never raises out of ``receive_frame``: a malformed frame closes the link, a bad cell on a
+circuit destroys that circuit (DESTROY both ways), and the metrics count what happened.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .cells import (
+    BODY_SIZE,
+    CELL_SIZE,
+    MAX_CELLS_PER_FRAME,
+    RELAY_DATA_SIZE,
+    Cell,
+    CellCommand,
+    DestroyReason,
+    EndReason,
+    RelayCommand,
+    RelayMessage,
+    encode_cell,
+    encode_relay_body,
+    fragments,
+    parse_cell,
+    parse_relay_body,
+    relay_cell_header,
+    split_frame,
+)
+from .circuit import BuildState, Edge, OriginCircuit, RelayCircuit, RelayInfo, Stream, StreamState
+from .crypto.provider import KEY_SIZE, CryptoProvider
+from .errors import ConfigError, CryptoError, InvalidState, ProtocolError
+from .events import (
+    CircuitBuilt,
+    CircuitClosed,
+    CloseLink,
+    Event,
+    LinkNeeded,
+    StreamConnected,
+    StreamData,
+    StreamEnded,
+    StreamRequested,
+    StreamWritable,
+)
+from .flow import CIRCUIT_WINDOW
+from .handshake import CREATE_SIZE, CREATED_SIZE, client_finish, client_start, server_respond
+from .identity import Identity, PeerId
+from .relaycrypto import HopCrypto, onion_decrypt, onion_encrypt, recognize, seal, split_bodies
+from .streams import format_target, parse_target
+
+MIN_HOPS, MAX_HOPS = 2, 8
+_INITIATOR_BIT = 0x8000_0000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLimits:
+    """Bounds on what a peer can make this node hold. Defaults are safe for a public relay."""
+
+    build_timeout: float = 30.0
+    max_circuits_per_link: int = 4096
+    max_streams_per_circuit: int = 256
+    # A sender that respects the circuit window never has more than CIRCUIT_WINDOW DATA cells
+    # queued here; the slack covers SENDME/END/handshake cells.
+    max_queued_cells_per_circuit: int = CIRCUIT_WINDOW + 64
+
+
+class _LinkState:
+    __slots__ = ("peer", "initiator", "queue", "circuits", "next_circ", "closed")
+
+    def __init__(self, peer: PeerId | None, initiator: bool) -> None:
+        self.peer = peer
+        self.initiator = initiator
+        self.queue: deque[tuple[int, bytes]] = deque()
+        self.circuits: set[int] = set()
+        self.next_circ = 1
+        self.closed = False
+
+
+_Circuit = OriginCircuit | RelayCircuit
+_ORIGIN, _PREV, _NEXT = "origin", "prev", "next"
+
+
+class _CircuitFailure(Exception):
+    """Internal: unwinds handling of one circuit's input, which is then destroyed."""
+
+    def __init__(self, reason: DestroyReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class Node:
+    """Protocol state of one mesh node. ``clock`` returns seconds (monotonic)."""
+
+    def __init__(self, identity: Identity, provider: CryptoProvider, clock: Callable[[], float], *,
+                 accept_circuits: bool = True, limits: NodeLimits | None = None) -> None:
+        self.identity = identity
+        self.provider = provider
+        self.clock = clock
+        self.accept_circuits = accept_circuits
+        self.limits = limits or NodeLimits()
+        self.metrics: Counter[str] = Counter()
+        self._links: dict[int, _LinkState] = {}
+        self._peer_links: dict[PeerId, int] = {}
+        self._next_link = 1
+        self._routes: dict[tuple[int, int], tuple[_Circuit, str]] = {}
+        self._circuits: dict[int, _Circuit] = {}
+        self._next_handle = 1
+        self._waiting: dict[PeerId, list[_Circuit]] = {}
+        self._deadlines: dict[int, float] = {}
+        self._queued: Counter[tuple[int, int]] = Counter()
+        self._events: list[Event] = []
+
+    # ------------------------------------------------------------------ driver interface: links
+
+    async def link_opened(self, peer: PeerId | None, *, initiator: bool) -> int:
+        """Register a new link (``peer`` is None for an unauthenticated inbound link)."""
+        link_id = self._next_link
+        self._next_link += 1
+        self._links[link_id] = _LinkState(peer, initiator)
+        if peer is not None:
+            self._peer_links.setdefault(peer, link_id)
+            for circ in self._waiting.pop(peer, []):
+                if circ.handle in self._circuits:
+                    await self._guarded(circ, self._start_on_link(circ, link_id))
+        return link_id
+
+    async def link_failed(self, peer: PeerId) -> None:
+        """A ``LinkNeeded`` dial failed: circuits waiting for that peer fail."""
+        for circ in self._waiting.pop(peer, []):
+            await self._destroy(circ, DestroyReason.CONNECT_FAILED)
+
+    async def link_closed(self, link_id: int) -> None:
+        """The link is gone: every circuit on it is destroyed (DESTROY sent the other way)."""
+        link = self._links.pop(link_id, None)
+        if link is None:
+            return
+        link.closed = True
+        if link.peer is not None and self._peer_links.get(link.peer) == link_id:
+            del self._peer_links[link.peer]
+        for circ_id in list(link.circuits):
+            route = self._routes.get((link_id, circ_id))
+            if route:
+                await self._destroy(route[0], DestroyReason.LINK_CLOSED)
+
+    def link_peer(self, link_id: int) -> PeerId | None:
+        link = self._links.get(link_id)
+        return link.peer if link else None
+
+    def take_frame(self, link_id: int, max_cells: int = MAX_CELLS_PER_FRAME) -> bytes | None:
+        """The next frame to write on ``link_id`` (up to ``max_cells`` cells), or None."""
+        link = self._links.get(link_id)
+        if link is None or not link.queue:
+            return None
+        queue, queued = link.queue, self._queued
+        cells = []
+        for _ in range(min(max_cells, len(queue))):
+            handle, cell = queue.popleft()
+            key = (handle, link_id)
+            queued[key] -= 1
+            if not queued[key]:
+                del queued[key]
+            cells.append(cell)
+        self.metrics["cells_out"] += len(cells)
+        return b"".join(cells)
+
+    def links_with_output(self) -> list[int]:
+        return [link_id for link_id, link in self._links.items() if link.queue]
+
+    def buffered_bytes(self) -> int:
+        """Bytes of cells queued in this node, waiting for their link."""
+        return sum(len(link.queue) for link in self._links.values()) * CELL_SIZE
+
+    def events(self) -> list[Event]:
+        """Hand over (and forget) the events produced since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ driver interface: input
+
+    async def receive_frame(self, link_id: int, frame: bytes) -> None:
+        """Process one frame from a link. Never raises for anything the peer sent."""
+        if link_id not in self._links:
+            return
+        try:
+            cells = [parse_cell(view) for view in split_frame(frame)]
+        except ProtocolError as exc:
+            self.metrics["malformed_frames"] += 1
+            self._events.append(CloseLink(link_id, str(exc)))
+            await self.link_closed(link_id)
+            return
+        self.metrics["cells_in"] += len(cells)
+        index = 0
+        while index < len(cells) and link_id in self._links:
+            cell = cells[index]
+            if cell.command != CellCommand.RELAY:
+                await self._on_link_cell(link_id, cell)
+                index += 1
+                continue
+            end = index + 1
+            while end < len(cells) and cells[end].command == CellCommand.RELAY \
+                    and cells[end].circ_id == cell.circ_id:
+                end += 1
+            await self._on_relay_cells(link_id, cell.circ_id, [c.payload for c in cells[index:end]])
+            index = end
+
+    def next_deadline(self) -> float | None:
+        return min(self._deadlines.values(), default=None)
+
+    async def handle_timer(self, now: float) -> None:
+        for handle, deadline in list(self._deadlines.items()):
+            circ = self._circuits.get(handle)
+            if circ is not None and deadline <= now:
+                await self._destroy(circ, DestroyReason.TIMEOUT)
+
+    # ------------------------------------------------------------------ application interface
+
+    async def build_circuit(self, path: Sequence[RelayInfo]) -> int:
+        """Start building a circuit through ``path``; ``CircuitBuilt``/``CircuitClosed`` follows."""
+        path = tuple(path)
+        if not MIN_HOPS <= len(path) <= MAX_HOPS:
+            raise ConfigError(f"hops must be {MIN_HOPS}..{MAX_HOPS}, got {len(path)}")
+        ids = [relay.peer_id for relay in path]
+        if len(set(ids)) != len(ids) or self.identity.peer_id in ids:
+            raise ConfigError("a path must not contain the same peer twice, nor this node")
+        now = self.clock()
+        circ = OriginCircuit(self._new_handle(), path, now, now + self.limits.build_timeout)
+        self._circuits[circ.handle] = circ
+        self._deadlines[circ.handle] = circ.deadline
+        self.metrics["circuits_started"] += 1
+        await self._guarded(circ, self._when_linked(circ, path[0].peer_id))
+        return circ.handle
+
+    def circuit_path(self, circuit: int) -> tuple[PeerId, ...]:
+        circ = self._origin(circuit, open_only=False)
+        return tuple(relay.peer_id for relay in circ.path)
+
+    def circuits(self) -> list[int]:
+        return list(self._circuits)
+
+    async def open_stream(self, circuit: int, host: str, port: int) -> int:
+        """Send BEGIN host:port on an open circuit; ``StreamConnected`` or ``StreamEnded`` follows."""
+        circ = self._origin(circuit)
+        payload = format_target(host, port)
+        if len(circ.edge.streams) >= self.limits.max_streams_per_circuit:
+            raise InvalidState("too many streams on this circuit; build another")
+        stream_id = circ.next_stream_id
+        while stream_id in circ.edge.streams:
+            stream_id = stream_id % 0xFFFF + 1
+        circ.next_stream_id = stream_id % 0xFFFF + 1
+        circ.edge.streams[stream_id] = Stream(stream_id, StreamState.CONNECTING)
+        await self._send_edge(circ, [encode_relay_body(RelayCommand.BEGIN, stream_id, payload)])
+        return stream_id
+
+    async def accept_stream(self, circuit: int, stream_id: int) -> None:
+        """At an edge: the target is connected; tell the client (CONNECTED)."""
+        circ, stream = self._stream(circuit, stream_id)
+        if stream.state != StreamState.CONNECTING:
+            raise InvalidState("stream is already open")
+        stream.state = StreamState.OPEN
+        await self._send_edge(circ, [encode_relay_body(RelayCommand.CONNECTED, stream_id, b"")])
+
+    async def end_stream(self, circuit: int, stream_id: int, reason: EndReason = EndReason.DONE) -> None:
+        """Close a stream (END); data already sent is delivered first. Unknown streams are ignored."""
+        circ = self._circuits.get(circuit)
+        edge = circ.edge if circ is not None else None
+        if edge is None or edge.streams.pop(stream_id, None) is None:
+            return
+        await self._send_edge(circ, [encode_relay_body(RelayCommand.END, stream_id, bytes([reason]))])
+
+    async def send(self, circuit: int, stream_id: int, data: bytes) -> int:
+        """Package as much of ``data`` as the windows allow; return how many bytes were taken.
+
+        When less than offered was taken, ``StreamWritable`` announces when to offer the rest.
+        """
+        circ, stream = self._stream(circuit, stream_id)
+        if stream.state != StreamState.OPEN:
+            raise InvalidState("stream is not open yet")
+        edge = circ.edge
+        cells = min(stream.send.value, edge.send.value, -(-len(data) // RELAY_DATA_SIZE))
+        if cells <= 0:
+            stream.blocked = bool(data)
+            return 0
+        taken = min(len(data), cells * RELAY_DATA_SIZE)
+        bodies = [encode_relay_body(RelayCommand.DATA, stream_id, data[i:i + RELAY_DATA_SIZE])
+                  for i in range(0, taken, RELAY_DATA_SIZE)]
+        stream.send.take(len(bodies))
+        edge.send.take(len(bodies))
+        stream.blocked = taken < len(data)
+        await self._send_edge(circ, bodies)
+        self.metrics["data_cells_sent"] += len(bodies)
+        return taken
+
+    async def consume(self, circuit: int, stream_id: int, cells: int = 1) -> None:
+        """The application has used ``cells`` StreamData events: acknowledge them (stream SENDME)."""
+        circ = self._circuits.get(circuit)
+        stream = circ.edge.streams.get(stream_id) if circ is not None and circ.edge else None
+        if stream is None:
+            return
+        due = stream.recv.consume(cells)
+        if due:
+            await self._send_edge(circ, [encode_relay_body(RelayCommand.SENDME, stream_id, b"")
+                                         for _ in range(due)])
+
+    async def destroy_circuit(self, circuit: int, reason: DestroyReason = DestroyReason.REQUESTED) -> None:
+        circ = self._circuits.get(circuit)
+        if circ is not None:
+            await self._destroy(circ, reason)
+
+    # ------------------------------------------------------------------ link cells
+
+    async def _on_link_cell(self, link_id: int, cell: Cell) -> None:
+        command = cell.command
+        if command == CellCommand.PADDING or command == CellCommand.PONG:
+            return
+        if command == CellCommand.PING:
+            self._enqueue(link_id, 0, [encode_cell(CellCommand.PONG, 0, cell.payload)])
+            return
+        route = self._routes.get((link_id, cell.circ_id))
+        if command == CellCommand.CREATE:
+            await self._on_create(link_id, cell, route)
+        elif route is None:
+            self.metrics["cells_unknown_circuit"] += 1
+        elif command == CellCommand.DESTROY:
+            reason = cell.payload[0] if cell.payload else 0
+            circ, side = route
+            await self._destroy(circ, DestroyReason(reason) if reason in DestroyReason._value2member_map_
+                                else DestroyReason.NONE, skip=(link_id, cell.circ_id))
+        elif command == CellCommand.CREATED:
+            circ, side = route
+            await self._guarded(circ, self._on_created(circ, side, cell))
+
+    async def _on_create(self, link_id: int, cell: Cell, route: tuple[_Circuit, str] | None) -> None:
+        link = self._links[link_id]
+        if route is None:
+            peer_half = bool(cell.circ_id & _INITIATOR_BIT) != link.initiator
+            full = len(link.circuits) >= self.limits.max_circuits_per_link
+            if not self.accept_circuits or not peer_half or full:
+                self.metrics["create_refused"] += 1
+                self._enqueue(link_id, 0, [encode_cell(CellCommand.DESTROY, cell.circ_id,
+                                                       bytes([DestroyReason.RESOURCE_LIMIT]))])
+                return
+            circ = RelayCircuit(self._new_handle(), link_id, cell.circ_id, link.peer)
+            self._circuits[circ.handle] = circ
+            self._deadlines[circ.handle] = self.clock() + self.limits.build_timeout
+            self._add_route(link_id, cell.circ_id, circ, _PREV)
+        else:
+            circ = route[0]
+            if not isinstance(circ, RelayCircuit) or circ.hop is not None or route[1] != _PREV:
+                await self._destroy(circ, DestroyReason.PROTOCOL)
+                return
+        await self._guarded(circ, self._on_create_piece(circ, cell))
+
+    async def _on_create_piece(self, circ: RelayCircuit, cell: Cell) -> None:
+        payload = circ.create.add(cell.payload, cell.flags)
+        if payload is None:
+            return
+        reply, keys = await server_respond(self.provider, self.identity, payload)
+        circ.hop = HopCrypto(self.provider, keys)
+        self._deadlines.pop(circ.handle, None)
+        self._enqueue(circ.prev_link, circ.handle,
+                      [encode_cell(CellCommand.CREATED, circ.prev_circ, piece, flags)
+                       for piece, flags in fragments(reply, BODY_SIZE)])
+        self.metrics["circuits_relayed"] += 1
+
+    async def _on_created(self, circ: _Circuit, side: str, cell: Cell) -> None:
+        if side == _ORIGIN and isinstance(circ, OriginCircuit) and not circ.hops and circ.handshake:
+            reply = circ.reply.add(cell.payload, cell.flags)
+            if reply is not None:
+                await self._hop_established(circ, reply)
+        elif side == _NEXT and isinstance(circ, RelayCircuit) and circ.extend_payload:
+            reply = circ.created.add(cell.payload, cell.flags)
+            if reply is None:
+                return
+            if len(reply) != CREATED_SIZE:
+                raise ProtocolError("CREATED payload has the wrong size")
+            circ.extend_payload = b""
+            self._deadlines.pop(circ.handle, None)
+            await self._send_edge(circ, [encode_relay_body(RelayCommand.EXTENDED, 0, piece, flags)
+                                         for piece, flags in fragments(reply, RELAY_DATA_SIZE)])
+        else:
+            raise ProtocolError("unexpected CREATED")
+
+    # ------------------------------------------------------------------ relay cells
+
+    async def _on_relay_cells(self, link_id: int, circ_id: int, bodies: list[bytes]) -> None:
+        route = self._routes.get((link_id, circ_id))
+        if route is None:
+            self.metrics["cells_unknown_circuit"] += len(bodies)
+            return
+        circ, side = route
+        await self._guarded(circ, self._relay_cells(circ, side, bodies))
+
+    async def _relay_cells(self, circ: _Circuit, side: str, bodies: list[bytes]) -> None:
+        if isinstance(circ, OriginCircuit):
+            if not circ.hops:
+                raise ProtocolError("RELAY cell before the circuit's first hop answered")
+            peeled = await onion_decrypt(circ.hops, b"".join(bodies))
+            if peeled is None:
+                raise _CircuitFailure(DestroyReason.TAMPERED, "backward cell recognised by no hop")
+            for hop_index, body in peeled:
+                await self._origin_message(circ, hop_index, parse_relay_body(body))
+                if circ.handle not in self._circuits:
+                    return
+            return
+        hop = circ.hop
+        if hop is None:
+            raise ProtocolError("RELAY cell before CREATE completed")
+        if side == _NEXT:
+            data = await hop.backward.apply(b"".join(bodies))
+            header = relay_cell_header(circ.prev_circ)
+            self._enqueue(circ.prev_link, circ.handle, [header + body for body in split_bodies(data)])
+            self.metrics["cells_relayed"] += len(bodies)
+            return
+        data = await hop.forward.apply(b"".join(bodies))
+        onward: list[bytes] = []
+        header = relay_cell_header(circ.next_circ)
+        for body in split_bodies(data):
+            state = recognize(hop.forward_digest, body)
+            if state is not None:
+                hop.forward_digest = state
+                self._flush_onward(circ, onward)
+                await self._relay_message(circ, parse_relay_body(body))
+                if circ.handle not in self._circuits:
+                    return
+            elif circ.next_circ:
+                onward.append(header + body)
+            else:
+                raise _CircuitFailure(DestroyReason.TAMPERED, "forward cell recognised by no hop")
+        self._flush_onward(circ, onward)
+
+    def _flush_onward(self, circ: RelayCircuit, onward: list[bytes]) -> None:
+        if onward:
+            self._enqueue(circ.next_link, circ.handle, onward)
+            self.metrics["cells_relayed"] += len(onward)
+            onward.clear()
+
+    async def _relay_message(self, circ: RelayCircuit, msg: RelayMessage) -> None:
+        command = msg.command
+        if command == RelayCommand.DROP:
+            return
+        if command == RelayCommand.EXTEND:
+            await self._on_extend(circ, msg)
+        elif command == RelayCommand.BEGIN:
+            self._on_begin(circ, msg)
+        elif command in (RelayCommand.DATA, RelayCommand.END, RelayCommand.SENDME) and circ.edge:
+            await self._edge_message(circ, circ.edge, msg)
+        else:
+            raise ProtocolError(f"relay command {command.name} is not valid at a relay")
+
+    async def _on_extend(self, circ: RelayCircuit, msg: RelayMessage) -> None:
+        if circ.next_circ or circ.extend_target or circ.edge is not None or msg.stream_id:
+            raise ProtocolError("EXTEND on a circuit that is already extended or in use")
+        payload = circ.extend.add(msg.data, msg.flags)
+        if payload is None:
+            return
+        if len(payload) != KEY_SIZE + CREATE_SIZE:
+            raise ProtocolError("EXTEND payload has the wrong size")
+        target = PeerId(payload[:KEY_SIZE])
+        if target == self.identity.peer_id or target == circ.prev_peer:
+            raise ProtocolError("EXTEND to this relay or back to the previous hop")
+        circ.extend_target, circ.extend_payload = target, payload[KEY_SIZE:]
+        self._deadlines[circ.handle] = self.clock() + self.limits.build_timeout
+        await self._when_linked(circ, target)
+
+    def _on_begin(self, circ: RelayCircuit, msg: RelayMessage) -> None:
+        if circ.next_circ or circ.extend_target:
+            raise ProtocolError("BEGIN must go to the circuit's last hop")
+        edge = circ.edge = circ.edge or Edge()
+        if not msg.stream_id or msg.stream_id in edge.streams:
+            raise ProtocolError("BEGIN with a zero or duplicate stream id")
+        if len(edge.streams) >= self.limits.max_streams_per_circuit:
+            raise _CircuitFailure(DestroyReason.RESOURCE_LIMIT, "too many streams")
+        host, port = parse_target(msg.data)
+        edge.streams[msg.stream_id] = Stream(msg.stream_id, StreamState.CONNECTING)
+        self._events.append(StreamRequested(circ.handle, msg.stream_id, host, port))
+
+    async def _origin_message(self, circ: OriginCircuit, hop_index: int, msg: RelayMessage) -> None:
+        command = msg.command
+        last = hop_index == len(circ.hops) - 1
+        if command == RelayCommand.DROP:
+            return
+        if command == RelayCommand.EXTENDED and last and circ.state == BuildState.BUILDING:
+            reply = circ.reply.add(msg.data, msg.flags)
+            if reply is not None:
+                await self._hop_established(circ, reply)
+        elif not last or circ.state != BuildState.OPEN:
+            raise ProtocolError(f"{command.name} from a hop that may not send it")
+        elif command == RelayCommand.CONNECTED:
+            stream = circ.edge.streams.get(msg.stream_id)
+            if stream is None or stream.state != StreamState.CONNECTING:
+                raise ProtocolError("CONNECTED for a stream that is not connecting")
+            stream.state = StreamState.OPEN
+            self._events.append(StreamConnected(circ.handle, msg.stream_id))
+        elif command in (RelayCommand.DATA, RelayCommand.END, RelayCommand.SENDME):
+            await self._edge_message(circ, circ.edge, msg)
+        else:
+            raise ProtocolError(f"relay command {command.name} is not valid at a circuit origin")
+
+    async def _edge_message(self, circ: _Circuit, edge: Edge, msg: RelayMessage) -> None:
+        stream = edge.streams.get(msg.stream_id)
+        if msg.command == RelayCommand.DATA:
+            if not msg.stream_id:
+                raise ProtocolError("DATA on stream 0")
+            edge.recv.on_data()
+            due = edge.recv.consume(1)
+            if due:
+                await self._send_edge(circ, [encode_relay_body(RelayCommand.SENDME, 0, b"")
+                                             for _ in range(due)])
+            if stream is None:  # ended by us while the peer's data was in flight
+                return
+            if stream.state != StreamState.OPEN:
+                raise ProtocolError("DATA on a stream that is not open")
+            stream.recv.on_data()
+            self._events.append(StreamData(circ.handle, msg.stream_id, msg.data))
+        elif msg.command == RelayCommand.END:
+            if edge.streams.pop(msg.stream_id, None) is not None:
+                reason = msg.data[0] if msg.data else EndReason.MISC
+                self._events.append(StreamEnded(circ.handle, msg.stream_id,
+                                                EndReason(reason) if reason in EndReason._value2member_map_
+                                                else EndReason.MISC))
+        else:  # SENDME
+            if msg.stream_id == 0:
+                edge.send.on_sendme()
+            elif stream is not None:
+                stream.send.on_sendme()
+            if edge.send.value > 0:
+                for blocked in edge.streams.values():
+                    if blocked.blocked and blocked.send.value > 0:
+                        blocked.blocked = False
+                        self._events.append(StreamWritable(circ.handle, blocked.stream_id))
+
+    # ------------------------------------------------------------------ building
+
+    async def _when_linked(self, circ: _Circuit, peer: PeerId) -> None:
+        link_id = self._peer_links.get(peer)
+        if link_id is not None:
+            await self._start_on_link(circ, link_id)
+            return
+        waiting = self._waiting.setdefault(peer, [])
+        waiting.append(circ)
+        if len(waiting) == 1:
+            self._events.append(LinkNeeded(peer))
+
+    async def _start_on_link(self, circ: _Circuit, link_id: int) -> None:
+        circ_id = self._new_circ_id(link_id)
+        if isinstance(circ, OriginCircuit):
+            circ.link, circ.circ_id, circ.state = link_id, circ_id, BuildState.BUILDING
+            self._add_route(link_id, circ_id, circ, _ORIGIN)
+            circ.handshake = await client_start(self.provider, circ.path[0].peer_id, circ.path[0].onion_keys)
+            payload = circ.handshake.create_payload()
+        else:
+            circ.next_link, circ.next_circ = link_id, circ_id
+            self._add_route(link_id, circ_id, circ, _NEXT)
+            payload = circ.extend_payload
+        self._enqueue(link_id, circ.handle, [encode_cell(CellCommand.CREATE, circ_id, piece, flags)
+                                             for piece, flags in fragments(payload, BODY_SIZE)])
+
+    async def _hop_established(self, circ: OriginCircuit, reply: bytes) -> None:
+        assert circ.handshake is not None
+        keys = await client_finish(self.provider, circ.handshake, reply)
+        circ.hops.append(HopCrypto(self.provider, keys))
+        if len(circ.hops) == len(circ.path):
+            circ.state, circ.handshake = BuildState.OPEN, None
+            self._deadlines.pop(circ.handle, None)
+            self.metrics["circuits_built"] += 1
+            self._events.append(CircuitBuilt(circ.handle, tuple(r.peer_id for r in circ.path),
+                                             self.clock() - circ.started))
+            return
+        relay = circ.path[len(circ.hops)]
+        circ.handshake = await client_start(self.provider, relay.peer_id, relay.onion_keys)
+        payload = relay.peer_id.key + circ.handshake.create_payload()
+        await self._send_edge(circ, [encode_relay_body(RelayCommand.EXTEND, 0, piece, flags)
+                                     for piece, flags in fragments(payload, RELAY_DATA_SIZE)])
+
+    # ------------------------------------------------------------------ sending and teardown
+
+    async def _send_edge(self, circ: _Circuit, bodies: list[bytearray]) -> None:
+        """Send relay bodies from this end of ``circ`` to the other end (or, while building, to the
+        origin's last established hop)."""
+        if isinstance(circ, OriginCircuit):
+            data = await onion_encrypt(circ.hops, len(circ.hops) - 1, bodies)
+            link_id, circ_id = circ.link, circ.circ_id
+        else:
+            assert circ.hop is not None
+            for body in bodies:
+                seal(circ.hop.backward_digest, body)
+            data = await circ.hop.backward.apply(b"".join(bodies))
+            link_id, circ_id = circ.prev_link, circ.prev_circ
+        header = relay_cell_header(circ_id)
+        self._enqueue(link_id, circ.handle, [header + body for body in split_bodies(data)])
+
+    def _enqueue(self, link_id: int, handle: int, cells: list[bytes]) -> None:
+        link = self._links.get(link_id)
+        if link is None:
+            return
+        link.queue.extend((handle, cell) for cell in cells)
+        if handle:
+            key = (handle, link_id)
+            self._queued[key] += len(cells)
+            if self._queued[key] > self.limits.max_queued_cells_per_circuit:
+                raise _CircuitFailure(DestroyReason.RESOURCE_LIMIT, "circuit queue over its bound")
+
+    async def _guarded(self, circ: _Circuit, work) -> None:
+        """Run ``work`` for ``circ``; any protocol or crypto failure destroys the circuit."""
+        try:
+            await work
+        except _CircuitFailure as exc:
+            self.metrics[f"circuit_failures_{exc.reason.name.lower()}"] += 1
+            await self._destroy(circ, exc.reason)
+        except (ProtocolError, CryptoError, ValueError):
+            self.metrics["circuit_failures_protocol"] += 1
+            await self._destroy(circ, DestroyReason.PROTOCOL)
+
+    async def _destroy(self, circ: _Circuit, reason: DestroyReason,
+                       skip: tuple[int, int] | None = None) -> None:
+        """Forget ``circ`` and send DESTROY on each of its links except ``skip``."""
+        if self._circuits.pop(circ.handle, None) is None:
+            return
+        self._deadlines.pop(circ.handle, None)
+        ends = ([(circ.link, circ.circ_id)] if isinstance(circ, OriginCircuit)
+                else [(circ.prev_link, circ.prev_circ), (circ.next_link, circ.next_circ)])
+        for link_id, circ_id in ends:
+            if not circ_id:
+                continue
+            self._routes.pop((link_id, circ_id), None)
+            link = self._links.get(link_id)
+            if link is not None:
+                link.circuits.discard(circ_id)
+                if (link_id, circ_id) != skip:
+                    link.queue.append((0, encode_cell(CellCommand.DESTROY, circ_id, bytes([reason]))))
+        for waiting in self._waiting.values():
+            if circ in waiting:
+                waiting.remove(circ)
+        if circ.edge is not None:
+            for stream_id in list(circ.edge.streams):
+                self._events.append(StreamEnded(circ.handle, stream_id, EndReason.DESTROYED))
+            circ.edge.streams.clear()
+        origin = isinstance(circ, OriginCircuit)
+        if origin or circ.edge is not None:
+            self._events.append(CircuitClosed(circ.handle, reason, origin))
+        self.metrics["circuits_destroyed"] += 1
+
+    # ------------------------------------------------------------------ helpers
+
+    def _new_handle(self) -> int:
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
+
+    def _new_circ_id(self, link_id: int) -> int:
+        link = self._links[link_id]
+        base = _INITIATOR_BIT if link.initiator else 0
+        for _ in range(_INITIATOR_BIT):
+            candidate = base | link.next_circ
+            link.next_circ = link.next_circ % (_INITIATOR_BIT - 1) + 1
+            if candidate not in link.circuits:
+                return candidate
+        raise _CircuitFailure(DestroyReason.RESOURCE_LIMIT, "no free circuit id on the link")
+
+    def _add_route(self, link_id: int, circ_id: int, circ: _Circuit, side: str) -> None:
+        self._routes[(link_id, circ_id)] = (circ, side)
+        self._links[link_id].circuits.add(circ_id)
+
+    def _origin(self, circuit: int, open_only: bool = True) -> OriginCircuit:
+        circ = self._circuits.get(circuit)
+        if not isinstance(circ, OriginCircuit):
+            raise InvalidState(f"no circuit {circuit} originates here (it may have been closed)")
+        if open_only and circ.state != BuildState.OPEN:
+            raise InvalidState("circuit is not built yet")
+        return circ
+
+    def _stream(self, circuit: int, stream_id: int) -> tuple[_Circuit, Stream]:
+        circ = self._circuits.get(circuit)
+        stream = circ.edge.streams.get(stream_id) if circ is not None and circ.edge else None
+        if stream is None:
+            raise InvalidState(f"no stream {stream_id} on circuit {circuit} (it may have ended)")
+        return circ, stream

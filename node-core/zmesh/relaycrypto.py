@@ -1,0 +1,98 @@
+"""Layered relay crypto (docs/protocol.md §5): one AES-256-CTR layer and one running digest per hop.
+
+Each hop holds, per direction, a *stateful* AES-256-CTR keystream and a running SHA-256 seeded
+from the handshake. The sender of a relay body writes the first 8 bytes of its running digest
+(over every body it sent that hop, digest field zeroed) into the body, then the client adds or the
+relays remove one CTR layer per hop. The hop a body is meant for sees ``recognized == 0`` and a
+digest that matches its own running digest.
+
+Because the keystream and the digest both run over the whole circuit history, a tampered, forged,
+dropped, replayed or reordered cell makes the digest fail at its destination; the circuit is then
+torn down (Tor's "tor1" relay crypto, with AES-256 and SHA-256 instead of AES-128 and SHA-1).
+Keystreams continue across calls, so a whole batch of cells costs one provider call per layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+from .cells import BODY_SIZE, DIGEST_SLICE
+
+if TYPE_CHECKING:
+    from .crypto.provider import CryptoProvider
+    from .handshake import HopKeys
+
+_ZERO_IV = bytes(16)
+_ZERO_DIGEST = bytes(8)
+
+
+class HopCrypto:
+    """The session state shared by the client and one hop of its circuit."""
+
+    __slots__ = ("forward", "backward", "forward_digest", "backward_digest")
+
+    def __init__(self, provider: CryptoProvider, keys: HopKeys) -> None:
+        self.forward = provider.aes256_ctr_stream(keys.forward_key, _ZERO_IV)
+        self.backward = provider.aes256_ctr_stream(keys.backward_key, _ZERO_IV)
+        self.forward_digest = hashlib.sha256(keys.forward_digest)
+        self.backward_digest = hashlib.sha256(keys.backward_digest)
+
+
+def seal(running: hashlib._Hash, body: bytearray) -> None:
+    """Fill in the digest of a plaintext body (its digest field is zero) and advance ``running``."""
+    running.update(body)
+    body[DIGEST_SLICE] = running.digest()[:8]
+
+
+def recognize(running: hashlib._Hash, body: bytes) -> hashlib._Hash | None:
+    """If ``body`` is for this hop, return the advanced digest state (else ``None``, state kept)."""
+    if body[0] or body[1]:
+        return None
+    candidate = running.copy()
+    candidate.update(body[:8])
+    candidate.update(_ZERO_DIGEST)
+    candidate.update(body[16:])
+    if candidate.digest()[:8] != body[DIGEST_SLICE]:
+        return None
+    return candidate
+
+
+def split_bodies(data: bytes) -> list[bytes]:
+    return [data[i:i + BODY_SIZE] for i in range(0, len(data), BODY_SIZE)]
+
+
+async def onion_encrypt(hops: list[HopCrypto], target: int, bodies: list[bytearray]) -> bytes:
+    """Seal ``bodies`` for hop ``target`` and wrap them in the layers of hops target..0."""
+    running = hops[target].forward_digest
+    for body in bodies:
+        seal(running, body)
+    data = b"".join(bodies)
+    for index in range(target, -1, -1):
+        data = await hops[index].forward.apply(data)
+    return data
+
+
+async def onion_decrypt(hops: list[HopCrypto], data: bytes) -> list[tuple[int, bytes]] | None:
+    """Peel backward bodies at the client: each comes back with the index of the hop that sent it.
+
+    Returns ``None`` if any body is recognised by no hop (tampering or a desynchronised circuit).
+    Layer i is applied only to the bodies not yet recognised, since only those passed through hop i.
+    """
+    pending = list(range(len(data) // BODY_SIZE))
+    result: list[tuple[int, bytes] | None] = [None] * len(pending)
+    for index, hop in enumerate(hops):
+        if not pending:
+            break
+        clear = split_bodies(await hop.backward.apply(data))
+        still, rest = [], []
+        for position, body in zip(pending, clear, strict=True):
+            state = recognize(hop.backward_digest, body)
+            if state is None:
+                still.append(position)
+                rest.append(body)
+            else:
+                hop.backward_digest = state
+                result[position] = (index, body)
+        pending, data = still, b"".join(rest)
+    return None if pending else result  # type: ignore[return-value]
