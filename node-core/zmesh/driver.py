@@ -320,20 +320,21 @@ class NodeDriver:
             await self._call(self.node.end_stream, request.circuit, request.stream_id, EndReason.MISC)
 
     async def _timer_loop(self) -> None:
+        # A call_later wake-up rather than asyncio.wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation that races with its timeout, which would leave close() waiting forever.
+        loop = asyncio.get_running_loop()
         while True:
             self._timer_changed.clear()
             deadline = self.node.next_deadline()
-            if deadline is None:
+            alarm = None if deadline is None else loop.call_later(
+                max(0.0, deadline - time.monotonic()), self._timer_changed.set)
+            try:
                 await self._timer_changed.wait()
-                continue
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._timer_changed.wait(), delay)
-                    continue
-                except TimeoutError:
-                    pass
-            await self._call(self.node.handle_timer, time.monotonic())
+            finally:
+                if alarm is not None:
+                    alarm.cancel()
+            if deadline is not None and time.monotonic() >= deadline:
+                await self._call(self.node.handle_timer, time.monotonic())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -1,0 +1,221 @@
+"""``MeshVPN``: the application API, the Python twin of ``web/meshvpn.js``.
+
+    vpn = MeshVPN(driver, directory, hops=3)
+    await vpn.connect()                          # a circuit to an exit
+    stream = await vpn.open_stream("example.org", 80)
+    await vpn.connect(destination=peer_id)       # a circuit whose last hop is that node
+    await vpn.send(b"hello"); reply = await vpn.receive()
+
+Messages to a destination travel on a stream to the destination's message service (empty host,
+port ``MESSAGE_PORT``), each framed as a 4-byte big-endian length and the bytes. The node wiring
+(links, directory) is supplied by the caller: memory links in tests, real transports natively and
+in the browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .cells import EndReason
+from .descriptor import Descriptor
+from .driver import IncomingStream, MeshStream, NodeDriver
+from .errors import ConfigError, InvalidState, ProtocolError, ZmeshError
+from .identity import PeerId
+from .node import MAX_HOPS, MIN_HOPS
+from .path import PathSelector
+
+MESSAGE_PORT = 1
+MAX_MESSAGE_SIZE = 1 << 20
+_LENGTH = struct.Struct(">I")
+EVENTS = ("message", "connect", "disconnect", "error")
+EXITS = ("direct", "cloudflare")
+TRANSPORTS = ("auto", "webrtc", "websocket")
+
+
+@dataclass(frozen=True, slots=True)
+class MeshOptions:
+    """The ``MeshOptions`` of the design: validated on construction with messages naming the key."""
+
+    hops: int = 3
+    exit: str = "direct"
+    country: str | None = None
+    enable_fec: bool = False
+    transport: str = "auto"
+    upstream_url: str | None = None  # used by exit='cloudflare': an HTTP proxy/worker at the exit
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hops, int) or not MIN_HOPS <= self.hops <= MAX_HOPS:
+            raise ConfigError(f"hops must be an integer {MIN_HOPS}..{MAX_HOPS}, got {self.hops!r}")
+        if self.exit not in EXITS:
+            raise ConfigError(f"exit must be one of {EXITS}, got {self.exit!r}")
+        if self.exit == "cloudflare" and not self.upstream_url:
+            raise ConfigError("exit='cloudflare' needs upstream_url (the HTTP proxy the exit uses)")
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
+        if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
+            raise ConfigError(f"country must be a two-letter code, got {self.country!r}")
+        if not isinstance(self.enable_fec, bool):
+            raise ConfigError("enable_fec must be true or false")
+
+    def updated(self, **changes: Any) -> MeshOptions:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
+
+
+class MeshVPN:
+    """Connect to the mesh, open streams through exits, exchange messages with other nodes."""
+
+    def __init__(self, driver: NodeDriver, directory: Callable[[], Iterable[Descriptor]], *,
+                 selector: PathSelector | None = None, inbox_size: int = 256, **options: Any) -> None:
+        self.driver = driver
+        self.directory = directory
+        self.selector = selector or PathSelector()
+        self.options = MeshOptions().updated(**options)
+        self._handlers: dict[str, list[Callable[[Any], Any]]] = {name: [] for name in EVENTS}
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue(inbox_size)
+        self._circuit: int | None = None
+        self._message_stream: MeshStream | None = None
+        self._streams: list[MeshStream] = []
+        self._readers: set[asyncio.Task] = set()
+        driver.stream_handler = self._serve_messages_then(driver.stream_handler)
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.driver.node.identity.peer_id
+
+    @property
+    def connected(self) -> bool:
+        return self._circuit is not None and self._circuit in self.driver.node.circuits()
+
+    def on(self, event: str, callback: Callable[[Any], Any]) -> None:
+        if event not in EVENTS:
+            raise ConfigError(f"unknown event {event!r}; use one of {EVENTS}")
+        self._handlers[event].append(callback)
+
+    async def connect(self, destination: PeerId | str | None = None, **options: Any) -> None:
+        """Build a circuit (to an exit, or ending at ``destination``) and become connected."""
+        if options:
+            self.update_config(**options)
+        if self._circuit is not None:
+            await self.disconnect()
+        relays = list(self.directory())
+        try:
+            if destination is None:
+                path = self.selector.select(relays, hops=self.options.hops, country=self.options.country)
+            else:
+                peer = PeerId.from_text(destination) if isinstance(destination, str) else destination
+                target = next((r for r in relays if r.peer_id == peer), None)
+                if target is None:
+                    raise ConfigError(f"destination {peer.short()}… is not in the directory")
+                path = self.selector.select(relays, hops=self.options.hops, destination=target,
+                                            exclude=[self.peer_id])
+            self._circuit = await self.driver.build_circuit(path)
+            for relay in path:
+                self.selector.record(relay.peer_id, ok=True)
+            if destination is not None:
+                self._message_stream = await self.driver.open_stream(self._circuit, "", MESSAGE_PORT)
+                self._spawn_reader(self._message_stream)
+        except ZmeshError as exc:
+            await self._emit("error", exc)
+            raise
+        await self._emit("connect", {"circuit": self._circuit, "path": [p.peer_id.text for p in path]})
+
+    async def disconnect(self) -> None:
+        circuit, self._circuit, self._message_stream = self._circuit, None, None
+        if circuit is not None:
+            await self.driver.destroy_circuit(circuit)
+            await self._emit("disconnect", {"circuit": circuit})
+
+    async def open_stream(self, host: str, port: int) -> MeshStream:
+        """A TCP-like stream to ``host:port``, resolved and connected by the exit."""
+        stream = await self.driver.open_stream(self._require_circuit(), host, port)
+        self._streams.append(stream)
+        return stream
+
+    async def send(self, data: bytes) -> None:
+        """Send one message to the connected destination."""
+        if self._message_stream is None:
+            raise InvalidState("send() needs connect(destination=...) first")
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise ConfigError(f"a message is at most {MAX_MESSAGE_SIZE} bytes")
+        await self._message_stream.write(_LENGTH.pack(len(data)) + bytes(data))
+
+    async def receive(self) -> bytes:
+        """The next message any node sent to this one (in order per sender)."""
+        return await self._inbox.get()
+
+    def get_stats(self) -> dict[str, Any]:
+        streams = self._streams + ([self._message_stream] if self._message_stream else [])
+        return {
+            "peer_id": self.peer_id.text,
+            "connected": self.connected,
+            "circuit": self._circuit,
+            "path": [p.text for p in self.driver.node.circuit_path(self._circuit)] if self.connected else [],
+            "bytes_in": sum(s.bytes_in for s in streams),
+            "bytes_out": sum(s.bytes_out for s in streams),
+            "links": len(self.driver.links()),
+            "metrics": dict(self.driver.node.metrics),
+            "options": {f.name: getattr(self.options, f.name) for f in fields(self.options)},
+        }
+
+    def update_config(self, **options: Any) -> None:
+        """Change options; they apply from the next ``connect``."""
+        self.options = self.options.updated(**options)
+
+    # ---------------------------------------------------------------- internals
+
+    def _require_circuit(self) -> int:
+        if not self.connected:
+            raise InvalidState("not connected: call connect() first")
+        assert self._circuit is not None
+        return self._circuit
+
+    def _serve_messages_then(self, fallback: Callable | None) -> Callable:
+        async def handler(request: IncomingStream) -> None:
+            if request.host == "" and request.port == MESSAGE_PORT:
+                self._spawn_reader(await request.accept())
+            elif fallback is not None:
+                await fallback(request)
+            else:
+                await request.reject(EndReason.EXIT_POLICY)
+        return handler
+
+    def _spawn_reader(self, stream: MeshStream) -> None:
+        task = asyncio.get_running_loop().create_task(self._read_messages(stream))
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+
+    async def _read_messages(self, stream: MeshStream) -> None:
+        try:
+            while header := await stream.read_exactly(_LENGTH.size):
+                (size,) = _LENGTH.unpack(header) if len(header) == _LENGTH.size else (-1,)
+                if not 0 <= size <= MAX_MESSAGE_SIZE:
+                    raise ProtocolError("message frame is truncated or larger than MAX_MESSAGE_SIZE")
+                message = await stream.read_exactly(size)
+                if len(message) != size:
+                    raise ProtocolError("message stream ended inside a message")
+                await self._inbox.put(message)
+                await self._emit("message", message)
+        except ZmeshError as exc:
+            await stream.close(EndReason.PROTOCOL)
+            await self._emit("error", exc)
+
+    async def _emit(self, event: str, value: Any) -> None:
+        for callback in self._handlers[event]:
+            result = callback(value)
+            if inspect.isawaitable(result):
+                await result
+
+    async def close(self) -> None:
+        await self.disconnect()
+        for task in list(self._readers):
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)

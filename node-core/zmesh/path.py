@@ -1,0 +1,130 @@
+"""Path selection: a pure function from a directory view to a list of relays.
+
+Each candidate gets a score in [0, 1] from four measured qualities, weighted by default as the
+design asks — latency 40 %, reliability 30 %, bandwidth 20 %, diversity 10 % — and hops are *drawn*
+with probability proportional to score rather than always taking the best: a deterministic
+"best path" would funnel every client through the same few relays, which is both a load and an
+anonymity problem. A peer never appears twice in a path; the exit is drawn first, from relays whose
+published policy admits the wanted port (and country, if asked), so the rest of the path can be
+kept apart from it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .descriptor import Descriptor
+from .errors import CircuitError, ConfigError
+from .identity import PeerId
+from .node import MAX_HOPS, MIN_HOPS
+
+
+@dataclass(frozen=True, slots=True)
+class PathWeights:
+    latency: float = 0.4
+    reliability: float = 0.3
+    bandwidth: float = 0.2
+    diversity: float = 0.1
+
+    def __post_init__(self) -> None:
+        values = (self.latency, self.reliability, self.bandwidth, self.diversity)
+        if any(v < 0 for v in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-9):
+            raise ConfigError(f"path weights must be non-negative and sum to 1, got {sum(values):.3f}")
+
+
+@dataclass(slots=True)
+class PeerStats:
+    """What this node has measured about a peer. Unknown peers start neutral."""
+
+    latency_ms: float = 100.0
+    successes: int = 0
+    failures: int = 0
+
+    @property
+    def reliability(self) -> float:
+        # Laplace smoothing: a new peer is 0.5, not 0 or 1.
+        return (self.successes + 1) / (self.successes + self.failures + 2)
+
+
+@dataclass(slots=True)
+class PathSelector:
+    weights: PathWeights = field(default_factory=PathWeights)
+    stats: dict[PeerId, PeerStats] = field(default_factory=dict)
+    latency_scale_ms: float = 100.0
+
+    def record(self, peer: PeerId, *, ok: bool, latency_ms: float | None = None) -> None:
+        """Feed a circuit outcome or a measured RTT back into future choices."""
+        stats = self.stats.setdefault(peer, PeerStats())
+        if ok:
+            stats.successes += 1
+        else:
+            stats.failures += 1
+        if latency_ms is not None:
+            stats.latency_ms = 0.8 * stats.latency_ms + 0.2 * latency_ms
+
+    def score(self, relay: Descriptor, chosen: Sequence[Descriptor], max_bandwidth: int) -> float:
+        stats = self.stats.get(relay.peer_id, PeerStats())
+        w = self.weights
+        latency = 1.0 / (1.0 + stats.latency_ms / self.latency_scale_ms)
+        bandwidth = relay.capabilities.bandwidth / max_bandwidth if max_bandwidth else 0.0
+        diversity = 1.0 if all(not _same_family(relay, other) for other in chosen) else 0.0
+        return (w.latency * latency + w.reliability * stats.reliability + w.bandwidth * bandwidth
+                + w.diversity * diversity)
+
+    def select(self, relays: Iterable[Descriptor], *, hops: int = 3, port: int | None = None,
+               country: str | None = None, exit_required: bool = True,
+               exclude: Iterable[PeerId] = (), destination: Descriptor | None = None,
+               rng: random.Random | None = None) -> list[Descriptor]:
+        """Choose ``hops`` relays. With ``destination`` the path ends at that node instead of an
+        exit. Raises ``ConfigError`` for a bad hop count and ``CircuitError`` if too few relays."""
+        if not MIN_HOPS <= hops <= MAX_HOPS:
+            raise ConfigError(f"hops must be {MIN_HOPS}..{MAX_HOPS}, got {hops}")
+        rng = rng or random.SystemRandom()
+        excluded = set(exclude)
+        pool = [r for r in relays if r.capabilities.relay and r.peer_id not in excluded]
+        max_bw = max((r.capabilities.bandwidth for r in pool), default=0)
+        if destination is not None:
+            last = destination
+        else:
+            exits = [r for r in pool if not exit_required or (
+                r.capabilities.exit and (port is None or r.allows_port(port))
+                and (country is None or r.capabilities.country == country.upper()))]
+            last = self._draw(exits, [], max_bw, rng, "exit")
+        chosen = [last]
+        for _ in range(hops - 1):
+            rest = [r for r in pool if all(r.peer_id != c.peer_id for c in chosen)]
+            chosen.insert(0, self._draw(rest, chosen, max_bw, rng, "relay"))
+        return chosen
+
+    def _draw(self, candidates: list[Descriptor], chosen: list[Descriptor], max_bw: int,
+              rng: random.Random, what: str) -> Descriptor:
+        if not candidates:
+            raise CircuitError(f"not enough usable relays to pick a {what}", "no_relays")
+        scores = [self.score(r, chosen, max_bw) for r in candidates]
+        return rng.choices(candidates, weights=scores, k=1)[0]
+
+
+def _family(relay: Descriptor) -> set[str]:
+    """Coarse network families of a relay: its country and the /16 (IPv4) or /32 (IPv6) of each
+    address it publishes — two hops in one family are more likely watched by one observer."""
+    families = {f"cc:{relay.capabilities.country}"} if relay.capabilities.country else set()
+    for addresses in relay.addresses.values():
+        for address in addresses:
+            host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]").split("/")[0]
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                continue
+            if ip.is_loopback:
+                continue
+            prefix = 16 if ip.version == 4 else 32
+            families.add(f"net:{ipaddress.ip_network(f'{ip}/{prefix}', strict=False)}")
+    return families
+
+
+def _same_family(a: Descriptor, b: Descriptor) -> bool:
+    return bool(_family(a) & _family(b))

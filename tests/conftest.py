@@ -1,0 +1,25 @@
+"""Shared fixtures: the native provider and helpers to run an in-memory mesh."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from zmesh.crypto.native import NativeCryptoProvider
+
+
+@pytest.fixture(scope="session")
+def provider() -> NativeCryptoProvider:
+    return NativeCryptoProvider()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a condition the system reaches by itself (not a fixed sleep); fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
