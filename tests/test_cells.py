@@ -19,8 +19,8 @@ from zmesh.cells import (
     encode_relay_body,
     fragments,
     parse_cell,
+    parse_frame,
     parse_relay_body,
-    split_frame,
 )
 from zmesh.errors import ProtocolError
 
@@ -102,11 +102,26 @@ def test_relay_body_parser_never_raises_other_errors(data):
 @pytest.mark.parametrize("size", [0, 1, CELL_SIZE - 1, CELL_SIZE + 1, CELL_SIZE * (MAX_CELLS_PER_FRAME + 1)])
 def test_frames_must_be_whole_cells_and_bounded(size):
     with pytest.raises(ProtocolError):
-        split_frame(bytes(size))
+        parse_frame(bytes(size))
 
 
-def test_frame_splits_into_cells():
-    assert len(split_frame(bytes(CELL_SIZE * 3))) == 3
+def test_frame_parses_into_cells_with_the_fast_path_agreeing():
+    relay = encode_cell(CellCommand.RELAY, 9, bytes(range(256)) * 3 + bytes(BODY_SIZE - 768))
+    frame = relay + encode_cell(CellCommand.PING, 0, b"p") + relay
+    cells = parse_frame(frame)
+    assert cells == [parse_cell(relay), parse_cell(frame[CELL_SIZE:2 * CELL_SIZE]), parse_cell(relay)]
+
+
+@given(st.binary(min_size=CELL_SIZE, max_size=CELL_SIZE))
+def test_fast_path_accepts_exactly_what_parse_cell_accepts(data):
+    data = bytes([1, 3]) + data[2:]
+    try:
+        expected = [parse_cell(data)]
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            parse_frame(data)
+        return
+    assert parse_frame(data) == expected
 
 
 @given(st.binary(max_size=5000), st.integers(min_value=1, max_value=1500))

@@ -8,6 +8,7 @@ node's coroutines may suspend on the crypto provider and it must see one input a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,6 +32,8 @@ from .events import (
 from .identity import PeerId
 from .link import Link
 from .node import Node
+
+log = logging.getLogger(__name__)
 
 Dialer = Callable[[PeerId], Awaitable[Link]]
 StreamHandler = Callable[["IncomingStream"], Awaitable[None]]
@@ -206,7 +209,8 @@ class NodeDriver:
             if self.dialer is None:
                 raise TransportError("this node has no dialer")
             link = await self.dialer(peer)
-        except Exception:  # any dial failure fails the waiting circuits, never the driver
+        except Exception as exc:  # any dial failure fails the waiting circuits, never the driver
+            log.info("link to %s failed: %s: %s", peer.short(), type(exc).__name__, exc)
             await self._call(self.node.link_failed, peer)
             return
         await self.add_link(link, peer, initiator=True)

@@ -6,6 +6,7 @@ Circuits are named by a node-local integer handle; streams by (circuit, stream_i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .cells import DestroyReason, EndReason
 from .identity import PeerId
@@ -56,9 +57,10 @@ class StreamConnected:
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamData:
-    """Data for the application; report it with ``Node.consume`` once it has been used."""
+class StreamData(NamedTuple):
+    """Data for the application; report it with ``Node.consume`` once it has been used.
+
+    A NamedTuple, not a dataclass like its siblings: one is made per DATA cell."""
 
     circuit: int
     stream_id: int

@@ -31,10 +31,9 @@ from .cells import (
     encode_cell,
     encode_relay_body,
     fragments,
-    parse_cell,
+    parse_frame,
     parse_relay_body,
     relay_cell_header,
-    split_frame,
 )
 from .circuit import BuildState, Edge, OriginCircuit, RelayCircuit, RelayInfo, Stream, StreamState
 from .crypto.provider import KEY_SIZE, CryptoProvider
@@ -74,12 +73,13 @@ class NodeLimits:
 
 
 class _LinkState:
-    __slots__ = ("peer", "initiator", "queue", "circuits", "next_circ", "closed")
+    __slots__ = ("peer", "initiator", "queue", "queued_cells", "circuits", "next_circ", "closed")
 
     def __init__(self, peer: PeerId | None, initiator: bool) -> None:
         self.peer = peer
         self.initiator = initiator
-        self.queue: deque[tuple[int, bytes]] = deque()
+        self.queue: deque[tuple[int, list[bytes]]] = deque()  # (circuit handle, cells) in send order
+        self.queued_cells = 0
         self.circuits: set[int] = set()
         self.next_circ = 1
         self.closed = False
@@ -161,23 +161,33 @@ class Node:
         if link is None or not link.queue:
             return None
         queue, queued = link.queue, self._queued
-        cells = []
-        for _ in range(min(max_cells, len(queue))):
-            handle, cell = queue.popleft()
-            key = (handle, link_id)
-            queued[key] -= 1
-            if not queued[key]:
-                del queued[key]
-            cells.append(cell)
-        self.metrics["cells_out"] += len(cells)
-        return b"".join(cells)
+        out: list[bytes] = []
+        while queue and len(out) < max_cells:
+            handle, cells = queue[0]
+            room = max_cells - len(out)
+            if len(cells) > room:
+                out.extend(cells[:room])
+                queue[0] = (handle, cells[room:])
+                taken = room
+            else:
+                out.extend(cells)
+                queue.popleft()
+                taken = len(cells)
+            if handle:
+                key = (handle, link_id)
+                queued[key] -= taken
+                if not queued[key]:
+                    del queued[key]
+        link.queued_cells -= len(out)
+        self.metrics["cells_out"] += len(out)
+        return b"".join(out)
 
     def links_with_output(self) -> list[int]:
         return [link_id for link_id, link in self._links.items() if link.queue]
 
     def buffered_bytes(self) -> int:
         """Bytes of cells queued in this node, waiting for their link."""
-        return sum(len(link.queue) for link in self._links.values()) * CELL_SIZE
+        return sum(link.queued_cells for link in self._links.values()) * CELL_SIZE
 
     def events(self) -> list[Event]:
         """Hand over (and forget) the events produced since the last call."""
@@ -191,7 +201,7 @@ class Node:
         if link_id not in self._links:
             return
         try:
-            cells = [parse_cell(view) for view in split_frame(frame)]
+            cells = parse_frame(frame)
         except ProtocolError as exc:
             self.metrics["malformed_frames"] += 1
             self._events.append(CloseLink(link_id, str(exc)))
@@ -439,7 +449,7 @@ class Node:
 
     def _flush_onward(self, circ: RelayCircuit, onward: list[bytes]) -> None:
         if onward:
-            self._enqueue(circ.next_link, circ.handle, onward)
+            self._enqueue(circ.next_link, circ.handle, onward.copy())  # the queue keeps the list
             self.metrics["cells_relayed"] += len(onward)
             onward.clear()
 
@@ -602,7 +612,8 @@ class Node:
         link = self._links.get(link_id)
         if link is None:
             return
-        link.queue.extend((handle, cell) for cell in cells)
+        link.queue.append((handle, cells))
+        link.queued_cells += len(cells)
         if handle:
             key = (handle, link_id)
             self._queued[key] += len(cells)
@@ -636,7 +647,7 @@ class Node:
             if link is not None:
                 link.circuits.discard(circ_id)
                 if (link_id, circ_id) != skip:
-                    link.queue.append((0, encode_cell(CellCommand.DESTROY, circ_id, bytes([reason]))))
+                    self._enqueue(link_id, 0, [encode_cell(CellCommand.DESTROY, circ_id, bytes([reason]))])
         for waiting in self._waiting.values():
             if circ in waiting:
                 waiting.remove(circ)
