@@ -1,0 +1,93 @@
+"""The Python MeshVPN API over an in-memory mesh: options, streams, messages to a PeerId."""
+
+import asyncio
+
+import pytest
+
+from zmesh.api import MeshOptions, MeshVPN
+from zmesh.errors import ConfigError, InvalidState
+from zmesh.memnet import MemoryNetwork, echo_service
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"hops": 1}, "hops"), ({"hops": 9}, "hops"), ({"hops": "3"}, "hops"),
+    ({"exit": "tor"}, "exit"), ({"exit": "cloudflare"}, "upstream_url"),
+    ({"transport": "carrier-pigeon"}, "transport"), ({"country": "Germany"}, "country"),
+    ({"enable_fec": "yes"}, "enable_fec"), ({"colour": "blue"}, "colour"),
+])
+def test_bad_options_are_config_errors_naming_the_key(options, key):
+    with pytest.raises(ConfigError, match=key):
+        MeshOptions().updated(**options)
+
+
+async def make(provider, relays=4):
+    net = MemoryNetwork(provider)
+    for index in range(relays):
+        await net.add_node(exit=index == relays - 1, stream_handler=echo_service if index == relays - 1 else None)
+    directory = lambda: list(net.descriptors.values())  # noqa: E731
+    alice = MeshVPN(await net.add_node(), directory)
+    bob = MeshVPN(await net.add_node(), directory)
+    return net, alice, bob
+
+
+def test_connect_open_stream_and_stats(provider):
+    async def main():
+        net, alice, _ = await make(provider)
+        events = []
+        alice.on("connect", events.append)
+        alice.on("disconnect", events.append)
+        try:
+            with pytest.raises(InvalidState):
+                await alice.open_stream("echo.test", 7)
+            await alice.connect(hops=3)
+            stream = await alice.open_stream("echo.test", 7)
+            await stream.write(b"ping")
+            assert await asyncio.wait_for(stream.read(), 10) == b"ping"
+            stats = alice.get_stats()
+            assert stats["connected"] and len(stats["path"]) == 3 and stats["bytes_out"] == 4
+            assert stats["peer_id"] == alice.peer_id.text
+            await alice.disconnect()
+            assert not alice.get_stats()["connected"]
+            assert [e.get("circuit") for e in events][0] is not None and len(events) == 2
+        finally:
+            await alice.close()
+            await net.close()
+
+    asyncio.run(main())
+
+
+def test_messages_reach_a_destination_in_order(provider):
+    async def main():
+        net, alice, bob = await make(provider)
+        received = []
+        bob.on("message", received.append)
+        try:
+            await alice.connect(destination=bob.peer_id.text, hops=3)
+            assert alice.get_stats()["path"][-1] == bob.peer_id.text
+            messages = [f"message {i}".encode() * (i + 1) for i in range(50)]
+            for message in messages:
+                await alice.send(message)
+            got = [await asyncio.wait_for(bob.receive(), 10) for _ in messages]
+            assert got == messages and received == messages
+        finally:
+            await alice.close()
+            await bob.close()
+            await net.close()
+
+    asyncio.run(main())
+
+
+def test_send_without_destination_is_invalid_state(provider):
+    async def main():
+        net, alice, _ = await make(provider)
+        try:
+            await alice.connect()
+            with pytest.raises(InvalidState):
+                await alice.send(b"to whom?")
+            with pytest.raises(ConfigError):
+                await alice.connect(destination="not-a-peer-id")
+        finally:
+            await alice.close()
+            await net.close()
+
+    asyncio.run(main())

@@ -1,0 +1,30 @@
+"""The core must import with only the standard library and msgpack (it runs in Pyodide)."""
+
+import subprocess
+import sys
+
+PROBE = r"""
+import importlib, pkgutil, sys
+allowed = set(sys.stdlib_module_names) | {"msgpack", "zmesh"}
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] not in allowed:
+            raise ImportError(f"zmesh core imported a non-stdlib module: {name}")
+        return None
+
+sys.meta_path.insert(0, Block())
+import zmesh
+native_only = {"zmesh.crypto.native", "zmesh.crypto.webcrypto"}
+names = [m.name for m in pkgutil.walk_packages(zmesh.__path__, "zmesh.") if m.name not in native_only]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+def test_core_imports_with_stdlib_and_msgpack_only():
+    # -I: a fresh interpreter that sees only the installed packages, not this test run's imports.
+    result = subprocess.run([sys.executable, "-I", "-c", PROBE], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) >= 15  # every core module was imported

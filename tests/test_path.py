@@ -1,0 +1,87 @@
+"""Path selection: weights validated, no peer twice, exits by port and country."""
+
+import asyncio
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmesh.descriptor import Capabilities, sign_descriptor
+from zmesh.errors import CircuitError, ConfigError
+from zmesh.identity import Identity
+from zmesh.path import PathSelector, PathWeights
+
+
+@pytest.fixture(scope="module")
+def relays(provider):
+    async def make():
+        out = []
+        for index in range(12):
+            identity = await Identity.generate(provider)
+            exit_ = index % 3 == 0
+            out.append(await sign_descriptor(
+                provider, identity, now=1_800_000_000,
+                addresses={"ws": (f"ws://10.{index}.0.1:9000",)},
+                capabilities=Capabilities(exit=exit_, country=("DE" if index % 2 else "NL"),
+                                          bandwidth=1000 * (index + 1)),
+                exit_ports=((80, 80), (443, 443)) if index == 0 else ((1, 65535),) if exit_ else ()))
+        return out
+    return asyncio.run(make())
+
+
+@pytest.mark.parametrize("weights", [(0.5, 0.3, 0.2, 0.1), (0.4, 0.3, 0.2, 0.0), (1.2, -0.1, -0.1, 0.0)])
+def test_weights_must_sum_to_one_and_be_non_negative(weights):
+    with pytest.raises(ConfigError, match="sum to 1"):
+        PathWeights(*weights)
+
+
+def test_default_weights_follow_the_design():
+    w = PathWeights()
+    assert (w.latency, w.reliability, w.bandwidth, w.diversity) == (0.4, 0.3, 0.2, 0.1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hops=st.integers(min_value=2, max_value=8), seed=st.integers())
+def test_never_the_same_peer_twice_and_ends_at_an_exit(relays, hops, seed):
+    path = PathSelector().select(relays, hops=hops, rng=random.Random(seed))
+    assert len(path) == hops and len({r.peer_id for r in path}) == hops
+    assert path[-1].capabilities.exit
+
+
+@pytest.mark.parametrize("hops", [0, 1, 9, 100])
+def test_hop_count_out_of_range_is_config_error(relays, hops):
+    with pytest.raises(ConfigError):
+        PathSelector().select(relays, hops=hops)
+
+
+def test_exit_is_chosen_by_port_and_country(relays):
+    selector = PathSelector()
+    for seed in range(50):
+        path = selector.select(relays, port=22, country="nl", rng=random.Random(seed))
+        assert path[-1].allows_port(22) and path[-1].capabilities.country == "NL"
+        assert path[-1].peer_id != relays[0].peer_id  # relay 0 only exits to 80/443
+
+
+def test_too_few_relays_is_a_circuit_error(relays):
+    with pytest.raises(CircuitError):
+        PathSelector().select(relays, country="FR")
+    with pytest.raises(CircuitError):
+        PathSelector().select(relays[:2], hops=3)
+
+
+def test_scores_steer_the_draw(relays):
+    selector = PathSelector()
+    good, bad = relays[1], relays[2]
+    for _ in range(20):
+        selector.record(good.peer_id, ok=True, latency_ms=5)
+        selector.record(bad.peer_id, ok=False, latency_ms=900)
+    assert selector.score(good, [], 12000) > selector.score(bad, [], 12000)
+    rng = random.Random(1)
+    picks = [selector.select(relays, hops=2, rng=rng)[0].peer_id for _ in range(400)]
+    assert picks.count(good.peer_id) > picks.count(bad.peer_id)
+
+
+def test_destination_path_ends_at_the_destination(relays):
+    path = PathSelector().select(relays, hops=3, destination=relays[5], rng=random.Random(3))
+    assert path[-1] is relays[5] and relays[5].peer_id not in [r.peer_id for r in path[:-1]]
