@@ -1,0 +1,1 @@
+"""Native relay, exit, SOCKS5 client and the `zmesh` command line."""

@@ -1,0 +1,1 @@
+"""The signaling / directory / rendezvous server (aiohttp)."""
