@@ -230,7 +230,7 @@ def test_unreachable_relay_fails_the_build_with_a_reason(provider):
             gone = net.drivers.pop(path[1].peer_id)  # the middle relay vanished from the network
             with pytest.raises(CircuitError) as info:
                 await asyncio.wait_for(client.build_circuit(path), 10)
-            assert info.value.reason == "connect_failed"
+            assert info.value.reason == "connect_failed" and info.value.failed_peer == path[1].peer_id
         finally:
             await net.close()
             await gone.close()

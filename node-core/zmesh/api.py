@@ -109,7 +109,8 @@ class MeshVPN:
         relays = list(self.directory())
         try:
             if destination is None:
-                path = self.selector.select(relays, hops=self.options.hops, country=self.options.country)
+                path = self.selector.select(relays, hops=self.options.hops, country=self.options.country,
+                                            exclude=[self.peer_id])
             else:
                 peer = PeerId.from_text(destination) if isinstance(destination, str) else destination
                 target = next((r for r in relays if r.peer_id == peer), None)

@@ -293,12 +293,13 @@ class NodeDriver:
                 future = self._building.pop(circuit, None)
                 if future is not None and not future.done():
                     future.set_result(circuit)
-            case CircuitClosed(circuit, reason, _):
+            case CircuitClosed(circuit, reason, _, failed_peer):
                 future = self._building.pop(circuit, None)
                 if future is not None and not future.done():
+                    at = f" at {failed_peer.short()}…" if failed_peer else ""
                     future.set_exception(CircuitError(
-                        f"circuit failed to build: {reason.name.lower().replace('_', ' ')}",
-                        reason.name.lower()))
+                        f"circuit failed to build{at}: {reason.name.lower().replace('_', ' ')}",
+                        reason.name.lower(), failed_peer))
             case StreamConnected(circuit, stream_id):
                 future = self._opening.pop((circuit, stream_id), None)
                 if future is not None and not future.done():

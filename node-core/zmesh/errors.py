@@ -33,11 +33,13 @@ class CryptoError(ZmeshError):
 
 
 class CircuitError(ZmeshError):
-    """A circuit failed to build or was destroyed."""
+    """A circuit failed to build or was destroyed. ``failed_peer`` names the hop that did not
+    answer, when known, so a client can avoid it next time."""
 
-    def __init__(self, message: str, reason: str = "failed") -> None:
+    def __init__(self, message: str, reason: str = "failed", failed_peer: object = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.failed_peer = failed_peer
 
 
 class StreamError(ZmeshError):

@@ -39,6 +39,7 @@ class CircuitClosed:
     circuit: int
     reason: DestroyReason
     origin: bool
+    failed_peer: PeerId | None = None  # while building: the hop that did not answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -656,8 +656,10 @@ class Node:
                 self._events.append(StreamEnded(circ.handle, stream_id, EndReason.DESTROYED))
             circ.edge.streams.clear()
         origin = isinstance(circ, OriginCircuit)
+        failed = (circ.path[len(circ.hops)].peer_id
+                  if origin and circ.state != BuildState.OPEN and len(circ.hops) < len(circ.path) else None)
         if origin or circ.edge is not None:
-            self._events.append(CircuitClosed(circ.handle, reason, origin))
+            self._events.append(CircuitClosed(circ.handle, reason, origin, failed))
         self.metrics["circuits_destroyed"] += 1
 
     # ------------------------------------------------------------------ helpers

@@ -1,0 +1,139 @@
+"""Configuration: ``zmesh.toml`` < ``ZMESH_*`` environment < command-line flags.
+
+Every setting has a dotted name (``relay.listen``), a type and a default. The file uses the
+sections as tables (``[relay] listen = "127.0.0.1:9001"``), the environment upper-cases the name
+with underscores (``ZMESH_RELAY_LISTEN``), and flags override both. Everything is validated at
+start, and an error names the bad key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zmesh.errors import ConfigError
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT (port 0 picks a free one)")
+    return value
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _hops(value: int) -> int:
+    if not 2 <= value <= 8:
+        raise ValueError("must be 2..8")
+    return value
+
+
+def _country(value: str) -> str:
+    if value and (len(value) != 2 or not value.isalpha()):
+        raise ValueError("must be a two-letter country code or empty")
+    return value.upper()
+
+
+def _level(value: str) -> str:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be debug, info, warning or error")
+    return value.upper()
+
+
+def _transport(value: str) -> str:
+    if value not in ("auto", "websocket", "webrtc"):
+        raise ValueError("must be auto, websocket or webrtc")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    kind: type
+    default: Any
+    check: Callable[[Any], Any] | None = None
+    help: str = ""
+
+
+SETTINGS: dict[str, Setting] = {
+    "core.hops": Setting(int, 3, _hops, "relays per circuit"),
+    "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
+    "transport.kind": Setting(str, "auto", _transport, "link transport"),
+    "signaling.url": Setting(str, "http://127.0.0.1:8080", _url, "signal/directory server URL"),
+    "signaling.listen": Setting(str, "127.0.0.1:8080", _host_port, "where `zmesh signal` listens"),
+    "signaling.web_root": Setting(str, "", None, "folder served at / (default: the repository's web/)"),
+    "relay.listen": Setting(str, "127.0.0.1:0", _host_port, "where a relay accepts links"),
+    "relay.data_dir": Setting(str, "~/.zmesh/relay", None, "identity key folder (created 0700, key 0600)"),
+    "relay.exit": Setting(bool, False, None, "act as an exit"),
+    "relay.country": Setting(str, "", _country, "advertised country code"),
+    "relay.bandwidth": Setting(int, 10_000_000, None, "advertised bandwidth, bytes/s"),
+    "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
+    "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
+    "metrics.log_level": Setting(str, "INFO", _level, "log level"),
+}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    setting = SETTINGS[name]
+    try:
+        if setting.kind is bool and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError("expected true or false")
+            value = lowered in ("1", "true", "yes", "on")
+        elif setting.kind is list and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        elif setting.kind in (int, float) and isinstance(value, str):
+            value = setting.kind(value)
+        if setting.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, setting.kind) or (setting.kind is int and isinstance(value, bool)):
+            raise ValueError(f"expected {setting.kind.__name__}")
+        return setting.check(value) if setting.check else value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} = {value!r} (from {source}) is invalid: {exc}") from exc
+
+
+def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+         flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge defaults, the TOML file, the environment and flags into one validated dict."""
+    values = {name: setting.default for name, setting in SETTINGS.items()}
+    env = os.environ if env is None else env
+    path = path or env.get("ZMESH_CONFIG")
+    if path:
+        try:
+            document = tomllib.loads(Path(path).expanduser().read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        for section, table in document.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+            for key, value in table.items():
+                name = f"{section}.{key}"
+                if name not in SETTINGS:
+                    raise ConfigError(f"{path}: unknown setting {name!r}")
+                values[name] = _coerce(name, value, str(path))
+    for name in SETTINGS:
+        variable = "ZMESH_" + name.upper().replace(".", "_")
+        if variable in env:
+            values[name] = _coerce(name, env[variable], f"environment {variable}")
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value, "command line")
+    return values
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split a validated ``HOST:PORT`` (IPv6 hosts in brackets)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)

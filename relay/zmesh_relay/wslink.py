@@ -1,0 +1,69 @@
+"""WebSocket links (aiohttp): one binary WebSocket message per zmesh frame.
+
+Relays listen on ``/v1/link``; anyone may dial. The link itself does not authenticate the dialer —
+the circuit handshake authenticates every relay a client talks to, so an inbound link's peer is
+unknown (``None``) to the node, exactly like Tor's client connections.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from zmesh.cells import MAX_FRAME_SIZE
+from zmesh.errors import LinkClosed, TransportError
+
+LINK_PATH = "/v1/link"
+
+
+class WebSocketLink:
+    """A ``zmesh.link.Link`` over an aiohttp WebSocket (either side)."""
+
+    ordered = True
+    reliable = True
+    max_frame_size = MAX_FRAME_SIZE
+
+    def __init__(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self._ws = ws
+        self._session = session  # owned by a dialed link, closed with it
+
+    async def send(self, frame: bytes) -> None:
+        if self._ws.closed:
+            raise LinkClosed("WebSocket link is closed")
+        try:
+            await self._ws.send_bytes(frame)
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            raise LinkClosed(f"WebSocket link failed: {exc}") from exc
+
+    async def recv(self) -> bytes:
+        msg = await self._ws.receive()
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            return msg.data
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await self._ws.close(code=1003, message=b"binary frames only")
+        raise LinkClosed("WebSocket link closed")
+
+    async def close(self) -> None:
+        await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+async def dial(url: str, *, timeout: float = 10.0) -> WebSocketLink:
+    """Open a link to a relay's ``ws://host:port/v1/link``; ``TransportError`` if it fails."""
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
+    try:
+        ws = await session.ws_connect(url, max_msg_size=MAX_FRAME_SIZE, heartbeat=30.0,
+                                      timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        await session.close()
+        raise TransportError(f"cannot open a link to {url}: {exc}") from exc
+    return WebSocketLink(ws, session)
+
+
+async def accept(request: web.Request) -> tuple[web.WebSocketResponse, WebSocketLink]:
+    """Upgrade an inbound request to a link (aiohttp answers non-WebSocket requests with 400)."""
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_SIZE, heartbeat=30.0)
+    await ws.prepare(request)
+    return ws, WebSocketLink(ws)
