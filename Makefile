@@ -14,15 +14,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[native,dev]'
 	touch $(STAMP)
 
+LINTED := node-core relay signaling tests bench
+
 test: setup
-	$(PY) -m ruff check node-core tests bench
+	$(PY) -m ruff check $(LINTED)
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check node-core tests bench
+	$(PY) -m ruff check $(LINTED)
 
 bench: setup
 	$(PY) bench/core.py
+
+demo: setup
+	$(VENV)/bin/zmesh demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info node-core/*.egg-info

@@ -110,8 +110,9 @@ class MeshStream:
                 await self._writable.wait()
 
     async def close(self, reason: EndReason = EndReason.DONE) -> None:
+        """End the stream (END to the far side); a pending ``read`` returns ``b""``."""
         if self.ended is None:
-            self.ended = reason
+            self._end(reason)
             await self._driver._call(self._driver.node.end_stream, self.circuit, self.stream_id, reason)
         self._driver._streams.pop((self.circuit, self.stream_id), None)
 

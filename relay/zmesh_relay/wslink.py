@@ -7,6 +7,8 @@ unknown (``None``) to the node, exactly like Tor's client connections.
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
@@ -27,6 +29,11 @@ class WebSocketLink:
                  session: aiohttp.ClientSession | None = None) -> None:
         self._ws = ws
         self._session = session  # owned by a dialed link, closed with it
+        self._closed = asyncio.Event()
+
+    async def wait_closed(self) -> None:
+        """An aiohttp handler must outlive its WebSocket: it waits here."""
+        await self._closed.wait()
 
     async def send(self, frame: bytes) -> None:
         if self._ws.closed:
@@ -42,9 +49,11 @@ class WebSocketLink:
             return msg.data
         if msg.type == aiohttp.WSMsgType.TEXT:
             await self._ws.close(code=1003, message=b"binary frames only")
+        self._closed.set()
         raise LinkClosed("WebSocket link closed")
 
     async def close(self) -> None:
+        self._closed.set()
         await self._ws.close()
         if self._session is not None:
             await self._session.close()

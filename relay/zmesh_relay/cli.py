@@ -1,0 +1,143 @@
+"""The ``zmesh`` command: ``signal``, ``relay``, ``client`` and ``demo``.
+
+Each long-running command prints one line ``zmesh-ready <what> <address>`` on stdout once it is
+serving (scripts and tests wait for it), logs to stderr, and stops cleanly on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from zmesh.errors import ConfigError, ZmeshError
+
+from . import config as settings
+
+WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
+
+
+def ready(what: str, address: str) -> None:
+    print(f"zmesh-ready {what} {address}", flush=True)
+
+
+async def run_until_signalled(start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]]) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await start()
+        await stopping.wait()
+    finally:
+        await stop()
+
+
+async def cmd_signal(cfg: dict[str, Any]) -> None:
+    from zmesh_signal.app import run_server
+
+    host, port = settings.split_host_port(cfg["signaling.listen"])
+    web_root = Path(cfg["signaling.web_root"]).expanduser() if cfg["signaling.web_root"] else WEB_ROOT
+    server = asyncio.ensure_future(run_server(
+        host, port, web_root=web_root, ready=lambda bound: ready("signal", f"http://{host}:{bound}")))
+
+    async def stop() -> None:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+
+    async def start() -> None:
+        await asyncio.sleep(0)
+
+    await run_until_signalled(start, stop)
+
+
+async def cmd_relay(cfg: dict[str, Any]) -> None:
+    from .relay import Relay
+
+    relay = Relay(cfg)
+
+    async def start() -> None:
+        await relay.start()
+        ready("relay", f"{relay.link_url} {relay.peer_id.text}")
+
+    await run_until_signalled(start, relay.stop)
+
+
+async def cmd_client(cfg: dict[str, Any]) -> None:
+    from .client import Client
+
+    client = Client(cfg)
+
+    async def start() -> None:
+        await client.start()
+        host, _ = settings.split_host_port(cfg["client.socks"])
+        ready("socks", f"{host}:{client.socks_port}")
+
+    await run_until_signalled(start, client.stop)
+
+
+async def cmd_demo(cfg: dict[str, Any], relays: int) -> None:
+    from .demo import Demo
+
+    demo = Demo(cfg, relays=relays, web_root=WEB_ROOT)
+    await run_until_signalled(demo.start, demo.stop)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="zmesh", description="zmesh onion-routing mesh")
+    root.add_argument("--config", help="zmesh.toml (default: $ZMESH_CONFIG)")
+    root.add_argument("--log-level", dest="metrics.log_level", help="debug, info, warning or error")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    sig = commands.add_parser("signal", help="run the signaling / directory server")
+    sig.add_argument("--listen", dest="signaling.listen", metavar="HOST:PORT")
+    sig.add_argument("--web-root", dest="signaling.web_root", metavar="DIR")
+
+    relay = commands.add_parser("relay", help="run a relay (optionally an exit)")
+    relay.add_argument("--signal", dest="signaling.url", metavar="URL")
+    relay.add_argument("--listen", dest="relay.listen", metavar="HOST:PORT")
+    relay.add_argument("--data-dir", dest="relay.data_dir", metavar="DIR")
+    relay.add_argument("--exit", dest="relay.exit", action="store_const", const=True)
+    relay.add_argument("--exit-allow", dest="security.exit_allow", action="append", metavar="CIDR:PORTS",
+                       help="let the exit reach an otherwise refused range, e.g. 127.0.0.1/32:8000-8100")
+    relay.add_argument("--country", dest="relay.country", metavar="CC")
+
+    client = commands.add_parser("client", help="run a SOCKS5 client")
+    client.add_argument("--signal", dest="signaling.url", metavar="URL")
+    client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
+    client.add_argument("--hops", dest="core.hops", type=int)
+
+    demo = commands.add_parser("demo", help="run a whole local mesh and a test site")
+    demo.add_argument("--relays", type=int, default=4)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parser().parse_args(argv))
+    command, config_file, relays = args.pop("command"), args.pop("config"), args.pop("relays", 4)
+    try:
+        cfg = settings.load(config_file, flags=args)
+    except ConfigError as exc:
+        print(f"zmesh: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg["metrics.log_level"], stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runners = {"signal": lambda: cmd_signal(cfg), "relay": lambda: cmd_relay(cfg),
+               "client": lambda: cmd_client(cfg), "demo": lambda: cmd_demo(cfg, relays)}
+    try:
+        asyncio.run(runners[command]())
+    except ZmeshError as exc:
+        print(f"zmesh {command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

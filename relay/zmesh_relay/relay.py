@@ -1,0 +1,146 @@
+"""``zmesh relay``: a native relay (and optionally an exit) on WebSocket links.
+
+It accepts links on ``/v1/link``, dials the relays clients EXTEND to (looking them up in the
+directory), publishes its signed descriptor to the signal server and refreshes it before it expires.
+As an exit it resolves and checks every target against its ``ExitPolicy`` *at the exit* before
+connecting. On stop it DESTROYs its circuits and lets the descriptor expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
+from zmesh.driver import IncomingStream, NodeDriver
+from zmesh.errors import TransportError, ZmeshError
+from zmesh.identity import PeerId
+from zmesh.link import Link
+from zmesh.node import Node, NodeLimits
+from zmesh_signal.client import SignalClient
+
+from . import wslink
+from .config import split_host_port
+from .directory import Directory
+from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
+from .keys import load_or_create_identity
+from .splice import splice
+
+log = logging.getLogger(__name__)
+
+
+class Relay:
+    """One relay process. ``start`` returns once it listens and is published."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.provider = NativeCryptoProvider()
+        self.exit_policy = ExitPolicy.from_rules(config["security.exit_allow"]) if config["relay.exit"] else None
+        self.signal = SignalClient(config["signaling.url"])
+        self.directory = Directory(self.signal, self.provider)
+        self.driver: NodeDriver | None = None
+        self.link_url = ""
+        self.descriptor: Descriptor | None = None
+        self._runner: web.AppRunner | None = None
+        self._refresh: asyncio.Task | None = None
+        self._handlers: set[asyncio.Task] = set()
+
+    @property
+    def peer_id(self) -> PeerId:
+        assert self.driver is not None
+        return self.driver.node.identity.peer_id
+
+    async def start(self) -> None:
+        identity = await load_or_create_identity(self.provider, self.config["relay.data_dir"])
+        node = Node(identity, self.provider, time.monotonic,
+                    limits=NodeLimits(build_timeout=self.config["core.build_timeout"]))
+        self.driver = NodeDriver(node, dialer=self._dial,
+                                 stream_handler=self._exit if self.exit_policy else None)
+        app = web.Application()
+        app.router.add_get(wslink.LINK_PATH, self._accept_link)
+        app.router.add_get("/healthz", self._health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = split_host_port(self.config["relay.listen"])
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.link_url = f"ws://{host}:{bound}{wslink.LINK_PATH}"
+        await self._publish()
+        self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
+        log.info("relay %s listening on %s%s", identity.peer_id.short(), self.link_url,
+                 " (exit)" if self.exit_policy else "")
+
+    async def _publish(self) -> None:
+        assert self.driver is not None
+        caps = Capabilities(relay=True, exit=self.exit_policy is not None,
+                            country=self.config["relay.country"] or None,
+                            bandwidth=self.config["relay.bandwidth"])
+        self.descriptor = await sign_descriptor(
+            self.provider, self.driver.node.identity, now=int(time.time()),
+            addresses={"ws": (self.link_url,)}, capabilities=caps,
+            exit_ports=self.exit_policy.summary_ports() if self.exit_policy else ())
+        await self.signal.publish(self.descriptor.raw)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(DEFAULT_LIFETIME / 3)
+            try:
+                await self._publish()
+            except ZmeshError as exc:  # the signal server may be restarting: try again next round
+                log.warning("could not refresh the descriptor: %s", exc)
+
+    async def _accept_link(self, request: web.Request) -> web.StreamResponse:
+        assert self.driver is not None
+        ws, link = await wslink.accept(request)
+        await self.driver.add_link(link, None, initiator=False)
+        await link.wait_closed()
+        return ws
+
+    async def _health(self, request: web.Request) -> web.Response:
+        assert self.driver is not None
+        return web.json_response({"status": "ok", "peer_id": self.peer_id.text,
+                                  "circuits": len(self.driver.node.circuits()),
+                                  "links": len(self.driver.links())})
+
+    async def _dial(self, peer: PeerId) -> Link:
+        descriptor = await self.directory.find(peer)
+        urls = descriptor.addresses.get("ws", ()) if descriptor else ()
+        if not urls:
+            raise TransportError(f"no WebSocket address known for {peer.short()}")
+        return await wslink.dial(urls[0])
+
+    async def _exit(self, request: IncomingStream) -> None:
+        assert self.exit_policy is not None
+        try:
+            reader, writer = await open_exit_connection(self.exit_policy, request.host, request.port)
+        except ZmeshError as exc:
+            log.debug("exit refused a stream: %s", exc)
+            await request.reject(end_reason_for(exc))
+            return
+        stream = await request.accept()
+        await splice(stream, reader, writer, end_on_tcp_eof=True)
+
+    async def stop(self) -> None:
+        """DESTROY every circuit, give the links a moment to carry that, then close everything."""
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
+        if self.driver is not None:
+            node = self.driver.node
+            for circuit in node.circuits():
+                await self.driver.destroy_circuit(circuit)
+            deadline = time.monotonic() + 2.0
+            while node.links_with_output() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await self.driver.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.signal.close()

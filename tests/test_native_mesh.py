@@ -1,0 +1,211 @@
+"""The native mesh end to end: real `zmesh` subprocesses on loopback, a real SOCKS5 client, a real
+HTTP server. 10 MiB through 3 hops, a killed relay, exit policy after DNS, hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import http.server
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from zmesh.errors import TransportError
+from zmesh_relay.socks5 import socks5_connect
+
+MiB = 1024 * 1024
+PAYLOAD = os.urandom(10 * MiB)
+ZMESH = [sys.executable, "-m", "zmesh_relay.cli"]
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        body = PAYLOAD if self.path == "/big" else b"small page"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _http_server() -> tuple[http.server.ThreadingHTTPServer, int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+class Process:
+    """A `zmesh` subprocess; ``address`` is what its ready line announced."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([*ZMESH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.address = self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            if not readable:
+                break
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("zmesh-ready "):
+                return line.split()[2:]
+        self.proc.kill()
+        raise AssertionError(f"zmesh {self.proc.args[3:]} did not start: {self.proc.stderr.read()[-2000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    files, files_port = _http_server()
+    refused, refused_port = _http_server()
+    started: list[Process] = []
+    try:
+        signal_server = Process("signal", "--listen", "127.0.0.1:0")
+        started.append(signal_server)
+        url = signal_server.address[0]
+        data = tmp_path_factory.mktemp("relays")
+        relays = []
+        for index in range(5):
+            extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if index >= 3 else []
+            relays.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
+                                  "--data-dir", str(data / f"r{index}"), *extra))
+            started.append(relays[-1])
+        client = Process("client", "--signal", url, "--socks", "127.0.0.1:0")
+        started.append(client)
+        host, port = client.address[0].rsplit(":", 1)
+        yield {"signal": url, "relays": relays, "socks": (host, int(port)), "files_port": files_port,
+               "refused_port": refused_port, "client": client}
+    finally:
+        for process in reversed(started):
+            process.stop()
+        files.shutdown()
+        refused.shutdown()
+
+
+async def fetch(socks: tuple[str, int], host: str, port: int, path: str) -> bytes:
+    reader, writer = await socks5_connect(socks[0], socks[1], host, port)
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200"), head[:100]
+    return body
+
+
+def test_ten_mib_through_three_relays_is_byte_exact(mesh):
+    body = asyncio.run(asyncio.wait_for(fetch(mesh["socks"], "127.0.0.1", mesh["files_port"], "/big"), 120))
+    assert hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
+
+
+def test_exit_refuses_loopback_unless_allowed_even_by_name(mesh):
+    for host in ("127.0.0.1", "localhost"):
+        with pytest.raises(TransportError, match="not allowed|0x02|ruleset"):
+            asyncio.run(asyncio.wait_for(fetch(mesh["socks"], host, mesh["refused_port"], "/"), 60))
+    # the allowed port by name still works: the rule is about the resolved address
+    assert asyncio.run(asyncio.wait_for(fetch(mesh["socks"], "localhost", mesh["files_port"], "/"), 60)) \
+        == b"small page"
+
+
+def _health(link_url: str) -> dict:
+    http_url = link_url.replace("ws://", "http://").replace("/v1/link", "/healthz")
+    with urllib.request.urlopen(http_url, timeout=5) as response:
+        return json.load(response)
+
+
+def test_hostile_input_gets_clean_errors_and_servers_keep_serving(mesh):
+    signal_url = mesh["signal"]
+    for body, code in ((b"\xff\x00garbage", 400), (os.urandom(20_000), 413)):
+        request = urllib.request.Request(f"{signal_url}/v1/descriptors", data=body, method="POST",
+                                         headers={"Content-Type": "application/octet-stream"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=5)
+        assert info.value.code == code and "error" in json.loads(info.value.read())
+    # a relay's real descriptor with one signature byte flipped is refused as invalid
+    with urllib.request.urlopen(f"{signal_url}/v1/relays", timeout=5) as response:
+        raw = bytearray(base64.b64decode(json.load(response)["relays"][0]))
+    raw[-1] ^= 1
+    request = urllib.request.Request(f"{signal_url}/v1/descriptors", data=bytes(raw), method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=5)
+    assert info.value.code == 422
+
+    relay_url = mesh["relays"][0].address[0]
+    port = int(relay_url.split(":")[2].split("/")[0])
+
+    async def attack() -> None:
+        # raw garbage on the link port
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(os.urandom(4096))
+        async with aiohttp.ClientSession() as session:
+            # a WebSocket that sends malformed cells, then an oversized frame
+            async with session.ws_connect(relay_url) as ws:
+                await ws.send_bytes(os.urandom(1024 * 3))
+                msg = await ws.receive(timeout=10)
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+            async with session.ws_connect(relay_url, max_msg_size=0) as ws:
+                await ws.send_bytes(bytes(2 * MiB))
+                msg = await ws.receive(timeout=10)
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+            async with session.ws_connect(signal_url + "/v1/ws", max_msg_size=0) as ws:
+                await ws.receive_json(timeout=10)  # the challenge
+                await ws.send_str("x" * (200 * 1024))
+                msg = await ws.receive(timeout=10)
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+
+    asyncio.run(attack())
+    assert _health(relay_url)["status"] == "ok"
+    with urllib.request.urlopen(f"{signal_url}/healthz", timeout=5) as response:
+        assert json.load(response)["status"] == "ok"
+    assert asyncio.run(asyncio.wait_for(fetch(mesh["socks"], "127.0.0.1", mesh["files_port"], "/"), 60)) \
+        == b"small page"
+
+
+def test_killed_middle_relay_next_fetch_succeeds(mesh):
+    assert asyncio.run(asyncio.wait_for(fetch(mesh["socks"], "127.0.0.1", mesh["files_port"], "/"), 60)) \
+        == b"small page"
+    carrying = [r for r in mesh["relays"][:3] if _health(r.address[0])["circuits"] > 0]
+    assert carrying, "no non-exit relay carries the client's circuit"
+    victim = carrying[0]
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait()
+    body = asyncio.run(asyncio.wait_for(fetch(mesh["socks"], "127.0.0.1", mesh["files_port"], "/"), 60))
+    assert body == b"small page"
+
+
+def test_processes_stop_cleanly_on_sigterm(mesh, tmp_path):
+    relay = Process("relay", "--signal", mesh["signal"], "--listen", "127.0.0.1:0",
+                    "--data-dir", str(tmp_path / "relay"))
+    assert relay.stop() == 0
+    key = Path(tmp_path / "relay" / "identity.key")
+    assert key.exists() and (key.stat().st_mode & 0o777) == 0o600
