@@ -16,6 +16,8 @@ from zmesh.cells import MAX_FRAME_SIZE
 from zmesh.errors import LinkClosed, TransportError
 
 LINK_PATH = "/v1/link"
+# aiohttp refuses a message whose size *reaches* max_msg_size, so allow one byte more than a frame.
+MAX_MESSAGE = MAX_FRAME_SIZE + 1
 
 
 class WebSocketLink:
@@ -63,7 +65,7 @@ async def dial(url: str, *, timeout: float = 10.0) -> WebSocketLink:
     """Open a link to a relay's ``ws://host:port/v1/link``; ``TransportError`` if it fails."""
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
     try:
-        ws = await session.ws_connect(url, max_msg_size=MAX_FRAME_SIZE, heartbeat=30.0,
+        ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE, heartbeat=30.0,
                                       timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
@@ -73,6 +75,6 @@ async def dial(url: str, *, timeout: float = 10.0) -> WebSocketLink:
 
 async def accept(request: web.Request) -> tuple[web.WebSocketResponse, WebSocketLink]:
     """Upgrade an inbound request to a link (aiohttp answers non-WebSocket requests with 400)."""
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_SIZE, heartbeat=30.0)
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30.0)
     await ws.prepare(request)
     return ws, WebSocketLink(ws)
