@@ -36,7 +36,7 @@ class ExitRule:
         try:
             if not sep:
                 raise ValueError("missing :PORTS")
-            network = ipaddress.ip_network(cidr.strip("[]"), strict=False)
+            network = ipaddress.ip_network(cidr.replace("[", "").replace("]", ""), strict=False)
             ranges = []
             for part in ports.split(","):
                 low, _, high = part.partition("-")
