@@ -72,6 +72,8 @@ class Socks5Server:
         self._tasks.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass  # close() is shutting this connection down; asyncio would log a cancelled callback
         finally:
             self._tasks.discard(task)
             writer.close()
