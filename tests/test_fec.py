@@ -177,3 +177,24 @@ def test_fec_link_delivers_in_order_over_a_lossy_link(loss):
             await receiver.recv()
 
     asyncio.run(main())
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32), loss=st.floats(0.0, 0.2))
+def test_reordered_and_lost_packets_still_arrive_once_in_order(seed, loss):
+    rng = random.Random(seed)
+    enc, dec = TetrysEncoder(symbol_size=128, max_window=128), TetrysDecoder(symbol_size=128, max_window=128)
+    messages = [rng.randbytes(rng.randint(0, 126)) for _ in range(100)]
+    packets = []
+    for index, message in enumerate(messages):
+        packets.append(enc.source(message))
+        if index % 3 == 2:
+            packets.append(enc.repair())
+    for start in range(0, len(packets), 5):  # shuffle within small groups: an unordered channel
+        group = packets[start:start + 5]
+        rng.shuffle(group)
+        packets[start:start + 5] = group
+    out = [e for p in packets if rng.random() >= loss for e in dec.receive(p)]
+    while dec.next_deliver < len(messages):
+        out += dec.receive(enc.repair())
+    assert [e.payload for e in out] == messages
