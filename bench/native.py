@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_native_mesh import PAYLOAD, Process, _http_server  # noqa: E402
+from tests.test_native_mesh import PAYLOAD, _http_server, start_mesh  # noqa: E402
 from zmesh_relay import config  # noqa: E402
 from zmesh_relay.client import Client  # noqa: E402
 from zmesh_relay.socks5 import socks5_connect  # noqa: E402
@@ -85,19 +85,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     files, files_port = _http_server()
-    processes: list[Process] = []
-    try:
-        signal_server = Process("signal", "--listen", "127.0.0.1:0")
-        processes.append(signal_server)
-        url = signal_server.address[0]
-        with tempfile.TemporaryDirectory() as data:
-            for index in range(4):
-                extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if index == 3 else []
-                processes.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
-                                         "--data-dir", f"{data}/r{index}", *extra))
-            client = Process("client", "--signal", url, "--socks", "127.0.0.1:0")
-            processes.append(client)
-            host, port = client.address[0].rsplit(":", 1)
+    with tempfile.TemporaryDirectory() as data:
+        processes, url = start_mesh(Path(data), files_port, relays=4, exits=1)
+        try:
+            host, port = processes[-1].address[0].rsplit(":", 1)
             socks = (host, int(port))
 
             async def run() -> None:
@@ -119,10 +110,10 @@ def main() -> None:
                       "over 3 hops at ~16 MB/s with 11 ms TTFB.")
 
             asyncio.run(run())
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        files.shutdown()
+        finally:
+            for process in reversed(processes):
+                process.stop()
+            files.shutdown()
 
 
 if __name__ == "__main__":

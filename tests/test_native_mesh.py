@@ -83,29 +83,35 @@ class Process:
         return self.proc.returncode
 
 
+def start_mesh(data_dir: Path, allowed_port: int, *, relays: int, exits: int) -> tuple[list[Process], str]:
+    """Signal server, ``relays`` relays (the last ``exits`` of them exits allowed to reach
+    127.0.0.1:``allowed_port``) and a SOCKS client; the client is the last process."""
+    processes = [Process("signal", "--listen", "127.0.0.1:0")]
+    url = processes[0].address[0]
+    try:
+        for index in range(relays):
+            extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{allowed_port}"] if index >= relays - exits else []
+            processes.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
+                                     "--data-dir", str(data_dir / f"r{index}"), *extra))
+        processes.append(Process("client", "--signal", url, "--socks", "127.0.0.1:0"))
+    except BaseException:
+        for process in reversed(processes):
+            process.stop()
+        raise
+    return processes, url
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     files, files_port = _http_server()
     refused, refused_port = _http_server()
-    started: list[Process] = []
+    processes, url = start_mesh(tmp_path_factory.mktemp("relays"), files_port, relays=5, exits=2)
     try:
-        signal_server = Process("signal", "--listen", "127.0.0.1:0")
-        started.append(signal_server)
-        url = signal_server.address[0]
-        data = tmp_path_factory.mktemp("relays")
-        relays = []
-        for index in range(5):
-            extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if index >= 3 else []
-            relays.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
-                                  "--data-dir", str(data / f"r{index}"), *extra))
-            started.append(relays[-1])
-        client = Process("client", "--signal", url, "--socks", "127.0.0.1:0")
-        started.append(client)
-        host, port = client.address[0].rsplit(":", 1)
-        yield {"signal": url, "relays": relays, "socks": (host, int(port)), "files_port": files_port,
-               "refused_port": refused_port, "client": client}
+        host, port = processes[-1].address[0].rsplit(":", 1)
+        yield {"signal": url, "relays": processes[1:-1], "socks": (host, int(port)), "files_port": files_port,
+               "refused_port": refused_port}
     finally:
-        for process in reversed(started):
+        for process in reversed(processes):
             process.stop()
         files.shutdown()
         refused.shutdown()

@@ -127,6 +127,16 @@ def parse_update(packet: bytes) -> tuple[int, int, int]:
     return next_expected, received, highest
 
 
+def _add_scaled(target: dict[int, int], factor: int, row: dict[int, int]) -> None:
+    """``target += factor × row`` over GF(2^8) on sparse coefficient rows (zeros are dropped)."""
+    for seq, c in row.items():
+        updated = target.get(seq, 0) ^ mul(factor, c)
+        if updated:
+            target[seq] = updated
+        else:
+            target.pop(seq, None)
+
+
 class TetrysDecoder:
     """On-the-fly decoder. Memory is bounded by ``max_window`` symbols and equations."""
 
@@ -242,12 +252,7 @@ class TetrysDecoder:
             factor = unknown.get(pivot)
             if factor:
                 coeffs, row_value = self._rows[pivot]
-                for seq, c in coeffs.items():
-                    updated = unknown.get(seq, 0) ^ mul(factor, c)
-                    if updated:
-                        unknown[seq] = updated
-                    else:
-                        unknown.pop(seq, None)
+                _add_scaled(unknown, factor, coeffs)
                 value ^= scale(row_value, factor, size)
         if not unknown:
             return  # redundant: told us nothing new
@@ -258,12 +263,7 @@ class TetrysDecoder:
         for other, (coeffs, row_value) in list(self._rows.items()):  # keep rows fully reduced
             factor = coeffs.get(pivot)
             if factor:
-                for seq, c in unknown.items():
-                    updated = coeffs.get(seq, 0) ^ mul(factor, c)
-                    if updated:
-                        coeffs[seq] = updated
-                    else:
-                        coeffs.pop(seq, None)
+                _add_scaled(coeffs, factor, unknown)
                 self._rows[other] = (coeffs, row_value ^ scale(value, factor, size))
         self._rows[pivot] = (unknown, value)
         for solved in [p for p, (coeffs, _) in self._rows.items() if len(coeffs) == 1]:
