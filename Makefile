@@ -3,18 +3,27 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINTED := node-core relay signaling tests playwright bench web/build_assets.py
 
-.PHONY: setup test lint bench demo clean
+.PHONY: setup web-assets test lint bench demo clean
 
-setup: $(STAMP)
+setup: $(STAMP) web-assets
 
-$(STAMP): pyproject.toml
+# Python packages, Debian's chromium (for the real-browser tests; never a downloaded browser) and
+# the npm packages of the page (Pyodide, served from our own origin).
+$(STAMP): pyproject.toml web/package.json web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[native,dev]'
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: run 'sudo apt-get install chromium'"; exit 1; fi; fi
+	cd web && npm ci --no-audit --no-fund --silent
 	touch $(STAMP)
 
-LINTED := node-core relay signaling tests bench
+# What the page loads (the current core as a zip, the msgpack Pyodide wheel, the vector files).
+web-assets: $(STAMP)
+	$(PY) web/build_assets.py
 
 test: setup
 	$(PY) -m ruff check $(LINTED)
@@ -25,9 +34,11 @@ lint: setup
 
 bench: setup
 	$(PY) bench/core.py
+	$(PY) bench/native.py
+	$(PY) bench/fec.py
 
 demo: setup
 	$(VENV)/bin/zmesh demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info node-core/*.egg-info
+	rm -rf $(VENV) build *.egg-info node-core/*.egg-info web/build web/node_modules

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import logging
+import mimetypes
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,9 @@ from zmesh.errors import ConfigError, CryptoError, ProtocolError
 from zmesh.identity import PeerId
 
 log = logging.getLogger(__name__)
+# Browsers load ES modules and WebAssembly only with these types (the page boots Pyodide from here).
+mimetypes.add_type("text/javascript", ".mjs")
+mimetypes.add_type("application/wasm", ".wasm")
 
 AUTH_DOMAIN = b"zmesh-signal-auth-v1\x00"
 MESSAGE_DOMAIN = b"zmesh-signal-msg-v1\x00"

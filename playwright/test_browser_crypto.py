@@ -1,0 +1,24 @@
+"""Issue 4 (a): the shared vector files pass through the WebCrypto provider inside real Chromium,
+with the page and Pyodide served from our own origin."""
+
+import json
+from pathlib import Path
+
+from zmesh.crypto.selfcheck import CHECKS
+
+VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"
+EXPECTED = sum(len(json.loads((VECTORS / name).read_text())[key]) for name, checks in CHECKS.items()
+               for key, _ in checks)
+
+
+def test_vector_files_pass_in_the_browser(browser, signal_url):
+    page = browser.new_page()
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{signal_url}/selftest.html")
+    page.wait_for_function("window.zmeshSelftest !== undefined", timeout=90_000)
+    report = page.evaluate("window.zmeshSelftest")
+    assert report["failures"] == []
+    assert report["count"] == EXPECTED and report["python"].startswith("3.14")
+    assert all(url.startswith(signal_url) for url in requests), "the page contacted another origin"
+    page.close()

@@ -1,0 +1,43 @@
+"""Prepare what the page loads, all served from this origin (the CDN is never contacted).
+
+web/build/ gets: the zmesh core as a zip (unpacked into Pyodide's site-packages), the msgpack
+Pyodide wheel from PyPI, the shared test vectors, and manifest.json naming them. Run by
+``make setup``; idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "web" / "build"
+PYODIDE_PLATFORM = ["--platform", "pyemscripten_2026_0_wasm32", "--python-version", "3.14",
+                    "--implementation", "cp", "--abi", "cp314"]
+
+
+def main() -> None:
+    wheels = BUILD / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    if not list(wheels.glob("msgpack-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        *PYODIDE_PLATFORM, "msgpack", "-d", str(wheels)], check=True)
+    core = BUILD / "zmesh-core.zip"
+    with zipfile.ZipFile(core, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted((ROOT / "node-core" / "zmesh").rglob("*.py")):
+            archive.write(path, path.relative_to(ROOT / "node-core"))
+    vectors = BUILD / "vectors"
+    shutil.rmtree(vectors, ignore_errors=True)
+    shutil.copytree(ROOT / "tests" / "vectors", vectors, ignore=shutil.ignore_patterns("*.py", "*.md"))
+    manifest = {"core": "build/zmesh-core.zip",
+                "wheels": [f"build/wheels/{w.name}" for w in sorted(wheels.glob("*.whl"))],
+                "vectors": sorted(p.name for p in vectors.glob("*.json"))}
+    (BUILD / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
