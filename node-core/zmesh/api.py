@@ -25,6 +25,7 @@ from .cells import EndReason
 from .descriptor import Descriptor
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .errors import ConfigError, InvalidState, ProtocolError, ZmeshError
+from .http import http_get, parse_url
 from .identity import PeerId
 from .node import MAX_HOPS, MIN_HOPS
 from .path import PathSelector
@@ -140,6 +141,15 @@ class MeshVPN:
         stream = await self.driver.open_stream(self._require_circuit(), host, port)
         self._streams.append(stream)
         return stream
+
+    async def fetch(self, url: str) -> tuple[int, bytes]:
+        """GET an ``http://`` URL through the circuit's exit; return ``(status, body)``."""
+        host, port, path = parse_url(url)
+        stream = await self.open_stream(host, port)
+        try:
+            return await http_get(stream, host, path)
+        finally:
+            self._streams.remove(stream)
 
     async def send(self, data: bytes) -> None:
         """Send one message to the connected destination."""

@@ -1,0 +1,114 @@
+// MeshVPN: the zmesh JavaScript API. The tab runs the same Python core as native relays (Pyodide);
+// this module is a thin, typed front over it. See meshvpn.d.ts.
+//
+//   import { MeshVPN } from "/meshvpn.js";
+//   const vpn = new MeshVPN({ hops: 3 });
+//   await vpn.connect();
+//   const { status, body } = await vpn.fetch("http://example.org/");
+import { bootZmesh } from "/boot.mjs";
+
+const EXITS = ["direct", "cloudflare"];
+const TRANSPORTS = ["auto", "webrtc", "websocket"];
+let runtime = null;
+
+function validate(options) {
+  const out = {};
+  for (const [key, value] of Object.entries(options)) {
+    switch (key) {
+      case "hops":
+        if (!Number.isInteger(value) || value < 2 || value > 8) throw new TypeError(`hops must be an integer 2..8, got ${value}`);
+        out.hops = value; break;
+      case "exit":
+        if (!EXITS.includes(value)) throw new TypeError(`exit must be one of ${EXITS.join(", ")}, got ${value}`);
+        out.exit = value; break;
+      case "country":
+        if (typeof value !== "string" || !/^[A-Za-z]{2}$/.test(value)) throw new TypeError(`country must be a two-letter code, got ${value}`);
+        out.country = value.toUpperCase(); break;
+      case "enableFEC":
+        if (typeof value !== "boolean") throw new TypeError("enableFEC must be true or false");
+        out.enable_fec = value; break;
+      case "transport":
+        if (!TRANSPORTS.includes(value)) throw new TypeError(`transport must be one of ${TRANSPORTS.join(", ")}, got ${value}`);
+        out.transport = value; break;
+      case "destination":
+        if (typeof value !== "string") throw new TypeError("destination must be a PeerId string");
+        out.destination = value; break;
+      default:
+        throw new TypeError(`unknown option ${key}`);
+    }
+  }
+  return out;
+}
+
+export class MeshVPN {
+  constructor(options = {}) {
+    this.options = validate(options);
+    this.handlers = { message: [], connect: [], disconnect: [], error: [] };
+    this.peerId = null;
+    this._vpn = null;
+  }
+
+  on(event, callback) {
+    if (!(event in this.handlers)) throw new TypeError(`unknown event ${event}`);
+    this.handlers[event].push(callback);
+  }
+
+  _emit(event, value) {
+    for (const callback of this.handlers[event]) callback(value);
+  }
+
+  async connect(options = {}) {
+    Object.assign(this.options, validate(options));
+    try {
+      runtime ??= bootZmesh();
+      const { pyodide } = await runtime;
+      const openMesh = pyodide.runPython("from zmesh.browser import open_mesh; open_mesh");
+      this._vpn = await openMesh(pyodide.toPy(this.options));
+      this.peerId = this._vpn.peer_id.text;
+      this._emit("connect", this.getStats());
+    } catch (err) {
+      this._emit("error", err);
+      throw new Error(`could not join the mesh: ${err.message.split("\n").filter(Boolean).pop()}`);
+    }
+  }
+
+  _require() {
+    if (!this._vpn) throw new Error("not connected: call connect() first");
+    return this._vpn;
+  }
+
+  async fetch(url) {
+    const result = await this._require().fetch(url);
+    const [status, body] = result.toJs();
+    result.destroy();
+    return { status, body: new Uint8Array(body) };
+  }
+
+  async send(data) {
+    await this._require().send(data);
+  }
+
+  async receive() {
+    const message = await this._require().receive();
+    return new Uint8Array(message.toJs ? message.toJs() : message);
+  }
+
+  getStats() {
+    if (!this._vpn) return { connected: false };
+    const stats = this._vpn.get_stats();
+    const plain = stats.toJs({ dict_converter: Object.fromEntries });
+    stats.destroy();
+    return plain;
+  }
+
+  updateConfig(options) {
+    Object.assign(this.options, validate(options));
+  }
+
+  async disconnect() {
+    if (this._vpn) {
+      await this._vpn.disconnect();
+      this._emit("disconnect", {});
+    }
+  }
+}
