@@ -15,7 +15,8 @@ class Block:
 
 sys.meta_path.insert(0, Block())
 import zmesh
-native_only = {"zmesh.crypto.native", "zmesh.crypto.webcrypto"}
+# adapters for one runtime: native needs `cryptography`, browser ones need Pyodide's `js`
+native_only = {"zmesh.crypto.native", "zmesh.crypto.webcrypto", "zmesh.browser"}
 names = [m.name for m in pkgutil.walk_packages(zmesh.__path__, "zmesh.") if m.name not in native_only]
 for name in names:
     importlib.import_module(name)
