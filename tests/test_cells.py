@@ -27,7 +27,9 @@ from zmesh.errors import ProtocolError
 
 @pytest.mark.parametrize("command", [c for c in CellCommand if c != CellCommand.RELAY])
 def test_link_cells_round_trip_at_fixed_size(command):
-    circ_id = 0 if command in (CellCommand.PADDING, CellCommand.PING, CellCommand.PONG) else 7
+    link_level = (CellCommand.PADDING, CellCommand.PING, CellCommand.PONG, CellCommand.AUTH_CHALLENGE,
+                  CellCommand.AUTHENTICATE)
+    circ_id = 0 if command in link_level else 7
     raw = encode_cell(command, circ_id, b"payload", FLAG_MORE)
     assert len(raw) == CELL_SIZE
     cell = parse_cell(raw)

@@ -156,6 +156,8 @@ async def _cut_off(session: aiohttp.ClientSession, url: str, payload: bytes | st
                 await ws.receive_json(timeout=10)
             await (ws.send_bytes(payload) if isinstance(payload, bytes) else ws.send_str(payload))
             msg = await ws.receive(timeout=10)
+            while msg.type == aiohttp.WSMsgType.BINARY:  # e.g. the relay's AUTH_CHALLENGE greeting
+                msg = await ws.receive(timeout=10)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
                                 aiohttp.WSMsgType.ERROR)
     except (aiohttp.ClientError, ConnectionError):

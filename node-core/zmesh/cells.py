@@ -53,7 +53,10 @@ class CellCommand(IntEnum):
     DESTROY = 4
     PING = 5
     PONG = 6
+    AUTH_CHALLENGE = 7  # listener → dialer: 32 random bytes
+    AUTHENTICATE = 8  # dialer → listener: PeerId ‖ Ed25519 signature (docs/protocol.md §3)
 
+_LINK_LEVEL = frozenset({0, 5, 6, 7, 8})  # commands that travel on circuit id 0
 
 class RelayCommand(IntEnum):
     BEGIN = 1
@@ -144,7 +147,7 @@ def parse_cell(raw: bytes | memoryview) -> Cell:
     if body[length:] != _ZERO_BODY[length:]:
         raise ProtocolError("link cell padding must be zero")
     command = CellCommand(command)
-    if (circ_id == 0) != (command in (CellCommand.PADDING, CellCommand.PING, CellCommand.PONG)):
+    if (circ_id == 0) != (command in _LINK_LEVEL):
         raise ProtocolError(f"{command.name} cell has an invalid circuit id")
     return Cell(command, circ_id, body[:length], flags)
 

@@ -169,6 +169,12 @@ class NodeDriver:
         self._wake()
         return link_id
 
+    async def connect(self, peer: PeerId) -> int:
+        """Open a link to ``peer`` now, e.g. a browser tab to the relay it is reachable through."""
+        if self.dialer is None:
+            raise TransportError("this node has no dialer")
+        return await self.add_link(await self.dialer(peer), peer, initiator=True)
+
     def links(self) -> dict[int, Link]:
         return dict(self._links)
 

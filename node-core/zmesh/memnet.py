@@ -29,14 +29,19 @@ class MemoryNetwork:
         self.drivers: dict[PeerId, NodeDriver] = {}
         self.descriptors: dict[PeerId, Descriptor] = {}
         self.links: list[tuple[PeerId, PeerId, Link, Link]] = []
+        self.unreachable: set[PeerId] = set()  # nodes that cannot listen, like browser tabs
 
-    async def add_node(self, *, exit: bool = False, country: str | None = None,
-                       stream_handler: StreamHandler | None = None) -> NodeDriver:
+    async def add_node(self, *, exit: bool = False, country: str | None = None, reachable: bool = True,
+                       accept_circuits: bool = True, stream_handler: StreamHandler | None = None) -> NodeDriver:
+        """A node; ``reachable=False`` makes one that can only dial out (a browser tab): others reach
+        it over the links it opened, once it has authenticated them."""
         identity = await Identity.generate(self.provider)
-        node = Node(identity, self.provider, time.monotonic, limits=self.limits)
+        node = Node(identity, self.provider, time.monotonic, accept_circuits=accept_circuits, limits=self.limits)
         driver = NodeDriver(node, dialer=lambda peer, me=identity.peer_id: self._dial(me, peer),
                             stream_handler=stream_handler)
         self.drivers[identity.peer_id] = driver
+        if not reachable:
+            self.unreachable.add(identity.peer_id)
         self.descriptors[identity.peer_id] = await sign_descriptor(
             self.provider, identity, now=int(time.time()),
             addresses={"memory": (identity.peer_id.text,)},
@@ -46,10 +51,11 @@ class MemoryNetwork:
 
     async def _dial(self, me: PeerId, peer: PeerId) -> Link:
         remote = self.drivers.get(peer)
-        if remote is None:
-            raise TransportError(f"no node {peer.short()} in this memory network")
+        if remote is None or peer in self.unreachable:
+            raise TransportError(f"no node {peer.short()} to dial in this memory network")
         ours, theirs = memory_link_pair(capacity_bytes=self.link_capacity)
-        await remote.add_link(theirs, me, initiator=False)
+        # The listener learns who dialed only if the dialer authenticates (as on real links).
+        await remote.add_link(theirs, None, initiator=False)
         self.links.append((me, peer, ours, theirs))
         return ours
 

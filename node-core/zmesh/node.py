@@ -57,6 +57,7 @@ from .relaycrypto import HopCrypto, onion_decrypt, onion_encrypt, recognize, sea
 from .streams import format_target, parse_target
 
 MIN_HOPS, MAX_HOPS = 2, 8
+LINK_AUTH_DOMAIN = b"zmesh-link-auth-v1\x00"
 _INITIATOR_BIT = 0x8000_0000
 
 
@@ -73,10 +74,11 @@ class NodeLimits:
 
 
 class _LinkState:
-    __slots__ = ("peer", "initiator", "queue", "queued_cells", "circuits", "next_circ", "closed")
+    __slots__ = ("peer", "initiator", "queue", "queued_cells", "circuits", "next_circ", "closed", "challenge")
 
     def __init__(self, peer: PeerId | None, initiator: bool) -> None:
         self.peer = peer
+        self.challenge = b""  # sent to an unauthenticated dialer, until it answers
         self.initiator = initiator
         self.queue: deque[tuple[int, list[bytes]]] = deque()  # (circuit handle, cells) in send order
         self.queued_cells = 0
@@ -122,16 +124,51 @@ class Node:
     # ------------------------------------------------------------------ driver interface: links
 
     async def link_opened(self, peer: PeerId | None, *, initiator: bool) -> int:
-        """Register a new link (``peer`` is None for an unauthenticated inbound link)."""
+        """Register a new link (``peer`` is None for an inbound link whose dialer is unknown: it is
+        challenged, and a dialer that relays proves its PeerId, so circuits can be extended to it
+        over this very link — how a browser tab, which cannot listen, still relays)."""
         link_id = self._next_link
         self._next_link += 1
-        self._links[link_id] = _LinkState(peer, initiator)
+        link = self._links[link_id] = _LinkState(peer, initiator)
         if peer is not None:
-            self._peer_links.setdefault(peer, link_id)
-            for circ in self._waiting.pop(peer, []):
-                if circ.handle in self._circuits:
-                    await self._guarded(circ, self._start_on_link(circ, link_id))
+            await self._link_identified(link_id, peer)
+        elif not initiator:
+            link.challenge = self.provider.random_bytes(32)
+            self._enqueue(link_id, 0, [encode_cell(CellCommand.AUTH_CHALLENGE, 0, link.challenge)])
         return link_id
+
+    async def _link_identified(self, link_id: int, peer: PeerId) -> None:
+        self._peer_links.setdefault(peer, link_id)
+        for circ in self._waiting.pop(peer, []):
+            if circ.handle in self._circuits:
+                await self._guarded(circ, self._start_on_link(circ, link_id))
+
+    async def _on_auth(self, link_id: int, cell: Cell) -> None:
+        """AUTH_CHALLENGE: a relaying node proves who it is; AUTHENTICATE: check that proof.
+
+        The signature covers the challenge *and the listener's PeerId*, so a man in the middle
+        cannot pass a challenge through to a third node. Clients never answer: they stay anonymous.
+        """
+        link = self._links[link_id]
+        if cell.command == CellCommand.AUTH_CHALLENGE:
+            if link.initiator and self.accept_circuits and link.peer is not None and len(cell.payload) == 32:
+                signature = await self.provider.ed25519_sign(
+                    self.identity.signing_key, LINK_AUTH_DOMAIN + cell.payload + link.peer.key)
+                self._enqueue(link_id, 0, [encode_cell(CellCommand.AUTHENTICATE, 0,
+                                                       self.identity.peer_id.key + signature)])
+            return
+        challenge, link.challenge = link.challenge, b""
+        payload = cell.payload
+        valid = (challenge and len(payload) == KEY_SIZE + 64 and await self.provider.ed25519_verify(
+            payload[:KEY_SIZE], payload[KEY_SIZE:], LINK_AUTH_DOMAIN + challenge + self.identity.peer_id.key))
+        if not valid:
+            self.metrics["link_auth_failures"] += 1
+            self._events.append(CloseLink(link_id, "link authentication failed"))
+            await self.link_closed(link_id)
+            return
+        link.peer = PeerId(payload[:KEY_SIZE])
+        self.metrics["links_authenticated"] += 1
+        await self._link_identified(link_id, link.peer)
 
     async def link_failed(self, peer: PeerId) -> None:
         """A ``LinkNeeded`` dial failed: circuits waiting for that peer fail."""
@@ -333,6 +370,9 @@ class Node:
             return
         if command == CellCommand.PING:
             self._enqueue(link_id, 0, [encode_cell(CellCommand.PONG, 0, cell.payload)])
+            return
+        if command in (CellCommand.AUTH_CHALLENGE, CellCommand.AUTHENTICATE):
+            await self._on_auth(link_id, cell)
             return
         route = self._routes.get((link_id, cell.circ_id))
         if command == CellCommand.CREATE:
