@@ -28,7 +28,7 @@ from zmesh.errors import ProtocolError
 @pytest.mark.parametrize("command", [c for c in CellCommand if c != CellCommand.RELAY])
 def test_link_cells_round_trip_at_fixed_size(command):
     link_level = (CellCommand.PADDING, CellCommand.PING, CellCommand.PONG, CellCommand.AUTH_CHALLENGE,
-                  CellCommand.AUTHENTICATE)
+                  CellCommand.AUTHENTICATE, CellCommand.AUTHENTICATED)
     circ_id = 0 if command in link_level else 7
     raw = encode_cell(command, circ_id, b"payload", FLAG_MORE)
     assert len(raw) == CELL_SIZE

@@ -21,8 +21,8 @@ def test_an_unreachable_node_relays_over_the_link_it_opened(provider):
         client = await net.add_node(accept_circuits=False)
         tab_id = tab.node.identity.peer_id
         try:
-            await tab.connect(home.node.identity.peer_id)
-            await wait_until(lambda: tab_id in home.node._peer_links)
+            await tab.connect(home.node.identity.peer_id, authenticated=True)
+            assert tab_id in home.node._peer_links
             path = [net.descriptors[d.node.identity.peer_id] for d in (home, tab, exit_)]
             circuit = await client.build_circuit(path)
             stream = await client.open_stream(circuit, "echo.test", 7)

@@ -85,3 +85,16 @@ def test_scores_steer_the_draw(relays):
 def test_destination_path_ends_at_the_destination(relays):
     path = PathSelector().select(relays, hops=3, destination=relays[5], rng=random.Random(3))
     assert path[-1] is relays[5] and relays[5].peer_id not in [r.peer_id for r in path[:-1]]
+
+
+def test_nodes_without_a_listener_are_only_reached_through_their_relay(provider, relays):
+    async def make_tab():
+        identity = await Identity.generate(provider)
+        return await sign_descriptor(provider, identity, now=1_800_000_000,
+                                     addresses={"via": (relays[4].peer_id.text,)})
+    tab = asyncio.run(make_tab())
+    everyone = relays + [tab]
+    for seed in range(100):
+        assert tab not in PathSelector().select(everyone, hops=3, rng=random.Random(seed))
+    path = PathSelector().select(everyone, hops=3, destination=tab, rng=random.Random(5))
+    assert path[-1] is tab and path[-2] is relays[4] and len({r.peer_id for r in path}) == 3

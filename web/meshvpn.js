@@ -30,6 +30,9 @@ function validate(options) {
       case "transport":
         if (!TRANSPORTS.includes(value)) throw new TypeError(`transport must be one of ${TRANSPORTS.join(", ")}, got ${value}`);
         out.transport = value; break;
+      case "relay":
+        if (typeof value !== "boolean") throw new TypeError("relay must be true or false");
+        out.relay = value; break;
       case "destination":
         if (typeof value !== "string") throw new TypeError("destination must be a PeerId string");
         out.destination = value; break;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 import time
 from typing import Any
 
@@ -18,11 +19,12 @@ from pyodide.http import pyfetch  # type: ignore[import-not-found]
 
 from .cells import MAX_FRAME_SIZE
 from .crypto.webcrypto import WebCryptoProvider
-from .descriptor import Descriptor, verify_descriptor
+from .descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
 from .driver import NodeDriver
 from .errors import CryptoError, LinkClosed, ProtocolError, TransportError
 from .identity import Identity, PeerId
 from .node import Node
+from .path import listens
 
 HIGH_WATER = 1 << 20  # bytes the browser may hold in a socket's send buffer before we wait
 
@@ -103,6 +105,10 @@ class BrowserNode:
         provider = WebCryptoProvider()
         return cls(await Identity.generate(provider), provider)
 
+    def refreshed_relays(self) -> list[Descriptor]:
+        """The directory as last fetched (``MeshVPN`` reads it synchronously)."""
+        return list(self.relays.values())
+
     async def refresh(self) -> list[Descriptor]:
         """Fetch and verify the relay list from this page's own origin."""
         response = await pyfetch("/v1/relays")
@@ -115,6 +121,23 @@ class BrowserNode:
             fresh[descriptor.peer_id] = descriptor
         self.relays = fresh
         return list(fresh.values())
+
+    async def offer_relay(self) -> Descriptor:
+        """Help the mesh, Snowflake-style: link to a home relay (authenticating, so circuits can be
+        extended to this tab over that link) and publish a descriptor reachable ``via`` it."""
+        homes = [d for d in self.relays.values() if listens(d)]
+        if not homes:
+            raise TransportError("no relay to offer this tab through")
+        home = random.choice(homes)
+        await self.driver.connect(home.peer_id, authenticated=True)
+        descriptor = await sign_descriptor(self.provider, self.driver.node.identity, now=int(time.time()),
+                                           addresses={"via": (home.peer_id.text,)},
+                                           capabilities=Capabilities(relay=True))
+        response = await pyfetch("/v1/descriptors", method="POST", body=to_js(descriptor.raw),
+                                 headers={"Content-Type": "application/octet-stream"})
+        if response.status != 201:
+            raise TransportError(f"the directory refused this tab's descriptor ({response.status})")
+        return descriptor
 
     async def _dial(self, peer: PeerId) -> BrowserWebSocketLink:
         descriptor = self.relays.get(peer)
@@ -132,6 +155,8 @@ async def open_mesh(options: Any) -> Any:
     await node.refresh()
     settings = options.to_py() if hasattr(options, "to_py") else dict(options)
     destination = settings.pop("destination", None)
-    vpn = MeshVPN(node.driver, lambda: node.relays.values(), **settings)
+    if settings.pop("relay", True):
+        await node.offer_relay()
+    vpn = MeshVPN(node.driver, node.refreshed_relays, **settings)
     await vpn.connect(destination)
     return vpn

@@ -55,8 +55,9 @@ class CellCommand(IntEnum):
     PONG = 6
     AUTH_CHALLENGE = 7  # listener → dialer: 32 random bytes
     AUTHENTICATE = 8  # dialer → listener: PeerId ‖ Ed25519 signature (docs/protocol.md §3)
+    AUTHENTICATED = 9  # listener → dialer: the proof was accepted; circuits can now reach you
 
-_LINK_LEVEL = frozenset({0, 5, 6, 7, 8})  # commands that travel on circuit id 0
+_LINK_LEVEL = frozenset({0, 5, 6, 7, 8, 9})  # commands that travel on circuit id 0
 
 class RelayCommand(IntEnum):
     BEGIN = 1

@@ -22,6 +22,7 @@ from .events import (
     CircuitClosed,
     CloseLink,
     Event,
+    LinkAuthenticated,
     LinkNeeded,
     StreamConnected,
     StreamData,
@@ -152,6 +153,8 @@ class NodeDriver:
         self._building: dict[int, asyncio.Future] = {}
         self._opening: dict[tuple[int, int], asyncio.Future] = {}
         self._streams: dict[tuple[int, int], MeshStream] = {}
+        self._confirmations: dict[int, asyncio.Future] = {}
+        self._authenticated: set[int] = set()  # links whose listener accepted our proof
         self._timer_changed = asyncio.Event()
         self._closed = False
         self.on_event: Callable[[Event], None] | None = None
@@ -169,11 +172,22 @@ class NodeDriver:
         self._wake()
         return link_id
 
-    async def connect(self, peer: PeerId) -> int:
-        """Open a link to ``peer`` now, e.g. a browser tab to the relay it is reachable through."""
+    async def connect(self, peer: PeerId, *, authenticated: bool = False, timeout: float = 10.0) -> int:
+        """Open a link to ``peer`` now, e.g. a browser tab to the relay it is reachable through.
+        With ``authenticated``, return only once the peer has accepted this node's proof of
+        identity, i.e. once circuits can be extended to this node over the link."""
         if self.dialer is None:
             raise TransportError("this node has no dialer")
-        return await self.add_link(await self.dialer(peer), peer, initiator=True)
+        link_id = await self.add_link(await self.dialer(peer), peer, initiator=True)
+        if authenticated and link_id not in self._authenticated:
+            confirmed = self._confirmations[link_id] = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(confirmed, timeout)
+            except TimeoutError as exc:
+                raise TransportError(f"{peer.short()} did not accept this node's link authentication") from exc
+            finally:
+                self._confirmations.pop(link_id, None)
+        return link_id
 
     def links(self) -> dict[int, Link]:
         return dict(self._links)
@@ -207,6 +221,7 @@ class NodeDriver:
         if self._links.pop(link_id, None) is None:
             return
         self._output.pop(link_id, None)
+        self._authenticated.discard(link_id)
         await link.close()
         if not self._closed:
             await self._call(self.node.link_closed, link_id)
@@ -290,6 +305,11 @@ class NodeDriver:
                 stream = self._streams.get((circuit, stream_id))
                 if stream is not None:
                     stream._writable.set()
+            case LinkAuthenticated(link_id):
+                self._authenticated.add(link_id)
+                future = self._confirmations.get(link_id)
+                if future is not None and not future.done():
+                    future.set_result(None)
             case LinkNeeded(peer):
                 self._spawn(self._dial(peer))
             case CloseLink(link_id, _):

@@ -20,6 +20,13 @@ class LinkNeeded:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkAuthenticated:
+    """The listener on ``link`` accepted this node's proof of identity."""
+
+    link: int
+
+
+@dataclass(frozen=True, slots=True)
 class CloseLink:
     """The peer on this link broke the protocol; close the link."""
 
@@ -83,5 +90,5 @@ class StreamWritable:
     stream_id: int
 
 
-Event = (LinkNeeded | CloseLink | CircuitBuilt | CircuitClosed | StreamRequested | StreamConnected
+Event = (LinkNeeded | LinkAuthenticated | CloseLink | CircuitBuilt | CircuitClosed | StreamRequested | StreamConnected
          | StreamData | StreamEnded | StreamWritable)

@@ -43,6 +43,7 @@ from .events import (
     CircuitClosed,
     CloseLink,
     Event,
+    LinkAuthenticated,
     LinkNeeded,
     StreamConnected,
     StreamData,
@@ -150,6 +151,10 @@ class Node:
         cannot pass a challenge through to a third node. Clients never answer: they stay anonymous.
         """
         link = self._links[link_id]
+        if cell.command == CellCommand.AUTHENTICATED:
+            if link.initiator:
+                self._events.append(LinkAuthenticated(link_id))
+            return
         if cell.command == CellCommand.AUTH_CHALLENGE:
             if link.initiator and self.accept_circuits and link.peer is not None and len(cell.payload) == 32:
                 signature = await self.provider.ed25519_sign(
@@ -168,6 +173,7 @@ class Node:
             return
         link.peer = PeerId(payload[:KEY_SIZE])
         self.metrics["links_authenticated"] += 1
+        self._enqueue(link_id, 0, [encode_cell(CellCommand.AUTHENTICATED, 0)])
         await self._link_identified(link_id, link.peer)
 
     async def link_failed(self, peer: PeerId) -> None:
@@ -371,7 +377,7 @@ class Node:
         if command == CellCommand.PING:
             self._enqueue(link_id, 0, [encode_cell(CellCommand.PONG, 0, cell.payload)])
             return
-        if command in (CellCommand.AUTH_CHALLENGE, CellCommand.AUTHENTICATE):
+        if command in (CellCommand.AUTH_CHALLENGE, CellCommand.AUTHENTICATE, CellCommand.AUTHENTICATED):
             await self._on_auth(link_id, cell)
             return
         route = self._routes.get((link_id, cell.circ_id))

@@ -85,8 +85,20 @@ class PathSelector:
             raise ConfigError(f"hops must be {MIN_HOPS}..{MAX_HOPS}, got {hops}")
         rng = rng or random.SystemRandom()
         excluded = set(exclude)
-        pool = [r for r in relays if r.capabilities.relay and r.peer_id not in excluded]
+        relays = list(relays)
+        # Nodes reachable only through another relay (browser tabs: `via` addresses) are never
+        # drawn at random; a circuit can end at one, entering through the relay it names.
+        pool = [r for r in relays if r.capabilities.relay and r.peer_id not in excluded and listens(r)]
         max_bw = max((r.capabilities.bandwidth for r in pool), default=0)
+        if destination is not None and not listens(destination):
+            entry = next((r for r in pool if r.peer_id.text in destination.addresses.get("via", ())), None)
+            if entry is None:
+                raise CircuitError("the destination's relay is not in the directory", "no_relays")
+            chosen = [entry, destination]
+            for _ in range(hops - 2):
+                rest = [r for r in pool if all(r.peer_id != c.peer_id for c in chosen)]
+                chosen.insert(0, self._draw(rest, chosen, max_bw, rng, "relay"))
+            return chosen
         if destination is not None:
             last = destination
         else:
@@ -106,6 +118,11 @@ class PathSelector:
             raise CircuitError(f"not enough usable relays to pick a {what}", "no_relays")
         scores = [self.score(r, chosen, max_bw) for r in candidates]
         return rng.choices(candidates, weights=scores, k=1)[0]
+
+
+def listens(relay: Descriptor) -> bool:
+    """Whether anyone can open a link to ``relay`` (it publishes an address other than ``via``)."""
+    return any(transport != "via" and addresses for transport, addresses in relay.addresses.items())
 
 
 def _family(relay: Descriptor) -> set[str]:
