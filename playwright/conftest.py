@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
+from playwright_support import PAYLOAD
 
 from tests.test_native_mesh import Process
 
@@ -14,7 +17,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: Playwright's sync API holds an event loop while open
 def browser():
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -27,3 +30,34 @@ def signal_url():
     server = Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(WEB))
     yield server.address[0]
     server.stop()
+
+
+class _File(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        self.wfile.write(PAYLOAD)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _File)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    port = files.server_address[1]
+    data = tmp_path_factory.mktemp("relays")
+    processes = [Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(WEB))]
+    url = processes[0].address[0]
+    try:
+        for index in range(4):
+            extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if index >= 2 else []
+            processes.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
+                                     "--data-dir", str(data / f"r{index}"), *extra))
+        yield url, port
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        files.shutdown()

@@ -4,59 +4,19 @@ through 3 native relays (issue 4 b), a native client routes through a tab (d), t
 import asyncio
 import concurrent.futures
 import hashlib
-import http.server
-import os
-import threading
-from pathlib import Path
 
-import pytest
+from playwright_support import PAYLOAD
 
-from tests.test_native_mesh import Process
 from zmesh.http import http_get
 from zmesh.identity import PeerId
 from zmesh_relay import config
 from zmesh_relay.client import Client
 
-WEB = Path(__file__).resolve().parent.parent / "web"  # (the folder name shadows the playwright package)
-
-PAYLOAD = os.urandom(5 * 1024 * 1024)
-
-
-class _File(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
-        self.end_headers()
-        self.wfile.write(PAYLOAD)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
-    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _File)
-    threading.Thread(target=files.serve_forever, daemon=True).start()
-    port = files.server_address[1]
-    data = tmp_path_factory.mktemp("relays")
-    processes = [Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(WEB))]
-    url = processes[0].address[0]
-    try:
-        for index in range(4):
-            extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if index >= 2 else []
-            processes.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
-                                     "--data-dir", str(data / f"r{index}"), *extra))
-        yield url, port
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        files.shutdown()
-
 
 def test_tab_fetches_through_three_relays(browser, mesh):
     url, port = mesh
     page = browser.new_page()
-    page.goto(f"{url}/")
+    page.goto(f"{url}/example.html")
     result = page.evaluate("""async (target) => {
         const { MeshVPN } = await import("/meshvpn.js");
         const vpn = new MeshVPN({ hops: 3 });
@@ -74,7 +34,7 @@ def test_tab_fetches_through_three_relays(browser, mesh):
 def test_bad_options_reject_with_clear_errors(browser, mesh):
     url, _ = mesh
     page = browser.new_page()
-    page.goto(f"{url}/")
+    page.goto(f"{url}/example.html")
     message = page.evaluate("""async () => {
         const { MeshVPN } = await import("/meshvpn.js");
         try { new MeshVPN({ hops: 12 }); return "accepted"; } catch (err) { return err.message; }
@@ -95,7 +55,7 @@ def test_native_client_builds_a_circuit_through_a_tab(browser, mesh):
     """Issue 4 (d): the tab offers itself as a relay; a native client routes through it."""
     url, port = mesh
     page = browser.new_page()
-    page.goto(f"{url}/")
+    page.goto(f"{url}/example.html")
     tab_id = PeerId.from_text(page.evaluate(JOIN, {"hops": 3}))
 
     async def through_the_tab():
@@ -124,10 +84,10 @@ def test_tab_to_tab_messages_arrive_in_order(browser, mesh):
     """Issue 4 (c): tab A sends to tab B by PeerId, end to end through an onion circuit."""
     url, _ = mesh
     tab_b = browser.new_page()
-    tab_b.goto(f"{url}/")
+    tab_b.goto(f"{url}/example.html")
     b_id = tab_b.evaluate(JOIN, {"hops": 3})
     tab_a = browser.new_page()
-    tab_a.goto(f"{url}/")
+    tab_a.goto(f"{url}/example.html")
     tab_a.evaluate(JOIN, {"hops": 3, "destination": b_id, "relay": False})
     messages = [f"message {i} " * (i + 1) for i in range(20)]
     tab_a.evaluate("""async (messages) => {

@@ -68,6 +68,11 @@ export class MeshVPN {
       const openMesh = pyodide.runPython("from zmesh.browser import open_mesh; open_mesh");
       this._vpn = await openMesh(pyodide.toPy(this.options));
       this.peerId = this._vpn.peer_id.text;
+      this._vpn.on("message", (message) => {
+        const bytes = message.toJs ? message.toJs() : message;
+        this._emit("message", new Uint8Array(bytes));
+        if (message.destroy) message.destroy();
+      });
       this._emit("connect", this.getStats());
     } catch (err) {
       this._emit("error", err);

@@ -85,6 +85,7 @@ class MeshVPN:
         self._circuit: int | None = None
         self._message_stream: MeshStream | None = None
         self._streams: list[MeshStream] = []
+        self._retired_in = self._retired_out = 0  # bytes of streams no longer open
         self._readers: set[asyncio.Task] = set()
         driver.stream_handler = self._serve_messages_then(driver.stream_handler)
 
@@ -150,6 +151,8 @@ class MeshVPN:
             return await http_get(stream, host, path)
         finally:
             self._streams.remove(stream)
+            self._retired_in += stream.bytes_in
+            self._retired_out += stream.bytes_out
 
     async def send(self, data: bytes) -> None:
         """Send one message to the connected destination."""
@@ -170,8 +173,8 @@ class MeshVPN:
             "connected": self.connected,
             "circuit": self._circuit,
             "path": [p.text for p in self.driver.node.circuit_path(self._circuit)] if self.connected else [],
-            "bytes_in": sum(s.bytes_in for s in streams),
-            "bytes_out": sum(s.bytes_out for s in streams),
+            "bytes_in": self._retired_in + sum(s.bytes_in for s in streams),
+            "bytes_out": self._retired_out + sum(s.bytes_out for s in streams),
             "links": len(self.driver.links()),
             "metrics": dict(self.driver.node.metrics),
             "options": {f.name: getattr(self.options, f.name) for f in fields(self.options)},

@@ -47,7 +47,10 @@ class BrowserWebSocketLink:
 
     @classmethod
     async def dial(cls, url: str, timeout: float = 10.0) -> BrowserWebSocketLink:
-        socket = js.WebSocket.new(url)
+        # Listen for messages before the socket opens: the peer may speak first (AUTH_CHALLENGE),
+        # and a message event with no listener yet is simply lost.
+        link = cls(js.WebSocket.new(url))
+        socket = link._socket
         opened = asyncio.get_running_loop().create_future()
         on_open = create_proxy(lambda _event: opened.done() or opened.set_result(True))
         on_fail = create_proxy(lambda _event: opened.done() or opened.set_exception(
@@ -61,7 +64,7 @@ class BrowserWebSocketLink:
             socket.removeEventListener("error", on_fail)
             on_open.destroy()
             on_fail.destroy()
-        return cls(socket)
+        return link
 
     def _on_message(self, event: Any) -> None:
         data = event.data

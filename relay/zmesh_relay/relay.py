@@ -107,7 +107,8 @@ class Relay:
         assert self.driver is not None
         return web.json_response({"status": "ok", "peer_id": self.peer_id.text,
                                   "circuits": len(self.driver.node.circuits()),
-                                  "links": len(self.driver.links())})
+                                  "links": len(self.driver.links()),
+                                  "metrics": dict(self.driver.node.metrics)})
 
     async def _dial(self, peer: PeerId) -> Link:
         descriptor = await self.directory.find(peer)

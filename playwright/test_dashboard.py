@@ -1,0 +1,28 @@
+"""Issue 4 (f): the page a person opens joins the mesh, fetches through it, and looks right
+(a screenshot is saved under playwright/artifacts/)."""
+
+from pathlib import Path
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+def test_dashboard_joins_fetches_and_renders(browser, mesh):
+    url, port = mesh
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{url}/")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('connected')",
+                           timeout=60_000)
+    assert len(page.text_content("#peer")) == 56
+    assert page.locator("#path li").count() == 3
+    page.fill("#url", f"http://127.0.0.1:{port}/file")
+    page.click("#fetch button")
+    page.wait_for_function("document.getElementById('fetch-result').textContent.startsWith('HTTP 200')",
+                           timeout=60_000)
+    page.wait_for_function("Number(document.getElementById('in').textContent.replace(/\\D/g, '')) > 5000000",
+                           timeout=10_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    assert errors == [] and page.is_hidden("#errors-card")
+    page.close()

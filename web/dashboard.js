@@ -1,0 +1,112 @@
+// The page a person opens: the tab joins the mesh (and relays for it), then shows what it does.
+import { MeshVPN } from "/meshvpn.js";
+
+const $ = (id) => document.getElementById(id);
+const samples = [];  // kB/s over the last minute
+let lastIn = 0;
+
+function status(text, kind = "") {
+  $("status").textContent = text;
+  $("status").className = "pill " + kind;
+}
+
+function problem(err) {
+  $("errors-card").hidden = false;
+  const item = document.createElement("li");
+  item.textContent = (err && err.message ? err.message : String(err)).split("\n").filter(Boolean).pop();
+  $("errors").prepend(item);
+}
+
+function drawChart() {
+  const canvas = $("chart");
+  const ctx = canvas.getContext("2d");
+  const peak = Math.max(1, ...samples);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.strokeStyle = "#2e5bff";
+  ctx.lineWidth = 2;
+  ctx.beginPath();
+  samples.forEach((value, i) => {
+    const x = (i / 59) * canvas.width;
+    const y = canvas.height - 4 - (value / peak) * (canvas.height - 12);
+    i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+  });
+  ctx.stroke();
+}
+
+function render(vpn) {
+  const stats = vpn.getStats();
+  $("peer").textContent = vpn.peerId;
+  $("relaying").textContent = `yes — ${stats.metrics.circuits_relayed || 0} circuits relayed for others`;
+  $("links").textContent = stats.links;
+  $("path").replaceChildren(...stats.path.map((peer, i) => {
+    const item = document.createElement("li");
+    item.textContent = `${peer.slice(0, 16)}…` + (i === stats.path.length - 1 ? "  (exit)" : "");
+    return item;
+  }));
+  $("in").textContent = stats.bytes_in.toLocaleString();
+  $("out").textContent = stats.bytes_out.toLocaleString();
+  const rate = Math.max(0, stats.bytes_in - lastIn) / 1000;
+  lastIn = stats.bytes_in;
+  samples.push(rate);
+  if (samples.length > 60) samples.shift();
+  $("rate").textContent = rate.toFixed(1);
+  drawChart();
+}
+
+async function main() {
+  const vpn = new MeshVPN({ hops: 3 });
+  vpn.on("error", problem);
+  vpn.on("message", (bytes) => {
+    const item = document.createElement("li");
+    item.textContent = new TextDecoder().decode(bytes);
+    if ($("inbox").firstElementChild?.classList.contains("muted")) $("inbox").replaceChildren();
+    $("inbox").append(item);
+  });
+  status("loading the Python runtime…");
+  const started = performance.now();
+  try {
+    await vpn.connect();
+  } catch (err) {
+    status("could not join the mesh", "bad");
+    problem(err);
+    return;
+  }
+  status(`connected in ${((performance.now() - started) / 1000).toFixed(1)} s`, "ok");
+  window.vpn = vpn;
+  const relays = await (await fetch("/healthz")).json();
+  $("relays").textContent = `${relays.relays} relays known to the directory`;
+  render(vpn);
+  setInterval(() => render(vpn), 1000);
+
+  $("fetch").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("fetch-result").textContent = "fetching through 3 relays…";
+    const t0 = performance.now();
+    try {
+      const { status: code, body } = await vpn.fetch($("url").value);
+      $("fetch-result").textContent =
+        `HTTP ${code}, ${body.length.toLocaleString()} bytes in ${Math.round(performance.now() - t0)} ms`;
+    } catch (err) {
+      $("fetch-result").textContent = "fetch failed";
+      problem(err);
+    }
+  });
+
+  let sender = null;
+  $("message").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      // A second node of this tab carries outgoing messages on a circuit ending at the recipient.
+      if (!sender || sender.options.destination !== $("to").value.trim()) {
+        sender = new MeshVPN({ hops: 3, destination: $("to").value.trim(), relay: false });
+        await sender.connect();
+      }
+      await sender.send(new TextEncoder().encode($("text").value));
+      $("text").value = "";
+    } catch (err) {
+      problem(err);
+    }
+  });
+}
+
+main();
