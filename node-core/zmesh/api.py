@@ -24,13 +24,14 @@ from typing import Any
 from .cells import EndReason
 from .descriptor import Descriptor
 from .driver import IncomingStream, MeshStream, NodeDriver
-from .errors import ConfigError, InvalidState, ProtocolError, ZmeshError
+from .errors import CircuitError, ConfigError, InvalidState, ProtocolError, ZmeshError
 from .http import http_get, parse_url
 from .identity import PeerId
 from .node import MAX_HOPS, MIN_HOPS
 from .path import PathSelector
 
 MESSAGE_PORT = 1
+BUILD_ATTEMPTS = 4
 MAX_MESSAGE_SIZE = 1 << 20
 _LENGTH = struct.Struct(">I")
 EVENTS = ("message", "connect", "disconnect", "error")
@@ -109,18 +110,25 @@ class MeshVPN:
         if self._circuit is not None:
             await self.disconnect()
         relays = list(self.directory())
+        avoid: set[PeerId] = {self.peer_id}
         try:
-            if destination is None:
-                path = self.selector.select(relays, hops=self.options.hops, country=self.options.country,
-                                            exclude=[self.peer_id])
-            else:
+            target = None
+            if destination is not None:
                 peer = PeerId.from_text(destination) if isinstance(destination, str) else destination
                 target = next((r for r in relays if r.peer_id == peer), None)
                 if target is None:
                     raise ConfigError(f"destination {peer.short()}… is not in the directory")
-                path = self.selector.select(relays, hops=self.options.hops, destination=target,
-                                            exclude=[self.peer_id])
-            self._circuit = await self.driver.build_circuit(path)
+            for attempt in range(BUILD_ATTEMPTS):
+                path = self.selector.select(relays, hops=self.options.hops, country=self.options.country,
+                                            destination=target, exclude=avoid)
+                try:
+                    self._circuit = await self.driver.build_circuit(path)
+                    break
+                except CircuitError as exc:  # avoid the hop that failed and try another path
+                    if not isinstance(exc.failed_peer, PeerId) or attempt == BUILD_ATTEMPTS - 1:
+                        raise
+                    avoid.add(exc.failed_peer)
+                    self.selector.record(exc.failed_peer, ok=False)
             for relay in path:
                 self.selector.record(relay.peer_id, ok=True)
             if destination is not None:

@@ -1,0 +1,83 @@
+"""Issue 4 (e): a hostile peer sending malformed cells to a tab does not break it — the tab closes
+that link, counts it, and keeps fetching through its circuit."""
+
+import asyncio
+import os
+import threading
+import time
+import urllib.request
+
+import pytest
+from aiohttp import web
+
+from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.descriptor import sign_descriptor
+from zmesh.identity import Identity
+
+JOIN = """async () => {
+    const { MeshVPN } = await import("/meshvpn.js");
+    window.vpn = new MeshVPN({ hops: 3, relay: false });
+    await window.vpn.connect();
+}"""
+
+
+@pytest.fixture(scope="module")
+def hostile(mesh):
+    """A WebSocket 'relay' that answers anyone with garbage, published in the directory."""
+    url, _ = mesh
+    loop = asyncio.new_event_loop()
+
+    async def garbage(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_bytes(os.urandom(3000))  # not whole cells
+        await ws.send_bytes(bytes([1, 3]) + os.urandom(1022))  # a RELAY cell with a random header
+        await ws.send_str("not binary")
+        await ws.receive()
+        return ws
+
+    async def start() -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_get("/v1/link", garbage)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]
+
+    # Everything async runs on the server's own thread: Playwright's sync API holds this thread's loop.
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    provider = NativeCryptoProvider()
+
+    async def describe():
+        identity = await Identity.generate(provider)
+        return identity, await sign_descriptor(provider, identity, now=int(time.time()),
+                                               addresses={"ws": (f"ws://127.0.0.1:{port}/v1/link",)})
+
+    identity, descriptor = asyncio.run_coroutine_threadsafe(describe(), loop).result(10)
+    request = urllib.request.Request(f"{url}/v1/descriptors", data=descriptor.raw, method="POST")
+    urllib.request.urlopen(request, timeout=5)
+    yield identity.peer_id.text
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_malformed_cells_from_a_hostile_peer_do_not_break_the_tab(browser, mesh, hostile):
+    url, port = mesh
+    page = browser.new_page()
+    page.goto(f"{url}/example.html")
+    page.evaluate(JOIN)  # a bad relay in the directory: the tab builds around it if it picks it
+    page.evaluate("""async (hostile) => {
+        const vpn = window.vpn._vpn;
+        try { await vpn.driver.connect(vpn.peer_id.from_text(hostile)); } catch (err) {}
+    }""", hostile)
+    page.wait_for_function("(window.vpn.getStats().metrics.malformed_frames || 0) >= 1", timeout=20_000)
+    result = page.evaluate("""async (target) => {
+        const { status, body } = await window.vpn.fetch(target);
+        return { status, size: body.length };
+    }""", f"http://127.0.0.1:{port}/file")
+    assert result == {"status": 200, "size": 5 * 1024 * 1024}
+    page.close()

@@ -1,0 +1,62 @@
+// Types for web/meshvpn.js — the zmesh MeshVPN JavaScript API.
+
+export interface MeshOptions {
+  /** Relays per circuit (2..8; the design's default is 3). */
+  hops: number;
+  /** 'direct': the exit connects to the target; 'cloudflare': through an upstream HTTP proxy the exit is configured with. */
+  exit: "direct" | "cloudflare";
+  /** Two-letter country code the exit should be in. */
+  country?: string;
+  /** Tetrys forward error correction on unreliable links (used once WebRTC links exist). */
+  enableFEC?: boolean;
+  /** Link transport; today tabs use WebSocket links to relays. */
+  transport?: "webrtc" | "websocket" | "auto";
+  /** Offer this tab as a relay for others (default true). */
+  relay?: boolean;
+  /** Another node's PeerId: `send`/`receive` then carry messages end to end to it. */
+  destination?: string;
+}
+
+export interface MeshStats {
+  connected: boolean;
+  peer_id?: string;
+  circuit?: number | null;
+  /** PeerIds of the circuit's hops, first to last. */
+  path?: string[];
+  bytes_in?: number;
+  bytes_out?: number;
+  links?: number;
+  metrics?: Record<string, number>;
+  options?: Record<string, unknown>;
+}
+
+export interface FetchResult {
+  status: number;
+  body: Uint8Array;
+}
+
+type Events = {
+  message: (data: Uint8Array) => void;
+  connect: (stats: MeshStats) => void;
+  disconnect: (info: object) => void;
+  error: (error: Error) => void;
+};
+
+export class MeshVPN {
+  /** Throws a TypeError naming the bad option. */
+  constructor(options?: Partial<MeshOptions>);
+  /** This tab's PeerId (56 base32 characters) once connected. */
+  readonly peerId: string | null;
+  /** Boots the in-tab node (Pyodide), joins the mesh and builds a circuit. */
+  connect(options?: Partial<MeshOptions>): Promise<void>;
+  disconnect(): Promise<void>;
+  /** GET an http:// URL through the circuit's exit. */
+  fetch(url: string): Promise<FetchResult>;
+  /** Send one message to the `destination` node. */
+  send(data: Uint8Array): Promise<void>;
+  /** The next message sent to this tab. */
+  receive(): Promise<Uint8Array>;
+  on<E extends keyof Events>(event: E, callback: Events[E]): void;
+  getStats(): MeshStats;
+  updateConfig(options: Partial<MeshOptions>): void;
+}
