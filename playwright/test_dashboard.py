@@ -26,3 +26,19 @@ def test_dashboard_joins_fetches_and_renders(browser, mesh):
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert errors == [] and page.is_hidden("#errors-card")
     page.close()
+
+
+def test_a_reload_keeps_the_peer_id_and_a_second_tab_gets_its_own(browser, mesh):
+    url, _ = mesh
+    context = browser.new_context()
+    first = context.new_page()
+    join = """async () => { const { MeshVPN } = await import("/meshvpn.js");
+        const vpn = new MeshVPN({ hops: 3, relay: false }); await vpn.connect(); return vpn.peerId; }"""
+    first.goto(f"{url}/example.html")
+    before = first.evaluate(join)
+    first.reload()
+    assert first.evaluate(join) == before  # kept in IndexedDB across the reload
+    second = context.new_page()  # same origin, same storage, while the first tab holds the key
+    second.goto(f"{url}/example.html")
+    assert second.evaluate(join) != before
+    context.close()

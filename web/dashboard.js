@@ -98,7 +98,7 @@ async function main() {
     try {
       // A second node of this tab carries outgoing messages on a circuit ending at the recipient.
       if (!sender || sender.options.destination !== $("to").value.trim()) {
-        sender = new MeshVPN({ hops: 3, destination: $("to").value.trim(), relay: false });
+        sender = new MeshVPN({ hops: 3, destination: $("to").value.trim(), relay: false, identity: "ephemeral" });
         await sender.connect();
       }
       await sender.send(new TextEncoder().encode($("text").value));

@@ -11,6 +11,8 @@ export interface MeshOptions {
   enableFEC?: boolean;
   /** Link transport; today tabs use WebSocket links to relays. */
   transport?: "webrtc" | "websocket" | "auto";
+  /** 'persistent' (default): keep this tab's key in IndexedDB so a reload keeps its PeerId. */
+  identity?: "persistent" | "ephemeral";
   /** Offer this tab as a relay for others (default true). */
   relay?: boolean;
   /** Another node's PeerId: `send`/`receive` then carry messages end to end to it. */

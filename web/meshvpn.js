@@ -11,6 +11,32 @@ const EXITS = ["direct", "cloudflare"];
 const TRANSPORTS = ["auto", "webrtc", "websocket"];
 let runtime = null;
 
+// The tab's identity key lives in IndexedDB so a reload keeps its PeerId. Only the tab holding the
+// Web Lock uses it; a second tab of this origin gets a fresh identity (two nodes must never share
+// a PeerId). The key is as safe as this origin's storage: clear site data to forget it.
+function idb(mode, action) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open("zmesh", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("keys");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const request = action(open.result.transaction("keys", mode).objectStore("keys"));
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    };
+  });
+}
+
+async function claimSavedIdentity() {
+  const held = await new Promise((resolve) => {
+    navigator.locks.request("zmesh-identity", { ifAvailable: true }, (lock) => {
+      resolve(lock !== null);
+      return lock ? new Promise(() => {}) : undefined;  // keep the lock for the tab's lifetime
+    });
+  });
+  return held ? { saved: (await idb("readonly", (store) => store.get("identity"))) || null } : null;
+}
+
 function validate(options) {
   const out = {};
   for (const [key, value] of Object.entries(options)) {
@@ -33,6 +59,9 @@ function validate(options) {
       case "relay":
         if (typeof value !== "boolean") throw new TypeError("relay must be true or false");
         out.relay = value; break;
+      case "identity":
+        if (!["persistent", "ephemeral"].includes(value)) throw new TypeError("identity must be 'persistent' or 'ephemeral'");
+        out.identity = value; break;
       case "destination":
         if (typeof value !== "string") throw new TypeError("destination must be a PeerId string");
         out.destination = value; break;
@@ -66,8 +95,17 @@ export class MeshVPN {
       runtime ??= bootZmesh();
       const { pyodide } = await runtime;
       const openMesh = pyodide.runPython("from zmesh.browser import open_mesh; open_mesh");
-      this._vpn = await openMesh(pyodide.toPy(this.options));
+      const claim = this.options.identity === "ephemeral" ? null : await claimSavedIdentity();
+      const { identity, ...rest } = this.options;
+      const settings = { ...rest, saved_identity: claim && claim.saved ? claim.saved : undefined };
+      if (settings.saved_identity === undefined) delete settings.saved_identity;
+      this._vpn = await openMesh(pyodide.toPy(settings));
       this.peerId = this._vpn.peer_id.text;
+      if (claim) {
+        const secret = this._vpn.driver.node.identity.to_bytes();
+        await idb("readwrite", (store) => store.put(secret.toJs(), "identity"));
+        secret.destroy();
+      }
       this._vpn.on("message", (message) => {
         const bytes = message.toJs ? message.toJs() : message;
         this._emit("message", new Uint8Array(bytes));

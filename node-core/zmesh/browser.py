@@ -21,7 +21,7 @@ from .cells import MAX_FRAME_SIZE
 from .crypto.webcrypto import WebCryptoProvider
 from .descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
 from .driver import NodeDriver
-from .errors import CryptoError, LinkClosed, ProtocolError, TransportError
+from .errors import ConfigError, CryptoError, LinkClosed, ProtocolError, TransportError
 from .identity import Identity, PeerId
 from .node import Node
 from .path import listens
@@ -104,9 +104,16 @@ class BrowserNode:
         self.driver = NodeDriver(Node(identity, provider, time.monotonic), dialer=self._dial)
 
     @classmethod
-    async def start(cls) -> BrowserNode:
+    async def start(cls, saved_identity: bytes | None = None) -> BrowserNode:
+        """A node with the tab's saved identity (kept in IndexedDB by meshvpn.js) or a new one."""
         provider = WebCryptoProvider()
-        return cls(await Identity.generate(provider), provider)
+        identity = None
+        if saved_identity:
+            try:
+                identity = await Identity.from_bytes(provider, saved_identity)
+            except ConfigError:
+                identity = None  # a corrupt saved key: start afresh rather than fail to join
+        return cls(identity or await Identity.generate(provider), provider)
 
     def refreshed_relays(self) -> list[Descriptor]:
         """The directory as last fetched (``MeshVPN`` reads it synchronously)."""
@@ -154,10 +161,11 @@ async def open_mesh(options: Any) -> Any:
     """Called by ``web/meshvpn.js``: start the tab's node and return a connected ``MeshVPN``."""
     from .api import MeshVPN
 
-    node = await BrowserNode.start()
-    await node.refresh()
     settings = options.to_py() if hasattr(options, "to_py") else dict(options)
     destination = settings.pop("destination", None)
+    saved = settings.pop("saved_identity", None)
+    node = await BrowserNode.start(bytes(saved) if saved is not None else None)
+    await node.refresh()
     if settings.pop("relay", True):
         await node.offer_relay()
     vpn = MeshVPN(node.driver, node.refreshed_relays, **settings)
