@@ -1,288 +1,230 @@
-"""``zmesh signal``: directory of signed descriptors, WebSocket signaling between PeerIds, static
-files — all on one origin, in memory (docs/signaling.md).
+"""``zmesh signal``: the relay directory, WebSocket signaling between PeerIds and the static files
+of ``web/``, all on one origin and in memory (docs/signaling.md).
 
 Nothing a client sends is trusted: descriptors are verified before they are stored (and again by
-whoever fetches them), WebSocket peers prove their PeerId by signing a challenge, and every
-relayed message carries the sender's signature so the recipient can check it end to end.
+whoever fetches them), WebSocket peers prove their PeerId (``ws.py``). Every answer, error or
+not, is JSON with a short code — never a traceback or an HTML page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
-import mimetypes
-import os
+import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import WSMsgType, web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from aiohttp import web
 
 from zmesh.crypto.native import NativeCryptoProvider
-from zmesh.descriptor import MAX_DESCRIPTOR_SIZE, Descriptor, verify_descriptor
-from zmesh.errors import ConfigError, CryptoError, ProtocolError
+from zmesh.descriptor import MAX_DESCRIPTOR_SIZE, verify_descriptor
+from zmesh.errors import ConfigError, CryptoError, ProtocolError, TransportError
 from zmesh.identity import PeerId
 
+from .directory import FLAGS, Directory, Stored
+from .limits import KeyedLimiter, TooLarge, read_limited
+from .metrics import SignalMetrics
+from .ws import SignalHub, WsLimits
+
 log = logging.getLogger(__name__)
-# Browsers load ES modules and WebAssembly only with these types (the page boots Pyodide from here).
-mimetypes.add_type("text/javascript", ".mjs")
-mimetypes.add_type("application/wasm", ".wasm")
 
-AUTH_DOMAIN = b"zmesh-signal-auth-v1\x00"
-MESSAGE_DOMAIN = b"zmesh-signal-msg-v1\x00"
-MAX_WS_MESSAGE = 64 * 1024
-MAX_PAYLOAD = 48 * 1024
-MAX_BAD_MESSAGES = 10
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_ERROR_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                413: "too_large", 429: "rate_limited"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``: a cheap per-key rate limit."""
+@dataclass(frozen=True, slots=True)
+class SignalConfig:
+    """Everything a server instance may be given; the defaults suit a public server.
 
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self._state: dict[str, tuple[float, float]] = {}
+    ``clock`` is the wall clock used to check descriptor times (tests move it instead of waiting).
+    """
 
-    def take(self, key: str) -> float:
-        """0 if allowed, else seconds until a token is available."""
-        now = time.monotonic()
-        tokens, last = self._state.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self._state[key] = (tokens - 1, now)
-            if len(self._state) > 10_000:  # forget the oldest keys: bounded memory
-                for stale in list(self._state)[:5_000]:
-                    del self._state[stale]
-            return 0.0
-        self._state[key] = (tokens, now)
-        return (1 - tokens) / self.rate
+    web_root: Path | None = None
+    post_rate: float = 20.0
+    post_burst: float = 40.0
+    get_rate: float = 200.0
+    get_burst: float = 400.0
+    max_descriptors: int = 10_000
+    ws: WsLimits = field(default_factory=WsLimits)
+    clock: Callable[[], float] = time.time
 
 
-def error(status: int, code: str, detail: str, **headers: str) -> web.Response:
+def json_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The one error shape of the HTTP API."""
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("zmesh_signal_requests", "HTTP requests", ["route", "status"],
-                                registry=self.registry)
-        self.descriptors = Counter("zmesh_signal_descriptors", "descriptor submissions", ["result"],
-                                   registry=self.registry)
-        self.ws_connections = Gauge("zmesh_signal_ws_connections", "authenticated WebSockets",
-                                    registry=self.registry)
-        self.ws_messages = Counter("zmesh_signal_ws_messages", "WebSocket messages", ["result"],
-                                   registry=self.registry)
-        self.relays = Gauge("zmesh_signal_live_relays", "live relay descriptors", registry=self.registry)
+class _Api:
+    """The HTTP handlers and the state they share."""
 
-
-class SignalServer:
-    def __init__(self, *, web_root: Path | None = None, post_rate: float = 20.0, post_burst: float = 40.0,
-                 ws_rate: float = 50.0, ws_burst: float = 100.0) -> None:
+    def __init__(self, config: SignalConfig, metrics: SignalMetrics) -> None:
+        self.config, self.metrics = config, metrics
         self.provider = NativeCryptoProvider()
-        self.web_root = web_root
-        self.descriptors: dict[PeerId, Descriptor] = {}
-        self.sockets: dict[PeerId, web.WebSocketResponse] = {}
-        self.metrics = Metrics()
-        self.post_limit = TokenBucket(post_rate, post_burst)
-        self.ws_rate, self.ws_burst = ws_rate, ws_burst
-
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors], client_max_size=MAX_DESCRIPTOR_SIZE)
-        app.router.add_get("/healthz", self.health)
-        app.router.add_get("/metrics", self.export_metrics)
-        app.router.add_post("/v1/descriptors", self.publish)
-        app.router.add_get("/v1/relays", self.list_relays)
-        app.router.add_get("/v1/relays/{peer}", self.get_relay)
-        app.router.add_get("/v1/ws", self.websocket)
-        if self.web_root is not None and self.web_root.is_dir():
-            app.router.add_get("/", self.index)
-            app.router.add_static("/", self.web_root, show_index=False)
-        return app
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        """Every answer is JSON with an error code: never a traceback or an HTML error page."""
-        try:
-            response = await handler(request)
-        except web.HTTPRequestEntityTooLarge:
-            response = error(413, "too_large", f"the body exceeds {MAX_DESCRIPTOR_SIZE} bytes")
-        except web.HTTPException as exc:
-            response = error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
-        self.metrics.requests.labels(route, str(response.status)).inc()
-        return response
-
-    def live(self) -> list[Descriptor]:
-        now = time.time()
-        for peer in [p for p, d in self.descriptors.items() if not d.is_live(now)]:
-            del self.descriptors[peer]
-        self.metrics.relays.set(len(self.descriptors))
-        return list(self.descriptors.values())
+        self.directory = Directory(config.max_descriptors)
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "relays": len(self.live())})
+        return web.json_response({"status": "ok", "relays": self.directory.count(self.config.clock())})
 
     async def export_metrics(self, request: web.Request) -> web.Response:
-        self.live()
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def index(self, request: web.Request) -> web.FileResponse:
-        assert self.web_root is not None
-        return web.FileResponse(self.web_root / "index.html")
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def publish(self, request: web.Request) -> web.Response:
-        wait = self.post_limit.take(request.remote or "?")
-        if wait:
-            return error(429, "rate_limited", "too many submissions; slow down",
-                         **{"Retry-After": str(max(1, round(wait)))})
-        if (request.content_length or 0) > MAX_DESCRIPTOR_SIZE:
-            self.metrics.descriptors.labels("too_large").inc()
-            return error(413, "too_large", f"a descriptor is at most {MAX_DESCRIPTOR_SIZE} bytes")
-        raw = await request.content.read(MAX_DESCRIPTOR_SIZE + 1)
-        if len(raw) > MAX_DESCRIPTOR_SIZE:
-            self.metrics.descriptors.labels("too_large").inc()
-            return error(413, "too_large", f"a descriptor is at most {MAX_DESCRIPTOR_SIZE} bytes")
         try:
-            descriptor = await verify_descriptor(self.provider, raw, now=time.time())
+            raw = await read_limited(request.content, declared=request.content_length, limit=MAX_DESCRIPTOR_SIZE)
+            descriptor = await verify_descriptor(self.provider, raw, now=self.config.clock())
+        except TooLarge as exc:
+            return self._rejected(413, "too_large", str(exc))
         except ProtocolError as exc:
-            self.metrics.descriptors.labels("malformed").inc()
-            return error(400, "malformed", str(exc))
+            return self._rejected(400, "malformed", str(exc))
         except CryptoError as exc:
-            self.metrics.descriptors.labels("invalid").inc()
-            return error(422, "invalid", str(exc))
-        current = self.descriptors.get(descriptor.peer_id)
-        if current is not None and current.published >= descriptor.published:
-            self.metrics.descriptors.labels("stale").inc()
-            return error(409, "stale", "a descriptor at least as new is already stored")
-        self.descriptors[descriptor.peer_id] = descriptor
+            return self._rejected(422, "invalid", str(exc))
+        outcome = self.directory.put(descriptor, self.config.clock())
+        if outcome is Stored.STALE:
+            return self._rejected(409, "stale", "a descriptor at least as recent is stored for this peer")
+        if outcome is Stored.FULL:
+            return self._rejected(503, "full", "the directory is full; try again later", {"Retry-After": "60"})
         self.metrics.descriptors.labels("accepted").inc()
         return web.json_response({"peer_id": descriptor.peer_id.text, "expires": descriptor.expires}, status=201)
 
+    def _rejected(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+        self.metrics.descriptors.labels(code).inc()
+        return json_error(status, code, detail, headers)
+
     async def list_relays(self, request: web.Request) -> web.Response:
-        flag, country = request.query.get("flag"), request.query.get("country", "").upper()
-        if flag not in (None, "exit", "relay"):
-            return error(400, "bad_query", "flag must be exit or relay")
-        relays = [d for d in self.live()
-                  if (flag != "exit" or d.capabilities.exit) and (flag != "relay" or d.capabilities.relay)
-                  and (not country or d.capabilities.country == country)]
+        flag, country = request.query.get("flag"), request.query.get("country")
+        if flag is not None and flag not in FLAGS:
+            return json_error(400, "bad_query", f"flag must be one of: {', '.join(FLAGS)}")
+        if country is not None:
+            country = country.upper()
+            if not _COUNTRY.match(country):
+                return json_error(400, "bad_query", "country must be a two-letter ISO 3166 code like DE")
+        relays = self.directory.live(self.config.clock(), flag=flag, country=country)
         return web.json_response({"relays": [base64.b64encode(d.raw).decode() for d in relays]})
 
     async def get_relay(self, request: web.Request) -> web.Response:
         try:
-            peer = PeerId.from_text(request.match_info["peer"])
+            peer = PeerId.from_text(request.match_info["peer_id"])
         except ConfigError as exc:
-            return error(400, "bad_peer_id", str(exc))
-        descriptor = self.descriptors.get(peer)
-        if descriptor is None or not descriptor.is_live(time.time()):
-            return error(404, "not_found", "no live descriptor for that PeerId")
+            return json_error(400, "bad_peer_id", str(exc))
+        descriptor = self.directory.get(peer, self.config.clock())
+        if descriptor is None:
+            return json_error(404, "not_found", "no live descriptor for that PeerId")
         return web.json_response({"descriptor": base64.b64encode(descriptor.raw).decode()})
 
-    # ------------------------------------------------------------------ WebSocket signaling
 
-    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=30.0)
-        await ws.prepare(request)
-        nonce = os.urandom(32)
-        await ws.send_json({"type": "challenge", "nonce": base64.b64encode(nonce).decode()})
-        peer = await self._authenticate(ws, nonce)
-        if peer is None:
-            return ws
-        previous = self.sockets.pop(peer, None)
-        if previous is not None:
-            await previous.close(code=4000, message=b"replaced by a newer connection")
-        self.sockets[peer] = ws
-        self.metrics.ws_connections.set(len(self.sockets))
-        await ws.send_json({"type": "ready", "peer_id": peer.text})
-        try:
-            await self._relay_messages(ws, peer)
-        finally:
-            if self.sockets.get(peer) is ws:
-                del self.sockets[peer]
-            self.metrics.ws_connections.set(len(self.sockets))
-        return ws
+def _static(web_root: Path) -> Handler:
+    """Files under ``web_root`` (``/`` is its index.html); anything that is not a regular file
+    inside it — missing, a directory, or outside through ``..`` or a symlink — is a JSON 404."""
+    root = web_root.resolve()
 
-    async def _authenticate(self, ws: web.WebSocketResponse, nonce: bytes) -> PeerId | None:
+    async def static(request: web.Request) -> web.StreamResponse:
         try:
-            msg = await ws.receive(timeout=30)
-            data = json.loads(msg.data) if msg.type == WSMsgType.TEXT else None
-            if not isinstance(data, dict) or data.get("type") != "auth":
-                raise ValueError("expected an auth message")
-            peer = PeerId.from_text(data["peer_id"])
-            signature = base64.b64decode(data["signature"], validate=True)
-        except (ValueError, KeyError, TypeError, ConfigError, TimeoutError):
-            await ws.send_json({"type": "error", "error": "auth_failed", "detail": "send a signed auth message"})
-            await ws.close(code=1008)
-            return None
-        if not await self.provider.ed25519_verify(peer.key, signature, AUTH_DOMAIN + nonce):
-            await ws.send_json({"type": "error", "error": "auth_failed", "detail": "bad signature"})
-            await ws.close(code=1008)
-            return None
-        return peer
+            target = (root / (request.match_info["path"] or "index.html")).resolve()
+            inside = target.is_relative_to(root) and target.is_file()
+        except (OSError, ValueError):
+            inside = False
+        if not inside:
+            return json_error(404, "not_found", "there is no such file")
+        return web.FileResponse(target)
 
-    async def _relay_messages(self, ws: web.WebSocketResponse, sender: PeerId) -> None:
-        bucket, bad = TokenBucket(self.ws_rate, self.ws_burst), 0
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                break
-            if bucket.take("ws"):
-                await ws.send_json({"type": "error", "error": "rate_limited"})
-                continue
-            problem = await self._handle(ws, sender, msg.data)
-            if problem is not None:
-                bad += 1
-                self.metrics.ws_messages.labels("rejected").inc()
-                await ws.send_json({"type": "error", **problem})
-                if bad >= MAX_BAD_MESSAGES:
-                    await ws.close(code=1008, message=b"too many bad messages")
-                    return
+    return static
 
-    async def _handle(self, ws: web.WebSocketResponse, sender: PeerId, text: str) -> dict | None:
+
+def _route_label(request: web.Request) -> str:
+    """A bounded label for metrics: the route pattern, never the raw path."""
+    resource = request.match_info.route.resource
+    return "unmatched" if resource is None else resource.canonical
+
+
+def _json_errors(metrics: SignalMetrics) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Turn every error into the JSON shape and count every answer by route and status."""
         try:
-            data = json.loads(text)
-            kind = data["type"]
-        except (ValueError, KeyError, TypeError):
-            return {"error": "bad_message", "detail": "messages are JSON objects with a type"}
-        if kind == "ping":
-            await ws.send_json({"type": "pong"})
-            return None
-        if kind != "send":
-            return {"error": "bad_message", "detail": f"unknown message type {kind!r}"}
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _ERROR_CODES.get(exc.status, exc.reason.lower().replace(" ", "_"))
+            response = json_error(exc.status, code, exc.reason)
+        except Exception:
+            log.exception("unexpected error in %s", _route_label(request))
+            response = json_error(500, "internal", "the server failed on this request; it has been logged")
+        metrics.requests.labels(_route_label(request), str(response.status)).inc()
+        return response
+
+    return middleware
+
+
+def _rate_limit(posts: KeyedLimiter, gets: KeyedLimiter) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Per client IP: writes are limited tightly, reads generously."""
+        limiter = gets if request.method in ("GET", "HEAD") else posts
+        wait = limiter.take(request.remote or "unknown")
+        if wait:
+            return json_error(429, "rate_limited", "too many requests from your address; slow down",
+                              {"Retry-After": str(math.ceil(wait))})
+        return await handler(request)
+
+    return middleware
+
+
+def create_app(config: SignalConfig | None = None) -> web.Application:
+    """A fresh server: its own directory, sockets, limits and metrics registry."""
+    config = config or SignalConfig()
+    metrics = SignalMetrics()
+    api = _Api(config, metrics)
+    hub = SignalHub(api.provider, metrics, config.ws)
+    metrics.live_relays.set_function(lambda: api.directory.count(config.clock()))
+    app = web.Application(
+        middlewares=[_json_errors(metrics),
+                     _rate_limit(KeyedLimiter(config.post_rate, config.post_burst),
+                                 KeyedLimiter(config.get_rate, config.get_burst))],
+        client_max_size=MAX_DESCRIPTOR_SIZE)
+    app.on_shutdown.append(hub.close_all)
+    app.router.add_get("/healthz", api.health)
+    app.router.add_get("/metrics", api.export_metrics)
+    app.router.add_post("/v1/descriptors", api.publish)
+    app.router.add_get("/v1/relays", api.list_relays)
+    app.router.add_get("/v1/relays/{peer_id}", api.get_relay)
+    app.router.add_get("/v1/ws", hub.handle)
+    if config.web_root is not None and config.web_root.is_dir():
+        app.router.add_get("/{path:.*}", _static(config.web_root))
+    return app
+
+
+@asynccontextmanager
+async def serving(config: SignalConfig, host: str, port: int) -> AsyncIterator[int]:
+    """Run a server while the block runs; yields the bound port (the OS picks one for port 0)."""
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
         try:
-            recipient = PeerId.from_text(data["to"])
-            payload = base64.b64decode(data["payload"], validate=True)
-            signature = base64.b64decode(data["signature"], validate=True)
-        except (ValueError, KeyError, TypeError, ConfigError):
-            return {"error": "bad_message", "detail": "send needs to, payload and signature"}
-        if len(payload) > MAX_PAYLOAD:
-            return {"error": "too_large", "detail": f"payload is limited to {MAX_PAYLOAD} bytes"}
-        signed = MESSAGE_DOMAIN + sender.key + recipient.key + payload
-        if not await self.provider.ed25519_verify(sender.key, signature, signed):
-            return {"error": "bad_signature", "detail": "the message signature does not verify"}
-        target = self.sockets.get(recipient)
-        if target is None or target.closed:
-            return {"error": "offline", "to": recipient.text}
-        await target.send_json({"type": "message", "from": sender.text, "payload": data["payload"],
-                                "signature": data["signature"]})
-        self.metrics.ws_messages.labels("relayed").inc()
-        return None
+            await site.start()
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
 
 
 async def run_server(host: str, port: int, *, web_root: Path | None = None,
                      ready: Callable[[int], None] | None = None) -> None:
-    """Serve until cancelled; ``ready(bound_port)`` once listening (port 0 picks one)."""
-    runner = web.AppRunner(SignalServer(web_root=web_root).app(), access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("signal server on http://%s:%d", host, bound)
+    """Serve until cancelled; call ``ready(bound_port)`` once listening."""
+    async with serving(SignalConfig(web_root=web_root), host, port) as bound:
+        log.info("signal server listening on %s:%d", host, bound)
         if ready is not None:
             ready(bound)
         await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
