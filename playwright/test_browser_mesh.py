@@ -19,7 +19,7 @@ def test_tab_fetches_through_three_relays(browser, mesh):
     page.goto(f"{url}/example.html")
     result = page.evaluate("""async (target) => {
         const { MeshVPN } = await import("/meshvpn.js");
-        const vpn = new MeshVPN({ hops: 3 });
+        const vpn = window.vpn = new MeshVPN({ hops: 3 });
         await vpn.connect();
         const { status, body } = await vpn.fetch(target);
         const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", body));
@@ -28,6 +28,14 @@ def test_tab_fetches_through_three_relays(browser, mesh):
     assert result["status"] == 200 and result["size"] == len(PAYLOAD)
     assert bytes(result["sha256"]) == hashlib.sha256(PAYLOAD).digest()
     assert len(result["stats"]["path"]) == 3 and len(result["peerId"]) == 56
+    raw = page.evaluate("""async (port) => {
+        const stream = await window.vpn.openStream("127.0.0.1", port);
+        await stream.write(new TextEncoder().encode("GET /file HTTP/1.0\\r\\n\\r\\n"));
+        let size = 0;
+        for (let chunk = await stream.read(); chunk; chunk = await stream.read()) size += chunk.length;
+        return size;
+    }""", port)
+    assert raw > len(PAYLOAD)  # headers and body through openStream
     page.close()
 
 

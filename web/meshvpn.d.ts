@@ -54,6 +54,10 @@ export class MeshVPN {
   disconnect(): Promise<void>;
   /** GET an http:// URL through the circuit's exit. */
   fetch(url: string): Promise<FetchResult>;
+  /** A TCP-like stream to host:port through the exit (resolved there). */
+  openStream(host: string, port: number): Promise<{
+    read(): Promise<Uint8Array | null>; write(data: Uint8Array): Promise<void>; close(): Promise<void>;
+  }>;
   /** Send one message to the `destination` node. */
   send(data: Uint8Array): Promise<void>;
   /** The next message sent to this tab. */

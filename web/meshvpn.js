@@ -10,6 +10,12 @@ import { bootZmesh } from "/boot.mjs";
 const EXITS = ["direct", "cloudflare"];
 const TRANSPORTS = ["auto", "webrtc", "websocket"];
 let runtime = null;
+let toBytes = null;  // Uint8Array -> Python bytes, set once the runtime is up
+
+function pyBytes(data) {
+  if (!(data instanceof Uint8Array)) throw new TypeError("data must be a Uint8Array");
+  return toBytes(data);
+}
 
 // The tab's identity key lives in IndexedDB so a reload keeps its PeerId. Only the tab holding the
 // Web Lock uses it; a second tab of this origin gets a fresh identity (two nodes must never share
@@ -95,6 +101,7 @@ export class MeshVPN {
       runtime ??= bootZmesh();
       const { pyodide } = await runtime;
       const openMesh = pyodide.runPython("from zmesh.browser import open_mesh; open_mesh");
+      toBytes ??= pyodide.runPython("lambda array: array.to_bytes()");
       const claim = this.options.identity === "ephemeral" ? null : await claimSavedIdentity();
       const { identity, ...rest } = this.options;
       const settings = { ...rest, saved_identity: claim && claim.saved ? claim.saved : undefined };
@@ -130,8 +137,23 @@ export class MeshVPN {
     return { status, body: new Uint8Array(body) };
   }
 
+  /** A TCP-like stream to host:port, connected by the exit: read() resolves null at the end. */
+  async openStream(host, port) {
+    const stream = await this._require().open_stream(host, port);
+    return {
+      async read() {
+        const data = await stream.read();
+        const bytes = data.toJs ? data.toJs() : data;
+        if (data.destroy) data.destroy();
+        return bytes.length ? new Uint8Array(bytes) : null;
+      },
+      write: (bytes) => stream.write(pyBytes(bytes)),
+      close: () => stream.close(),
+    };
+  }
+
   async send(data) {
-    await this._require().send(data);
+    await this._require().send(pyBytes(data));
   }
 
   async receive() {
