@@ -4,6 +4,8 @@ with the page and Pyodide served from our own origin."""
 import json
 from pathlib import Path
 
+import pytest
+
 from zmesh.crypto.selfcheck import CHECKS
 
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"
@@ -11,11 +13,13 @@ EXPECTED = sum(len(json.loads((VECTORS / name).read_text())[key]) for name, chec
                for key, _ in checks)
 
 
-def test_vector_files_pass_in_the_browser(browser, signal_url):
+@pytest.mark.parametrize("mlkem", ["webcrypto", "kyber-py"])
+def test_vector_files_pass_in_the_browser(browser, signal_url, mlkem):
+    """Both ML-KEM paths: Chromium's WebCrypto, and the kyber-py fallback for other browsers."""
     page = browser.new_page()
     requests = []
     page.on("request", lambda request: requests.append(request.url))
-    page.goto(f"{signal_url}/selftest.html")
+    page.goto(f"{signal_url}/selftest.html?mlkem={mlkem}")
     page.wait_for_function("window.zmeshSelftest !== undefined", timeout=90_000)
     report = page.evaluate("window.zmeshSelftest")
     assert report["failures"] == []

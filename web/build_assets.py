@@ -1,7 +1,8 @@
 """Prepare what the page loads, all served from this origin (the CDN is never contacted).
 
 web/build/ gets: the zmesh core as a zip (unpacked into Pyodide's site-packages), the msgpack
-Pyodide wheel from PyPI, the shared test vectors, and manifest.json naming them. Run by
+Pyodide wheel and the pure-Python kyber-py wheel from PyPI, the shared test vectors, and
+manifest.json naming them. Run by
 ``make setup``; idempotent.
 """
 
@@ -26,6 +27,9 @@ def main() -> None:
     if not list(wheels.glob("msgpack-*.whl")):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                         *PYODIDE_PLATFORM, "msgpack", "-d", str(wheels)], check=True)
+    if not list(wheels.glob("kyber_py-*.whl")):  # pure Python: ML-KEM where WebCrypto lacks it
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "kyber-py", "-d", str(wheels)], check=True)
     core = BUILD / "zmesh-core.zip"
     with zipfile.ZipFile(core, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted((ROOT / "node-core" / "zmesh").rglob("*.py")):

@@ -41,6 +41,15 @@ export async function ed25519Verify(pub, signature, message) {
   }
 }
 
+export async function mlkemSupported() {
+  try {
+    await subtle.importKey("raw-seed", new Uint8Array(64), MLKEM, false, ["decapsulateBits"]);
+    return true;
+  } catch (err) {
+    return false;
+  }
+}
+
 export async function mlkemPublic(seed) {
   const key = await subtle.importKey("raw-seed", seed, MLKEM, true, ["decapsulateBits"]);
   const pub = await subtle.getPublicKey(key, ["encapsulateBits"]);

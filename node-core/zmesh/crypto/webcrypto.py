@@ -3,7 +3,9 @@
 The page registers ``web/zmesh-crypto.js`` as the JS module ``zmesh_js_crypto``. Each primitive is
 one awaited call across the bridge (~0.1–0.2 ms), so the core calls the provider per handshake and
 per *batch* of cells: the AES-CTR stream encrypts a whole batch at a keystream offset in one call.
-Chromium ≥ 156 has X25519, Ed25519, HKDF, AES-GCM/CTR and ML-KEM-768 in WebCrypto.
+Chromium ≥ 156 has X25519, Ed25519, HKDF, AES-GCM/CTR and ML-KEM-768 in WebCrypto. Where a
+browser lacks ML-KEM, the pure-Python kyber-py (shipped in the page's bundle) takes over, with the
+same 64-byte seed keys, so both paths pass the same vector files.
 """
 
 from __future__ import annotations
@@ -36,8 +38,53 @@ class _CtrStream:
         return out
 
 
+class _KyberPy:
+    """ML-KEM-768 in pure Python (kyber-py): the fallback for browsers without it in WebCrypto."""
+
+    def __init__(self) -> None:
+        from kyber_py.ml_kem import ML_KEM_768  # type: ignore[import-not-found]
+
+        self._kem = ML_KEM_768
+
+    async def public(self, seed: bytes) -> bytes:
+        return self._kem.key_derive(seed)[0]
+
+    async def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        shared, ciphertext = self._kem.encaps(public)
+        return ciphertext, shared
+
+    async def decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes:
+        return self._kem.decaps(self._kem.key_derive(seed)[1], ciphertext)
+
+
+class _WebCryptoKem:
+    async def public(self, seed: bytes) -> bytes:
+        return _b(await js.mlkemPublic(to_js(seed)))
+
+    async def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        ciphertext, shared = await js.mlkemEncapsulate(to_js(public))
+        return _b(ciphertext), _b(shared)
+
+    async def decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes:
+        return _b(await js.mlkemDecapsulate(to_js(seed), to_js(ciphertext)))
+
+
 class WebCryptoProvider:
+    """``mlkem``: "webcrypto", "kyber-py", or None to use WebCrypto where the browser has it."""
+
     name = "webcrypto"
+
+    def __init__(self, mlkem: str | None = None) -> None:
+        if mlkem not in (None, "webcrypto", "kyber-py"):
+            raise CryptoError("mlkem must be 'webcrypto' or 'kyber-py'")
+        self._choice = mlkem
+        self._kem: _KyberPy | _WebCryptoKem | None = None
+
+    async def _mlkem(self) -> _KyberPy | _WebCryptoKem:
+        if self._kem is None:
+            choice = self._choice or ("webcrypto" if await js.mlkemSupported() else "kyber-py")
+            self._kem = _WebCryptoKem() if choice == "webcrypto" else _KyberPy()
+        return self._kem
 
     async def x25519_generate(self) -> tuple[bytes, bytes]:
         private = os.urandom(KEY_SIZE)
@@ -81,20 +128,19 @@ class WebCryptoProvider:
 
     async def mlkem768_public(self, seed: bytes) -> bytes:
         _need(seed, MLKEM768_SEED_SIZE, "ML-KEM-768 seed")
-        return _b(await js.mlkemPublic(to_js(seed)))
+        return await (await self._mlkem()).public(seed)
 
     async def mlkem768_encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
         _need(public, MLKEM768_EK_SIZE, "ML-KEM-768 encapsulation key")
         try:
-            ciphertext, shared = await js.mlkemEncapsulate(to_js(public))
+            return await (await self._mlkem()).encapsulate(public)
         except Exception as exc:  # the FIPS 203 modulus check failed
             raise CryptoError("ML-KEM-768 encapsulation key is malformed") from exc
-        return _b(ciphertext), _b(shared)
 
     async def mlkem768_decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes:
         _need(seed, MLKEM768_SEED_SIZE, "ML-KEM-768 seed")
         _need(ciphertext, MLKEM768_CT_SIZE, "ML-KEM-768 ciphertext")
-        return _b(await js.mlkemDecapsulate(to_js(seed), to_js(ciphertext)))
+        return await (await self._mlkem()).decapsulate(seed, ciphertext)
 
     async def hkdf_sha256(self, ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
         if not 0 < length <= 255 * 32:
