@@ -1,124 +1,153 @@
-"""FEC benchmark: Tetrys encode/decode speed, and delivery latency under loss, FEC vs retransmission.
+"""FEC benchmark: Tetrys codec speed, and delivery latency under loss, FEC versus retransmission.
 
-Latency is a discrete-event simulation on a fake clock (no sleeping): one packet slot per
-millisecond, 25 ms one-way delay, independent loss; messages are delivered in order (head-of-line
-blocking counts). Retransmission-only: a loss is noticed when the next packet arrives, NACKed, and
-resent (one RTT later; a lost resend is retried after another RTT). Run: ``python bench/fec.py``.
+Codec: two ``FecEndpoint``s in one process, 1200-byte symbols, independent loss on the data path,
+window updates returned after a fixed lag of 32 packets each way (so the window holds what a real
+RTT would leave in flight). Encode = time inside the sending endpoint (sources, repairs, updates
+applied), decode = time inside the receiving one; MB/s of application payload.
+
+Latency: a discrete-event simulation on a fake clock (no sleeping): the application sends one
+frame per millisecond, 25 ms one-way delay, independent loss both ways (window updates too),
+delivery in order (head-of-line blocking counts). FEC is ``FecEndpoint`` with its defaults.
+Retransmission-only (ARQ): a loss shows when the next packet arrives, the NACK takes one delay,
+the resend another; a lost NACK or resend costs one more round trip. Every figure is the median
+of ``RUNS`` runs. Run: ``.venv/bin/python bench/fec.py``.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import random
 import statistics
 import time
+from collections import deque
 
-from zmesh.fec.adaptive import RepairRateController
-from zmesh.fec.tetrys import Delivered, TetrysDecoder, TetrysEncoder
+from zmesh.fec import Delivered, FecEndpoint
 
 SYMBOL = 1200
-DELAY = 25.0  # ms one way
-RUNS = 5
+DELAY = 0.025  # s one way
+RUNS = 7
 
 
-def codec_mb_s(loss: float, count: int = 4000) -> tuple[float, float]:
-    """(encode MB/s, decode MB/s) with repairs at ``2 × loss`` (at least 5 %) and prompt feedback."""
-    rng = random.Random(1)
-    payloads = [os.urandom(SYMBOL - 2) for _ in range(256)]
-    enc, dec = TetrysEncoder(symbol_size=SYMBOL, max_window=64), TetrysDecoder(symbol_size=SYMBOL, max_window=64)
-    ratio, credit, packets = max(0.05, 2 * loss), 0.0, []
-    start = time.perf_counter()
-    for index in range(count):
-        packets.append(enc.source(payloads[index % 256]))
-        credit += ratio
-        while credit >= 1:
-            credit -= 1
-            packets.append(enc.repair())
-        if index % 16 == 15:
-            enc.acknowledge(max(0, index - 32))
-    encode = count * (SYMBOL - 2) / (time.perf_counter() - start) / 1e6
-    kept = [p for p in packets if rng.random() >= loss]
-    start = time.perf_counter()
-    delivered = 0
-    for packet in kept:
-        delivered += sum(1 for e in dec.receive(packet) if isinstance(e, Delivered))
-    decode = delivered * (SYMBOL - 2) / (time.perf_counter() - start) / 1e6
-    return encode, decode
-
-
-def fec_latencies(loss: float, count: int, seed: int) -> list[float]:
+def codec_mb_s(loss: float, frames: int = 3000, lag: int = 32, seed: int = 1) -> tuple[float, float, float]:
+    """(encode MB/s, decode MB/s, mean repair span in symbols). One frame per step; packets and
+    window updates reach the other end ``lag`` steps after they leave."""
     rng = random.Random(seed)
-    enc, dec = TetrysEncoder(symbol_size=64, max_window=256), TetrysDecoder(symbol_size=64, max_window=256)
-    controller = RepairRateController(min_ratio=0.05, max_ratio=0.6)
-    sent_at: dict[int, float] = {}
+    sender = FecEndpoint(symbol_size=SYMBOL, window=256, rng=random.Random(seed))
+    receiver = FecEndpoint(symbol_size=SYMBOL, window=256)
+    payloads = [os.urandom(SYMBOL - 2) for _ in range(64)]
+    forward: deque[tuple[int, bytes]] = deque()
+    backward: deque[tuple[int, bytes]] = deque()
+    encode = decode = 0.0
+    step = delivered = sent = spans = repairs = 0
+    while delivered < frames:
+        step += 1
+        now = step * 0.001
+        start = time.perf_counter()
+        while backward and backward[0][0] <= step:
+            sender.receive(backward.popleft()[1], now)
+        if sent < frames and sender.writable:
+            sender.send(payloads[sent % 64], now)
+            sent += 1
+        sender.handle_timer(now)
+        out = sender.data_to_send()
+        encode += time.perf_counter() - start
+        for packet in out:
+            if packet[0] & 0x0F == 1:
+                repairs += 1
+                spans += int.from_bytes(packet[9:11], "big")
+        forward.extend((step + lag, p) for p in out if rng.random() >= loss)
+        start = time.perf_counter()
+        while forward and forward[0][0] <= step:
+            receiver.receive(forward.popleft()[1], now)
+        receiver.handle_timer(now)
+        while (event := receiver.next_event()) is not None:
+            delivered += isinstance(event, Delivered)
+        acks = receiver.data_to_send()
+        decode += time.perf_counter() - start
+        backward.extend((step + lag, ack) for ack in acks)
+    megabytes = frames * (SYMBOL - 2) / 1e6
+    return megabytes / encode, megabytes / decode, spans / max(repairs, 1)
+
+
+def fec_latencies(loss: float, frames: int, seed: int) -> tuple[list[float], float]:
+    """Latencies and repair packets sent per frame."""
+    rng = random.Random(seed)
+    ends = (FecEndpoint(symbol_size=64, rng=random.Random(seed)), FecEndpoint(symbol_size=64))
+    events: list[tuple[float, int, int, bytes]] = []  # (time, tiebreak, destination, packet)
+    sent_at: list[float] = []
     latencies: list[float] = []
-    feedback: list[tuple[float, bytes]] = []  # (arrival at sender, window update)
-    clock, credit, index = 0.0, 0.0, 0
-    while len(latencies) < count:
-        while feedback and feedback[0][0] <= clock:
-            _, update = feedback.pop(0)
-            next_expected, received, highest = (int.from_bytes(update[i:i + 4], "big") for i in (1, 5, 9))
-            enc.acknowledge(next_expected)
-            credit += controller.update(highest, received)
-        if credit >= 1 or enc.full or index >= count:
-            credit = max(0.0, credit - 1)
-            packet = enc.repair()
-        else:
-            sent_at[index] = clock
-            packet = enc.source(index.to_bytes(4, "big"))
-            index += 1
-            credit += controller.ratio
-        if packet is not None and rng.random() >= loss:
-            arrival = clock + DELAY
-            for event in dec.receive(packet):
-                latencies.append(arrival - sent_at[int.from_bytes(event.payload, "big")])
-            feedback.append((arrival + DELAY, dec.update_packet()))
-        clock += 1.0
-    return latencies
+    tiebreak = 0
+
+    def flush(source: int, now: float) -> None:
+        nonlocal tiebreak
+        for packet in ends[source].data_to_send():
+            if rng.random() >= loss:
+                tiebreak += 1
+                heapq.heappush(events, (now + DELAY, tiebreak, 1 - source, packet))
+
+    now = 0.0
+    while len(latencies) < frames:
+        timers = [t for t in (ends[0].get_timer(), ends[1].get_timer()) if t is not None]
+        next_frame = len(sent_at) * 0.001 if len(sent_at) < frames and ends[0].writable else float("inf")
+        now = min([next_frame, *timers, events[0][0] if events else float("inf")])
+        if now == next_frame:
+            sent_at.append(now)
+            ends[0].send(len(sent_at).to_bytes(4, "big"), now)
+        elif events and events[0][0] == now:
+            _, _, destination, packet = heapq.heappop(events)
+            ends[destination].receive(packet, now)
+        for side in (0, 1):
+            ends[side].handle_timer(now)
+            flush(side, now)
+        while (event := ends[1].next_event()) is not None:
+            latencies.append(now - sent_at[int.from_bytes(event.payload, "big") - 1])
+    return latencies, ends[0].repairs_sent / frames
 
 
-def arq_latencies(loss: float, count: int, seed: int) -> list[float]:
+def arq_latencies(loss: float, frames: int, seed: int) -> tuple[list[float], float]:
+    """Latencies and resends per frame."""
     rng = random.Random(seed)
-    arrival = []
-    for index in range(count):
-        sent = float(index)
-        at = sent + DELAY
-        if rng.random() < loss:  # noticed when the next packet arrives, NACKed, resent, maybe lost again
-            at = sent + 1 + DELAY + 2 * DELAY
-            while rng.random() < loss:
-                at += 2 * DELAY
-        arrival.append((at, sent))
-    latencies, delivered = [], 0.0
-    for at, sent in arrival:
-        delivered = max(delivered, at)
-        latencies.append(delivered - sent)
-    return latencies
+    delivered_at, latencies, resends = 0.0, [], 0
+    for index in range(frames):
+        sent = index * 0.001
+        arrival = sent + DELAY
+        if rng.random() < loss:  # noticed at the next arrival, NACKed, resent
+            arrival, resends = sent + 0.001 + 3 * DELAY, resends + 1
+            while rng.random() < 1 - (1 - loss) ** 2:  # NACK or resend lost: one more round trip
+                arrival, resends = arrival + 2 * DELAY, resends + 1
+        delivered_at = max(delivered_at, arrival)
+        latencies.append(delivered_at - sent)
+    return latencies, resends / frames
 
 
-def pct(values: list[float], p: float) -> float:
-    return statistics.quantiles(values, n=100)[int(p) - 1]
+def summary(run: tuple[list[float], float]) -> tuple[float, float, float, float]:
+    """(p50, p95, p99 in ms, extra packets per frame)."""
+    cuts = statistics.quantiles(run[0], n=100)
+    return cuts[49] * 1e3, cuts[94] * 1e3, cuts[98] * 1e3, run[1]
 
 
 def main() -> None:
-    print(f"zmesh Tetrys FEC benchmark — {os.cpu_count()} CPUs, {SYMBOL}-byte symbols, medians of {RUNS} runs")
-    print("| codec              | encode MB/s | decode MB/s |")
-    print("|--------------------|-------------|-------------|")
+    began = time.perf_counter()
+    print(f"zmesh Tetrys FEC benchmark: {os.cpu_count()} CPUs, medians of {RUNS} runs")
+    print(f"\nCodec, {SYMBOL}-byte symbols, adaptive repair, updates lagging 32 packets each way:")
+    print("| loss | encode MB/s | decode MB/s | mean repair span (symbols) |")
+    print("|------|-------------|-------------|----------------------------|")
     for loss in (0.0, 0.1):
-        runs = [codec_mb_s(loss) for _ in range(RUNS)]
-        print(f"| {int(loss * 100):>2} % loss          | {statistics.median(r[0] for r in runs):11.1f} "
-              f"| {statistics.median(r[1] for r in runs):11.1f} |")
-    print()
-    print(f"Delivery latency, {DELAY:.0f} ms one-way, 1 packet/ms, in-order delivery (ms):")
-    print("| loss | method            |   p50 |   p95 |   p99 | p99 vs retransmission |")
-    print("|------|-------------------|-------|-------|-------|-----------------------|")
+        runs = [codec_mb_s(loss, seed=seed) for seed in range(RUNS)]
+        encode, decode, span = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(f"| {loss:4.0%} | {encode:11.1f} | {decode:11.1f} | {span:26.1f} |")
+    print(f"\nDelivery latency (ms), {DELAY * 1e3:.0f} ms one way, one frame per ms, in order:")
+    print("| loss | method         |   p50 |   p95 |   p99 | p50 / ARQ | p99 / ARQ | extra packets/frame |")
+    print("|------|----------------|-------|-------|-------|-----------|-----------|---------------------|")
     for loss in (0.05, 0.10, 0.20):
-        fec = [fec_latencies(loss, 5000, seed) for seed in range(RUNS)]
-        arq = [arq_latencies(loss, 5000, seed) for seed in range(RUNS)]
-        rows = {name: [statistics.median(pct(r, p) for r in runs) for p in (50, 95, 99)]
-                for name, runs in (("FEC (adaptive)", fec), ("retransmission", arq))}
-        for name, (p50, p95, p99) in rows.items():
-            ratio = p99 / rows["retransmission"][2]
-            print(f"| {int(loss * 100):>3}% | {name:<17} | {p50:5.1f} | {p95:5.1f} | {p99:5.1f} | {ratio:21.2f} |")
+        fec = [summary(fec_latencies(loss, 10_000, seed)) for seed in range(RUNS)]
+        arq = [summary(arq_latencies(loss, 10_000, seed)) for seed in range(RUNS)]
+        fec_m, arq_m = ([statistics.median(r[i] for r in runs) for i in range(4)] for runs in (fec, arq))
+        for name, (p50, p95, p99, extra) in (("FEC (adaptive)", fec_m), ("ARQ", arq_m)):
+            print(f"| {loss:4.0%} | {name:<14} | {p50:5.1f} | {p95:5.1f} | {p99:5.1f} | "
+                  f"{p50 / arq_m[0]:9.2f} | {p99 / arq_m[2]:9.2f} | {extra:19.2f} |")
+    print(f"\n(bench ran {time.perf_counter() - began:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
-"""Tetrys forward error correction (RFC 9407) for unordered/unreliable links."""
+"""Tetrys forward error correction (RFC 9407) for unordered/unreliable links.
+
+``gf256`` (field and whole-symbol kernels) → ``tetrys`` (sans-IO encoder/decoder) →
+``adaptive`` (repair-rate controller) → ``link`` (sans-IO ``FecEndpoint`` and asyncio ``FecLink``).
+Standard library only, so it runs under Pyodide. See docs/fec.md for the wire format.
+"""
 
 from .adaptive import RepairRateController
-from .link import FecLink
-from .tetrys import Delivered, Gap, TetrysDecoder, TetrysEncoder
+from .link import FecEndpoint, FecLink, LostFrames
+from .tetrys import Ack, Delivered, Gap, TetrysDecoder, TetrysEncoder
 
-__all__ = ["Delivered", "FecLink", "Gap", "RepairRateController", "TetrysDecoder", "TetrysEncoder"]
+__all__ = ["Ack", "Delivered", "FecEndpoint", "FecLink", "Gap", "LostFrames", "RepairRateController",
+           "TetrysDecoder", "TetrysEncoder"]

@@ -1,123 +1,280 @@
-"""``FecLink``: in-order, exactly-once frames over an unordered/unreliable ``Link``, with Tetrys.
+"""The FEC link: Tetrys over any unordered/unreliable ``Link``, in order and exactly once above.
 
-The wrapper owns one encoder (our frames) and one decoder (the peer's), and turns the decoder's
-progress into window updates sent back on the same link. A frame the sender had to give up on —
-its window stayed full for ``give_up_after`` seconds despite repairs — surfaces as an ``FECError``
-from ``recv`` naming the lost frames, and delivery carries on after it: the link never hangs.
+``FecEndpoint`` is the sans-IO policy of one end — when to send repairs and window updates, what
+to hand the application — with the clock passed in, so tests and ``bench/fec.py`` drive it with a
+fake clock. ``FecLink`` is its asyncio driver and itself a ``Link`` (``ordered=True``).
+
+Flow: ``send`` → source packet, plus ``ratio`` repairs per source packet on average (adaptive.py).
+The receiver sends a window update every ``ack_every`` data packets, at once when a loss shows,
+and ``ack_interval`` after any other change; every loss an update reveals is answered by one
+repair. While the window is not empty and nothing new is sent, a repair goes out after
+``repair_interval``, then at doubling intervals (up to 8×) until an update shows progress: tail
+protection, and recovery from lost window updates. The sender's window is released only as the application
+*consumes* frames, so at most ``window`` frames are ever buffered on either side. A symbol still
+missing ``max_stall`` seconds after the receiver noticed the loss is given up: ``recv`` raises
+``LostFrames`` naming the lost frame numbers, and delivery carries on after them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
+from collections.abc import Callable
 
-from zmesh.errors import FECError, LinkClosed
+from zmesh.errors import ConfigError, FECError, LinkClosed, TransportError
 from zmesh.link import Link
 
 from .adaptive import RepairRateController
-from .tetrys import UPDATE, Delivered, Gap, TetrysDecoder, TetrysEncoder, parse_update
+from .tetrys import ACK, REPAIR_OVERHEAD, SOURCE, Delivered, Gap, TetrysDecoder, TetrysEncoder, packet_type
+
+_MAX_BACKOFF = 8
 
 
-class FecLink:
-    ordered = True
-    reliable = True
+class LostFrames(FECError):
+    """Frames ``first..last`` (numbered from 0 in send order) were lost beyond what repair covered."""
 
-    def __init__(self, inner: Link, *, symbol_size: int = 1200, window: int = 256, min_repair: float = 0.0,
-                 max_repair: float = 0.5, update_every: int = 8, repair_interval: float = 0.02,
-                 give_up_after: float = 2.0) -> None:
-        self.inner = inner
-        self.encoder = TetrysEncoder(symbol_size=symbol_size, max_window=window)
-        self.decoder = TetrysDecoder(symbol_size=symbol_size, max_window=window)
+    def __init__(self, first: int, last: int) -> None:
+        super().__init__(f"frames {first}..{last} were lost beyond what forward error correction "
+                         "could repair; later frames continue")
+        self.first, self.last = first, last
+
+
+class FecEndpoint:
+    """One end of a FEC link, sans-IO: frames and packets in; packets, frames and gaps out."""
+
+    def __init__(self, *, symbol_size: int = 1200, window: int = 256, min_repair: float = 0.0,
+                 max_repair: float = 0.5, ack_every: int = 16, ack_interval: float = 0.02,
+                 repair_interval: float = 0.05, max_stall: float = 1.0, rng: random.Random | None = None) -> None:
+        if ack_every < 1 or not ack_interval > 0 or not repair_interval > 0:
+            raise ConfigError("fec ack_every must be >= 1 and ack_interval, repair_interval positive")
+        self.encoder = TetrysEncoder(symbol_size=symbol_size, max_window=window, rng=rng)
+        self.decoder = TetrysDecoder(symbol_size=symbol_size, max_window=window, max_stall=max_stall)
         self.controller = RepairRateController(min_ratio=min_repair, max_ratio=max_repair)
-        self.max_frame_size = self.encoder.max_payload
-        self.update_every = update_every
-        self.repair_interval = repair_interval
-        self.give_up_after = give_up_after
-        self.gaps: list[Gap] = []
+        self.ack_every, self.ack_interval, self.repair_interval = ack_every, ack_interval, repair_interval
+        self.repairs_sent = 0
+        self._outbox: list[bytes] = []
         self._inbox: deque[Delivered | Gap] = deque()
-        self._readable = asyncio.Event()
-        self._progress = asyncio.Event()  # set by window updates
+        self._consumed = 0  # frames (and given-up frames) handed to the application
+        self._acked = (0, 0)  # (consumed, packets received) at our last window update
+        self._last_ack = float("-inf")
+        self._last_data = float("-inf")
+        self._backoff = 1  # multiplies repair_interval while the peer shows no progress
         self._credit = 0.0
-        self._since_update = 0
-        self._closed = False
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._repair_loop())]
 
-    async def send(self, frame: bytes) -> None:
-        if self._closed:
-            raise LinkClosed("FEC link is closed")
-        waited = 0.0
-        while self.encoder.full:
-            # Stalled: help the receiver with repairs; after give_up_after, drop the oldest symbol.
-            self._progress.clear()
-            await self._send_repair()
-            try:
-                await asyncio.wait_for(self._progress.wait(), self.repair_interval)
-            except TimeoutError:
-                waited += self.repair_interval
-                if waited >= self.give_up_after:
-                    self.encoder.give_up_oldest()
-        await self.inner.send(self.encoder.source(frame))
+    @property
+    def writable(self) -> bool:
+        """The encoding window has room for another frame."""
+        return not self.encoder.full
+
+    def send(self, frame: bytes, now: float) -> None:
+        """Queue one frame (``InvalidState`` if not ``writable`` or too large)."""
+        self._outbox.append(self.encoder.source(frame))
+        self._last_data, self._backoff = now, 1
         self._credit += self.controller.ratio
         while self._credit >= 1.0:
             self._credit -= 1.0
-            await self._send_repair()
+            self._repair()
+
+    def receive(self, packet: bytes, now: float) -> None:
+        """Process one packet from the peer; ``FECError`` if it is malformed or lies."""
+        if packet_type(packet) == ACK:
+            progress = (self.encoder.window_start, self.encoder.decoded)
+            ack = self.encoder.on_ack(packet)
+            if (self.encoder.window_start, self.encoder.decoded) != progress:
+                self._backoff = 1
+            owed = self.controller.on_update(ack.seen, ack.received)
+            for _ in range(min(owed, self.encoder.next_seq - self.encoder.decoded)):
+                self._repair()
+            return
+        was_stalled = self.decoder.stalled
+        self._inbox.extend(self.decoder.receive(packet, now))
+        if len(self._inbox) > self.encoder.max_window:  # an honest sender waits for our window updates
+            raise FECError("peer sent more frames than the window it was granted")
+        received_since_ack = self.decoder.packets_received - self._acked[1]
+        if received_since_ack >= self.ack_every or (self.decoder.stalled and not was_stalled):
+            self._ack(now)
+
+    def next_event(self) -> Delivered | Gap | None:
+        """The next frame or gap for the application, in order, or None."""
+        if not self._inbox:
+            return None
+        event = self._inbox.popleft()
+        self._consumed = event.seq + 1 if isinstance(event, Delivered) else event.last + 1
+        return event
+
+    def data_to_send(self) -> list[bytes]:
+        """Packets to put on the link (empties the buffer)."""
+        packets, self._outbox = self._outbox, []
+        return packets
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must run next, or None while idle."""
+        deadlines = [self.decoder.get_timer()]
+        if self._ack_pending:
+            deadlines.append(self._last_ack + self.ack_interval)
+        if self.encoder.window:
+            deadlines.append(self._tail_deadline())
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Run what is due at ``now``: give up a stall, send a pending ack, send a tail repair."""
+        events = self.decoder.handle_timer(now)
+        self._inbox.extend(events)
+        if events or (self._ack_pending and now >= self._last_ack + self.ack_interval):
+            self._ack(now)
+        if self.encoder.window and now >= self._tail_deadline():
+            self._repair(probe=True)
+            self._last_data, self._backoff = now, min(2 * self._backoff, _MAX_BACKOFF)
+
+    @property
+    def _ack_pending(self) -> bool:
+        """Something the peer has not been told: packets received or frames consumed since."""
+        return self._acked != (self._consumed, self.decoder.packets_received)
+
+    def _tail_deadline(self) -> float:
+        return self._last_data + self.repair_interval * self._backoff
+
+    def _ack(self, now: float) -> None:
+        self._outbox.append(self.decoder.ack(self._consumed))
+        self._acked, self._last_ack = (self._consumed, self.decoder.packets_received), now
+
+    def _repair(self, *, probe: bool = False) -> None:
+        packet = self.encoder.repair(probe=probe)
+        if packet is not None:
+            self._outbox.append(packet)
+            self.repairs_sent += 1
+
+
+class FecLink:
+    """A ``Link`` with Tetrys FEC over ``inner``: ordered, exactly once, gaps reported.
+
+    Must be created inside a running event loop (it owns a reader, a writer and a timer task,
+    ended by ``close``). ``reliable`` is the inner link's: over a lossy link a loss beyond what
+    repair covers surfaces as ``LostFrames`` from ``recv``. At most ``max_queue`` packets wait for
+    the inner link; beyond that, repairs and window updates are dropped (they are redundant by
+    nature) and ``send`` waits. A malformed or lying packet from the peer closes the link: ``recv``
+    raises that ``FECError`` once, then ``LinkClosed``.
+    """
+
+    ordered = True
+
+    def __init__(self, inner: Link, *, symbol_size: int = 1200, window: int = 256, min_repair: float = 0.0,
+                 max_repair: float = 0.5, ack_every: int = 16, ack_interval: float = 0.02,
+                 repair_interval: float = 0.05, max_stall: float = 1.0, max_queue: int = 64,
+                 rng: random.Random | None = None) -> None:
+        if symbol_size + REPAIR_OVERHEAD > inner.max_frame_size:
+            raise ConfigError(f"fec symbol_size {symbol_size} + {REPAIR_OVERHEAD} exceeds the inner link's "
+                              f"max_frame_size {inner.max_frame_size}")
+        if max_queue < 1:
+            raise ConfigError("fec max_queue must be >= 1")
+        self.inner = inner
+        self.endpoint = FecEndpoint(symbol_size=symbol_size, window=window, min_repair=min_repair,
+                                    max_repair=max_repair, ack_every=ack_every, ack_interval=ack_interval,
+                                    repair_interval=repair_interval, max_stall=max_stall, rng=rng)
+        self.reliable = inner.reliable
+        self.max_frame_size = self.endpoint.encoder.max_payload
+        self.max_queue = max_queue
+        self.dropped = 0  # repairs and window updates dropped because the inner link was congested
+        self._queue: deque[bytes] = deque()
+        self._closed = False
+        self._error: FECError | None = None
+        self._changed = asyncio.Event()  # wakes send/recv waiters and the writer
+        self._rearm = asyncio.Event()  # wakes the timer task
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [self._loop.create_task(coroutine)
+                       for coroutine in (self._read_loop(), self._write_loop(), self._timer_loop())]
+
+    async def send(self, frame: bytes) -> None:
+        if len(frame) > self.max_frame_size:
+            raise TransportError(f"frame of {len(frame)} bytes exceeds this FEC link's max_frame_size "
+                                 f"{self.max_frame_size}")
+        await self._wait_for(lambda: self.endpoint.writable and len(self._queue) < self.max_queue)
+        self.endpoint.send(frame, self._loop.time())
+        self._pump()
 
     async def recv(self) -> bytes:
-        while not self._inbox:
+        while (event := self.endpoint.next_event()) is None:
             if self._closed:
-                raise LinkClosed("FEC link is closed")
-            self._readable.clear()
-            await self._readable.wait()
-        event = self._inbox.popleft()
+                error, self._error = self._error, None
+                raise error or LinkClosed("FEC link is closed")
+            await self._changed_wait()
+        self._pump()
         if isinstance(event, Gap):
-            raise FECError(f"frames {event.first}..{event.last} were lost beyond what repair covered")
+            raise LostFrames(event.first, event.last)
         return event.payload
 
-    async def _send_repair(self) -> None:
-        packet = self.encoder.repair()
-        if packet is not None:
-            await self.inner.send(packet)
+    async def close(self) -> None:
+        self._stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ internals
+
+    def _stop(self, error: FECError | None = None) -> None:
+        if not self._closed:
+            self._closed, self._error = True, error
+        self._changed.set()
+
+    async def _changed_wait(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    async def _wait_for(self, ready: Callable[[], bool]) -> None:
+        while True:
+            if self._closed:
+                raise LinkClosed("FEC link is closed")
+            if ready():
+                return
+            await self._changed_wait()
+
+    def _pump(self) -> None:
+        """Move the endpoint's packets to the send queue and wake everyone."""
+        for packet in self.endpoint.data_to_send():
+            if len(self._queue) >= self.max_queue and packet_type(packet) != SOURCE:
+                self.dropped += 1
+            else:
+                self._queue.append(packet)
+        self._changed.set()
+        self._rearm.set()
 
     async def _read_loop(self) -> None:
         try:
             while True:
                 packet = await self.inner.recv()
-                if packet[:1] == bytes([UPDATE]):
-                    next_expected, received, highest = parse_update(packet)
-                    self.encoder.acknowledge(next_expected)
-                    self._credit += self.controller.update(highest, received)
-                    self._progress.set()
-                    continue
-                events = self.decoder.receive(packet)
-                for event in events:
-                    if isinstance(event, Gap):
-                        self.gaps.append(event)
-                    self._inbox.append(event)
-                if events:
-                    self._readable.set()
-                self._since_update += 1
-                if self._since_update >= self.update_every or (self.decoder.stalled and events):
-                    self._since_update = 0
-                    await self.inner.send(self.decoder.update_packet())
-        except (LinkClosed, FECError):
-            # A hostile or broken peer: stop reading and surface the close to recv().
-            self._closed = True
-            self._readable.set()
+                self.endpoint.receive(packet, self._loop.time())
+                self._pump()
+        except FECError as error:
+            self._stop(error)
+            await self.inner.close()
+        except LinkClosed:
+            self._stop()
 
-    async def _repair_loop(self) -> None:
-        """Tail protection: if symbols stay unacknowledged, keep sending repairs and updates."""
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                while not self._queue:
+                    await self._changed_wait()
+                await self.inner.send(self._queue.popleft())
+                self._changed.set()
+        except LinkClosed:
+            self._stop()
+
+    async def _timer_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.repair_interval)
-            if self.encoder.window:
-                await self._send_repair()
-            if self.decoder.packets_received:
-                await self.inner.send(self.decoder.update_packet())
-
-    async def close(self) -> None:
-        self._closed = True
-        self._readable.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.inner.close()
+            deadline = self.endpoint.get_timer()
+            timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
+            self._rearm.clear()
+            try:
+                await asyncio.wait_for(self._rearm.wait(), timeout)
+                continue  # state changed: recompute the deadline
+            except TimeoutError:
+                pass
+            self.endpoint.handle_timer(self._loop.time())
+            self._pump()
