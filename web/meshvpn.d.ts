@@ -3,13 +3,13 @@
 export interface MeshOptions {
   /** Relays per circuit (2..8; the design's default is 3). */
   hops: number;
-  /** 'direct': the exit connects to the target; 'cloudflare': through an upstream HTTP proxy the exit is configured with. */
+  /** 'direct': the exit connects to the target. ('cloudflare', exiting through an upstream HTTP proxy, is refused until implemented.) */
   exit: "direct" | "cloudflare";
   /** Two-letter country code the exit should be in. */
   country?: string;
-  /** Tetrys forward error correction on unreliable links (used once WebRTC links exist). */
+  /** Tetrys forward error correction on unreliable links: refused until tabs use WebRTC links. */
   enableFEC?: boolean;
-  /** Link transport; today tabs use WebSocket links to relays. */
+  /** Link transport; tabs use WebSocket links today ('webrtc' is refused until implemented). */
   transport?: "webrtc" | "websocket" | "auto";
   /** 'persistent' (default): keep this tab's key in IndexedDB so a reload keeps its PeerId. */
   identity?: "persistent" | "ephemeral";

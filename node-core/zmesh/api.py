@@ -41,28 +41,36 @@ TRANSPORTS = ("auto", "webrtc", "websocket")
 
 @dataclass(frozen=True, slots=True)
 class MeshOptions:
-    """The ``MeshOptions`` of the design: validated on construction with messages naming the key."""
+    """The ``MeshOptions`` of the design: validated on construction with messages naming the key.
+
+    Values the design names but this build cannot honour yet are refused with a clear error
+    rather than silently ignored.
+    """
 
     hops: int = 3
     exit: str = "direct"
     country: str | None = None
     enable_fec: bool = False
     transport: str = "auto"
-    upstream_url: str | None = None  # used by exit='cloudflare': an HTTP proxy/worker at the exit
 
     def __post_init__(self) -> None:
         if not isinstance(self.hops, int) or not MIN_HOPS <= self.hops <= MAX_HOPS:
             raise ConfigError(f"hops must be an integer {MIN_HOPS}..{MAX_HOPS}, got {self.hops!r}")
         if self.exit not in EXITS:
             raise ConfigError(f"exit must be one of {EXITS}, got {self.exit!r}")
-        if self.exit == "cloudflare" and not self.upstream_url:
-            raise ConfigError("exit='cloudflare' needs upstream_url (the HTTP proxy the exit uses)")
+        if self.exit == "cloudflare":
+            raise ConfigError("exit='cloudflare' (exiting through an upstream HTTP proxy) is not available "
+                              "yet; use exit='direct'")
         if self.transport not in TRANSPORTS:
             raise ConfigError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
+        if self.transport == "webrtc":
+            raise ConfigError("transport='webrtc' is not available to MeshVPN yet; use 'auto' or 'websocket'")
         if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
             raise ConfigError(f"country must be a two-letter code, got {self.country!r}")
         if not isinstance(self.enable_fec, bool):
             raise ConfigError("enable_fec must be true or false")
+        if self.enable_fec:
+            raise ConfigError("enable_fec needs unreliable WebRTC links, which MeshVPN does not use yet")
 
     def updated(self, **changes: Any) -> MeshOptions:
         known = {f.name for f in fields(self)}
