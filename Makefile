@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/core.py
 	$(PY) bench/native.py
 	$(PY) bench/fec.py
+	$(PY) bench/browser.py
 
 demo: setup
 	$(VENV)/bin/zmesh demo
