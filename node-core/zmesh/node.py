@@ -194,10 +194,6 @@ class Node:
             if route:
                 await self._destroy(route[0], DestroyReason.LINK_CLOSED)
 
-    def link_peer(self, link_id: int) -> PeerId | None:
-        link = self._links.get(link_id)
-        return link.peer if link else None
-
     def take_frame(self, link_id: int, max_cells: int = MAX_CELLS_PER_FRAME) -> bytes | None:
         """The next frame to write on ``link_id`` (up to ``max_cells`` cells), or None."""
         link = self._links.get(link_id)
