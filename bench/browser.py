@@ -11,15 +11,14 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from bench.native import measure, via_mesh  # noqa: E402
-from tests.test_native_mesh import PAYLOAD, _http_server, start_mesh  # noqa: E402
+from bench.native import local_mesh, measure, via_mesh  # noqa: E402
+from tests.test_native_mesh import PAYLOAD  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -49,23 +48,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    files, port = _http_server()
-    with tempfile.TemporaryDirectory() as data:
-        # `zmesh signal` serves the repository's web/ by default: the page and the directory share an origin.
-        processes, url = start_mesh(Path(data), port, relays=4, exits=1)
-        try:
-            host, socks_port = processes[-1].address[0].rsplit(":", 1)
-            native = asyncio.run(_native_rates((host, int(socks_port)), port, args.runs))
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-                page = browser.new_page()
-                page.goto(f"{url}/")
-                result = page.evaluate(JOIN.replace("RUNS", str(args.runs)), f"http://127.0.0.1:{port}/big")
-                browser.close()
-        finally:
-            for process in reversed(processes):
-                process.stop()
-            files.shutdown()
+    # `zmesh signal` serves the repository's web/ by default: the page and the directory share an origin.
+    with local_mesh() as (url, socks, port):
+        native = asyncio.run(_native_rates(socks, port, args.runs))
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"{url}/")
+            result = page.evaluate(JOIN.replace("RUNS", str(args.runs)), f"http://127.0.0.1:{port}/big")
+            browser.close()
     med = statistics.median
     print(f"zmesh browser benchmark — {os.cpu_count()} CPUs, Chromium headless, {len(PAYLOAD) >> 20} MiB file, "
           "3 hops over WebSocket links")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -80,40 +82,47 @@ async def circuit_builds(signal_url: str, runs: int) -> list[float]:
         await client.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+@contextlib.contextmanager
+def local_mesh() -> Iterator[tuple[str, tuple[str, int], int]]:
+    """Signal server, 4 relays (1 exit), a SOCKS client and a file server, all stopped on exit.
+    Yields (signal URL, SOCKS address, file server port)."""
     files, files_port = _http_server()
     with tempfile.TemporaryDirectory() as data:
         processes, url = start_mesh(Path(data), files_port, relays=4, exits=1)
         try:
             host, port = processes[-1].address[0].rsplit(":", 1)
-            socks = (host, int(port))
-
-            async def run() -> None:
-                await via_mesh(socks, files_port, "/small")  # builds the circuit: TTFB is on a built one
-                mesh_rate, mesh_ttfb = await measure(lambda p: via_mesh(socks, files_port, p), args.runs, "/small")
-                direct_rate, direct_ttfb = await measure(lambda p: direct(files_port, p), args.runs, "/small")
-                builds = await circuit_builds(url, args.runs * 4)
-                med = statistics.median
-                print(f"zmesh native benchmark — {os.cpu_count()} CPUs, {len(PAYLOAD) // 2**20} MiB file, "
-                      "real processes on loopback (WebSocket links)")
-                print("| measurement                          |   3 hops |   direct | ratio  |")
-                print("|--------------------------------------|----------|----------|--------|")
-                print(f"| download throughput (MB/s, median)   | {med(mesh_rate):8.1f} | {med(direct_rate):8.1f} "
-                      f"| {med(mesh_rate) / med(direct_rate):6.3f} |")
-                print(f"| time to first byte (ms, built circ.) | {med(mesh_ttfb):8.2f} | {med(direct_ttfb):8.2f} "
-                      f"| {med(mesh_ttfb) / med(direct_ttfb):6.1f} |")
-                print(f"| 3-hop circuit build (ms, median)     | {med(builds):8.2f} |        — |      — |")
-                print("Reference (issue 3): a private Tor network on the same kind of machine moved one stream "
-                      "over 3 hops at ~16 MB/s with 11 ms TTFB.")
-
-            asyncio.run(run())
+            yield url, (host, int(port)), files_port
         finally:
             for process in reversed(processes):
                 process.stop()
             files.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with local_mesh() as (url, socks, files_port):
+
+        async def run() -> None:
+            await via_mesh(socks, files_port, "/small")  # builds the circuit: TTFB is on a built one
+            mesh_rate, mesh_ttfb = await measure(lambda p: via_mesh(socks, files_port, p), args.runs, "/small")
+            direct_rate, direct_ttfb = await measure(lambda p: direct(files_port, p), args.runs, "/small")
+            builds = await circuit_builds(url, args.runs * 4)
+            med = statistics.median
+            print(f"zmesh native benchmark — {os.cpu_count()} CPUs, {len(PAYLOAD) // 2**20} MiB file, "
+                  "real processes on loopback (WebSocket links)")
+            print("| measurement                          |   3 hops |   direct | ratio  |")
+            print("|--------------------------------------|----------|----------|--------|")
+            print(f"| download throughput (MB/s, median)   | {med(mesh_rate):8.1f} | {med(direct_rate):8.1f} "
+                  f"| {med(mesh_rate) / med(direct_rate):6.3f} |")
+            print(f"| time to first byte (ms, built circ.) | {med(mesh_ttfb):8.2f} | {med(direct_ttfb):8.2f} "
+                  f"| {med(mesh_ttfb) / med(direct_ttfb):6.1f} |")
+            print(f"| 3-hop circuit build (ms, median)     | {med(builds):8.2f} |        — |      — |")
+            print("Reference (issue 3): a private Tor network on the same kind of machine moved one stream "
+                  "over 3 hops at ~16 MB/s with 11 ms TTFB.")
+
+        asyncio.run(run())
 
 
 if __name__ == "__main__":
