@@ -14,7 +14,8 @@ from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.errors import TransportError
 from zmesh.identity import Identity, PeerId
 from zmesh.memnet import MemoryNetwork, echo_service
-from zmesh_relay.rtclink import RtcConnector
+from zmesh.rtc import ChannelOptions, RtcConnector, RtcOptions
+from zmesh_relay.rtclink import AiortcBackend
 from zmesh_signal.app import SignalConfig, serving
 from zmesh_signal.client import SignalClient
 
@@ -25,7 +26,7 @@ def loopback_only(monkeypatch):
 
 
 @contextlib.asynccontextmanager
-async def connectors(url, provider, count=2):
+async def connectors(url, provider, count=2, options=RtcOptions(timeout=10.0), accept=True):
     """``count`` identities, each with a signaling socket and a connector collecting its links;
     all closed on exit."""
     out = []
@@ -37,10 +38,11 @@ async def connectors(url, provider, count=2):
             socket = await client.connect_ws(identity, provider)
             inbound: asyncio.Queue = asyncio.Queue()
 
-            async def accept(link, peer, inbound=inbound):
+            async def collect(link, peer, inbound=inbound):
                 await inbound.put((link, peer))
 
-            out[-1] = (identity, client, RtcConnector(socket, accept, timeout=10.0), inbound)
+            connector = RtcConnector(socket, AiortcBackend(), collect, options, accept=accept)
+            out[-1] = (identity, client, connector, inbound)
         yield out
     finally:
         for _, client, connector, _ in out:
@@ -85,7 +87,7 @@ def test_a_circuit_runs_over_a_webrtc_link():
             try:
                 async with connectors(f"http://127.0.0.1:{port}", provider) as ((_, _, a, _), (_, _, b, inbound)):
                     # the client reaches its first relay over WebRTC; the relay reaches the exit as usual
-                    b_peer = b.socket.peer_id
+                    b_peer = b.signal.peer_id
                     ours = await a.dial(b_peer)
                     theirs, _ = await asyncio.wait_for(inbound.get(), 10)
                     await client.add_link(ours, relay.node.identity.peer_id, initiator=True)
@@ -106,22 +108,55 @@ def test_a_circuit_runs_over_a_webrtc_link():
     asyncio.run(main())
 
 
-def test_malformed_and_unanswered_offers_fail_cleanly():
+def test_malformed_forged_and_unanswered_offers_fail_cleanly():
     provider = NativeCryptoProvider()
 
     async def main():
         async with serving(SignalConfig(), "127.0.0.1", 0) as port:
-            async with connectors(f"http://127.0.0.1:{port}", provider) as ((_, _, a, _), (bob, _, b, _)):
-                await a.socket.send(bob.peer_id, b"not json")
-                await a.socket.send(bob.peer_id, b'{"kind": "offer", "id": "x", "type": "offer", "sdp": "junk"}')
-                a.timeout = 2.0
+            url = f"http://127.0.0.1:{port}"
+            async with connectors(url, provider, options=RtcOptions(timeout=2.0)) as ((_, _, a, _), (bob, _, b, inbound)):
+                await a.signal.send(bob.peer_id, b"not json")
+                await a.signal.send(bob.peer_id, b'{"kind": "offer", "id": "x", "sdp": "junk", "channels": []}')
+                await a.signal.send(bob.peer_id, b'{"kind": "answer", "id": "nobody-asked", "sdp": "v=0"}')
                 stranger = PeerId(os.urandom(32))  # offline: the server bounces the offer
-                with pytest.raises(TransportError):
+                with pytest.raises(TransportError, match="offline"):
                     await a.dial(stranger)
-                for _ in range(200):
-                    if b.rejected >= 2:
-                        break
-                    await asyncio.sleep(0.01)
-                assert b.rejected >= 2
+                # bob reads in order, so once he has answered this dial he has judged the three above
+                await a.dial(bob.peer_id)
+                await asyncio.wait_for(inbound.get(), 10)
+                assert b.rejected == 3
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_does_not_accept_refuses_at_once():
+    provider = NativeCryptoProvider()
+
+    async def main():
+        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
+            url = f"http://127.0.0.1:{port}"
+            async with connectors(url, provider, options=RtcOptions(timeout=60.0), accept=False) as ((_, _, a, _), (bob, _, _, _)):
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(TransportError, match="refused"):
+                    await a.dial(bob.peer_id)
+                assert asyncio.get_running_loop().time() - started < 30  # a refusal, not the deadline
+
+    asyncio.run(main())
+
+
+def test_negotiated_and_unordered_channels_open_as_configured():
+    provider = NativeCryptoProvider()
+    options = RtcOptions(timeout=10.0, channels=(ChannelOptions("ctl", negotiated_id=3),
+                                                 ChannelOptions("lossy", ordered=False, max_retransmits=0)))
+
+    async def main():
+        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
+            async with connectors(f"http://127.0.0.1:{port}", provider, options=options) as ((_, _, a, _), (bob, _, _, inbound)):
+                link = await a.dial(bob.peer_id)
+                theirs, _ = await asyncio.wait_for(inbound.get(), 10)
+                assert (link.ordered, link.reliable, theirs.ordered, theirs.reliable) == (True, True, True, True)
+                await link.send(b"over the negotiated channel")
+                assert await asyncio.wait_for(theirs.recv(), 10) == b"over the negotiated channel"
+                await link.close()
 
     asyncio.run(main())

@@ -1,4 +1,4 @@
-"""``SignalClient`` / ``SignalSocket`` against a real server: what relays and clients rely on."""
+"""``SignalClient`` / ``SignalSession`` against a real server: what relays and clients rely on."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from aiohttp import web
 from zmesh.descriptor import Capabilities, sign_descriptor, verify_descriptor
 from zmesh.errors import CryptoError, LinkClosed, TransportError
 from zmesh.identity import Identity
+from zmesh.signaling import message_transcript
 from zmesh_signal.app import SignalConfig, run_server, serving
 from zmesh_signal.client import SignalClient, SignalError
-from zmesh_signal.ws import message_transcript
 
 
 def run(test: Callable[[SignalClient], Awaitable[None]], config: SignalConfig | None = None) -> None:

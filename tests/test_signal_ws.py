@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 
 from zmesh.identity import Identity
+from zmesh.signaling import auth_transcript, message_transcript
 from zmesh_signal.app import SignalConfig, serving
-from zmesh_signal.ws import WsLimits, auth_transcript, message_transcript
+from zmesh_signal.ws import WsLimits
 
 Test = Callable[[aiohttp.ClientSession, str], Awaitable[None]]
 CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)

@@ -1,44 +1,34 @@
-"""WebRTC DataChannel links for native nodes (aiortc), set up through the signal server.
+"""WebRTC DataChannel links for native nodes: the aiortc backend of ``zmesh.rtc``.
 
-Offers and answers travel as *signed* messages between PeerIds over ``SignalSocket`` (the server
-checks the sender's signature and the recipient checks it again), so nobody can inject an SDP in
-another node's name. aiortc gathers its ICE candidates before it produces a description, so the
-offer and answer carry them all (no trickle). One reliable, ordered channel labelled ``zmesh``
-carries whole frames; an unordered channel for FEC is the next step.
+The signaling protocol (signed offers, answers and candidates, one deadline) is ``zmesh.rtc``'s,
+shared with the page; here are only the aiortc peer connection and the DataChannel ``Link``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
-import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
 
 from zmesh.cells import MAX_FRAME_SIZE
-from zmesh.errors import CryptoError, LinkClosed, ProtocolError, TransportError
-from zmesh.identity import PeerId
-from zmesh_signal.client import SignalError, SignalSocket
+from zmesh.errors import LinkClosed, ProtocolError
+from zmesh.link import Link
+from zmesh.rtc import ChannelOptions, IceCandidate, RtcOptions
 
-log = logging.getLogger(__name__)
-
-LABEL = "zmesh"
 HIGH_WATER = 1 << 20
-MAX_SDP = 16 * 1024
 
 
 class RtcLink:
-    """A ``zmesh.link.Link`` over one reliable, ordered DataChannel."""
+    """A ``zmesh.link.Link`` over one DataChannel (closing it closes the peer connection)."""
 
-    ordered = True
-    reliable = True
+    transport = "webrtc"
     max_frame_size = MAX_FRAME_SIZE
 
-    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel) -> None:
+    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel, options: ChannelOptions) -> None:
         self._pc, self._channel = pc, channel
+        self.ordered, self.reliable = options.ordered, options.reliable
         self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -74,109 +64,85 @@ class RtcLink:
         await self._pc.close()
 
 
-LinkHandler = Callable[[RtcLink, PeerId], Awaitable[None]]
+class AiortcPeer:
+    """``zmesh.rtc.RtcPeer`` on aiortc. aiortc gathers every candidate before it describes its
+    side, so they go out inside the SDP and only the end marker is trickled."""
 
+    def __init__(self, options: RtcOptions, on_candidate: Callable[[IceCandidate], None]) -> None:
+        servers = [RTCIceServer(list(s.urls), s.username, s.credential) for s in options.ice_servers]
+        self._pc = RTCPeerConnection(RTCConfiguration(servers))
+        self._on_candidate = on_candidate
+        self._links: dict[str, RtcLink] = {}
+        self._opened: dict[str, asyncio.Future[None]] = {}
 
-class RtcConnector:
-    """Dials and answers WebRTC links for one node through its authenticated signaling socket."""
+    async def offer(self, channels: Sequence[ChannelOptions]) -> str:
+        for options in channels:
+            self._adopt(self._create(options), options)
+        await self._pc.setLocalDescription(await self._pc.createOffer())
+        self._on_candidate(IceCandidate(""))
+        return self._pc.localDescription.sdp
 
-    def __init__(self, socket: SignalSocket, on_link: LinkHandler, *, ice_servers: list[str] = (),
-                 timeout: float = 15.0) -> None:
-        self.socket = socket
-        self.on_link = on_link
-        self.timeout = timeout
-        self._config = RTCConfiguration([RTCIceServer(url) for url in ice_servers])
-        self._pending: dict[str, asyncio.Future] = {}
-        self._tasks: set[asyncio.Task] = set()
-        self.rejected = 0
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def dial(self, peer: PeerId) -> RtcLink:
-        """Offer a link to ``peer``; ``TransportError`` if no answer or ICE fails within the timeout."""
-        pc = RTCPeerConnection(self._config)
-        channel = pc.createDataChannel(LABEL, ordered=True)
-        link = RtcLink(pc, channel)
-        opened = asyncio.get_running_loop().create_future()
-        channel.on("open", lambda: opened.done() or opened.set_result(None))
-        offer_id = os.urandom(8).hex()
-        answered = self._pending[offer_id] = asyncio.get_running_loop().create_future()
-        try:
-            await pc.setLocalDescription(await pc.createOffer())
-            await self.socket.send(peer, _encode("offer", offer_id, pc.localDescription))
-            async with asyncio.timeout(self.timeout):
-                await pc.setRemoteDescription(await answered)
-                await opened
-        except (TimeoutError, ValueError, SignalError) as exc:
-            await pc.close()
-            raise TransportError(f"no WebRTC link to {peer.short()}: {exc or 'timed out'}") from exc
-        finally:
-            self._pending.pop(offer_id, None)
-        return link
-
-    async def _read(self) -> None:
-        while True:
-            try:
-                sender, payload = await self.socket.receive()
-                kind, offer_id, description = _decode(payload)
-            except (ProtocolError, CryptoError, SignalError) as exc:
-                self.rejected += 1  # forged, malformed or bounced messages change nothing
-                log.debug("ignoring a signaling message: %s", exc)
-                continue
-            except LinkClosed:
-                return
-            if kind == "answer":
-                future = self._pending.get(offer_id)
-                if future is not None and not future.done():
-                    future.set_result(description)
+    async def answer(self, sdp: str, channels: Sequence[ChannelOptions]) -> str:
+        announced = {options.label: options for options in channels}
+        for options in channels:
+            if options.negotiated_id is not None:
+                self._adopt(self._create(options), options)
             else:
-                task = asyncio.get_running_loop().create_task(self._answer(sender, offer_id, description))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._opened[options.label] = asyncio.get_running_loop().create_future()
 
-    async def _answer(self, sender: PeerId, offer_id: str, offer: RTCSessionDescription) -> None:
-        pc = RTCPeerConnection(self._config)
-        ready: asyncio.Future[RtcLink] = asyncio.get_running_loop().create_future()
-
-        @pc.on("datachannel")
+        @self._pc.on("datachannel")
         def on_channel(channel: RTCDataChannel) -> None:  # synchronous, so no message is missed
-            if channel.label == LABEL and not ready.done():
-                ready.set_result(RtcLink(pc, channel))
+            options = announced.get(channel.label)
+            if options is None or options.negotiated_id is not None or channel.label in self._links:
+                channel.close()  # a channel the offer did not announce
+                return
+            self._adopt(channel, options)
 
-        try:
-            await pc.setRemoteDescription(offer)
-            await pc.setLocalDescription(await pc.createAnswer())
-            await self.socket.send(sender, _encode("answer", offer_id, pc.localDescription))
-            async with asyncio.timeout(self.timeout):
-                link = await ready
-        except (TimeoutError, ValueError) as exc:
-            self.rejected += 1
-            log.debug("WebRTC offer from %s failed: %s", sender.short(), exc)
-            await pc.close()
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+        await self._pc.setLocalDescription(await self._pc.createAnswer())
+        self._on_candidate(IceCandidate(""))
+        return self._pc.localDescription.sdp
+
+    async def accept_answer(self, sdp: str) -> None:
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+
+    async def add_candidate(self, candidate: IceCandidate) -> None:
+        if not candidate.candidate:
+            await self._pc.addIceCandidate(None)
             return
-        await self.on_link(link, sender)
+        try:
+            parsed = candidate_from_sdp(candidate.candidate.removeprefix("candidate:"))
+        except (AssertionError, ValueError, IndexError) as exc:
+            raise ProtocolError("an ICE candidate aiortc cannot parse") from exc
+        parsed.sdpMid, parsed.sdpMLineIndex = candidate.mid, candidate.mline
+        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+            parsed.sdpMLineIndex = 0
+        await self._pc.addIceCandidate(parsed)
+
+    async def open_links(self) -> dict[str, Link]:
+        await asyncio.gather(*self._opened.values())
+        return dict(self._links)
 
     async def close(self) -> None:
-        self._reader.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(self._reader, *self._tasks, return_exceptions=True)
+        await self._pc.close()
+
+    def _create(self, options: ChannelOptions) -> RTCDataChannel:
+        return self._pc.createDataChannel(
+            options.label, ordered=options.ordered, maxRetransmits=options.max_retransmits,
+            maxPacketLifeTime=options.max_packet_lifetime, negotiated=options.negotiated_id is not None,
+            id=options.negotiated_id)
+
+    def _adopt(self, channel: RTCDataChannel, options: ChannelOptions) -> None:
+        self._links[options.label] = RtcLink(self._pc, channel, options)
+        opened = self._opened.get(options.label) or asyncio.get_running_loop().create_future()
+        self._opened[options.label] = opened
+        if channel.readyState == "open":
+            opened.done() or opened.set_result(None)
+        channel.on("open", lambda: opened.done() or opened.set_result(None))
 
 
-def _encode(kind: str, offer_id: str, description: RTCSessionDescription) -> bytes:
-    return json.dumps({"kind": kind, "id": offer_id, "type": description.type, "sdp": description.sdp}).encode()
+class AiortcBackend:
+    """``zmesh.rtc.RtcBackend`` for native nodes."""
 
-
-def _decode(payload: bytes) -> tuple[str, str, RTCSessionDescription]:
-    """A signed offer/answer from a peer: shape-checked before aiortc sees it."""
-    if len(payload) > MAX_SDP:
-        raise ProtocolError("SDP message too large")
-    try:
-        data = json.loads(payload)
-        kind, offer_id, sdp_type, sdp = data["kind"], data["id"], data["type"], data["sdp"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProtocolError("malformed WebRTC signaling message") from exc
-    if kind not in ("offer", "answer") or sdp_type != kind or not isinstance(sdp, str) \
-            or not isinstance(offer_id, str) or len(offer_id) > 64 or not sdp.startswith("v=0"):
-        raise ProtocolError("WebRTC signaling message has the wrong shape")
-    return kind, offer_id, RTCSessionDescription(sdp=sdp, type=sdp_type)
+    def new_peer(self, options: RtcOptions, on_candidate: Callable[[IceCandidate], None]) -> AiortcPeer:
+        return AiortcPeer(options, on_candidate)

@@ -1,100 +1,40 @@
 """Client of the signal server, for relays, clients and tests: the directory API over HTTP and
-the signaling WebSocket.
+the signaling WebSocket (whose protocol is ``zmesh.signaling``, shared with the browser).
 
 Nothing the server returns is trusted: descriptors come back raw for the caller to verify, and
-every relayed message is verified here against its sender's PeerId before it is handed out.
+every relayed message is verified against its sender's PeerId before it is handed out.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any
 
 import aiohttp
 
 from zmesh.crypto.provider import CryptoProvider
-from zmesh.errors import ConfigError, CryptoError, LinkClosed, ProtocolError, TransportError
-from zmesh.identity import Identity, PeerId
+from zmesh.errors import LinkClosed, ProtocolError, TransportError
+from zmesh.identity import Identity
+from zmesh.signaling import SignalError, SignalSession, decode_base64
 
-from .ws import WsLimits, auth_transcript, message_transcript
+from .ws import WsLimits
 
-
-class SignalError(TransportError):
-    """The server refused a request: ``code`` is its short error code (``stale``, ``offline``…),
-    ``status`` the HTTP status (None on the WebSocket), ``to`` the recipient an error is about."""
-
-    def __init__(self, code: str, detail: str, *, status: int | None = None, to: str | None = None) -> None:
-        super().__init__(f"signal server: {code}: {detail}" if detail else f"signal server: {code}")
-        self.code, self.detail, self.status, self.to = code, detail, status, to
+__all__ = ["SignalClient", "SignalError", "SignalSession"]
 
 
-def _b64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ProtocolError(f"the signal server sent a {what} that is not base64 text")
-    try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error as exc:
-        raise ProtocolError(f"the signal server sent a {what} that is not valid base64") from exc
+class _AiohttpText:
+    """``zmesh.signaling.TextChannel`` over an aiohttp client WebSocket."""
 
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
 
-class SignalSocket:
-    """An authenticated signaling connection for ``identity``."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, identity: Identity, provider: CryptoProvider) -> None:
-        self._ws, self._identity, self._provider = ws, identity, provider
-
-    @property
-    def peer_id(self) -> PeerId:
-        return self._identity.peer_id
-
-    async def send(self, to: PeerId, payload: bytes) -> None:
-        """Sign and send ``payload`` to ``to``. Delivery problems (``offline``, ``busy``) come back
-        later from ``receive()`` as ``SignalError``."""
-        signature = await self._provider.ed25519_sign(
-            self._identity.signing_key, message_transcript(self.peer_id, to, payload))
-        await self._send_json({"type": "send", "to": to.text, "payload": base64.b64encode(payload).decode(),
-                               "signature": base64.b64encode(signature).decode()})
-
-    async def receive(self) -> tuple[PeerId, bytes]:
-        """The next verified message as ``(sender, payload)``. Raises ``SignalError`` for an error
-        the server reports (the socket stays usable), ``CryptoError`` for a message whose
-        signature does not verify, ``LinkClosed`` once the socket is closed."""
-        while True:
-            data = await self._receive_json()
-            if data.get("type") == "error":
-                raise SignalError(str(data.get("error")), str(data.get("detail", "")), to=data.get("to"))
-            if data.get("type") == "message":
-                return await self._verified(data)
-
-    async def close(self) -> None:
-        await self._ws.close()
-
-    async def __aenter__(self) -> SignalSocket:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _verified(self, data: dict[str, Any]) -> tuple[PeerId, bytes]:
+    async def send_text(self, text: str) -> None:
         try:
-            sender = PeerId.from_text(data.get("from") if isinstance(data.get("from"), str) else "")
-        except ConfigError as exc:
-            raise ProtocolError(f"the signal server relayed a message with a bad sender: {exc}") from exc
-        payload, signature = _b64(data.get("payload"), "payload"), _b64(data.get("signature"), "signature")
-        if not await self._provider.ed25519_verify(sender.key, signature,
-                                                   message_transcript(sender, self.peer_id, payload)):
-            raise CryptoError(f"a signaling message claiming to be from {sender.short()} does not verify")
-        return sender, payload
-
-    async def _send_json(self, data: dict[str, str]) -> None:
-        try:
-            await self._ws.send_str(json.dumps(data))
+            await self._ws.send_str(text)
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise LinkClosed(f"the signaling socket is closed: {exc}") from exc
 
-    async def _receive_json(self, timeout: float | None = None) -> dict[str, Any]:
+    async def receive_text(self, timeout: float | None = None) -> str | None:
         try:
             msg = await self._ws.receive(timeout=timeout)
         except TimeoutError as exc:
@@ -104,27 +44,10 @@ class SignalSocket:
             raise LinkClosed(f"the signal server closed the socket (code {msg.data}{reason})")
         if msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
             raise LinkClosed(f"the signaling socket is closed (code {self._ws.close_code})")
-        try:
-            data = json.loads(msg.data) if msg.type is aiohttp.WSMsgType.TEXT else None
-        except (ValueError, RecursionError):
-            data = None
-        if not isinstance(data, dict):
-            raise ProtocolError("the signal server sent something other than a JSON object")
-        return data
+        return msg.data if msg.type is aiohttp.WSMsgType.TEXT else None
 
-    async def _authenticate(self, timeout: float) -> None:
-        challenge = await self._receive_json(timeout)
-        if challenge.get("type") != "challenge":
-            raise ProtocolError("the signal server did not start with a challenge")
-        signature = await self._provider.ed25519_sign(
-            self._identity.signing_key, auth_transcript(_b64(challenge.get("nonce"), "nonce")))
-        await self._send_json({"type": "auth", "peer_id": self.peer_id.text,
-                               "signature": base64.b64encode(signature).decode()})
-        answer = await self._receive_json(timeout)
-        if answer.get("type") == "error":
-            raise SignalError(str(answer.get("error")), str(answer.get("detail", "")))
-        if answer.get("type") != "ready":
-            raise ProtocolError("the signal server did not confirm the authentication")
+    async def close(self) -> None:
+        await self._ws.close()
 
 
 class SignalClient:
@@ -171,21 +94,15 @@ class SignalClient:
         listed = (await self._request("GET", "/v1/relays", params=params)).get("relays")
         if not isinstance(listed, list):
             raise ProtocolError("the signal server's relay list is malformed")
-        return [_b64(item, "descriptor") for item in listed]
+        return [decode_base64(item, "descriptor") for item in listed]
 
-    async def connect_ws(self, identity: Identity, provider: CryptoProvider) -> SignalSocket:
+    async def connect_ws(self, identity: Identity, provider: CryptoProvider) -> SignalSession:
         """Open the signaling WebSocket and prove ``identity``'s PeerId to the server."""
         try:
             ws = await self._http().ws_connect(self.base_url + "/v1/ws", max_msg_size=WsLimits().max_message)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransportError(f"cannot open the signaling socket at {self.base_url}: {exc}") from exc
-        sock = SignalSocket(ws, identity, provider)
-        try:
-            await sock._authenticate(self._timeout)
-        except BaseException:
-            await ws.close()
-            raise
-        return sock
+        return await SignalSession.open(_AiohttpText(ws), identity, provider, self._timeout)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -20,23 +20,12 @@ from aiohttp import WSMsgType, web
 from zmesh.crypto.provider import CryptoProvider
 from zmesh.errors import ConfigError
 from zmesh.identity import PeerId
+from zmesh.signaling import auth_transcript, message_transcript
 
 from .limits import TokenBucket
 from .metrics import SignalMetrics
 
-AUTH_DOMAIN = b"zmesh-signal-auth-v1\x00"
-MESSAGE_DOMAIN = b"zmesh-signal-msg-v1\x00"
 CLOSE_REPLACED = 4000
-
-
-def auth_transcript(nonce: bytes) -> bytes:
-    """What a peer signs to prove its PeerId to the server."""
-    return AUTH_DOMAIN + nonce
-
-
-def message_transcript(sender: PeerId, recipient: PeerId, payload: bytes) -> bytes:
-    """What a sender signs for one relayed message (binds both ends, so it cannot be redirected)."""
-    return MESSAGE_DOMAIN + sender.key + recipient.key + payload
 
 
 @dataclass(frozen=True, slots=True)
