@@ -25,9 +25,11 @@ $(STAMP): pyproject.toml web/package.json web/package-lock.json
 web-assets: $(STAMP)
 	$(PY) web/build_assets.py
 
+# Tests run inside a private network namespace (tests/netns-run): WebRTC then finds only the
+# namespace's veth pair and never sends a packet over the machine's real interfaces.
 test: setup
 	$(PY) -m ruff check $(LINTED)
-	$(PY) -m pytest -q
+	tests/netns-run $(PY) -m pytest -q
 
 lint: setup
 	$(PY) -m ruff check $(LINTED)

@@ -10,7 +10,12 @@ import pytest
 from playwright.sync_api import sync_playwright
 from playwright_support import PAYLOAD
 
+from tests.private_network import require_private_network
 from tests.test_native_mesh import Process
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    require_private_network()
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

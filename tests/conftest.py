@@ -9,6 +9,12 @@ import pytest
 
 from zmesh.crypto.native import NativeCryptoProvider
 
+from .private_network import require_private_network
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    require_private_network()
+
 
 @pytest.fixture(scope="session")
 def provider() -> NativeCryptoProvider:

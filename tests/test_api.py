@@ -11,7 +11,7 @@ from zmesh.memnet import MemoryNetwork, echo_service
 
 @pytest.mark.parametrize("options, key", [
     ({"hops": 1}, "hops"), ({"hops": 9}, "hops"), ({"hops": "3"}, "hops"),
-    ({"exit": "tor"}, "exit"), ({"exit": "cloudflare"}, "cloudflare"), ({"transport": "webrtc"}, "webrtc"),
+    ({"exit": "tor"}, "exit"), ({"exit": "cloudflare"}, "cloudflare"),
     ({"enable_fec": True}, "enable_fec"),
     ({"transport": "carrier-pigeon"}, "transport"), ({"country": "Germany"}, "country"),
     ({"enable_fec": "yes"}, "enable_fec"), ({"colour": "blue"}, "colour"),

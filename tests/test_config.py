@@ -3,7 +3,8 @@
 import pytest
 
 from zmesh.errors import ConfigError
-from zmesh_relay.config import load
+from zmesh.rtc import ChannelOptions
+from zmesh_relay.config import load, rtc_options
 
 
 def test_layers_override_in_order(tmp_path):
@@ -36,3 +37,35 @@ def test_bad_files_are_config_errors(tmp_path):
         load(bad, env={})
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.toml", env={})
+
+
+def test_webrtc_settings_from_the_file(tmp_path):
+    path = tmp_path / "zmesh.toml"
+    path.write_text('[transport]\nkind = "webrtc"\nwebrtc_timeout = 4\n'
+                    'ice_servers = ["stun:stun.example.org:3478", '
+                    '{urls = ["turn:turn.example.org:3478"], username = "u", credential = "secret"}]\n'
+                    'channels = [{label = "ctl", negotiated_id = 0},'
+                    ' {label = "fec", ordered = false, max_retransmits = 0}]\n')
+    options = rtc_options(load(path, env={}))
+    assert options.timeout == 4.0
+    assert [s.urls for s in options.ice_servers] == [("stun:stun.example.org:3478",), ("turn:turn.example.org:3478",)]
+    assert options.ice_servers[1].credential == "secret" and "secret" not in repr(options.ice_servers)
+    assert [(c.label, c.ordered, c.max_retransmits, c.negotiated_id) for c in options.channels] == [
+        ("ctl", True, None, 0), ("fec", False, 0, None)]
+    assert rtc_options(load(env={})).channels == (ChannelOptions("zmesh"),)
+
+
+@pytest.mark.parametrize("toml, key", [
+    ('[transport]\nice_servers = ["http://not-ice"]\n', "transport.ice_servers"),
+    ('[transport]\nice_servers = [{urls = "turn:x", username = "u"}]\n', "transport.ice_servers"),
+    ('[transport]\nchannels = [{label = "lossy", ordered = false}]\n', "transport.channels"),
+    ('[transport]\nchannels = [{label = "a", max_retransmits = 1, max_packet_lifetime = 5}]\n', "transport.channels"),
+    ('[transport]\nchannels = [{label = "a", colour = "red"}]\n', "transport.channels"),
+    ('[transport]\nwebrtc_timeout = 0\n', "transport.webrtc_timeout"),
+    ('[transport]\nkind = "pigeon"\n', "transport.kind"),
+])
+def test_bad_webrtc_settings_name_the_key(tmp_path, toml, key):
+    path = tmp_path / "zmesh.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(path, env={})

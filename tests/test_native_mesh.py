@@ -53,9 +53,9 @@ def _http_server() -> tuple[http.server.ThreadingHTTPServer, int]:
 class Process:
     """A `zmesh` subprocess; ``address`` is what its ready line announced."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen([*ZMESH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.address = self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30.0) -> list[str]:
@@ -83,17 +83,19 @@ class Process:
         return self.proc.returncode
 
 
-def start_mesh(data_dir: Path, allowed_port: int, *, relays: int, exits: int) -> tuple[list[Process], str]:
+def start_mesh(data_dir: Path, allowed_port: int, *, relays: int, exits: int,
+               env: dict[str, str] | None = None) -> tuple[list[Process], str]:
     """Signal server, ``relays`` relays (the last ``exits`` of them exits allowed to reach
-    127.0.0.1:``allowed_port``) and a SOCKS client; the client is the last process."""
+    127.0.0.1:``allowed_port``) and a SOCKS client; the client is the last process. ``env``
+    configures the relays and the client (``ZMESH_*``)."""
     processes = [Process("signal", "--listen", "127.0.0.1:0")]
     url = processes[0].address[0]
     try:
         for index in range(relays):
             extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{allowed_port}"] if index >= relays - exits else []
             processes.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
-                                     "--data-dir", str(data_dir / f"r{index}"), *extra))
-        processes.append(Process("client", "--signal", url, "--socks", "127.0.0.1:0"))
+                                     "--data-dir", str(data_dir / f"r{index}"), *extra, env=env))
+        processes.append(Process("client", "--signal", url, "--socks", "127.0.0.1:0", env=env))
     except BaseException:
         for process in reversed(processes):
             process.stop()
@@ -131,6 +133,29 @@ async def fetch(socks: tuple[str, int], host: str, port: int, path: str) -> byte
 def test_ten_mib_through_three_relays_is_byte_exact(mesh):
     body = asyncio.run(asyncio.wait_for(fetch(mesh["socks"], "127.0.0.1", mesh["files_port"], "/big"), 120))
     assert hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
+    # transport: auto (the default) between native nodes is WebSocket first (measured faster than
+    # aiortc), with WebRTC ready as the fallback: every relay holds its signaling socket
+    transports = [_health(relay.address[0])["transport"] for relay in mesh["relays"]]
+    assert all(t["mode"] == "auto" and t["signaling"] for t in transports)
+    assert sum(t["open_links"].get("websocket", 0) for t in transports) >= 5
+    assert sum(t["open_links"].get("webrtc", 0) for t in transports) == 0
+
+
+def test_forced_webrtc_mesh_carries_circuits_over_datachannels(tmp_path):
+    """transport.kind = webrtc: every link, client to exit, is an aiortc DataChannel."""
+    files, files_port = _http_server()
+    processes, _ = start_mesh(tmp_path, files_port, relays=3, exits=1, env={"ZMESH_TRANSPORT_KIND": "webrtc"})
+    try:
+        host, port = processes[-1].address[0].rsplit(":", 1)
+        body = asyncio.run(asyncio.wait_for(fetch((host, int(port)), "127.0.0.1", files_port, "/big"), 120))
+        assert hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
+        transports = [_health(relay.address[0])["transport"] for relay in processes[1:-1]]
+        assert sum(t["open_links"].get("webrtc", 0) for t in transports) == 5  # 3 links, 2 ends each, 1 at the client
+        assert sum(t["open_links"].get("websocket", 0) for t in transports) == 0
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        files.shutdown()
 
 
 def test_exit_refuses_loopback_unless_allowed_even_by_name(mesh):

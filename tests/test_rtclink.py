@@ -6,15 +6,20 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 
 import aioice.ice
 import pytest
+from aiohttp import web
 
 from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.descriptor import Capabilities, sign_descriptor
 from zmesh.errors import TransportError
 from zmesh.identity import Identity, PeerId
 from zmesh.memnet import MemoryNetwork, echo_service
 from zmesh.rtc import ChannelOptions, RtcConnector, RtcOptions
+from zmesh.transport import RTC_ADDRESS, TransportDialer
+from zmesh_relay import wslink
 from zmesh_relay.rtclink import AiortcBackend
 from zmesh_signal.app import SignalConfig, serving
 from zmesh_signal.client import SignalClient
@@ -26,7 +31,7 @@ def loopback_only(monkeypatch):
 
 
 @contextlib.asynccontextmanager
-async def connectors(url, provider, count=2, options=RtcOptions(timeout=10.0), accept=True):
+async def connectors(url, provider, count=2, options=None, accept=True):
     """``count`` identities, each with a signaling socket and a connector collecting its links;
     all closed on exit."""
     out = []
@@ -41,7 +46,8 @@ async def connectors(url, provider, count=2, options=RtcOptions(timeout=10.0), a
             async def collect(link, peer, inbound=inbound):
                 await inbound.put((link, peer))
 
-            connector = RtcConnector(socket, AiortcBackend(), collect, options, accept=accept)
+            connector = RtcConnector(socket, AiortcBackend(), collect, options or RtcOptions(timeout=10.0),
+                                     accept=accept)
             out[-1] = (identity, client, connector, inbound)
         yield out
     finally:
@@ -114,7 +120,8 @@ def test_malformed_forged_and_unanswered_offers_fail_cleanly():
     async def main():
         async with serving(SignalConfig(), "127.0.0.1", 0) as port:
             url = f"http://127.0.0.1:{port}"
-            async with connectors(url, provider, options=RtcOptions(timeout=2.0)) as ((_, _, a, _), (bob, _, b, inbound)):
+            options = RtcOptions(timeout=2.0)
+            async with connectors(url, provider, options=options) as ((_, _, a, _), (bob, _, b, inbound)):
                 await a.signal.send(bob.peer_id, b"not json")
                 await a.signal.send(bob.peer_id, b'{"kind": "offer", "id": "x", "sdp": "junk", "channels": []}')
                 await a.signal.send(bob.peer_id, b'{"kind": "answer", "id": "nobody-asked", "sdp": "v=0"}')
@@ -135,7 +142,8 @@ def test_a_peer_that_does_not_accept_refuses_at_once():
     async def main():
         async with serving(SignalConfig(), "127.0.0.1", 0) as port:
             url = f"http://127.0.0.1:{port}"
-            async with connectors(url, provider, options=RtcOptions(timeout=60.0), accept=False) as ((_, _, a, _), (bob, _, _, _)):
+            options = RtcOptions(timeout=60.0)
+            async with connectors(url, provider, options=options, accept=False) as ((_, _, a, _), (bob, _, _, _)):
                 started = asyncio.get_running_loop().time()
                 with pytest.raises(TransportError, match="refused"):
                     await a.dial(bob.peer_id)
@@ -151,12 +159,77 @@ def test_negotiated_and_unordered_channels_open_as_configured():
 
     async def main():
         async with serving(SignalConfig(), "127.0.0.1", 0) as port:
-            async with connectors(f"http://127.0.0.1:{port}", provider, options=options) as ((_, _, a, _), (bob, _, _, inbound)):
+            url = f"http://127.0.0.1:{port}"
+            async with connectors(url, provider, options=options) as ((_, _, a, _), (bob, _, _, inbound)):
                 link = await a.dial(bob.peer_id)
                 theirs, _ = await asyncio.wait_for(inbound.get(), 10)
                 assert (link.ordered, link.reliable, theirs.ordered, theirs.reliable) == (True, True, True, True)
                 await link.send(b"over the negotiated channel")
                 assert await asyncio.wait_for(theirs.recv(), 10) == b"over the negotiated channel"
                 await link.close()
+
+    asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def websocket_listener(on_link):
+    """A real WebSocket link listener on loopback (what ``zmesh relay`` serves at /v1/link)."""
+    async def accept(request):
+        ws, link = await wslink.accept(request)
+        await on_link(link)
+        await link.wait_closed()
+        return ws
+
+    app = web.Application()
+    app.router.add_get(wslink.LINK_PATH, accept)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"ws://127.0.0.1:{runner.addresses[0][1]}{wslink.LINK_PATH}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("mode, policy, websocket_first, expected", [
+    ("auto", "all", False, "webrtc"), ("auto", "relay", False, "websocket"), ("websocket", "all", False, "websocket"),
+    ("webrtc", "relay", False, None), ("auto", "all", True, "websocket"), ("webrtc", "all", True, "webrtc"),
+])
+def test_auto_prefers_webrtc_and_falls_back_to_websocket_when_ice_fails(mode, policy, websocket_first, expected):
+    """``ice_policy=relay`` with no TURN server is a real ICE failure: no candidate at all. aiortc
+    does not report that as failed, so the fallback comes at the deadline (the bound we promise)."""
+    provider = NativeCryptoProvider()
+    deadline = 4.0
+
+    async def main():
+        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
+            url = f"http://127.0.0.1:{port}"
+            async with connectors(url, provider, options=RtcOptions(timeout=deadline, ice_policy=policy)) as (
+                    (_, _, alice, _), (bob, _, _, inbound)):
+                async with websocket_listener(lambda link: inbound.put((link, None))) as ws_url:
+                    descriptor = await sign_descriptor(provider, bob, now=int(time.time()),
+                                                       addresses={"ws": (ws_url,), **RTC_ADDRESS},
+                                                       capabilities=Capabilities(relay=True))
+
+                    async def lookup(peer):
+                        return descriptor if peer == bob.peer_id else None
+
+                    dialer = TransportDialer(lookup, websocket=wslink.dial, webrtc=alice.dial, mode=lambda: mode,
+                                             websocket_first=websocket_first)
+                    started = asyncio.get_running_loop().time()
+                    if expected is None:
+                        with pytest.raises(TransportError, match="WebRTC"):
+                            await dialer(bob.peer_id)
+                        return
+                    link = await dialer(bob.peer_id)
+                    assert asyncio.get_running_loop().time() - started < deadline + 2
+                    theirs, _ = await asyncio.wait_for(inbound.get(), 10)
+                    assert (link.transport, theirs.transport) == (expected, expected)
+                    await link.send(b"hello")
+                    assert await asyncio.wait_for(theirs.recv(), 10) == b"hello"
+                    assert dialer.stats[expected] == 1
+                    assert dialer.stats["fallbacks"] == (1 if policy == "relay" else 0)
+                    await asyncio.gather(theirs.close(), link.close())
 
     asyncio.run(main())

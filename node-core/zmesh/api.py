@@ -29,6 +29,7 @@ from .http import http_get, parse_url
 from .identity import PeerId
 from .node import MAX_HOPS, MIN_HOPS
 from .path import PathSelector
+from .transport import check_transport
 
 MESSAGE_PORT = 1
 BUILD_ATTEMPTS = 4
@@ -36,7 +37,6 @@ MAX_MESSAGE_SIZE = 1 << 20
 _LENGTH = struct.Struct(">I")
 EVENTS = ("message", "connect", "disconnect", "error")
 EXITS = ("direct", "cloudflare")
-TRANSPORTS = ("auto", "webrtc", "websocket")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +61,7 @@ class MeshOptions:
         if self.exit == "cloudflare":
             raise ConfigError("exit='cloudflare' (exiting through an upstream HTTP proxy) is not available "
                               "yet; use exit='direct'")
-        if self.transport not in TRANSPORTS:
-            raise ConfigError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
-        if self.transport == "webrtc":
-            raise ConfigError("transport='webrtc' is not available to MeshVPN yet; use 'auto' or 'websocket'")
+        check_transport(self.transport)
         if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
             raise ConfigError(f"country must be a two-letter code, got {self.country!r}")
         if not isinstance(self.enable_fec, bool):

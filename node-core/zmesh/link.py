@@ -18,8 +18,10 @@ from .errors import ConfigError, LinkClosed, TransportError
 
 @runtime_checkable
 class Link(Protocol):
-    """A framed, bidirectional pipe. ``ordered``/``reliable`` describe delivery guarantees."""
+    """A framed, bidirectional pipe. ``ordered``/``reliable`` describe delivery guarantees;
+    ``transport`` names what carries it (``webrtc``, ``websocket``, ``memory``) for stats."""
 
+    transport: str
     ordered: bool
     reliable: bool
     max_frame_size: int
@@ -86,6 +88,8 @@ class MemoryLink:
     ``loss`` (0..1) drops frames at random, to exercise unreliable-link code (FEC) without a
     network; the seed makes such tests repeatable.
     """
+
+    transport = "memory"
 
     def __init__(self, outgoing: _Pipe, incoming: _Pipe, *, ordered: bool, reliable: bool,
                  max_frame_size: int, loss: float, rng: random.Random) -> None:

@@ -102,13 +102,18 @@ class IceServer:
 
 @dataclass(frozen=True, slots=True)
 class RtcOptions:
-    """How this node sets up WebRTC links. ``timeout`` bounds a whole setup (offer to open)."""
+    """How this node sets up WebRTC links. ``timeout`` bounds a whole setup (offer to open).
+    ``ice_policy="relay"`` uses TURN candidates only, hiding this node's addresses from peers
+    (and, with no TURN server configured, makes every WebRTC attempt fail: tests use that)."""
 
     ice_servers: tuple[IceServer, ...] = ()
     timeout: float = 10.0
     channels: tuple[ChannelOptions, ...] = field(default_factory=lambda: (ChannelOptions(),))
+    ice_policy: str = "all"
 
     def __post_init__(self) -> None:
+        if self.ice_policy not in ("all", "relay"):
+            raise ConfigError(f"ICE policy must be 'all' or 'relay', not {self.ice_policy!r}")
         if not 0 < self.timeout <= 300:
             raise ConfigError(f"WebRTC timeout must be between 0 and 300 s, not {self.timeout}")
         if not 1 <= len(self.channels) <= 2 or len({c.label for c in self.channels}) != len(self.channels):
@@ -301,6 +306,10 @@ class RtcConnector:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def wait_closed(self) -> None:
+        """Return once the signaling session has closed: no link can be set up any more."""
+        await asyncio.wait({self._reader})
 
     async def close(self) -> None:
         self._reader.cancel()

@@ -17,15 +17,14 @@ from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.driver import MeshStream, NodeDriver
 from zmesh.errors import CircuitError, StreamError
 from zmesh.identity import Identity, PeerId
-from zmesh.link import Link
 from zmesh.node import Node, NodeLimits
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
-from . import wslink
 from .config import split_host_port
 from .directory import Directory
 from .socks5 import Socks5Server
+from .transports import NativeTransports
 
 log = logging.getLogger(__name__)
 BUILD_ATTEMPTS = 4
@@ -39,6 +38,7 @@ class Client:
         self.directory = Directory(self.signal, self.provider)
         self.selector = PathSelector()
         self.driver: NodeDriver | None = None
+        self.transports: NativeTransports | None = None
         self.socks: Socks5Server | None = None
         self.socks_port = 0
         self._circuits: dict[object, int] = {}
@@ -50,18 +50,14 @@ class Client:
         identity = await Identity.generate(self.provider)
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"]))
-        self.driver = NodeDriver(node, dialer=self._dial)
+        # No inbound handler: a client answers no WebRTC offers and publishes nothing.
+        self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider)
+        await self.transports.start()
+        self.driver = NodeDriver(node, dialer=self.transports.dialer)
         self.socks = Socks5Server(self.open_stream)
         host, port = split_host_port(self.config["client.socks"])
         self.socks_port = await self.socks.start(host, port)
         log.info("SOCKS5 on %s:%d", host, self.socks_port)
-
-    async def _dial(self, peer: PeerId) -> Link:
-        descriptor = await self.directory.find(peer)
-        urls = descriptor.addresses.get("ws", ()) if descriptor else ()
-        if not urls:
-            raise CircuitError(f"no WebSocket address known for {peer.short()}", "no_address")
-        return await wslink.dial(urls[0])
 
     async def open_stream(self, host: str, port: int, isolation: object) -> MeshStream:
         """Called by the SOCKS server for each CONNECT."""
@@ -109,4 +105,6 @@ class Client:
             await self.socks.close()
         if self.driver is not None:
             await self.driver.close()
+        if self.transports is not None:
+            await self.transports.close()
         await self.signal.close()

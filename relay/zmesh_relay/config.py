@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from zmesh.errors import ConfigError
+from zmesh.rtc import ChannelOptions, IceServer, RtcOptions
+from zmesh.transport import check_transport
 
 
 def _host_port(value: str) -> str:
@@ -50,8 +52,44 @@ def _level(value: str) -> str:
 
 
 def _transport(value: str) -> str:
-    if value not in ("auto", "websocket", "webrtc"):
-        raise ValueError("must be auto, websocket or webrtc")
+    return check_transport(value)
+
+
+def _ice_servers(value: list) -> tuple[IceServer, ...]:
+    """``["stun:host:3478", {urls = ["turn:host"], username = "u", credential = "p"}]``: credentials
+    only in the TOML file (tables), never in flags or the environment, where other users can read them."""
+    servers = []
+    for item in value:
+        if isinstance(item, str):
+            servers.append(IceServer((item,)))
+        elif isinstance(item, dict) and set(item) <= {"urls", "username", "credential"}:
+            urls = item.get("urls")
+            servers.append(IceServer(tuple(urls) if isinstance(urls, list) else (urls,),
+                                     item.get("username"), item.get("credential")))
+        else:
+            raise ValueError("each ICE server is a URL or a table with urls, username, credential")
+    return tuple(servers)
+
+
+def _channels(value: list) -> tuple[ChannelOptions, ...]:
+    """``[{label = "zmesh"}, {label = "fec", ordered = false, max_retransmits = 0}]``."""
+    known = {"label", "ordered", "max_retransmits", "max_packet_lifetime", "negotiated_id"}
+    if not all(isinstance(item, dict) and set(item) <= known for item in value):
+        raise ValueError(f"each DataChannel is a table with some of: {', '.join(sorted(known))}")
+    channels = tuple(ChannelOptions(**item) for item in value)
+    RtcOptions(channels=channels)
+    return channels
+
+
+def _ice_policy(value: str) -> str:
+    if value not in ("all", "relay"):
+        raise ValueError("must be all or relay")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not 0 < value <= 300:
+        raise ValueError("must be between 0 and 300 seconds")
     return value
 
 
@@ -66,7 +104,11 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     "core.hops": Setting(int, 3, _hops, "relays per circuit"),
     "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
-    "transport.kind": Setting(str, "auto", _transport, "link transport"),
+    "transport.kind": Setting(str, "auto", _transport, "auto (WebRTC, else WebSocket), webrtc, websocket"),
+    "transport.webrtc_timeout": Setting(float, 10.0, _positive, "seconds for WebRTC to open before auto falls back"),
+    "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
+    "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
+    "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),
     "signaling.url": Setting(str, "http://127.0.0.1:8080", _url, "signal/directory server URL"),
     "signaling.listen": Setting(str, "127.0.0.1:8080", _host_port, "where `zmesh signal` listens"),
     "signaling.web_root": Setting(str, "", None, "folder served at / (default: the repository's web/)"),
@@ -98,14 +140,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, setting.kind) or (setting.kind is int and isinstance(value, bool)):
             raise ValueError(f"expected {setting.kind.__name__}")
         return setting.check(value) if setting.check else value
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         raise ConfigError(f"{name} = {value!r} (from {source}) is invalid: {exc}") from exc
 
 
 def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
          flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Merge defaults, the TOML file, the environment and flags into one validated dict."""
-    values = {name: setting.default for name, setting in SETTINGS.items()}
+    values = {name: _coerce(name, setting.default, "the defaults") for name, setting in SETTINGS.items()}
     env = os.environ if env is None else env
     path = path or env.get("ZMESH_CONFIG")
     if path:
@@ -131,6 +173,11 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
         if value is not None:
             values[name] = _coerce(name, value, "command line")
     return values
+
+
+def rtc_options(config: dict[str, Any]) -> RtcOptions:
+    return RtcOptions(config["transport.ice_servers"], config["transport.webrtc_timeout"],
+                      config["transport.channels"], config["transport.ice_policy"])
 
 
 def split_host_port(value: str) -> tuple[str, int]:

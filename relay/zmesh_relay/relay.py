@@ -1,7 +1,8 @@
-"""``zmesh relay``: a native relay (and optionally an exit) on WebSocket links.
+"""``zmesh relay``: a native relay (and optionally an exit) on WebRTC and WebSocket links.
 
-It accepts links on ``/v1/link``, dials the relays clients EXTEND to (looking them up in the
-directory), publishes its signed descriptor to the signal server and refreshes it before it expires.
+It accepts WebSocket links on ``/v1/link`` and WebRTC offers through the signal server, dials
+the relays clients EXTEND to (``transport.kind``: WebRTC first, WebSocket as fallback),
+publishes its signed descriptor to the signal server and refreshes it before it expires.
 As an exit it resolves and checks every target against its ``ExitPolicy`` *at the exit* before
 connecting. On stop it DESTROYs its circuits and lets the descriptor expire.
 """
@@ -19,7 +20,7 @@ from aiohttp import web
 from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from zmesh.driver import IncomingStream, NodeDriver
-from zmesh.errors import TransportError, ZmeshError
+from zmesh.errors import ZmeshError
 from zmesh.identity import PeerId
 from zmesh.link import Link
 from zmesh.node import Node, NodeLimits
@@ -31,6 +32,7 @@ from .directory import Directory
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
 from .keys import load_or_create_identity
 from .splice import splice
+from .transports import NativeTransports
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class Relay:
         self.signal = SignalClient(config["signaling.url"])
         self.directory = Directory(self.signal, self.provider)
         self.driver: NodeDriver | None = None
+        self.transports: NativeTransports | None = None
         self.link_url = ""
         self.descriptor: Descriptor | None = None
         self._runner: web.AppRunner | None = None
@@ -60,8 +63,11 @@ class Relay:
         identity = await load_or_create_identity(self.provider, self.config["relay.data_dir"])
         node = Node(identity, self.provider, time.monotonic,
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"]))
-        self.driver = NodeDriver(node, dialer=self._dial,
+        self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider,
+                                           on_inbound=self._accept_rtc_link)
+        self.driver = NodeDriver(node, dialer=self.transports.dialer,
                                  stream_handler=self._exit if self.exit_policy else None)
+        await self.transports.start()
         app = web.Application()
         app.router.add_get(wslink.LINK_PATH, self._accept_link)
         app.router.add_get("/healthz", self._health)
@@ -78,13 +84,13 @@ class Relay:
                  " (exit)" if self.exit_policy else "")
 
     async def _publish(self) -> None:
-        assert self.driver is not None
+        assert self.driver is not None and self.transports is not None
         caps = Capabilities(relay=True, exit=self.exit_policy is not None,
                             country=self.config["relay.country"] or None,
                             bandwidth=self.config["relay.bandwidth"])
         self.descriptor = await sign_descriptor(
             self.provider, self.driver.node.identity, now=int(time.time()),
-            addresses={"ws": (self.link_url,)}, capabilities=caps,
+            addresses={"ws": (self.link_url,), **self.transports.addresses()}, capabilities=caps,
             exit_ports=self.exit_policy.summary_ports() if self.exit_policy else ())
         await self.signal.publish(self.descriptor.raw)
 
@@ -103,19 +109,19 @@ class Relay:
         await link.wait_closed()
         return ws
 
-    async def _health(self, request: web.Request) -> web.Response:
+    async def _accept_rtc_link(self, link: Link, _signalled_by: PeerId) -> None:
+        # Anonymous like any inbound link: the dialer's signaling PeerId need not be its node's, and
+        # a relay that wants circuits extended to it proves itself with link authentication.
         assert self.driver is not None
+        await self.driver.add_link(link, None, initiator=False)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        assert self.driver is not None and self.transports is not None
+        links = self.driver.links().values()
         return web.json_response({"status": "ok", "peer_id": self.peer_id.text,
                                   "circuits": len(self.driver.node.circuits()),
-                                  "links": len(self.driver.links()),
+                                  "links": len(links), "transport": self.transports.stats(links),
                                   "metrics": dict(self.driver.node.metrics)})
-
-    async def _dial(self, peer: PeerId) -> Link:
-        descriptor = await self.directory.find(peer)
-        urls = descriptor.addresses.get("ws", ()) if descriptor else ()
-        if not urls:
-            raise TransportError(f"no WebSocket address known for {peer.short()}")
-        return await wslink.dial(urls[0])
 
     async def _exit(self, request: IncomingStream) -> None:
         assert self.exit_policy is not None
@@ -142,6 +148,8 @@ class Relay:
             while node.links_with_output() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             await self.driver.close()
+        if self.transports is not None:
+            await self.transports.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.signal.close()

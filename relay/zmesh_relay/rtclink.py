@@ -9,11 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.sdp import candidate_from_sdp
 
 from zmesh.cells import MAX_FRAME_SIZE
-from zmesh.errors import LinkClosed, ProtocolError
+from zmesh.errors import LinkClosed, ProtocolError, TransportError
 from zmesh.link import Link
 from zmesh.rtc import ChannelOptions, IceCandidate, RtcOptions
 
@@ -70,10 +77,16 @@ class AiortcPeer:
 
     def __init__(self, options: RtcOptions, on_candidate: Callable[[IceCandidate], None]) -> None:
         servers = [RTCIceServer(list(s.urls), s.username, s.credential) for s in options.ice_servers]
-        self._pc = RTCPeerConnection(RTCConfiguration(servers))
+        self._pc = RTCPeerConnection(RTCConfiguration(servers, RTCIceTransportPolicy(options.ice_policy)))
         self._on_candidate = on_candidate
         self._links: dict[str, RtcLink] = {}
         self._opened: dict[str, asyncio.Future[None]] = {}
+        self._failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        @self._pc.on("connectionstatechange")
+        def on_state() -> None:  # ICE or DTLS gave up: fail now rather than at the deadline
+            if self._pc.connectionState in ("failed", "closed") and not self._failed.done():
+                self._failed.set_result(self._pc.connectionState)
 
     async def offer(self, channels: Sequence[ChannelOptions]) -> str:
         for options in channels:
@@ -120,7 +133,11 @@ class AiortcPeer:
         await self._pc.addIceCandidate(parsed)
 
     async def open_links(self) -> dict[str, Link]:
-        await asyncio.gather(*self._opened.values())
+        waiting = {*self._opened.values(), self._failed}
+        while any(not future.done() for future in self._opened.values()):
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if self._failed in done:
+                raise TransportError(f"WebRTC connection {self._failed.result()}")
         return dict(self._links)
 
     async def close(self) -> None:

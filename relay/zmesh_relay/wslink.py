@@ -23,6 +23,7 @@ MAX_MESSAGE = MAX_FRAME_SIZE + 1
 class WebSocketLink:
     """A ``zmesh.link.Link`` over an aiohttp WebSocket (either side)."""
 
+    transport = "websocket"
     ordered = True
     reliable = True
     max_frame_size = MAX_FRAME_SIZE

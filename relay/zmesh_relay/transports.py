@@ -1,0 +1,102 @@
+"""The links of a native node: WebSocket always, WebRTC (aiortc) through the signal server unless
+``transport.kind`` is ``websocket``.
+
+The signaling socket is what makes a node reachable over WebRTC, so when it drops (the server
+restarts, the network blips) it is opened again with jittered backoff; meanwhile ``auto`` dials use
+WebSocket and offers to this node bounce as ``offline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from zmesh.backoff import Backoff
+from zmesh.crypto.provider import CryptoProvider
+from zmesh.errors import TransportError
+from zmesh.identity import Identity
+from zmesh.link import Link
+from zmesh.rtc import LinkHandler, RtcConnector
+from zmesh.transport import RTC_ADDRESS, TransportDialer, count_by_transport
+from zmesh_signal.client import SignalClient
+
+from . import wslink
+from .config import rtc_options
+from .directory import Directory
+from .rtclink import AiortcBackend
+
+log = logging.getLogger(__name__)
+
+
+class NativeTransports:
+    """Dials links for a ``NodeDriver`` (``dialer``) and, with ``on_inbound``, answers WebRTC offers."""
+
+    def __init__(self, config: dict[str, Any], signal: SignalClient, directory: Directory,
+                 identity: Identity, provider: CryptoProvider, on_inbound: LinkHandler | None = None) -> None:
+        self.config, self._signal, self._identity, self._provider = config, signal, identity, provider
+        self._on_inbound = on_inbound
+        self.dialer = TransportDialer(directory.find, websocket=wslink.dial, webrtc=None,
+                                      mode=lambda: config["transport.kind"], websocket_first=True)
+        self.connector: RtcConnector | None = None
+        self._supervisor: asyncio.Task | None = None
+
+    @property
+    def uses_webrtc(self) -> bool:
+        return self.config["transport.kind"] != "websocket"
+
+    def addresses(self) -> dict[str, tuple[str, ...]]:
+        """What to add to this node's descriptor: the ``rtc`` marker if it answers WebRTC offers."""
+        return dict(RTC_ADDRESS) if self.uses_webrtc and self._on_inbound is not None else {}
+
+    async def start(self) -> None:
+        if not self.uses_webrtc:
+            return
+        try:
+            await self._open()
+        except TransportError as exc:
+            log.warning("no signaling socket yet (WebRTC waits, WebSocket works): %s", exc)
+        self._supervisor = asyncio.get_running_loop().create_task(self._keep_signaling())
+
+    async def _open(self) -> None:
+        session = await self._signal.connect_ws(self._identity, self._provider)
+        self.connector = RtcConnector(session, AiortcBackend(), self._on_inbound or _unused,
+                                      rtc_options(self.config), accept=self._on_inbound is not None)
+        self.dialer.webrtc = self.connector.dial
+
+    async def _keep_signaling(self) -> None:
+        backoff = Backoff()
+        while True:
+            if self.connector is not None:
+                await self.connector.wait_closed()
+                self.dialer.webrtc = None
+                await self.connector.close()
+                self.connector = None
+                log.warning("the signaling socket closed; reconnecting")
+            await asyncio.sleep(backoff.delay())
+            try:
+                await self._open()
+                backoff.reset()
+            except TransportError as exc:
+                log.info("signaling reconnect failed: %s", exc)
+
+    def stats(self, links: Iterable[Link]) -> dict[str, Any]:
+        """Dial counts, fallbacks, and the transport of each open link."""
+        return {"mode": self.config["transport.kind"], "signaling": self.connector is not None,
+                "open_links": count_by_transport(links), **self.dialer.stats}
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self.connector is not None:
+            await self.connector.close()
+            await self.connector.signal.close()
+
+
+async def _unused(link: Link, peer: Any) -> None:
+    """The inbound handler of a connector that refuses every offer: never called."""
+    raise AssertionError("a connector with accept=False handed over a link")

@@ -1,0 +1,18 @@
+"""The tests run WebRTC (aiortc relays, Chromium tabs), which gathers ICE candidates on every
+interface it sees; they must see only the private namespace that ``tests/netns-run`` makes."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+NAMESPACE_INTERFACES = {"lo", "zmesh0", "zmesh1"}
+
+
+def require_private_network() -> None:
+    """Stop the run before any test if this process can see a real network interface."""
+    seen = {name for _, name in socket.if_nameindex()}
+    if seen != NAMESPACE_INTERFACES:
+        pytest.exit(f"the tests must run in the private network namespace (they see {sorted(seen)}): "
+                    "use `make test`, or `tests/netns-run .venv/bin/python -m pytest ...`", returncode=2)
