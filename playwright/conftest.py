@@ -18,7 +18,9 @@ def pytest_configure(config: pytest.Config) -> None:
     require_private_network()
 
 WEB = Path(__file__).resolve().parent.parent / "web"
+# mDNS hostnames hide a tab's addresses from web peers; nothing in the test namespace resolves them.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-features=WebRtcHideLocalIpsWithMdns",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 

@@ -28,6 +28,10 @@ def test_tab_fetches_through_three_relays(browser, mesh):
     assert result["status"] == 200 and result["size"] == len(PAYLOAD)
     assert bytes(result["sha256"]) == hashlib.sha256(PAYLOAD).digest()
     assert len(result["stats"]["path"]) == 3 and len(result["peerId"]) == 56
+    # transport: auto in a tab means DataChannels: to its home relay and to its circuit's first hop
+    transport = result["stats"]["transport"]
+    assert transport["open_links"].get("webrtc", 0) >= 1 and "websocket" not in transport["open_links"], transport
+    assert transport["fallbacks"] == 0
     raw = page.evaluate("""async (port) => {
         const stream = await window.vpn.openStream("127.0.0.1", port);
         await stream.write(new TextEncoder().encode("GET /file HTTP/1.0\\r\\n\\r\\n"));

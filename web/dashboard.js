@@ -33,11 +33,23 @@ function drawChart() {
   ctx.stroke();
 }
 
+// e.g. "2 WebRTC, 1 WebSocket (1 fallback: ICE failed)": which transport carries this tab's links.
+function describeTransport(transport) {
+  const names = { webrtc: "WebRTC", websocket: "WebSocket" };
+  const parts = Object.entries(transport.open_links).map(([kind, n]) => `${n} ${names[kind] || kind}`);
+  let text = parts.join(", ") || "none";
+  if (transport.fallbacks) {
+    text += ` (${transport.fallbacks} fell back to WebSocket: ${transport.last_fallback})`;
+  }
+  return text;
+}
+
 function render(vpn) {
   const stats = vpn.getStats();
   $("peer").textContent = vpn.peerId;
   $("relaying").textContent = `yes — ${stats.metrics.circuits_relayed || 0} circuits relayed for others`;
   $("links").textContent = stats.links;
+  $("transport").textContent = describeTransport(stats.transport);
   $("path").replaceChildren(...stats.path.map((peer, i) => {
     const item = document.createElement("li");
     item.textContent = `${peer.slice(0, 16)}…` + (i === stats.path.length - 1 ? "  (exit)" : "");

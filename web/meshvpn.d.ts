@@ -9,8 +9,15 @@ export interface MeshOptions {
   country?: string;
   /** Tetrys forward error correction on unreliable links: refused until tabs use WebRTC links. */
   enableFEC?: boolean;
-  /** Link transport; tabs use WebSocket links today ('webrtc' is refused until implemented). */
+  /** Link transport. 'auto' (default): WebRTC DataChannels first, WebSocket when ICE fails or
+   *  misses `webrtcTimeout`; 'webrtc' / 'websocket' force one. Applies to links opened after a change. */
   transport?: "webrtc" | "websocket" | "auto";
+  /** STUN/TURN servers for WebRTC (none are needed on one LAN; across NATs a TURN server is). */
+  iceServers?: { urls: string | string[]; username?: string; credential?: string }[];
+  /** 'relay': only TURN candidates, so peers never learn this tab's addresses. Default 'all'. */
+  icePolicy?: "all" | "relay";
+  /** Seconds a WebRTC link may take to open before 'auto' falls back (default 10). */
+  webrtcTimeout?: number;
   /** 'persistent' (default): keep this tab's key in IndexedDB so a reload keeps its PeerId. */
   identity?: "persistent" | "ephemeral";
   /** Offer this tab as a relay for others (default true). */
@@ -28,6 +35,9 @@ export interface MeshStats {
   bytes_in?: number;
   bytes_out?: number;
   links?: number;
+  /** Open links per transport, links dialed per transport, and WebRTC → WebSocket fallbacks. */
+  transport?: { open_links: Record<string, number>; webrtc: number; websocket: number; fallbacks: number;
+                last_fallback: string | null };
   metrics?: Record<string, number>;
   options?: Record<string, unknown>;
 }

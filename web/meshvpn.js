@@ -62,6 +62,16 @@ function validate(options) {
       case "transport":
         if (!TRANSPORTS.includes(value)) throw new TypeError(`transport must be one of ${TRANSPORTS.join(", ")}, got ${value}`);
         out.transport = value; break;
+      case "iceServers":
+        if (!Array.isArray(value) || !value.every((s) => s && (typeof s.urls === "string" || Array.isArray(s.urls))))
+          throw new TypeError("iceServers must be an array of {urls, username?, credential?}");
+        out.ice_servers = value.map((s) => ({ ...s, urls: [].concat(s.urls) })); break;
+      case "icePolicy":
+        if (!["all", "relay"].includes(value)) throw new TypeError("icePolicy must be 'all' or 'relay'");
+        out.ice_policy = value; break;
+      case "webrtcTimeout":
+        if (typeof value !== "number" || !(value > 0 && value <= 300)) throw new TypeError("webrtcTimeout must be seconds, 0 < t <= 300");
+        out.webrtc_timeout = value; break;
       case "relay":
         if (typeof value !== "boolean") throw new TypeError("relay must be true or false");
         out.relay = value; break;

@@ -29,7 +29,7 @@ from .http import http_get, parse_url
 from .identity import PeerId
 from .node import MAX_HOPS, MIN_HOPS
 from .path import PathSelector
-from .transport import check_transport
+from .transport import check_transport, count_by_transport
 
 MESSAGE_PORT = 1
 BUILD_ATTEMPTS = 4
@@ -189,6 +189,8 @@ class MeshVPN:
             "bytes_in": self._retired_in + sum(s.bytes_in for s in streams),
             "bytes_out": self._retired_out + sum(s.bytes_out for s in streams),
             "links": len(self.driver.links()),
+            "transport": {"open_links": count_by_transport(self.driver.links().values()),
+                          **getattr(self.driver.dialer, "stats", {})},
             "metrics": dict(self.driver.node.metrics),
             "options": {f.name: getattr(self.options, f.name) for f in fields(self.options)},
         }

@@ -1,107 +1,48 @@
-"""Browser adapters (imported only under Pyodide): WebSocket links and the tab's node.
+"""The tab's node (imported only under Pyodide) and ``open_mesh``, which ``web/meshvpn.js`` calls.
 
-Bytes cross the JS bridge as whole frames (one ``Uint8Array`` per frame, no per-byte loop). The
-link applies backpressure through the socket's ``bufferedAmount``, so a fast sender cannot make the
-tab buffer without bound.
+Its links are DataChannels (``browser_rtc``) or WebSockets (``browser_links``), chosen per link by
+the same ``TransportDialer`` native nodes use.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import logging
 import random
 import time
 from typing import Any
 
 import js  # type: ignore[import-not-found]
-from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
+from pyodide.ffi import to_js  # type: ignore[import-not-found]
 from pyodide.http import pyfetch  # type: ignore[import-not-found]
 
-from .cells import MAX_FRAME_SIZE
+from .browser_links import BrowserChannelLink, BrowserTextSocket
+from .browser_rtc import BrowserRtcBackend
 from .crypto.webcrypto import WebCryptoProvider
 from .descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
 from .driver import NodeDriver
-from .errors import ConfigError, CryptoError, LinkClosed, ProtocolError, TransportError
+from .errors import ConfigError, CryptoError, ProtocolError, TransportError
 from .identity import Identity, PeerId
+from .link import Link
 from .node import Node
-from .path import listens
+from .rtc import IceServer, RtcConnector, RtcOptions
+from .signaling import SignalSession
+from .transport import RTC_ADDRESS, TransportDialer
 
-HIGH_WATER = 1 << 20  # bytes the browser may hold in a socket's send buffer before we wait
-
-
-class BrowserWebSocketLink:
-    """A ``Link`` over the page's ``WebSocket`` (binary frames)."""
-
-    ordered = True
-    reliable = True
-    max_frame_size = MAX_FRAME_SIZE
-
-    def __init__(self, socket: Any) -> None:
-        self._socket = socket
-        self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._proxies = [create_proxy(self._on_message), create_proxy(self._on_close)]
-        socket.binaryType = "arraybuffer"
-        socket.addEventListener("message", self._proxies[0])
-        socket.addEventListener("close", self._proxies[1])
-        socket.addEventListener("error", self._proxies[1])
-
-    @classmethod
-    async def dial(cls, url: str, timeout: float = 10.0) -> BrowserWebSocketLink:
-        # Listen for messages before the socket opens: the peer may speak first (AUTH_CHALLENGE),
-        # and a message event with no listener yet is simply lost.
-        link = cls(js.WebSocket.new(url))
-        socket = link._socket
-        opened = asyncio.get_running_loop().create_future()
-        on_open = create_proxy(lambda _event: opened.done() or opened.set_result(True))
-        on_fail = create_proxy(lambda _event: opened.done() or opened.set_exception(
-            TransportError(f"cannot open a link to {url}")))
-        socket.addEventListener("open", on_open)
-        socket.addEventListener("error", on_fail)
-        try:
-            await asyncio.wait_for(opened, timeout)
-        finally:
-            socket.removeEventListener("open", on_open)
-            socket.removeEventListener("error", on_fail)
-            on_open.destroy()
-            on_fail.destroy()
-        return link
-
-    def _on_message(self, event: Any) -> None:
-        data = event.data
-        if isinstance(data, str) or data.byteLength > MAX_FRAME_SIZE:
-            self._socket.close(1003)
-            return
-        self._frames.put_nowait(js.Uint8Array.new(data).to_bytes())
-
-    def _on_close(self, _event: Any) -> None:
-        self._frames.put_nowait(None)
-
-    async def send(self, frame: bytes) -> None:
-        if self._socket.readyState != 1:
-            raise LinkClosed("WebSocket link is closed")
-        while self._socket.bufferedAmount > HIGH_WATER:
-            await asyncio.sleep(0.005)
-        self._socket.send(to_js(frame))
-
-    async def recv(self) -> bytes:
-        frame = await self._frames.get()
-        if frame is None:
-            self._frames.put_nowait(None)
-            raise LinkClosed("WebSocket link closed")
-        return frame
-
-    async def close(self) -> None:
-        self._socket.close()
-        self._frames.put_nowait(None)
+log = logging.getLogger(__name__)
 
 
 class BrowserNode:
-    """The tab's node: identity, WebCrypto, a directory view from the signal server, a driver."""
+    """The tab's node: identity, WebCrypto, a directory view from the signal server, a driver, and
+    links over WebRTC (DataChannels, signalled through this page's origin) or WebSocket."""
 
     def __init__(self, identity: Identity, provider: WebCryptoProvider) -> None:
         self.provider = provider
         self.relays: dict[PeerId, Descriptor] = {}
-        self.driver = NodeDriver(Node(identity, provider, time.monotonic), dialer=self._dial)
+        self.dialer = TransportDialer(self._lookup, websocket=BrowserChannelLink.dial, webrtc=None,
+                                      mode=lambda: "auto")
+        self.driver = NodeDriver(Node(identity, provider, time.monotonic), dialer=self.dialer)
+        self.connector: RtcConnector | None = None
 
     @classmethod
     async def start(cls, saved_identity: bytes | None = None) -> BrowserNode:
@@ -132,29 +73,41 @@ class BrowserNode:
         self.relays = fresh
         return list(fresh.values())
 
+    async def start_webrtc(self, options: RtcOptions, *, accept: bool) -> None:
+        """Open the signaling socket on this page's origin, to dial DataChannels and, with
+        ``accept``, answer them. A tab that does not relay signs in with a throwaway identity, so
+        the relays it links to cannot recognise it from one visit to the next."""
+        identity = self.driver.node.identity if accept else await Identity.generate(self.provider)
+        scheme = "wss" if js.location.protocol == "https:" else "ws"
+        channel = await BrowserTextSocket.open(f"{scheme}://{js.location.host}/v1/ws")
+        session = await SignalSession.open(channel, identity, self.provider, timeout=10.0)
+        self.connector = RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
+        self.dialer.webrtc = self.connector.dial
+
+    async def _inbound(self, link: Link, _signalled_by: PeerId) -> None:
+        # Anonymous like any inbound link; a relay extending circuits to us proves itself over it.
+        await self.driver.add_link(link, None, initiator=False)
+
     async def offer_relay(self) -> Descriptor:
         """Help the mesh, Snowflake-style: link to a home relay (authenticating, so circuits can be
-        extended to this tab over that link) and publish a descriptor reachable ``via`` it."""
-        homes = [d for d in self.relays.values() if listens(d)]
+        extended to this tab over that link) and publish a descriptor reachable ``via`` it and,
+        when this tab answers WebRTC offers, directly over DataChannels."""
+        homes = [d for d in self.relays.values() if d.addresses.get("ws")]
         if not homes:
             raise TransportError("no relay to offer this tab through")
         home = random.choice(homes)
         await self.driver.connect(home.peer_id, authenticated=True)
+        addresses = {"via": (home.peer_id.text,), **(RTC_ADDRESS if self.connector else {})}
         descriptor = await sign_descriptor(self.provider, self.driver.node.identity, now=int(time.time()),
-                                           addresses={"via": (home.peer_id.text,)},
-                                           capabilities=Capabilities(relay=True))
+                                           addresses=addresses, capabilities=Capabilities(relay=True))
         response = await pyfetch("/v1/descriptors", method="POST", body=to_js(descriptor.raw),
                                  headers={"Content-Type": "application/octet-stream"})
         if response.status != 201:
             raise TransportError(f"the directory refused this tab's descriptor ({response.status})")
         return descriptor
 
-    async def _dial(self, peer: PeerId) -> BrowserWebSocketLink:
-        descriptor = self.relays.get(peer)
-        urls = descriptor.addresses.get("ws", ()) if descriptor else ()
-        if not urls:
-            raise TransportError(f"no WebSocket address known for {peer.short()}")
-        return await BrowserWebSocketLink.dial(urls[0])
+    async def _lookup(self, peer: PeerId) -> Descriptor | None:
+        return self.relays.get(peer)
 
 
 async def open_mesh(options: Any) -> Any:
@@ -164,10 +117,22 @@ async def open_mesh(options: Any) -> Any:
     settings = options.to_py() if hasattr(options, "to_py") else dict(options)
     destination = settings.pop("destination", None)
     saved = settings.pop("saved_identity", None)
+    relay = settings.pop("relay", True)
+    rtc = RtcOptions(tuple(IceServer(tuple(s["urls"]), s.get("username"), s.get("credential"))
+                           for s in settings.pop("ice_servers", [])),
+                     settings.pop("webrtc_timeout", 10.0), ice_policy=settings.pop("ice_policy", "all"))
     node = await BrowserNode.start(bytes(saved) if saved is not None else None)
-    await node.refresh()
-    if settings.pop("relay", True):
-        await node.offer_relay()
     vpn = MeshVPN(node.driver, node.refreshed_relays, **settings)
+    node.dialer.mode = lambda: vpn.options.transport
+    await node.refresh()
+    if vpn.options.transport != "websocket":
+        try:
+            await node.start_webrtc(rtc, accept=relay)
+        except (TransportError, ProtocolError) as exc:
+            if vpn.options.transport == "webrtc":
+                raise
+            log.warning("no WebRTC in this tab (links use WebSocket): %s", exc)
+    if relay:
+        await node.offer_relay()
     await vpn.connect(destination)
     return vpn

@@ -131,6 +131,51 @@ class IceCandidate:
     mline: int | None = None
 
 
+class ChannelWaiter:
+    """What every backend tracks while its peer connection comes up: the channels it expects (by
+    label), which of them are open, and whether the connection failed first."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, Link] = {}
+        self._expected: dict[str, ChannelOptions] = {}
+        self._opened: dict[str, asyncio.Future[None]] = {}
+        self._failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def expect(self, options: ChannelOptions) -> None:
+        self._expected[options.label] = options
+        self._opened.setdefault(options.label, asyncio.get_running_loop().create_future())
+
+    def announced(self, label: str) -> ChannelOptions | None:
+        """The options of an in-band channel the remote side opened, if the offer announced it."""
+        options = self._expected.get(label)
+        return None if options is None or options.negotiated_id is not None or label in self.links else options
+
+    def adopt(self, options: ChannelOptions, link: Link, is_open: bool) -> Callable[[], None]:
+        """Record ``link``; returns the callback to run when its channel opens."""
+        self.expect(options)
+        self.links[options.label] = link
+        opened = self._opened[options.label]
+
+        def mark_open() -> None:
+            if not opened.done():
+                opened.set_result(None)
+        if is_open:
+            mark_open()
+        return mark_open
+
+    def fail(self, state: str) -> None:
+        if not self._failed.done():
+            self._failed.set_result(state)
+
+    async def open_links(self) -> dict[str, Link]:
+        waiting = {*self._opened.values(), self._failed}
+        while any(not future.done() for future in self._opened.values()):
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if self._failed in done:
+                raise TransportError(f"WebRTC connection {self._failed.result()}")
+        return dict(self.links)
+
+
 class RtcPeer(Protocol):
     """One RTCPeerConnection being set up, as the connector drives it."""
 

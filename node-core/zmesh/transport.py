@@ -54,13 +54,13 @@ class TransportDialer:
                  websocket: Callable[[str], Awaitable[Link]],
                  webrtc: Callable[[PeerId], Awaitable[Link]] | None,
                  mode: Callable[[], str], websocket_first: bool = False) -> None:
-        self._lookup, self._websocket, self.webrtc, self._mode = lookup, websocket, webrtc, mode
+        self._lookup, self._websocket, self.webrtc, self.mode = lookup, websocket, webrtc, mode
         self.websocket_first = websocket_first
         self.stats: dict[str, int | str | None] = {"webrtc": 0, "websocket": 0, "fallbacks": 0,
                                                    "last_fallback": None}
 
     async def __call__(self, peer: PeerId) -> Link:
-        mode = check_transport(self._mode())
+        mode = check_transport(self.mode())
         descriptor = await self._lookup(peer)
         if descriptor is None:
             raise TransportError(f"{peer.short()} is not in the directory")

@@ -1,0 +1,139 @@
+"""The page's message pipes (imported only under Pyodide): links over ``WebSocket`` and
+``RTCDataChannel``, and the text socket the signaling session runs on.
+
+Bytes cross the JS bridge as whole frames (one ``Uint8Array`` per frame, no per-byte loop). Links
+apply backpressure through ``bufferedAmount``, so a fast sender cannot make the tab buffer
+without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import js  # type: ignore[import-not-found]
+from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
+
+from .cells import MAX_FRAME_SIZE
+from .errors import LinkClosed, TransportError
+
+HIGH_WATER = 1 << 20  # bytes the browser may hold in a socket's send buffer before we wait
+MAX_QUEUED_SIGNALS = 256  # signaling messages received and not yet handled
+
+
+async def _opened(target: Any, what: str, timeout: float) -> None:
+    """Wait for a page WebSocket or RTCDataChannel to open; ``TransportError`` if it fails."""
+    opened = asyncio.get_running_loop().create_future()
+    on_open = create_proxy(lambda _event: opened.done() or opened.set_result(True))
+    on_fail = create_proxy(lambda _event: opened.done() or opened.set_exception(
+        TransportError(f"cannot open {what}")))
+    target.addEventListener("open", on_open)
+    target.addEventListener("error", on_fail)
+    try:
+        await asyncio.wait_for(opened, timeout)
+    except TimeoutError as exc:
+        raise TransportError(f"{what} did not open in time") from exc
+    finally:
+        target.removeEventListener("open", on_open)
+        target.removeEventListener("error", on_fail)
+        on_open.destroy()
+        on_fail.destroy()
+
+
+class BrowserChannelLink:
+    """A ``Link`` over the page's ``WebSocket`` or ``RTCDataChannel`` (binary frames; both have
+    the same events, ``send`` and ``bufferedAmount``). Listeners are attached at once: the peer
+    may speak first (AUTH_CHALLENGE), and a message event with no listener yet is simply lost."""
+
+    max_frame_size = MAX_FRAME_SIZE
+
+    def __init__(self, target: Any, transport: str, *, ordered: bool = True, reliable: bool = True,
+                 on_close: Any = None) -> None:
+        self._target, self.transport, self.ordered, self.reliable = target, transport, ordered, reliable
+        self._on_close_hook = on_close  # e.g. closing the RTCPeerConnection that owns a DataChannel
+        self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._proxies = [create_proxy(self._on_message), create_proxy(self._on_close)]
+        target.binaryType = "arraybuffer"
+        target.addEventListener("message", self._proxies[0])
+        target.addEventListener("close", self._proxies[1])
+        target.addEventListener("error", self._proxies[1])
+
+    @classmethod
+    async def dial(cls, url: str, timeout: float = 10.0) -> BrowserChannelLink:
+        link = cls(js.WebSocket.new(url), "websocket")
+        await _opened(link._target, f"a link to {url}", timeout)
+        return link
+
+    def _on_message(self, event: Any) -> None:
+        data = event.data
+        if isinstance(data, str) or data.byteLength > MAX_FRAME_SIZE:
+            self._target.close(1003)  # frames are binary and bounded; anything else ends the link
+            return
+        self._frames.put_nowait(js.Uint8Array.new(data).to_bytes())
+
+    def _on_close(self, _event: Any) -> None:
+        self._frames.put_nowait(None)
+
+    async def send(self, frame: bytes) -> None:
+        if self._target.readyState not in (1, "open"):
+            raise LinkClosed(f"{self.transport} link is closed")
+        while self._target.bufferedAmount > HIGH_WATER:
+            await asyncio.sleep(0.005)
+        self._target.send(to_js(frame))
+
+    async def recv(self) -> bytes:
+        frame = await self._frames.get()
+        if frame is None:
+            self._frames.put_nowait(None)
+            raise LinkClosed(f"{self.transport} link closed")
+        return frame
+
+    async def close(self) -> None:
+        self._target.close()
+        self._frames.put_nowait(None)
+        if self._on_close_hook is not None:
+            self._on_close_hook()
+
+
+class BrowserTextSocket:
+    """``zmesh.signaling.TextChannel`` over the page's ``WebSocket``: the signaling connection."""
+
+    def __init__(self, socket: Any) -> None:
+        self._socket = socket
+        self._messages: asyncio.Queue[str | None | BaseException] = asyncio.Queue()
+        self._proxies = [create_proxy(self._on_message), create_proxy(self._on_close)]
+        socket.addEventListener("message", self._proxies[0])
+        socket.addEventListener("close", self._proxies[1])
+
+    @classmethod
+    async def open(cls, url: str, timeout: float = 10.0) -> BrowserTextSocket:
+        channel = cls(js.WebSocket.new(url))
+        await _opened(channel._socket, "the signaling socket", timeout)
+        return channel
+
+    def _on_message(self, event: Any) -> None:
+        if self._messages.qsize() >= MAX_QUEUED_SIGNALS:  # a flood we cannot keep up with: end it
+            self._socket.close(1008)
+            return
+        self._messages.put_nowait(event.data if isinstance(event.data, str) else None)
+
+    def _on_close(self, event: Any) -> None:
+        self._messages.put_nowait(LinkClosed(f"the signal server closed the socket (code {event.code})"))
+
+    async def send_text(self, text: str) -> None:
+        if self._socket.readyState != 1:
+            raise LinkClosed("the signaling socket is closed")
+        self._socket.send(text)
+
+    async def receive_text(self, timeout: float | None = None) -> str | None:
+        try:
+            item = await asyncio.wait_for(self._messages.get(), timeout)
+        except TimeoutError as exc:
+            raise TransportError("the signal server did not answer in time") from exc
+        if isinstance(item, BaseException):
+            self._messages.put_nowait(item)
+            raise item
+        return item
+
+    async def close(self) -> None:
+        self._socket.close()
