@@ -20,9 +20,9 @@ from aiortc import (
 from aiortc.sdp import candidate_from_sdp
 
 from zmesh.cells import MAX_FRAME_SIZE
-from zmesh.errors import LinkClosed, ProtocolError, TransportError
+from zmesh.errors import LinkClosed, ProtocolError
 from zmesh.link import Link
-from zmesh.rtc import ChannelOptions, IceCandidate, RtcOptions
+from zmesh.rtc import ChannelOptions, ChannelWaiter, IceCandidate, RtcOptions
 
 HIGH_WATER = 1 << 20
 
@@ -79,14 +79,12 @@ class AiortcPeer:
         servers = [RTCIceServer(list(s.urls), s.username, s.credential) for s in options.ice_servers]
         self._pc = RTCPeerConnection(RTCConfiguration(servers, RTCIceTransportPolicy(options.ice_policy)))
         self._on_candidate = on_candidate
-        self._links: dict[str, RtcLink] = {}
-        self._opened: dict[str, asyncio.Future[None]] = {}
-        self._failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._channels = ChannelWaiter()
 
         @self._pc.on("connectionstatechange")
         def on_state() -> None:  # ICE or DTLS gave up: fail now rather than at the deadline
-            if self._pc.connectionState in ("failed", "closed") and not self._failed.done():
-                self._failed.set_result(self._pc.connectionState)
+            if self._pc.connectionState in ("failed", "closed"):
+                self._channels.fail(self._pc.connectionState)
 
     async def offer(self, channels: Sequence[ChannelOptions]) -> str:
         for options in channels:
@@ -96,17 +94,16 @@ class AiortcPeer:
         return self._pc.localDescription.sdp
 
     async def answer(self, sdp: str, channels: Sequence[ChannelOptions]) -> str:
-        announced = {options.label: options for options in channels}
         for options in channels:
             if options.negotiated_id is not None:
                 self._adopt(self._create(options), options)
             else:
-                self._opened[options.label] = asyncio.get_running_loop().create_future()
+                self._channels.expect(options)
 
         @self._pc.on("datachannel")
         def on_channel(channel: RTCDataChannel) -> None:  # synchronous, so no message is missed
-            options = announced.get(channel.label)
-            if options is None or options.negotiated_id is not None or channel.label in self._links:
+            options = self._channels.announced(channel.label)
+            if options is None:
                 channel.close()  # a channel the offer did not announce
                 return
             self._adopt(channel, options)
@@ -133,12 +130,7 @@ class AiortcPeer:
         await self._pc.addIceCandidate(parsed)
 
     async def open_links(self) -> dict[str, Link]:
-        waiting = {*self._opened.values(), self._failed}
-        while any(not future.done() for future in self._opened.values()):
-            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if self._failed in done:
-                raise TransportError(f"WebRTC connection {self._failed.result()}")
-        return dict(self._links)
+        return await self._channels.open_links()
 
     async def close(self) -> None:
         await self._pc.close()
@@ -150,12 +142,8 @@ class AiortcPeer:
             id=options.negotiated_id)
 
     def _adopt(self, channel: RTCDataChannel, options: ChannelOptions) -> None:
-        self._links[options.label] = RtcLink(self._pc, channel, options)
-        opened = self._opened.get(options.label) or asyncio.get_running_loop().create_future()
-        self._opened[options.label] = opened
-        if channel.readyState == "open":
-            opened.done() or opened.set_result(None)
-        channel.on("open", lambda: opened.done() or opened.set_result(None))
+        mark_open = self._channels.adopt(options, RtcLink(self._pc, channel, options), channel.readyState == "open")
+        channel.on("open", mark_open)
 
 
 class AiortcBackend:
