@@ -155,6 +155,7 @@ class NodeDriver:
         self._streams: dict[tuple[int, int], MeshStream] = {}
         self._confirmations: dict[int, asyncio.Future] = {}
         self._authenticated: set[int] = set()  # links whose listener accepted our proof
+        self._dial_errors: dict[PeerId, str] = {}  # why the last link to a peer failed, for the circuit's error
         self._timer_changed = asyncio.Event()
         self._closed = False
         self.on_event: Callable[[Event], None] | None = None
@@ -233,6 +234,8 @@ class NodeDriver:
             link = await self.dialer(peer)
         except Exception as exc:  # any dial failure fails the waiting circuits, never the driver
             log.info("link to %s failed: %s: %s", peer.short(), type(exc).__name__, exc)
+            if len(self._dial_errors) < 64:
+                self._dial_errors[peer] = str(exc)
             await self._call(self.node.link_failed, peer)
             return
         await self.add_link(link, peer, initiator=True)
@@ -322,10 +325,12 @@ class NodeDriver:
                     future.set_result(circuit)
             case CircuitClosed(circuit, reason, _, failed_peer):
                 future = self._building.pop(circuit, None)
+                dial_error = self._dial_errors.pop(failed_peer, None) if failed_peer else None
                 if future is not None and not future.done():
                     at = f" at {failed_peer.short()}…" if failed_peer else ""
+                    because = f" ({dial_error})" if dial_error else ""
                     future.set_exception(CircuitError(
-                        f"circuit failed to build{at}: {reason.name.lower().replace('_', ' ')}",
+                        f"circuit failed to build{at}: {reason.name.lower().replace('_', ' ')}{because}",
                         reason.name.lower(), failed_peer))
             case StreamConnected(circuit, stream_id):
                 future = self._opening.pop((circuit, stream_id), None)
