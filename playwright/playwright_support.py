@@ -1,5 +1,24 @@
-"""The file the browser tests fetch, shared by the fixture and the tests."""
+"""What the browser tests share: the file they fetch, joining a tab, running native code beside
+Playwright."""
 
+import asyncio
+import concurrent.futures
 import os
+from collections.abc import Coroutine
+from typing import Any
 
 PAYLOAD = os.urandom(5 * 1024 * 1024)
+
+JOIN = """async (options) => {
+    const { MeshVPN } = await import("/meshvpn.js");
+    window.vpn = new MeshVPN(options);
+    await window.vpn.connect();
+    return window.vpn.peerId;
+}"""
+
+
+def run_native(coroutine: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+    """Run native asyncio code to completion: Playwright's sync API owns this thread's event loop,
+    so it gets a thread of its own."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, asyncio.wait_for(coroutine, timeout)).result()

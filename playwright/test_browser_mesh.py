@@ -1,11 +1,9 @@
 """Browser tabs in the mesh, with real Chromium and real `zmesh` processes: a tab fetches 5 MiB
 through 3 native relays (issue 4 b), a native client routes through a tab (d), tab-to-tab messages (c)."""
 
-import asyncio
-import concurrent.futures
 import hashlib
 
-from playwright_support import PAYLOAD
+from playwright_support import JOIN, PAYLOAD, run_native
 
 from zmesh.http import http_get
 from zmesh.identity import PeerId
@@ -55,14 +53,6 @@ def test_bad_options_reject_with_clear_errors(browser, mesh):
     page.close()
 
 
-JOIN = """async (options) => {
-    const { MeshVPN } = await import("/meshvpn.js");
-    window.vpn = new MeshVPN(options);
-    await window.vpn.connect();
-    return window.vpn.peerId;
-}"""
-
-
 def test_native_client_builds_a_circuit_through_a_tab(browser, mesh):
     """Issue 4 (d): the tab offers itself as a relay; a native client routes through it."""
     url, port = mesh
@@ -84,9 +74,7 @@ def test_native_client_builds_a_circuit_through_a_tab(browser, mesh):
         finally:
             await client.stop()
 
-    # Playwright's sync API owns this thread's event loop: the native client gets a thread of its own.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        status, body = pool.submit(asyncio.run, asyncio.wait_for(through_the_tab(), 60)).result()
+    status, body = run_native(through_the_tab())
     assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
     assert page.evaluate("window.vpn.getStats().metrics.circuits_relayed") >= 1
     page.close()

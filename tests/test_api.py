@@ -14,7 +14,7 @@ from zmesh.memnet import MemoryNetwork, echo_service
     ({"exit": "tor"}, "exit"), ({"exit": "cloudflare"}, "cloudflare"),
     ({"enable_fec": True}, "enable_fec"),
     ({"transport": "carrier-pigeon"}, "transport"), ({"country": "Germany"}, "country"),
-    ({"enable_fec": "yes"}, "enable_fec"), ({"colour": "blue"}, "colour"),
+    ({"enable_fec": "yes"}, "enable_fec"), ({"colour": "blue"}, "colour"), ({"entry": "nobody"}, "entry"),
 ])
 def test_bad_options_are_config_errors_naming_the_key(options, key):
     with pytest.raises(ConfigError, match=key):
@@ -47,9 +47,13 @@ def test_connect_open_stream_and_stats(provider):
             stats = alice.get_stats()
             assert stats["connected"] and len(stats["path"]) == 3 and stats["bytes_out"] == 4
             assert stats["peer_id"] == alice.peer_id.text
+            assert stats["transport"]["open_links"] == {"memory": 1}
+            entry = next(d for d in alice.directory() if not d.capabilities.exit)
+            await alice.connect(entry=entry.peer_id.text)  # a chosen first hop
+            assert alice.get_stats()["path"][0] == entry.peer_id.text
             await alice.disconnect()
             assert not alice.get_stats()["connected"]
-            assert [e.get("circuit") for e in events][0] is not None and len(events) == 2
+            assert [e.get("circuit") for e in events][0] is not None and len(events) == 4
         finally:
             await alice.close()
             await net.close()

@@ -98,3 +98,14 @@ def test_nodes_without_a_listener_are_only_reached_through_their_relay(provider,
         assert tab not in PathSelector().select(everyone, hops=3, rng=random.Random(seed))
     path = PathSelector().select(everyone, hops=3, destination=tab, rng=random.Random(5))
     assert path[-1] is tab and path[-2] is relays[4] and len({r.peer_id for r in path}) == 3
+
+
+@pytest.mark.parametrize("hops", [2, 3, 5])
+def test_a_chosen_entry_is_the_first_hop_and_nowhere_else(relays, hops):
+    entry = relays[7]
+    for seed in range(30):
+        path = PathSelector().select(relays, hops=hops, entry=entry, rng=random.Random(seed))
+        assert path[0] is entry and len(path) == hops and len({r.peer_id for r in path}) == hops
+        assert path[-1].capabilities.exit
+    with pytest.raises(ConfigError, match="last hop"):
+        PathSelector().select(relays, hops=3, entry=relays[3], destination=relays[3])

@@ -215,7 +215,7 @@ def test_auto_prefers_webrtc_and_falls_back_to_websocket_when_ice_fails(mode, po
                     async def lookup(peer):
                         return descriptor if peer == bob.peer_id else None
 
-                    dialer = TransportDialer(lookup, websocket=wslink.dial, webrtc=alice.dial, mode=lambda: mode,
+                    dialer = TransportDialer(lookup, websocket=wslink.dial, rtc=alice, mode=lambda: mode,
                                              websocket_first=websocket_first)
                     started = asyncio.get_running_loop().time()
                     if expected is None:

@@ -22,6 +22,8 @@ export interface MeshOptions {
   identity?: "persistent" | "ephemeral";
   /** Offer this tab as a relay for others (default true). */
   relay?: boolean;
+  /** PeerId of the first hop of every circuit (e.g. a friend's tab); otherwise drawn like the rest. */
+  entry?: string;
   /** Another node's PeerId: `send`/`receive` then carry messages end to end to it. */
   destination?: string;
 }

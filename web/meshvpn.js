@@ -78,6 +78,9 @@ function validate(options) {
       case "identity":
         if (!["persistent", "ephemeral"].includes(value)) throw new TypeError("identity must be 'persistent' or 'ephemeral'");
         out.identity = value; break;
+      case "entry":
+        if (typeof value !== "string") throw new TypeError("entry must be a PeerId string");
+        out.entry = value; break;
       case "destination":
         if (typeof value !== "string") throw new TypeError("destination must be a PeerId string");
         out.destination = value; break;

@@ -52,6 +52,7 @@ class MeshOptions:
     country: str | None = None
     enable_fec: bool = False
     transport: str = "auto"
+    entry: str | None = None  # PeerId of the first hop of every circuit (else drawn like the rest)
 
     def __post_init__(self) -> None:
         if not isinstance(self.hops, int) or not MIN_HOPS <= self.hops <= MAX_HOPS:
@@ -62,6 +63,11 @@ class MeshOptions:
             raise ConfigError("exit='cloudflare' (exiting through an upstream HTTP proxy) is not available "
                               "yet; use exit='direct'")
         check_transport(self.transport)
+        if self.entry is not None:
+            try:
+                PeerId.from_text(self.entry if isinstance(self.entry, str) else "")
+            except ConfigError as exc:
+                raise ConfigError(f"entry must be a PeerId: {exc}") from exc
         if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
             raise ConfigError(f"country must be a two-letter code, got {self.country!r}")
         if not isinstance(self.enable_fec, bool):
@@ -117,21 +123,25 @@ class MeshVPN:
         relays = list(self.directory())
         avoid: set[PeerId] = {self.peer_id}
         try:
-            target = None
-            if destination is not None:
-                peer = PeerId.from_text(destination) if isinstance(destination, str) else destination
-                target = next((r for r in relays if r.peer_id == peer), None)
-                if target is None:
-                    raise ConfigError(f"destination {peer.short()}… is not in the directory")
+            target = None if destination is None else self._find(relays, destination, "destination")
+            entry = None if self.options.entry is None else self._find(relays, self.options.entry, "entry")
+            failure: CircuitError | None = None
             for attempt in range(BUILD_ATTEMPTS):
-                path = self.selector.select(relays, hops=self.options.hops, country=self.options.country,
-                                            destination=target, exclude=avoid)
+                try:
+                    path = self.selector.select(relays, hops=self.options.hops, country=self.options.country,
+                                                destination=target, entry=entry, exclude=avoid)
+                except CircuitError:
+                    if failure is None:
+                        raise
+                    raise failure from None  # out of relays to try: the failure that led here says why
                 try:
                     self._circuit = await self.driver.build_circuit(path)
                     break
                 except CircuitError as exc:  # avoid the hop that failed and try another path
-                    if not isinstance(exc.failed_peer, PeerId) or attempt == BUILD_ATTEMPTS - 1:
+                    if not isinstance(exc.failed_peer, PeerId) or attempt == BUILD_ATTEMPTS - 1 \
+                            or entry is not None and exc.failed_peer == entry.peer_id:
                         raise
+                    failure = exc
                     avoid.add(exc.failed_peer)
                     self.selector.record(exc.failed_peer, ok=False)
             for relay in path:
@@ -200,6 +210,14 @@ class MeshVPN:
         self.options = self.options.updated(**options)
 
     # ---------------------------------------------------------------- internals
+
+    @staticmethod
+    def _find(relays: list[Descriptor], peer: PeerId | str, what: str) -> Descriptor:
+        peer = PeerId.from_text(peer) if isinstance(peer, str) else peer
+        found = next((r for r in relays if r.peer_id == peer), None)
+        if found is None:
+            raise ConfigError(f"{what} {peer.short()}… is not in the directory")
+        return found
 
     def _require_circuit(self) -> int:
         if not self.connected:

@@ -39,10 +39,9 @@ class BrowserNode:
     def __init__(self, identity: Identity, provider: WebCryptoProvider) -> None:
         self.provider = provider
         self.relays: dict[PeerId, Descriptor] = {}
-        self.dialer = TransportDialer(self._lookup, websocket=BrowserChannelLink.dial, webrtc=None,
+        self.dialer = TransportDialer(self._lookup, websocket=BrowserChannelLink.dial, rtc=None,
                                       mode=lambda: "auto")
         self.driver = NodeDriver(Node(identity, provider, time.monotonic), dialer=self.dialer)
-        self.connector: RtcConnector | None = None
 
     @classmethod
     async def start(cls, saved_identity: bytes | None = None) -> BrowserNode:
@@ -81,8 +80,7 @@ class BrowserNode:
         scheme = "wss" if js.location.protocol == "https:" else "ws"
         channel = await BrowserTextSocket.open(f"{scheme}://{js.location.host}/v1/ws")
         session = await SignalSession.open(channel, identity, self.provider, timeout=10.0)
-        self.connector = RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
-        self.dialer.webrtc = self.connector.dial
+        self.dialer.rtc = RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
 
     async def _inbound(self, link: Link, _signalled_by: PeerId) -> None:
         # Anonymous like any inbound link; a relay extending circuits to us proves itself over it.
@@ -97,7 +95,7 @@ class BrowserNode:
             raise TransportError("no relay to offer this tab through")
         home = random.choice(homes)
         await self.driver.connect(home.peer_id, authenticated=True)
-        addresses = {"via": (home.peer_id.text,), **(RTC_ADDRESS if self.connector else {})}
+        addresses = {"via": (home.peer_id.text,), **(RTC_ADDRESS if self.dialer.rtc else {})}
         descriptor = await sign_descriptor(self.provider, self.driver.node.identity, now=int(time.time()),
                                            addresses=addresses, capabilities=Capabilities(relay=True))
         response = await pyfetch("/v1/descriptors", method="POST", body=to_js(descriptor.raw),

@@ -78,19 +78,22 @@ class PathSelector:
     def select(self, relays: Iterable[Descriptor], *, hops: int = 3, port: int | None = None,
                country: str | None = None, exit_required: bool = True,
                exclude: Iterable[PeerId] = (), destination: Descriptor | None = None,
-               rng: random.Random | None = None) -> list[Descriptor]:
+               entry: Descriptor | None = None, rng: random.Random | None = None) -> list[Descriptor]:
         """Choose ``hops`` relays. With ``destination`` the path ends at that node instead of an
-        exit. Raises ``ConfigError`` for a bad hop count and ``CircuitError`` if too few relays."""
+        exit; with ``entry`` it starts at that node (a first hop the user chose, like Tor's
+        EntryNodes). Raises ``ConfigError`` for a bad hop count and ``CircuitError`` if too few relays."""
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ConfigError(f"hops must be {MIN_HOPS}..{MAX_HOPS}, got {hops}")
         rng = rng or random.SystemRandom()
-        excluded = set(exclude)
+        excluded = set(exclude) | ({entry.peer_id} if entry is not None else set())
         relays = list(relays)
         # Nodes reachable only through another relay (browser tabs: `via` addresses) are never
         # drawn at random; a circuit can end at one, entering through the relay it names.
         pool = [r for r in relays if r.capabilities.relay and r.peer_id not in excluded and listens(r)]
         max_bw = max((r.capabilities.bandwidth for r in pool), default=0)
         if destination is not None and not listens(destination):
+            if entry is not None:
+                raise ConfigError("a destination reached through its relay cannot also have a chosen entry")
             entry = next((r for r in pool if r.peer_id.text in destination.addresses.get("via", ())), None)
             if entry is None:
                 raise CircuitError("the destination's relay is not in the directory", "no_relays")
@@ -107,9 +110,13 @@ class PathSelector:
                 and (country is None or r.capabilities.country == country.upper()))]
             last = self._draw(exits, [], max_bw, rng, "exit")
         chosen = [last]
-        for _ in range(hops - 1):
+        for _ in range(hops - 1 - (entry is not None)):
             rest = [r for r in pool if all(r.peer_id != c.peer_id for c in chosen)]
             chosen.insert(0, self._draw(rest, chosen, max_bw, rng, "relay"))
+        if entry is not None:
+            if entry.peer_id == last.peer_id:
+                raise ConfigError("the chosen entry cannot also be the last hop")
+            chosen.insert(0, entry)
         return chosen
 
     def _draw(self, candidates: list[Descriptor], chosen: list[Descriptor], max_bw: int,

@@ -9,12 +9,14 @@ and tabs; what it did is kept in ``stats`` for the dashboard and ``/healthz``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from .descriptor import Descriptor
 from .errors import ConfigError, TransportError
 from .identity import PeerId
 from .link import Link
+from .rtc import RtcConnector
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ def takes_webrtc(descriptor: Descriptor) -> bool:
 
 class TransportDialer:
     """A ``NodeDriver`` dialer. ``mode`` is read at each dial, so a changed setting applies to the
-    next link; ``webrtc`` is None where this node has no WebRTC (then ``auto`` means WebSocket).
+    next link; ``rtc`` (a ``zmesh.rtc.RtcConnector``) is None while this node has no WebRTC (then
+    ``auto`` means WebSocket).
 
     With ``auto`` a tab tries WebRTC first. A native node (``websocket_first``) tries WebSocket
     first where the peer has one, because aiortc's DataChannels measured several times slower
@@ -52,12 +55,18 @@ class TransportDialer:
 
     def __init__(self, lookup: Callable[[PeerId], Awaitable[Descriptor | None]], *,
                  websocket: Callable[[str], Awaitable[Link]],
-                 webrtc: Callable[[PeerId], Awaitable[Link]] | None,
-                 mode: Callable[[], str], websocket_first: bool = False) -> None:
-        self._lookup, self._websocket, self.webrtc, self.mode = lookup, websocket, webrtc, mode
+                 rtc: RtcConnector | None, mode: Callable[[], str], websocket_first: bool = False) -> None:
+        self._lookup, self._websocket, self.rtc, self.mode = lookup, websocket, rtc, mode
         self.websocket_first = websocket_first
-        self.stats: dict[str, int | str | None] = {"webrtc": 0, "websocket": 0, "fallbacks": 0,
-                                                   "last_fallback": None}
+        self._counts: dict[str, int | float | str | None] = {
+            "webrtc": 0, "websocket": 0, "fallbacks": 0, "last_fallback": None, "last_fallback_after": None}
+
+    @property
+    def stats(self) -> dict[str, int | float | str | None]:
+        """Links dialed per transport, fallbacks (the last one's reason and how many seconds the
+        failed attempt took), WebRTC signaling messages refused, whether signaling is up."""
+        return {**self._counts, "signaling": self.rtc is not None,
+                "rejected_signals": self.rtc.rejected if self.rtc is not None else 0}
 
     async def __call__(self, peer: PeerId) -> Link:
         mode = check_transport(self.mode())
@@ -67,28 +76,30 @@ class TransportDialer:
         attempts = []
         if mode != "webrtc" and descriptor.addresses.get("ws"):
             attempts.append(("websocket", lambda: self._websocket(descriptor.addresses["ws"][0])))
-        if mode != "websocket" and self.webrtc is not None and takes_webrtc(descriptor):
-            webrtc = self.webrtc
-            attempts.insert(0 if mode == "webrtc" or not self.websocket_first else 1, ("webrtc", lambda: webrtc(peer)))
+        if mode != "websocket" and self.rtc is not None and takes_webrtc(descriptor):
+            rtc, first = self.rtc, mode == "webrtc" or not self.websocket_first
+            attempts.insert(0 if first else 1, ("webrtc", lambda: rtc.dial(peer)))
         if not attempts:
             raise TransportError(self._unreachable(peer, mode, descriptor))
-        failures = []
+        failures, started = [], time.monotonic()
         for kind, dial in attempts:
             try:
                 link = await dial()
             except TransportError as exc:
                 failures.append(f"{kind}: {exc}")
+                failed_after, started = time.monotonic() - started, time.monotonic()
                 continue
-            self.stats[kind] += 1
+            self._counts[kind] += 1
             if failures:
-                self.stats["fallbacks"] += 1
-                self.stats["last_fallback"] = failures[-1]
+                self._counts["fallbacks"] += 1
+                self._counts["last_fallback"] = failures[-1]
+                self._counts["last_fallback_after"] = round(failed_after, 3)
                 log.info("link to %s fell back to %s after %s", peer.short(), kind, failures[-1])
             return link
         raise TransportError(f"no link to {peer.short()}: " + "; ".join(failures))
 
     def _unreachable(self, peer: PeerId, mode: str, descriptor: Descriptor) -> str:
-        if mode == "webrtc" and self.webrtc is None:
+        if mode == "webrtc" and self.rtc is None:
             return "transport is webrtc but this node has no WebRTC (no signaling socket)"
         if mode == "webrtc" or not descriptor.addresses.get("ws") and takes_webrtc(descriptor):
             return f"{peer.short()} cannot be reached over WebRTC from here and has no WebSocket address"

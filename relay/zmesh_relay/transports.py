@@ -38,7 +38,7 @@ class NativeTransports:
                  identity: Identity, provider: CryptoProvider, on_inbound: LinkHandler | None = None) -> None:
         self.config, self._signal, self._identity, self._provider = config, signal, identity, provider
         self._on_inbound = on_inbound
-        self.dialer = TransportDialer(directory.find, websocket=wslink.dial, webrtc=None,
+        self.dialer = TransportDialer(directory.find, websocket=wslink.dial, rtc=None,
                                       mode=lambda: config["transport.kind"], websocket_first=True)
         self.connector: RtcConnector | None = None
         self._supervisor: asyncio.Task | None = None
@@ -64,14 +64,14 @@ class NativeTransports:
         session = await self._signal.connect_ws(self._identity, self._provider)
         self.connector = RtcConnector(session, AiortcBackend(), self._on_inbound or _unused,
                                       rtc_options(self.config), accept=self._on_inbound is not None)
-        self.dialer.webrtc = self.connector.dial
+        self.dialer.rtc = self.connector
 
     async def _keep_signaling(self) -> None:
         backoff = Backoff()
         while True:
             if self.connector is not None:
                 await self.connector.wait_closed()
-                self.dialer.webrtc = None
+                self.dialer.rtc = None
                 await self.connector.close()
                 self.connector = None
                 log.warning("the signaling socket closed; reconnecting")
@@ -84,8 +84,8 @@ class NativeTransports:
 
     def stats(self, links: Iterable[Link]) -> dict[str, Any]:
         """Dial counts, fallbacks, and the transport of each open link."""
-        return {"mode": self.config["transport.kind"], "signaling": self.connector is not None,
-                "open_links": count_by_transport(links), **self.dialer.stats}
+        return {"mode": self.config["transport.kind"], "open_links": count_by_transport(links),
+                **self.dialer.stats}
 
     async def close(self) -> None:
         if self._supervisor is not None:
