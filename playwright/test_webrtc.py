@@ -1,13 +1,17 @@
 """WebRTC with real Chromium and real aiortc relays, inside the test run's private namespace: a
 circuit browser → browser → native relay → exit over DataChannels, the fallback to WebSocket when
-ICE fails, and hostile signaling sent to a tab."""
+ICE fails, hostile signaling sent to a tab, and a tab that loses its home relay."""
 
+import asyncio
 import hashlib
 import time
 
+from conftest import WEB
 from playwright_support import JOIN, PAYLOAD, run_native
 
+from tests.test_native_mesh import Process, _health
 from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.descriptor import verify_descriptor
 from zmesh.errors import LinkClosed
 from zmesh.identity import Identity, PeerId
 from zmesh.rtc import RtcConnector, RtcOptions
@@ -121,3 +125,37 @@ def test_hostile_signaling_is_rejected_by_a_tab_that_keeps_working(browser, mesh
                            f"http://127.0.0.1:{port}/file")
     assert status == 200
     page.close()
+
+
+def test_a_tab_offers_itself_again_when_its_home_relay_goes_away(browser, tmp_path):
+    signal = Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(WEB))
+    url = signal.address[0]
+    relays = [Process("relay", "--signal", url, "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / f"r{i}"),
+                      *(["--exit"] if i else [])) for i in range(2)]
+    try:
+        page = browser.new_page()
+        page.goto(f"{url}/example.html")
+        tab_id = PeerId.from_text(page.evaluate(JOIN, {"hops": 2}))
+
+        async def home_of_tab() -> str:
+            async with SignalClient(url) as client:
+                for raw in await client.relays():
+                    descriptor = await verify_descriptor(NativeCryptoProvider(), raw, now=time.time())
+                    if descriptor.peer_id == tab_id:
+                        return descriptor.addresses["via"][0]
+            raise AssertionError("the tab is not in the directory")
+
+        first_home = run_native(home_of_tab())
+        stopped = next(r for r in relays if _health(r.address[0])["peer_id"] == first_home)
+        assert stopped.stop() == 0  # a clean stop closes its links, so the tab sees its home go
+
+        async def new_home() -> str:  # the tab re-offers after a jittered backoff of under a second
+            while (home := await home_of_tab()) == first_home:
+                await asyncio.sleep(0.1)
+            return home
+
+        assert run_native(new_home(), timeout=20) != first_home
+        page.close()
+    finally:
+        for process in [*relays, signal]:
+            process.stop()

@@ -20,9 +20,14 @@ from zmesh.memnet import MemoryNetwork, echo_service
 from zmesh.rtc import ChannelOptions, RtcConnector, RtcOptions
 from zmesh.transport import RTC_ADDRESS, TransportDialer
 from zmesh_relay import wslink
+from zmesh_relay.config import load
+from zmesh_relay.directory import Directory
 from zmesh_relay.rtclink import AiortcBackend
+from zmesh_relay.transports import NativeTransports
 from zmesh_signal.app import SignalConfig, serving
 from zmesh_signal.client import SignalClient
+
+from .conftest import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -231,5 +236,40 @@ def test_auto_prefers_webrtc_and_falls_back_to_websocket_when_ice_fails(mode, po
                     assert dialer.stats[expected] == 1
                     assert dialer.stats["fallbacks"] == (1 if policy == "relay" else 0)
                     await asyncio.gather(theirs.close(), link.close())
+
+    asyncio.run(main())
+
+
+def test_a_relay_reopens_its_signaling_session_when_the_server_comes_back(provider):
+    """keep_signaling: the session drops with the server; with jittered backoff the node signs in
+    again once the server is back, and is reachable over WebRTC again."""
+    async def main():
+        identity = await Identity.generate(provider)
+        inbound: asyncio.Queue = asyncio.Queue()
+
+        async def collect(link, peer):
+            await inbound.put(link)
+
+        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
+            url = f"http://127.0.0.1:{port}"
+            cfg = load(env={}, flags={"signaling.url": url})
+            signal = SignalClient(url)
+            transports = NativeTransports(cfg, signal, Directory(signal, provider), identity, provider,
+                                          on_inbound=collect)
+            await transports.start()
+            assert transports.dialer.stats["signaling"]
+        try:
+            await wait_until(lambda: not transports.dialer.stats["signaling"])
+            async with serving(SignalConfig(), "127.0.0.1", port):
+                await wait_until(lambda: transports.dialer.stats["signaling"], timeout=30)
+                async with connectors(url, provider, count=1) as ((_, _, caller, _),):
+                    link = await caller.dial(identity.peer_id)
+                    theirs = await asyncio.wait_for(inbound.get(), 10)
+                    await link.send(b"back again")
+                    assert await asyncio.wait_for(theirs.recv(), 10) == b"back again"
+                    await link.close()
+        finally:
+            await transports.close()
+            await signal.close()
 
     asyncio.run(main())

@@ -6,28 +6,31 @@ the same ``TransportDialer`` native nodes use.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 from pyodide.http import pyfetch  # type: ignore[import-not-found]
 
+from .backoff import Backoff
 from .browser_links import BrowserChannelLink, BrowserTextSocket
 from .browser_rtc import BrowserRtcBackend
 from .crypto.webcrypto import WebCryptoProvider
 from .descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
 from .driver import NodeDriver
-from .errors import ConfigError, CryptoError, ProtocolError, TransportError
+from .errors import ConfigError, CryptoError, ProtocolError, TransportError, ZmeshError
 from .identity import Identity, PeerId
 from .link import Link
 from .node import Node
 from .rtc import IceServer, RtcConnector, RtcOptions
 from .signaling import SignalSession
-from .transport import RTC_ADDRESS, TransportDialer
+from .transport import RTC_ADDRESS, TransportDialer, keep_signaling
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,10 @@ class BrowserNode:
         self.dialer = TransportDialer(self._lookup, websocket=BrowserChannelLink.dial, rtc=None,
                                       mode=lambda: "auto")
         self.driver = NodeDriver(Node(identity, provider, time.monotonic), dialer=self.dialer)
+        self.home: PeerId | None = None  # the relay this tab is reachable ``via``
+        self._home_link: Any = None
+        self._published = 0
+        self._tasks: set[asyncio.Task] = set()
 
     @classmethod
     async def start(cls, saved_identity: bytes | None = None) -> BrowserNode:
@@ -78,9 +85,14 @@ class BrowserNode:
         the relays it links to cannot recognise it from one visit to the next."""
         identity = self.driver.node.identity if accept else await Identity.generate(self.provider)
         scheme = "wss" if js.location.protocol == "https:" else "ws"
-        channel = await BrowserTextSocket.open(f"{scheme}://{js.location.host}/v1/ws")
-        session = await SignalSession.open(channel, identity, self.provider, timeout=10.0)
-        self.dialer.rtc = RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
+
+        async def open_connector() -> RtcConnector:
+            channel = await BrowserTextSocket.open(f"{scheme}://{js.location.host}/v1/ws")
+            session = await SignalSession.open(channel, identity, self.provider, timeout=10.0)
+            return RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
+
+        self.dialer.rtc = await open_connector()
+        self._spawn(keep_signaling(self.dialer, open_connector))
 
     async def _inbound(self, link: Link, _signalled_by: PeerId) -> None:
         # Anonymous like any inbound link; a relay extending circuits to us proves itself over it.
@@ -89,14 +101,40 @@ class BrowserNode:
     async def offer_relay(self) -> Descriptor:
         """Help the mesh, Snowflake-style: link to a home relay (authenticating, so circuits can be
         extended to this tab over that link) and publish a descriptor reachable ``via`` it and,
-        when this tab answers WebRTC offers, directly over DataChannels."""
+        when this tab answers WebRTC offers, directly over DataChannels. If the home link dies the
+        tab offers itself again, through another relay when it can."""
+        descriptor = await self._offer_once()
+        self._spawn(self._keep_home())
+        return descriptor
+
+    async def _keep_home(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._home_link.wait_closed()
+            log.warning("the link to this tab's home relay closed; offering the tab again")
+            while True:
+                await asyncio.sleep(backoff.delay())
+                try:
+                    await self.refresh()
+                    await self._offer_once(avoid=self.home)
+                except (ZmeshError, OSError) as exc:  # pyfetch raises OSError when the origin is unreachable
+                    log.warning("could not offer this tab again yet: %s", exc)
+                    continue
+                backoff.reset()
+                break
+
+    async def _offer_once(self, avoid: PeerId | None = None) -> Descriptor:
         homes = [d for d in self.relays.values() if d.addresses.get("ws")]
+        homes = [d for d in homes if d.peer_id != avoid] or homes
         if not homes:
             raise TransportError("no relay to offer this tab through")
         home = random.choice(homes)
-        await self.driver.connect(home.peer_id, authenticated=True)
+        link_id = await self.driver.connect(home.peer_id, authenticated=True)
+        self.home, self._home_link = home.peer_id, self.driver.links().get(link_id)
         addresses = {"via": (home.peer_id.text,), **(RTC_ADDRESS if self.dialer.rtc else {})}
-        descriptor = await sign_descriptor(self.provider, self.driver.node.identity, now=int(time.time()),
+        # strictly newer than the last one, or the directory keeps that one (a replay loses)
+        self._published = max(int(time.time()), self._published + 1)
+        descriptor = await sign_descriptor(self.provider, self.driver.node.identity, now=self._published,
                                            addresses=addresses, capabilities=Capabilities(relay=True))
         response = await pyfetch("/v1/descriptors", method="POST", body=to_js(descriptor.raw),
                                  headers={"Content-Type": "application/octet-stream"})
@@ -106,6 +144,11 @@ class BrowserNode:
 
     async def _lookup(self, peer: PeerId) -> Descriptor | None:
         return self.relays.get(peer)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 async def open_mesh(options: Any) -> Any:

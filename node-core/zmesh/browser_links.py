@@ -52,6 +52,7 @@ class BrowserChannelLink:
         self._target, self.transport, self.ordered, self.reliable = target, transport, ordered, reliable
         self._on_close_hook = on_close  # e.g. closing the RTCPeerConnection that owns a DataChannel
         self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._closed = asyncio.Event()
         self._proxies = [create_proxy(self._on_message), create_proxy(self._on_close)]
         target.binaryType = "arraybuffer"
         target.addEventListener("message", self._proxies[0])
@@ -73,6 +74,10 @@ class BrowserChannelLink:
 
     def _on_close(self, _event: Any) -> None:
         self._frames.put_nowait(None)
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
 
     async def send(self, frame: bytes) -> None:
         if self._target.readyState not in (1, "open"):
@@ -91,6 +96,7 @@ class BrowserChannelLink:
     async def close(self) -> None:
         self._target.close()
         self._frames.put_nowait(None)
+        self._closed.set()
         if self._on_close_hook is not None:
             self._on_close_hook()
 

@@ -357,10 +357,12 @@ class RtcConnector:
         await asyncio.wait({self._reader})
 
     async def close(self) -> None:
+        """Stop answering and dialing, and close the signaling session (the connector owns it)."""
         self._reader.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(self._reader, *self._tasks, return_exceptions=True)
+        await self.signal.close()
 
 
 def _compose(channels: Sequence[ChannelOptions], links: dict[str, Link]) -> Link:

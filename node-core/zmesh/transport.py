@@ -8,12 +8,14 @@ and tabs; what it did is kept in ``stats`` for the dashboard and ``/healthz``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from .backoff import Backoff
 from .descriptor import Descriptor
-from .errors import ConfigError, TransportError
+from .errors import ConfigError, ProtocolError, TransportError
 from .identity import PeerId
 from .link import Link
 from .rtc import RtcConnector
@@ -104,3 +106,22 @@ class TransportDialer:
         if mode == "webrtc" or not descriptor.addresses.get("ws") and takes_webrtc(descriptor):
             return f"{peer.short()} cannot be reached over WebRTC from here and has no WebSocket address"
         return f"no {'WebSocket ' if mode == 'websocket' else ''}address known for {peer.short()}"
+
+
+async def keep_signaling(dialer: TransportDialer, open_connector: Callable[[], Awaitable[RtcConnector]]) -> None:
+    """Keep ``dialer.rtc`` on a live signaling session, which is what makes this node reachable
+    over WebRTC: when the session closes (server restart, network blip) open another after a
+    jittered backoff. Meanwhile ``auto`` dials use WebSocket and offers to this node bounce."""
+    backoff = Backoff()
+    while True:
+        if dialer.rtc is not None:
+            await dialer.rtc.wait_closed()
+            closed, dialer.rtc = dialer.rtc, None
+            await closed.close()
+            log.warning("the signaling session closed; reconnecting")
+        await asyncio.sleep(backoff.delay())
+        try:
+            dialer.rtc = await open_connector()
+            backoff.reset()
+        except (TransportError, ProtocolError) as exc:
+            log.info("signaling reconnect failed: %s", exc)

@@ -1,9 +1,5 @@
 """The links of a native node: WebSocket always, WebRTC (aiortc) through the signal server unless
-``transport.kind`` is ``websocket``.
-
-The signaling socket is what makes a node reachable over WebRTC, so when it drops (the server
-restarts, the network blips) it is opened again with jittered backoff; meanwhile ``auto`` dials use
-WebSocket and offers to this node bounce as ``offline``.
+``transport.kind`` is ``websocket``; the signaling session is kept up by ``keep_signaling``.
 """
 
 from __future__ import annotations
@@ -14,13 +10,12 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from zmesh.backoff import Backoff
 from zmesh.crypto.provider import CryptoProvider
-from zmesh.errors import TransportError
+from zmesh.errors import ProtocolError, TransportError
 from zmesh.identity import Identity
 from zmesh.link import Link
 from zmesh.rtc import LinkHandler, RtcConnector
-from zmesh.transport import RTC_ADDRESS, TransportDialer, count_by_transport
+from zmesh.transport import RTC_ADDRESS, TransportDialer, count_by_transport, keep_signaling
 from zmesh_signal.client import SignalClient
 
 from . import wslink
@@ -40,7 +35,6 @@ class NativeTransports:
         self._on_inbound = on_inbound
         self.dialer = TransportDialer(directory.find, websocket=wslink.dial, rtc=None,
                                       mode=lambda: config["transport.kind"], websocket_first=True)
-        self.connector: RtcConnector | None = None
         self._supervisor: asyncio.Task | None = None
 
     @property
@@ -55,32 +49,15 @@ class NativeTransports:
         if not self.uses_webrtc:
             return
         try:
-            await self._open()
-        except TransportError as exc:
+            self.dialer.rtc = await self._open()
+        except (TransportError, ProtocolError) as exc:
             log.warning("no signaling socket yet (WebRTC waits, WebSocket works): %s", exc)
-        self._supervisor = asyncio.get_running_loop().create_task(self._keep_signaling())
+        self._supervisor = asyncio.get_running_loop().create_task(keep_signaling(self.dialer, self._open))
 
-    async def _open(self) -> None:
+    async def _open(self) -> RtcConnector:
         session = await self._signal.connect_ws(self._identity, self._provider)
-        self.connector = RtcConnector(session, AiortcBackend(), self._on_inbound or _unused,
-                                      rtc_options(self.config), accept=self._on_inbound is not None)
-        self.dialer.rtc = self.connector
-
-    async def _keep_signaling(self) -> None:
-        backoff = Backoff()
-        while True:
-            if self.connector is not None:
-                await self.connector.wait_closed()
-                self.dialer.rtc = None
-                await self.connector.close()
-                self.connector = None
-                log.warning("the signaling socket closed; reconnecting")
-            await asyncio.sleep(backoff.delay())
-            try:
-                await self._open()
-                backoff.reset()
-            except TransportError as exc:
-                log.info("signaling reconnect failed: %s", exc)
+        return RtcConnector(session, AiortcBackend(), self._on_inbound or _unused, rtc_options(self.config),
+                            accept=self._on_inbound is not None)
 
     def stats(self, links: Iterable[Link]) -> dict[str, Any]:
         """Dial counts, fallbacks, and the transport of each open link."""
@@ -92,9 +69,8 @@ class NativeTransports:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        if self.connector is not None:
-            await self.connector.close()
-            await self.connector.signal.close()
+        if self.dialer.rtc is not None:
+            await self.dialer.rtc.close()
 
 
 async def _unused(link: Link, peer: Any) -> None:
