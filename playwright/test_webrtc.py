@@ -50,6 +50,19 @@ def test_browser_to_browser_to_native_relay_to_exit(browser, mesh):
     tab_b.close()
 
 
+def test_enable_fec_carries_circuits_over_a_lossy_datachannel(browser, mesh):
+    """enableFEC: the tab's links get a second, unordered DataChannel without retransmissions, and
+    the circuits' RELAY cells cross it under Tetrys FEC (to aiortc relays here)."""
+    url, port = mesh
+    page = browser.new_page()
+    page.goto(f"{url}/example.html")
+    options = {"hops": 3, "relay": False, "identity": "ephemeral", "enableFEC": True}
+    result = page.evaluate(FETCH, [options, f"http://127.0.0.1:{port}/file"])
+    assert result["status"] == 200 and bytes(result["sha256"]) == hashlib.sha256(PAYLOAD).digest()
+    assert result["stats"]["transport"]["open_links"] == {"webrtc+fec": 1}, result["stats"]["transport"]
+    page.close()
+
+
 def test_failed_ice_falls_back_to_websocket_within_the_deadline(browser, mesh):
     """icePolicy 'relay' with no TURN server leaves ICE without a single candidate: a real failure."""
     url, port = mesh

@@ -12,7 +12,7 @@ from zmesh.memnet import MemoryNetwork, echo_service
 @pytest.mark.parametrize("options, key", [
     ({"hops": 1}, "hops"), ({"hops": 9}, "hops"), ({"hops": "3"}, "hops"),
     ({"exit": "tor"}, "exit"), ({"exit": "cloudflare"}, "cloudflare"),
-    ({"enable_fec": True}, "enable_fec"),
+    ({"enable_fec": True, "transport": "websocket"}, "enable_fec"),
     ({"transport": "carrier-pigeon"}, "transport"), ({"country": "Germany"}, "country"),
     ({"enable_fec": "yes"}, "enable_fec"), ({"colour": "blue"}, "colour"), ({"entry": "nobody"}, "entry"),
 ])

@@ -86,7 +86,11 @@ def test_frames_cross_a_webrtc_link_intact():
     asyncio.run(main())
 
 
-def test_a_circuit_runs_over_a_webrtc_link():
+@pytest.mark.parametrize("channels", [
+    (ChannelOptions(),),
+    (ChannelOptions(), ChannelOptions("fec", ordered=False, max_retransmits=0)),  # RELAY cells under FEC
+])
+def test_a_circuit_runs_over_a_webrtc_link(channels):
     provider = NativeCryptoProvider()
 
     async def main():
@@ -96,7 +100,9 @@ def test_a_circuit_runs_over_a_webrtc_link():
             relay = await net.add_node()
             exit_ = await net.add_node(exit=True, stream_handler=echo_service)
             try:
-                async with connectors(f"http://127.0.0.1:{port}", provider) as ((_, _, a, _), (_, _, b, inbound)):
+                url = f"http://127.0.0.1:{port}"
+                options = RtcOptions(timeout=10.0, channels=channels)
+                async with connectors(url, provider, options=options) as ((_, _, a, _), (_, _, b, inbound)):
                     # the client reaches its first relay over WebRTC; the relay reaches the exit as usual
                     b_peer = b.signal.peer_id
                     ours = await a.dial(b_peer)
@@ -113,6 +119,7 @@ def test_a_circuit_runs_over_a_webrtc_link():
                         echoed += await asyncio.wait_for(stream.read(), 20)
                     await writer
                     assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+                    assert type(ours).__name__ == ("FecChannelsLink" if len(channels) == 2 else "RtcLink")
             finally:
                 await net.close()
 
@@ -168,7 +175,8 @@ def test_negotiated_and_unordered_channels_open_as_configured():
             async with connectors(url, provider, options=options) as ((_, _, a, _), (bob, _, _, inbound)):
                 link = await a.dial(bob.peer_id)
                 theirs, _ = await asyncio.wait_for(inbound.get(), 10)
-                assert (link.ordered, link.reliable, theirs.ordered, theirs.reliable) == (True, True, True, True)
+                assert link.transport == theirs.transport == "webrtc+fec"  # the second channel carries FEC
+                assert (link.control.ordered, link.control.reliable, link.fec.inner.reliable) == (True, True, False)
                 await link.send(b"over the negotiated channel")
                 assert await asyncio.wait_for(theirs.recv(), 10) == b"over the negotiated channel"
                 await link.close()

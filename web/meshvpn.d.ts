@@ -7,7 +7,8 @@ export interface MeshOptions {
   exit: "direct" | "cloudflare";
   /** Two-letter country code the exit should be in. */
   country?: string;
-  /** Tetrys forward error correction on unreliable links: refused until tabs use WebRTC links. */
+  /** Give this tab's WebRTC links a second, unordered DataChannel without retransmissions that
+   *  carries the circuits' cells under Tetrys forward error correction (read when the tab joins). */
   enableFEC?: boolean;
   /** Link transport. 'auto' (default): WebRTC DataChannels first, WebSocket when ICE fails or
    *  misses `webrtcTimeout`; 'webrtc' / 'websocket' force one. Applies to links opened after a change. */

@@ -50,7 +50,7 @@ class MeshOptions:
     hops: int = 3
     exit: str = "direct"
     country: str | None = None
-    enable_fec: bool = False
+    enable_fec: bool = False  # the tab's WebRTC links get a lossy channel with FEC (read when it joins)
     transport: str = "auto"
     entry: str | None = None  # PeerId of the first hop of every circuit (else drawn like the rest)
 
@@ -72,8 +72,8 @@ class MeshOptions:
             raise ConfigError(f"country must be a two-letter code, got {self.country!r}")
         if not isinstance(self.enable_fec, bool):
             raise ConfigError("enable_fec must be true or false")
-        if self.enable_fec:
-            raise ConfigError("enable_fec needs unreliable WebRTC links, which MeshVPN does not use yet")
+        if self.enable_fec and self.transport == "websocket":
+            raise ConfigError("enable_fec needs WebRTC links (a lossy DataChannel); transport is 'websocket'")
 
     def updated(self, **changes: Any) -> MeshOptions:
         known = {f.name for f in fields(self)}

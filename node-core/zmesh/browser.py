@@ -28,7 +28,7 @@ from .errors import ConfigError, CryptoError, ProtocolError, TransportError, Zme
 from .identity import Identity, PeerId
 from .link import Link
 from .node import Node
-from .rtc import IceServer, RtcConnector, RtcOptions
+from .rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcConnector, RtcOptions
 from .signaling import SignalSession
 from .transport import RTC_ADDRESS, TransportDialer, keep_signaling
 
@@ -159,11 +159,13 @@ async def open_mesh(options: Any) -> Any:
     destination = settings.pop("destination", None)
     saved = settings.pop("saved_identity", None)
     relay = settings.pop("relay", True)
-    rtc = RtcOptions(tuple(IceServer(tuple(s["urls"]), s.get("username"), s.get("credential"))
-                           for s in settings.pop("ice_servers", [])),
-                     settings.pop("webrtc_timeout", 10.0), ice_policy=settings.pop("ice_policy", "all"))
+    ice_servers = tuple(IceServer(tuple(s["urls"]), s.get("username"), s.get("credential"))
+                        for s in settings.pop("ice_servers", []))
+    timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
     node = await BrowserNode.start(bytes(saved) if saved is not None else None)
     vpn = MeshVPN(node.driver, node.refreshed_relays, **settings)
+    channels = (ChannelOptions(), *((FEC_CHANNEL,) if vpn.options.enable_fec else ()))
+    rtc = RtcOptions(ice_servers, timeout, channels, ice_policy)
     node.dialer.mode = lambda: vpn.options.transport
     await node.refresh()
     if vpn.options.transport != "websocket":

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import ConfigError, CryptoError, LinkClosed, ProtocolError, TransportError
+from .fec.channels import FecChannelsLink
 from .identity import PeerId
 from .link import Link
 from .signaling import SignalError, SignalSession
@@ -82,6 +83,9 @@ class ChannelOptions:
             raise ProtocolError(f"bad DataChannel description: {exc}") from exc
 
 
+FEC_CHANNEL = ChannelOptions("zmesh-fec", ordered=False, max_retransmits=0)  # RELAY cells under FEC
+
+
 @dataclass(frozen=True, slots=True)
 class IceServer:
     """A STUN or TURN server (TURN usually needs ``username`` and ``credential``)."""
@@ -102,7 +106,8 @@ class IceServer:
 
 @dataclass(frozen=True, slots=True)
 class RtcOptions:
-    """How this node sets up WebRTC links. ``timeout`` bounds a whole setup (offer to open).
+    """How this node sets up WebRTC links. ``timeout`` bounds a whole setup (offer to open). A
+    second channel, if any, carries RELAY cells under Tetrys FEC (``zmesh.fec.channels``).
     ``ice_policy="relay"`` uses TURN candidates only, hiding this node's addresses from peers
     (and, with no TURN server configured, makes every WebRTC attempt fail: tests use that)."""
 
@@ -366,8 +371,11 @@ class RtcConnector:
 
 
 def _compose(channels: Sequence[ChannelOptions], links: dict[str, Link]) -> Link:
-    """The node's link over the open channels (the first carries the cells)."""
-    return links[channels[0].label]
+    """The node's link over the open channels: the first alone, or with a second one carrying the
+    RELAY cells under forward error correction."""
+    if len(channels) == 1:
+        return links[channels[0].label]
+    return FecChannelsLink(links[channels[0].label], links[channels[1].label])
 
 
 def _candidate_fields(candidate: IceCandidate) -> dict[str, Any]:
