@@ -22,3 +22,10 @@ def run_native(coroutine: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
     so it gets a thread of its own."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, asyncio.wait_for(coroutine, timeout)).result()
+
+
+def example_page(browser: Any, url: str) -> Any:
+    """A fresh tab on the signal server's example page (any page of the origin can import MeshVPN)."""
+    page = browser.new_page()
+    page.goto(f"{url}/example.html")
+    return page

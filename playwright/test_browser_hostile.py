@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 from aiohttp import web
+from playwright_support import example_page
 
 from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import sign_descriptor
@@ -67,8 +68,7 @@ def hostile(mesh):
 
 def test_malformed_cells_from_a_hostile_peer_do_not_break_the_tab(browser, mesh, hostile):
     url, port = mesh
-    page = browser.new_page()
-    page.goto(f"{url}/example.html")
+    page = example_page(browser, url)
     page.evaluate(JOIN)  # a bad relay in the directory: the tab builds around it if it picks it
     page.evaluate("""async (hostile) => {
         const vpn = window.vpn._vpn;

@@ -3,7 +3,7 @@ through 3 native relays (issue 4 b), a native client routes through a tab (d), t
 
 import hashlib
 
-from playwright_support import JOIN, PAYLOAD, run_native
+from playwright_support import JOIN, PAYLOAD, example_page, run_native
 
 from zmesh.http import http_get
 from zmesh.identity import PeerId
@@ -13,8 +13,7 @@ from zmesh_relay.client import Client
 
 def test_tab_fetches_through_three_relays(browser, mesh):
     url, port = mesh
-    page = browser.new_page()
-    page.goto(f"{url}/example.html")
+    page = example_page(browser, url)
     result = page.evaluate("""async (target) => {
         const { MeshVPN } = await import("/meshvpn.js");
         const vpn = window.vpn = new MeshVPN({ hops: 3 });
@@ -43,8 +42,7 @@ def test_tab_fetches_through_three_relays(browser, mesh):
 
 def test_bad_options_reject_with_clear_errors(browser, mesh):
     url, _ = mesh
-    page = browser.new_page()
-    page.goto(f"{url}/example.html")
+    page = example_page(browser, url)
     message = page.evaluate("""async () => {
         const { MeshVPN } = await import("/meshvpn.js");
         try { new MeshVPN({ hops: 12 }); return "accepted"; } catch (err) { return err.message; }
@@ -56,8 +54,7 @@ def test_bad_options_reject_with_clear_errors(browser, mesh):
 def test_native_client_builds_a_circuit_through_a_tab(browser, mesh):
     """Issue 4 (d): the tab offers itself as a relay; a native client routes through it."""
     url, port = mesh
-    page = browser.new_page()
-    page.goto(f"{url}/example.html")
+    page = example_page(browser, url)
     tab_id = PeerId.from_text(page.evaluate(JOIN, {"hops": 3}))
 
     async def through_the_tab():
@@ -83,11 +80,9 @@ def test_native_client_builds_a_circuit_through_a_tab(browser, mesh):
 def test_tab_to_tab_messages_arrive_in_order(browser, mesh):
     """Issue 4 (c): tab A sends to tab B by PeerId, end to end through an onion circuit."""
     url, _ = mesh
-    tab_b = browser.new_page()
-    tab_b.goto(f"{url}/example.html")
+    tab_b = example_page(browser, url)
     b_id = tab_b.evaluate(JOIN, {"hops": 3})
-    tab_a = browser.new_page()
-    tab_a.goto(f"{url}/example.html")
+    tab_a = example_page(browser, url)
     tab_a.evaluate(JOIN, {"hops": 3, "destination": b_id, "relay": False})
     messages = [f"message {i} " * (i + 1) for i in range(20)]
     tab_a.evaluate("""async (messages) => {

@@ -7,7 +7,7 @@ import hashlib
 import time
 
 from conftest import WEB
-from playwright_support import JOIN, PAYLOAD, run_native
+from playwright_support import JOIN, PAYLOAD, example_page, run_native
 
 from tests.test_native_mesh import Process, _health
 from zmesh.crypto.native import NativeCryptoProvider
@@ -30,11 +30,9 @@ FETCH = """async ([options, target]) => {
 
 def test_browser_to_browser_to_native_relay_to_exit(browser, mesh):
     url, port = mesh
-    tab_b = browser.new_page()
-    tab_b.goto(f"{url}/example.html")
+    tab_b = example_page(browser, url)
     b_id = tab_b.evaluate(JOIN, {"hops": 3})  # relays for others and answers WebRTC offers
-    tab_a = browser.new_page()
-    tab_a.goto(f"{url}/example.html")
+    tab_a = example_page(browser, url)
     options = {"hops": 3, "entry": b_id, "relay": False, "identity": "ephemeral"}
     result = tab_a.evaluate(FETCH, [options, f"http://127.0.0.1:{port}/file"])
     assert result["status"] == 200 and bytes(result["sha256"]) == hashlib.sha256(PAYLOAD).digest()
@@ -54,8 +52,7 @@ def test_enable_fec_carries_circuits_over_a_lossy_datachannel(browser, mesh):
     """enableFEC: the tab's links get a second, unordered DataChannel without retransmissions, and
     the circuits' RELAY cells cross it under Tetrys FEC (to aiortc relays here)."""
     url, port = mesh
-    page = browser.new_page()
-    page.goto(f"{url}/example.html")
+    page = example_page(browser, url)
     options = {"hops": 3, "relay": False, "identity": "ephemeral", "enableFEC": True}
     result = page.evaluate(FETCH, [options, f"http://127.0.0.1:{port}/file"])
     assert result["status"] == 200 and bytes(result["sha256"]) == hashlib.sha256(PAYLOAD).digest()
@@ -66,8 +63,7 @@ def test_enable_fec_carries_circuits_over_a_lossy_datachannel(browser, mesh):
 def test_failed_ice_falls_back_to_websocket_within_the_deadline(browser, mesh):
     """icePolicy 'relay' with no TURN server leaves ICE without a single candidate: a real failure."""
     url, port = mesh
-    page = browser.new_page()
-    page.goto(f"{url}/example.html")
+    page = example_page(browser, url)
     options = {"hops": 3, "relay": False, "identity": "ephemeral", "icePolicy": "relay", "webrtcTimeout": 3}
     result = page.evaluate(FETCH, [options, f"http://127.0.0.1:{port}/file"])
     assert result["status"] == 200 and bytes(result["sha256"]) == hashlib.sha256(PAYLOAD).digest()
@@ -81,8 +77,7 @@ def test_failed_ice_falls_back_to_websocket_within_the_deadline(browser, mesh):
 
 def test_forced_webrtc_with_failing_ice_is_a_clear_error(browser, mesh):
     url, _ = mesh
-    page = browser.new_page()
-    page.goto(f"{url}/example.html")
+    page = example_page(browser, url)
     message = page.evaluate("""async () => {
         const { MeshVPN } = await import("/meshvpn.js");
         const vpn = new MeshVPN({ transport: "webrtc", icePolicy: "relay", webrtcTimeout: 2, relay: false,
@@ -98,8 +93,7 @@ def test_hostile_signaling_is_rejected_by_a_tab_that_keeps_working(browser, mesh
     drops each. An aiortc node's offer right after opens a DataChannel (native ↔ browser), and the
     tab closes it on the first frame that is not a cell."""
     url, port = mesh
-    page = browser.new_page()
-    page.goto(f"{url}/example.html")
+    page = example_page(browser, url)
     tab_id = PeerId.from_text(page.evaluate(JOIN, {"hops": 3}))
 
     async def hostile_then_honest() -> int:
@@ -146,8 +140,7 @@ def test_a_tab_offers_itself_again_when_its_home_relay_goes_away(browser, tmp_pa
     relays = [Process("relay", "--signal", url, "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / f"r{i}"),
                       *(["--exit"] if i else [])) for i in range(2)]
     try:
-        page = browser.new_page()
-        page.goto(f"{url}/example.html")
+        page = example_page(browser, url)
         tab_id = PeerId.from_text(page.evaluate(JOIN, {"hops": 2}))
 
         async def home_of_tab() -> str:

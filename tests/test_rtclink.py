@@ -36,9 +36,14 @@ def loopback_only(monkeypatch):
 
 
 @contextlib.asynccontextmanager
-async def connectors(url, provider, count=2, options=None, accept=True):
-    """``count`` identities, each with a signaling socket and a connector collecting its links;
-    all closed on exit."""
+async def connectors(provider, count=2, options=None, accept=True, url=None):
+    """``count`` identities, each with a signaling socket and a connector collecting its links, on
+    the signal server at ``url`` or on one of their own; all closed on exit."""
+    if url is None:
+        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
+            async with connectors(provider, count, options, accept, f"http://127.0.0.1:{port}") as out:
+                yield out
+        return
     out = []
     try:
         for _ in range(count):
@@ -66,22 +71,21 @@ def test_frames_cross_a_webrtc_link_intact():
     provider = NativeCryptoProvider()
 
     async def main():
-        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
-            async with connectors(f"http://127.0.0.1:{port}", provider) as ((alice, _, a, _), (bob, _, b, inbound)):
-                link = await a.dial(bob.peer_id)
-                theirs, peer = await asyncio.wait_for(inbound.get(), 10)
-                assert peer == alice.peer_id
-                frames = [os.urandom(64 * 1024) for _ in range(32)]
-                async def send_all():
-                    for frame in frames:
-                        await link.send(frame)
+        async with connectors(provider) as ((alice, _, a, _), (bob, _, b, inbound)):
+            link = await a.dial(bob.peer_id)
+            theirs, peer = await asyncio.wait_for(inbound.get(), 10)
+            assert peer == alice.peer_id
+            frames = [os.urandom(64 * 1024) for _ in range(32)]
+            async def send_all():
+                for frame in frames:
+                    await link.send(frame)
 
-                sender = asyncio.create_task(send_all())
-                got = [await asyncio.wait_for(theirs.recv(), 10) for _ in frames]
-                await sender
-                assert hashlib.sha256(b"".join(got)).digest() == hashlib.sha256(b"".join(frames)).digest()
-                await link.close()
-                await theirs.close()
+            sender = asyncio.create_task(send_all())
+            got = [await asyncio.wait_for(theirs.recv(), 10) for _ in frames]
+            await sender
+            assert hashlib.sha256(b"".join(got)).digest() == hashlib.sha256(b"".join(frames)).digest()
+            await link.close()
+            await theirs.close()
 
     asyncio.run(main())
 
@@ -94,34 +98,32 @@ def test_a_circuit_runs_over_a_webrtc_link(channels):
     provider = NativeCryptoProvider()
 
     async def main():
-        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
-            net = MemoryNetwork(provider)
-            client = await net.add_node(accept_circuits=False)
-            relay = await net.add_node()
-            exit_ = await net.add_node(exit=True, stream_handler=echo_service)
-            try:
-                url = f"http://127.0.0.1:{port}"
-                options = RtcOptions(timeout=10.0, channels=channels)
-                async with connectors(url, provider, options=options) as ((_, _, a, _), (_, _, b, inbound)):
-                    # the client reaches its first relay over WebRTC; the relay reaches the exit as usual
-                    b_peer = b.signal.peer_id
-                    ours = await a.dial(b_peer)
-                    theirs, _ = await asyncio.wait_for(inbound.get(), 10)
-                    await client.add_link(ours, relay.node.identity.peer_id, initiator=True)
-                    await relay.add_link(theirs, None, initiator=False)
-                    path = [net.descriptors[d.node.identity.peer_id] for d in (relay, exit_)]
-                    circuit = await client.build_circuit(path)
-                    stream = await client.open_stream(circuit, "echo.test", 7)
-                    payload = os.urandom(1 << 20)
-                    writer = asyncio.create_task(stream.write(payload))
-                    echoed = b""
-                    while len(echoed) < len(payload):
-                        echoed += await asyncio.wait_for(stream.read(), 20)
-                    await writer
-                    assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
-                    assert type(ours).__name__ == ("FecChannelsLink" if len(channels) == 2 else "RtcLink")
-            finally:
-                await net.close()
+        net = MemoryNetwork(provider)
+        client = await net.add_node(accept_circuits=False)
+        relay = await net.add_node()
+        exit_ = await net.add_node(exit=True, stream_handler=echo_service)
+        try:
+            options = RtcOptions(timeout=10.0, channels=channels)
+            async with connectors(provider, options=options) as ((_, _, a, _), (_, _, b, inbound)):
+                # the client reaches its first relay over WebRTC; the relay reaches the exit as usual
+                b_peer = b.signal.peer_id
+                ours = await a.dial(b_peer)
+                theirs, _ = await asyncio.wait_for(inbound.get(), 10)
+                await client.add_link(ours, relay.node.identity.peer_id, initiator=True)
+                await relay.add_link(theirs, None, initiator=False)
+                path = [net.descriptors[d.node.identity.peer_id] for d in (relay, exit_)]
+                circuit = await client.build_circuit(path)
+                stream = await client.open_stream(circuit, "echo.test", 7)
+                payload = os.urandom(1 << 20)
+                writer = asyncio.create_task(stream.write(payload))
+                echoed = b""
+                while len(echoed) < len(payload):
+                    echoed += await asyncio.wait_for(stream.read(), 20)
+                await writer
+                assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+                assert type(ours).__name__ == ("FecChannelsLink" if len(channels) == 2 else "RtcLink")
+        finally:
+            await net.close()
 
     asyncio.run(main())
 
@@ -130,20 +132,18 @@ def test_malformed_forged_and_unanswered_offers_fail_cleanly():
     provider = NativeCryptoProvider()
 
     async def main():
-        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
-            url = f"http://127.0.0.1:{port}"
-            options = RtcOptions(timeout=2.0)
-            async with connectors(url, provider, options=options) as ((_, _, a, _), (bob, _, b, inbound)):
-                await a.signal.send(bob.peer_id, b"not json")
-                await a.signal.send(bob.peer_id, b'{"kind": "offer", "id": "x", "sdp": "junk", "channels": []}')
-                await a.signal.send(bob.peer_id, b'{"kind": "answer", "id": "nobody-asked", "sdp": "v=0"}')
-                stranger = PeerId(os.urandom(32))  # offline: the server bounces the offer
-                with pytest.raises(TransportError, match="offline"):
-                    await a.dial(stranger)
-                # bob reads in order, so once he has answered this dial he has judged the three above
-                await a.dial(bob.peer_id)
-                await asyncio.wait_for(inbound.get(), 10)
-                assert b.rejected == 3
+        options = RtcOptions(timeout=2.0)
+        async with connectors(provider, options=options) as ((_, _, a, _), (bob, _, b, inbound)):
+            await a.signal.send(bob.peer_id, b"not json")
+            await a.signal.send(bob.peer_id, b'{"kind": "offer", "id": "x", "sdp": "junk", "channels": []}')
+            await a.signal.send(bob.peer_id, b'{"kind": "answer", "id": "nobody-asked", "sdp": "v=0"}')
+            stranger = PeerId(os.urandom(32))  # offline: the server bounces the offer
+            with pytest.raises(TransportError, match="offline"):
+                await a.dial(stranger)
+            # bob reads in order, so once he has answered this dial he has judged the three above
+            await a.dial(bob.peer_id)
+            await asyncio.wait_for(inbound.get(), 10)
+            assert b.rejected == 3
 
     asyncio.run(main())
 
@@ -152,14 +152,12 @@ def test_a_peer_that_does_not_accept_refuses_at_once():
     provider = NativeCryptoProvider()
 
     async def main():
-        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
-            url = f"http://127.0.0.1:{port}"
-            options = RtcOptions(timeout=60.0)
-            async with connectors(url, provider, options=options, accept=False) as ((_, _, a, _), (bob, _, _, _)):
-                started = asyncio.get_running_loop().time()
-                with pytest.raises(TransportError, match="refused"):
-                    await a.dial(bob.peer_id)
-                assert asyncio.get_running_loop().time() - started < 30  # a refusal, not the deadline
+        options = RtcOptions(timeout=60.0)
+        async with connectors(provider, options=options, accept=False) as ((_, _, a, _), (bob, _, _, _)):
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(TransportError, match="refused"):
+                await a.dial(bob.peer_id)
+            assert asyncio.get_running_loop().time() - started < 30  # a refusal, not the deadline
 
     asyncio.run(main())
 
@@ -170,16 +168,14 @@ def test_negotiated_and_unordered_channels_open_as_configured():
                                                  ChannelOptions("lossy", ordered=False, max_retransmits=0)))
 
     async def main():
-        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
-            url = f"http://127.0.0.1:{port}"
-            async with connectors(url, provider, options=options) as ((_, _, a, _), (bob, _, _, inbound)):
-                link = await a.dial(bob.peer_id)
-                theirs, _ = await asyncio.wait_for(inbound.get(), 10)
-                assert link.transport == theirs.transport == "webrtc+fec"  # the second channel carries FEC
-                assert (link.control.ordered, link.control.reliable, link.fec.inner.reliable) == (True, True, False)
-                await link.send(b"over the negotiated channel")
-                assert await asyncio.wait_for(theirs.recv(), 10) == b"over the negotiated channel"
-                await link.close()
+        async with connectors(provider, options=options) as ((_, _, a, _), (bob, _, _, inbound)):
+            link = await a.dial(bob.peer_id)
+            theirs, _ = await asyncio.wait_for(inbound.get(), 10)
+            assert link.transport == theirs.transport == "webrtc+fec"  # the second channel carries FEC
+            assert (link.control.ordered, link.control.reliable, link.fec.inner.reliable) == (True, True, False)
+            await link.send(b"over the negotiated channel")
+            assert await asyncio.wait_for(theirs.recv(), 10) == b"over the negotiated channel"
+            await link.close()
 
     asyncio.run(main())
 
@@ -216,34 +212,32 @@ def test_auto_prefers_webrtc_and_falls_back_to_websocket_when_ice_fails(mode, po
     deadline = 4.0
 
     async def main():
-        async with serving(SignalConfig(), "127.0.0.1", 0) as port:
-            url = f"http://127.0.0.1:{port}"
-            async with connectors(url, provider, options=RtcOptions(timeout=deadline, ice_policy=policy)) as (
-                    (_, _, alice, _), (bob, _, _, inbound)):
-                async with websocket_listener(lambda link: inbound.put((link, None))) as ws_url:
-                    descriptor = await sign_descriptor(provider, bob, now=int(time.time()),
-                                                       addresses={"ws": (ws_url,), **RTC_ADDRESS},
-                                                       capabilities=Capabilities(relay=True))
+        async with connectors(provider, options=RtcOptions(timeout=deadline, ice_policy=policy)) as (
+                (_, _, alice, _), (bob, _, _, inbound)):
+            async with websocket_listener(lambda link: inbound.put((link, None))) as ws_url:
+                descriptor = await sign_descriptor(provider, bob, now=int(time.time()),
+                                                   addresses={"ws": (ws_url,), **RTC_ADDRESS},
+                                                   capabilities=Capabilities(relay=True))
 
-                    async def lookup(peer):
-                        return descriptor if peer == bob.peer_id else None
+                async def lookup(peer):
+                    return descriptor if peer == bob.peer_id else None
 
-                    dialer = TransportDialer(lookup, websocket=wslink.dial, rtc=alice, mode=lambda: mode,
-                                             websocket_first=websocket_first)
-                    started = asyncio.get_running_loop().time()
-                    if expected is None:
-                        with pytest.raises(TransportError, match="WebRTC"):
-                            await dialer(bob.peer_id)
-                        return
-                    link = await dialer(bob.peer_id)
-                    assert asyncio.get_running_loop().time() - started < deadline + 2
-                    theirs, _ = await asyncio.wait_for(inbound.get(), 10)
-                    assert (link.transport, theirs.transport) == (expected, expected)
-                    await link.send(b"hello")
-                    assert await asyncio.wait_for(theirs.recv(), 10) == b"hello"
-                    assert dialer.stats[expected] == 1
-                    assert dialer.stats["fallbacks"] == (1 if policy == "relay" else 0)
-                    await asyncio.gather(theirs.close(), link.close())
+                dialer = TransportDialer(lookup, websocket=wslink.dial, rtc=alice, mode=lambda: mode,
+                                         websocket_first=websocket_first)
+                started = asyncio.get_running_loop().time()
+                if expected is None:
+                    with pytest.raises(TransportError, match="WebRTC"):
+                        await dialer(bob.peer_id)
+                    return
+                link = await dialer(bob.peer_id)
+                assert asyncio.get_running_loop().time() - started < deadline + 2
+                theirs, _ = await asyncio.wait_for(inbound.get(), 10)
+                assert (link.transport, theirs.transport) == (expected, expected)
+                await link.send(b"hello")
+                assert await asyncio.wait_for(theirs.recv(), 10) == b"hello"
+                assert dialer.stats[expected] == 1
+                assert dialer.stats["fallbacks"] == (1 if policy == "relay" else 0)
+                await asyncio.gather(theirs.close(), link.close())
 
     asyncio.run(main())
 
@@ -270,7 +264,7 @@ def test_a_relay_reopens_its_signaling_session_when_the_server_comes_back(provid
             await wait_until(lambda: not transports.dialer.stats["signaling"])
             async with serving(SignalConfig(), "127.0.0.1", port):
                 await wait_until(lambda: transports.dialer.stats["signaling"], timeout=30)
-                async with connectors(url, provider, count=1) as ((_, _, caller, _),):
+                async with connectors(provider, count=1, url=url) as ((_, _, caller, _),):
                     link = await caller.dial(identity.peer_id)
                     theirs = await asyncio.wait_for(inbound.get(), 10)
                     await link.send(b"back again")
