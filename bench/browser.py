@@ -1,5 +1,6 @@
-"""Browser benchmark: how fast a tab joins the mesh, and its circuit throughput beside a native
-client in the same run. Real Chromium, real `zmesh` processes on loopback.
+"""Browser benchmark: how fast a tab joins the mesh, and its circuit throughput with its links over
+WebRTC and over WebSocket, beside a native client in the same run. Real Chromium, real `zmesh`
+processes; run it inside the private namespace (`tests/netns-run`, as `make bench` does).
 
 Run: ``python bench/browser.py`` (about a minute).
 """
@@ -14,18 +15,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "playwright"))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
+from playwright_support import CHROMIUM_ARGS  # noqa: E402
 
 from bench.native import local_mesh, measure, via_mesh  # noqa: E402
 from tests.test_native_mesh import PAYLOAD  # noqa: E402
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-JOIN = """async (target) => {
+JOIN = """async ([target, transport]) => {
     const t0 = performance.now();
     const { MeshVPN } = await import("/meshvpn.js");
-    const vpn = new MeshVPN({ hops: 3 });
+    const vpn = new MeshVPN({ hops: 3, transport, identity: "ephemeral" });
     await vpn.connect();
     const joined = performance.now() - t0;
     const samples = [];
@@ -53,21 +54,27 @@ def main() -> None:
         native = asyncio.run(_native_rates(socks, port, args.runs))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(f"{url}/")
-            result = page.evaluate(JOIN.replace("RUNS", str(args.runs)), f"http://127.0.0.1:{port}/big")
+            results = {}
+            for transport in ("webrtc", "websocket"):  # the tab's links; the relays' own are WebSocket
+                page = browser.new_page()
+                page.goto(f"{url}/")
+                results[transport] = page.evaluate(JOIN.replace("RUNS", str(args.runs)),
+                                                   [f"http://127.0.0.1:{port}/big", transport])
+                page.close()
             browser.close()
     med = statistics.median
     print(f"zmesh browser benchmark — {os.cpu_count()} CPUs, Chromium headless, {len(PAYLOAD) >> 20} MiB file, "
-          "3 hops over WebSocket links")
-    print("| measurement                                   |    value | native client | ratio |")
-    print("|-----------------------------------------------|----------|---------------|-------|")
-    print(f"| page loaded (ms)                              | {result['navigation']:8.0f} |             — |     — |")
-    print(f"| import → Python ready → joined, circuit built | {result['joined']:8.0f} |             — |     — |")
-    print(f"| 3-hop download throughput (MB/s, median)      | {med(result['samples']):8.1f} "
-          f"| {med(native):13.1f} | {med(result['samples']) / med(native):5.2f} |")
-    print(f"| longest main-thread task while fetching (ms)  | {result['worst']:8.0f} |             — |     — |")
-    print(f"| main thread blocked by long tasks (ms total)  | {result['blocked']:8.0f} |             — |     — |")
+          "3 hops; the tab's links over WebRTC DataChannels or WebSocket")
+    print("| measurement                                   | tab, WebRTC | tab, WebSocket | native client | ratio* |")
+    print("|-----------------------------------------------|-------------|----------------|---------------|--------|")
+    rtc, ws = results["webrtc"], results["websocket"]
+    for label, key in (("page loaded (ms)", "navigation"), ("import → Python ready → joined, circuit built", "joined"),
+                       ("longest main-thread task while fetching (ms)", "worst"),
+                       ("main thread blocked by long tasks (ms total)", "blocked")):
+        print(f"| {label:45} | {rtc[key]:11.0f} | {ws[key]:14.0f} |             — |      — |")
+    print(f"| {'3-hop download throughput (MB/s, median)':45} | {med(rtc['samples']):11.1f} "
+          f"| {med(ws['samples']):14.1f} | {med(native):13.1f} | {med(rtc['samples']) / med(native):6.2f} |")
+    print("* tab over WebRTC / native client, same run")
 
 
 async def _native_rates(socks: tuple[str, int], port: int, runs: int) -> list[float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
-from playwright_support import PAYLOAD
+from playwright_support import CHROMIUM_ARGS, PAYLOAD
 
 from tests.private_network import require_private_network
 from tests.test_native_mesh import Process
@@ -18,10 +18,6 @@ def pytest_configure(config: pytest.Config) -> None:
     require_private_network()
 
 WEB = Path(__file__).resolve().parent.parent / "web"
-# mDNS hostnames hide a tab's addresses from web peers; nothing in the test namespace resolves them.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-features=WebRtcHideLocalIpsWithMdns",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")  # not session: Playwright's sync API holds an event loop while open

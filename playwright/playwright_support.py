@@ -1,5 +1,5 @@
-"""What the browser tests share: the file they fetch, joining a tab, running native code beside
-Playwright."""
+"""What the browser tests (and benchmarks) share: Chromium's flags, the file they fetch, joining a
+tab, running native code beside Playwright."""
 
 import asyncio
 import concurrent.futures
@@ -8,6 +8,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 PAYLOAD = os.urandom(5 * 1024 * 1024)
+
+# mDNS hostnames hide a tab's addresses from web peers; nothing in the test namespace resolves them.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-features=WebRtcHideLocalIpsWithMdns",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 JOIN = """async (options) => {
     const { MeshVPN } = await import("/meshvpn.js");

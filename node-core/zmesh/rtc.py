@@ -294,7 +294,7 @@ class RtcConnector:
                 await self._dispatch(sender, message)
             except SignalError as exc:
                 self._bounced(exc)
-            except (ProtocolError, CryptoError) as exc:
+            except (ProtocolError, CryptoError, ValueError) as exc:  # ValueError: a WebRTC stack refused it
                 self.rejected += 1  # forged or malformed messages change nothing
                 log.debug("ignoring a signaling message: %s", exc)
             except LinkClosed:
