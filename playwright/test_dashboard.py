@@ -16,6 +16,7 @@ def test_dashboard_joins_fetches_and_renders(browser, mesh):
                            timeout=60_000)
     assert len(page.text_content("#peer")) == 56
     assert page.locator("#path li").count() == 3
+    assert "WebRTC" in page.text_content("#transport")  # e.g. "2 WebRTC": which transport carries the links
     page.fill("#url", f"http://127.0.0.1:{port}/file")
     page.click("#fetch button")
     page.wait_for_function("document.getElementById('fetch-result').textContent.startsWith('HTTP 200')",
