@@ -34,11 +34,13 @@ test: setup
 lint: setup
 	$(PY) -m ruff check $(LINTED)
 
+# Benchmarks run in the private namespace too, as the tests do: several of them use WebRTC.
 bench: setup
-	$(PY) bench/core.py
-	$(PY) bench/native.py
-	$(PY) bench/fec.py
-	$(PY) bench/browser.py
+	tests/netns-run $(PY) bench/core.py
+	tests/netns-run $(PY) bench/native.py
+	tests/netns-run $(PY) bench/fec.py
+	tests/netns-run $(PY) bench/browser.py
+	tests/netns-run $(PY) bench/webrtc.py
 
 demo: setup
 	$(VENV)/bin/zmesh demo
