@@ -76,6 +76,8 @@ async def dial(url: str, *, timeout: float = 10.0) -> WebSocketLink:
 
 async def accept(request: web.Request) -> tuple[web.WebSocketResponse, WebSocketLink]:
     """Upgrade an inbound request to a link (aiohttp answers non-WebSocket requests with 400)."""
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30.0)
+    # No permessage-deflate (browsers ask for it): cells are encrypted, so compressing them only
+    # costs CPU (bench/webrtc.py measured tabs' WebSocket links slowed by it).
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30.0, compress=False)
     await ws.prepare(request)
     return ws, WebSocketLink(ws)
