@@ -67,8 +67,8 @@ async def respond(link: Link) -> None:
                 await link.send(frame)
             elif frame[:1] == b"S":
                 size, millis = struct.unpack("!II", frame[1:9])
-                # 64 different frames in turn: a WebSocket's permessage-deflate (which tabs negotiate)
-                # finds no repeat within its 32 KiB window, as with real, encrypted cells
+                # 64 different frames in turn: were any WebSocket compression on, it would find no
+                # repeat within its 32 KiB window, as with real, encrypted cells
                 frames = [b"D" + os.urandom(size - 1) for _ in range(64)]
                 deadline, sent = time.monotonic() + millis / 1000, 0
                 while time.monotonic() < deadline:
@@ -344,8 +344,7 @@ def _print(results: dict[str, dict[str, Any]], failures: dict[str, str], args: a
     print("Throughput flows from the answering end to the dialling end (native → tab, tab B → tab A). "
           "† tab → native aiohttp forwarder → tab: two WebSocket hops, tabs have no direct WebSocket.")
     print("Both native ends share one Python process and event loop. A tab's clock ticks in 0.1 ms steps. "
-          "Tabs' WebSockets negotiate permessage-deflate with aiohttp (native links do not): the frames "
-          "are random, so it costs CPU and saves nothing, as with real cells.")
+          "Tab figures vary about ±2× between runs on this 2-CPU machine.")
     for key, why in failures.items():
         print(f"FAILED {key}: {why}")
 
