@@ -28,7 +28,7 @@ class LinkAuthenticated:
 
 @dataclass(frozen=True, slots=True)
 class CloseLink:
-    """The peer on this link broke the protocol; close the link."""
+    """The peer on this link broke the protocol or stopped answering PINGs; close the link."""
 
     link: int
     reason: str
@@ -46,7 +46,7 @@ class CircuitClosed:
     circuit: int
     reason: DestroyReason
     origin: bool
-    failed_peer: PeerId | None = None  # while building: the hop that did not answer
+    failed_peer: PeerId | None = None  # while building: the hop that did not answer; else a lost link's peer
 
 
 @dataclass(frozen=True, slots=True)

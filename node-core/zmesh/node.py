@@ -13,6 +13,7 @@ circuit destroys that circuit (DESTROY both ways), and the metrics count what ha
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,12 +73,24 @@ class NodeLimits:
     # A sender that respects the circuit window never has more than CIRCUIT_WINDOW DATA cells
     # queued here; the slack covers SENDME/END/handshake cells.
     max_queued_cells_per_circuit: int = CIRCUIT_WINDOW + 64
+    # Link liveness (docs/protocol.md §3): PING a link silent this long; close it once silent for
+    # dead_after, so circuits over a peer that vanished without closing its link are torn down.
+    keepalive_interval: float = 15.0
+    dead_after: float = 45.0
+
+    def __post_init__(self) -> None:
+        if not self.keepalive_interval > 0:
+            raise ConfigError(f"keepalive_interval must be positive, got {self.keepalive_interval}")
+        if not self.dead_after > self.keepalive_interval:
+            raise ConfigError(f"dead_after ({self.dead_after} s) must be greater than keepalive_interval "
+                              f"({self.keepalive_interval} s): a PING needs time to be answered")
 
 
 class _LinkState:
-    __slots__ = ("peer", "initiator", "queue", "queued_cells", "circuits", "next_circ", "closed", "challenge")
+    __slots__ = ("peer", "initiator", "queue", "queued_cells", "circuits", "next_circ", "closed", "challenge",
+                 "last_rx", "ping_at", "ping_nonce", "rtt")
 
-    def __init__(self, peer: PeerId | None, initiator: bool) -> None:
+    def __init__(self, peer: PeerId | None, initiator: bool, now: float) -> None:
         self.peer = peer
         self.challenge = b""  # sent to an unauthenticated dialer, until it answers
         self.initiator = initiator
@@ -86,6 +99,10 @@ class _LinkState:
         self.circuits: set[int] = set()
         self.next_circ = 1
         self.closed = False
+        self.last_rx = now  # when the last valid frame arrived (opening counts)
+        self.ping_at = -math.inf  # when the last PING was sent; after last_rx: it is unanswered
+        self.ping_nonce = b""  # the payload of that PING until its PONG arrives
+        self.rtt: float | None = None
 
 
 _Circuit = OriginCircuit | RelayCircuit
@@ -119,6 +136,9 @@ class Node:
         self._next_handle = 1
         self._waiting: dict[PeerId, list[_Circuit]] = {}
         self._deadlines: dict[int, float] = {}
+        # No link needs handle_timer before this. It may be early, never late: a frame only lowers
+        # it to its own link's new deadline (O(1)); handle_timer recomputes it over all links.
+        self._link_timer = math.inf
         self._queued: Counter[tuple[int, int]] = Counter()
         self._events: list[Event] = []
 
@@ -130,7 +150,9 @@ class Node:
         over this very link — how a browser tab, which cannot listen, still relays)."""
         link_id = self._next_link
         self._next_link += 1
-        link = self._links[link_id] = _LinkState(peer, initiator)
+        now = self.clock()
+        link = self._links[link_id] = _LinkState(peer, initiator, now)
+        self._link_timer = min(self._link_timer, now + self.limits.keepalive_interval)
         if peer is not None:
             await self._link_identified(link_id, peer)
         elif not initiator:
@@ -182,7 +204,8 @@ class Node:
             await self._destroy(circ, DestroyReason.CONNECT_FAILED)
 
     async def link_closed(self, link_id: int) -> None:
-        """The link is gone: every circuit on it is destroyed (DESTROY sent the other way)."""
+        """The link is gone: every circuit on it is destroyed (DESTROY sent the other way), naming
+        the link's peer, when known, as the one that failed, so a client builds around it."""
         link = self._links.pop(link_id, None)
         if link is None:
             return
@@ -192,7 +215,7 @@ class Node:
         for circ_id in list(link.circuits):
             route = self._routes.get((link_id, circ_id))
             if route:
-                await self._destroy(route[0], DestroyReason.LINK_CLOSED)
+                await self._destroy(route[0], DestroyReason.LINK_CLOSED, failed=link.peer)
 
     def take_frame(self, link_id: int, max_cells: int = MAX_CELLS_PER_FRAME) -> bytes | None:
         """The next frame to write on ``link_id`` (up to ``max_cells`` cells), or None."""
@@ -221,6 +244,12 @@ class Node:
         self.metrics["cells_out"] += len(out)
         return b"".join(out)
 
+    def link_rtt(self, link_id: int) -> float | None:
+        """The last PING→PONG round trip on the link in seconds (this node's own queue included),
+        or None before one was measured or for an unknown link."""
+        link = self._links.get(link_id)
+        return None if link is None else link.rtt
+
     def links_with_output(self) -> list[int]:
         return [link_id for link_id, link in self._links.items() if link.queue]
 
@@ -237,7 +266,8 @@ class Node:
 
     async def receive_frame(self, link_id: int, frame: bytes) -> None:
         """Process one frame from a link. Never raises for anything the peer sent."""
-        if link_id not in self._links:
+        link = self._links.get(link_id)
+        if link is None:
             return
         try:
             cells = parse_frame(frame)
@@ -246,6 +276,8 @@ class Node:
             self._events.append(CloseLink(link_id, str(exc)))
             await self.link_closed(link_id)
             return
+        link.last_rx = now = self.clock()
+        self._link_timer = min(self._link_timer, now + self.limits.keepalive_interval)
         self.metrics["cells_in"] += len(cells)
         index = 0
         while index < len(cells) and link_id in self._links:
@@ -262,13 +294,42 @@ class Node:
             index = end
 
     def next_deadline(self) -> float | None:
-        return min(self._deadlines.values(), default=None)
+        deadline = min(min(self._deadlines.values(), default=math.inf), self._link_timer)
+        return None if deadline == math.inf else deadline
 
     async def handle_timer(self, now: float) -> None:
         for handle, deadline in list(self._deadlines.items()):
             circ = self._circuits.get(handle)
             if circ is not None and deadline <= now:
                 await self._destroy(circ, DestroyReason.TIMEOUT)
+        if now >= self._link_timer:
+            await self._check_links(now)
+
+    # ------------------------------------------------------------------ link liveness
+
+    def _link_deadline(self, link: _LinkState) -> float:
+        """When ``link`` next needs the timer: once silent for keepalive_interval it gets a PING;
+        with that PING unanswered it is closed once silent for dead_after — but never sooner than
+        dead_after − keepalive_interval after the PING, so a timer that ran late (a stalled event
+        loop) does not close a link whose peer was never asked."""
+        limits = self.limits
+        if link.ping_at <= link.last_rx:
+            return link.last_rx + limits.keepalive_interval
+        return max(link.last_rx + limits.dead_after, link.ping_at + limits.dead_after - limits.keepalive_interval)
+
+    async def _check_links(self, now: float) -> None:
+        for link_id, link in list(self._links.items()):
+            if now < self._link_deadline(link):
+                continue
+            if link.ping_at <= link.last_rx:
+                link.ping_at, link.ping_nonce = now, self.provider.random_bytes(8)
+                self._enqueue(link_id, 0, [encode_cell(CellCommand.PING, 0, link.ping_nonce)])
+                continue
+            self.metrics["links_dead"] += 1
+            self._events.append(CloseLink(link_id, f"the peer stopped answering: nothing received for "
+                                                   f"{now - link.last_rx:.1f} s, PING unanswered"))
+            await self.link_closed(link_id)
+        self._link_timer = min(map(self._link_deadline, self._links.values()), default=math.inf)
 
     # ------------------------------------------------------------------ application interface
 
@@ -368,7 +429,12 @@ class Node:
 
     async def _on_link_cell(self, link_id: int, cell: Cell) -> None:
         command = cell.command
-        if command == CellCommand.PADDING or command == CellCommand.PONG:
+        if command == CellCommand.PADDING:
+            return
+        if command == CellCommand.PONG:
+            link = self._links[link_id]
+            if link.ping_nonce and cell.payload == link.ping_nonce:
+                link.rtt, link.ping_nonce = self.clock() - link.ping_at, b""
             return
         if command == CellCommand.PING:
             self._enqueue(link_id, 0, [encode_cell(CellCommand.PONG, 0, cell.payload)])
@@ -674,8 +740,9 @@ class Node:
             await self._destroy(circ, DestroyReason.PROTOCOL)
 
     async def _destroy(self, circ: _Circuit, reason: DestroyReason,
-                       skip: tuple[int, int] | None = None) -> None:
-        """Forget ``circ`` and send DESTROY on each of its links except ``skip``."""
+                       skip: tuple[int, int] | None = None, failed: PeerId | None = None) -> None:
+        """Forget ``circ`` and send DESTROY on each of its links except ``skip``. ``failed`` is the
+        peer to blame; by default, while building, the hop that did not answer."""
         if self._circuits.pop(circ.handle, None) is None:
             return
         self._deadlines.pop(circ.handle, None)
@@ -698,8 +765,8 @@ class Node:
                 self._events.append(StreamEnded(circ.handle, stream_id, EndReason.DESTROYED))
             circ.edge.streams.clear()
         origin = isinstance(circ, OriginCircuit)
-        failed = (circ.path[len(circ.hops)].peer_id
-                  if origin and circ.state != BuildState.OPEN and len(circ.hops) < len(circ.path) else None)
+        if failed is None and origin and circ.state != BuildState.OPEN and len(circ.hops) < len(circ.path):
+            failed = circ.path[len(circ.hops)].peer_id
         if origin or circ.edge is not None:
             self._events.append(CircuitClosed(circ.handle, reason, origin, failed))
         self.metrics["circuits_destroyed"] += 1
