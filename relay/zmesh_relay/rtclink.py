@@ -21,7 +21,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from zmesh.cells import MAX_FRAME_SIZE
 from zmesh.errors import LinkClosed, ProtocolError
-from zmesh.link import Link
+from zmesh.link import CloseOnce, Link
 from zmesh.rtc import ChannelOptions, ChannelWaiter, IceCandidate, RtcOptions
 
 HIGH_WATER = 1 << 20
@@ -33,8 +33,8 @@ class RtcLink:
     transport = "webrtc"
     max_frame_size = MAX_FRAME_SIZE
 
-    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel, options: ChannelOptions) -> None:
-        self._pc, self._channel = pc, channel
+    def __init__(self, close_pc: CloseOnce, channel: RTCDataChannel, options: ChannelOptions) -> None:
+        self._close_pc, self._channel = close_pc, channel
         self.ordered, self.reliable = options.ordered, options.reliable
         self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._writable = asyncio.Event()
@@ -42,8 +42,12 @@ class RtcLink:
         channel.bufferedAmountLowThreshold = HIGH_WATER // 4
         # Attached at once: aiortc delivers messages that arrive before a handler to nobody.
         channel.on("message", self._on_message)
-        channel.on("close", lambda: self._frames.put_nowait(None))
+        channel.on("close", self._on_close)
         channel.on("bufferedamountlow", self._writable.set)
+
+    def _on_close(self) -> None:
+        self._frames.put_nowait(None)
+        self._writable.set()  # a sender waiting for room must see the close, not wait forever
 
     def _on_message(self, message: bytes | str) -> None:
         if isinstance(message, str) or len(message) > MAX_FRAME_SIZE:
@@ -57,6 +61,8 @@ class RtcLink:
         while self._channel.bufferedAmount > HIGH_WATER:
             self._writable.clear()
             await self._writable.wait()
+            if self._channel.readyState != "open":
+                raise LinkClosed("DataChannel is closed")
         self._channel.send(frame)
 
     async def recv(self) -> bytes:
@@ -67,8 +73,8 @@ class RtcLink:
         return frame
 
     async def close(self) -> None:
-        self._frames.put_nowait(None)
-        await self._pc.close()
+        self._on_close()
+        await self._close_pc()
 
 
 class AiortcPeer:
@@ -78,6 +84,7 @@ class AiortcPeer:
     def __init__(self, options: RtcOptions, on_candidate: Callable[[IceCandidate], None]) -> None:
         servers = [RTCIceServer(list(s.urls), s.username, s.credential) for s in options.ice_servers]
         self._pc = RTCPeerConnection(RTCConfiguration(servers, RTCIceTransportPolicy(options.ice_policy)))
+        self._close = CloseOnce(self._pc.close)  # shared by the peer's links: one close of the connection
         self._on_candidate = on_candidate
         self._channels = ChannelWaiter()
 
@@ -133,7 +140,7 @@ class AiortcPeer:
         return await self._channels.open_links()
 
     async def close(self) -> None:
-        await self._pc.close()
+        await self._close()
 
     def _create(self, options: ChannelOptions) -> RTCDataChannel:
         return self._pc.createDataChannel(
@@ -142,7 +149,7 @@ class AiortcPeer:
             id=options.negotiated_id)
 
     def _adopt(self, channel: RTCDataChannel, options: ChannelOptions) -> None:
-        mark_open = self._channels.adopt(options, RtcLink(self._pc, channel, options), channel.readyState == "open")
+        mark_open = self._channels.adopt(options, RtcLink(self._close, channel, options), channel.readyState == "open")
         channel.on("open", mark_open)
 
 

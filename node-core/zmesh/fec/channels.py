@@ -18,7 +18,7 @@ import asyncio
 
 from ..cells import CELL_SIZE, MAX_FRAME_SIZE, CellCommand
 from ..errors import LinkClosed, ProtocolError
-from ..link import Link
+from ..link import CloseOnce, Link
 from .link import FecLink, LostFrames
 
 _RELAY = int(CellCommand.RELAY)
@@ -40,6 +40,7 @@ class FecChannelsLink:
         self.lost_frames = 0
         self._inbox: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
         self._room = asyncio.Semaphore(INBOX_FRAMES)
+        self.close = CloseOnce(self._shutdown)
         loop = asyncio.get_running_loop()
         self._pumps = [loop.create_task(self._pump(self.control)), loop.create_task(self._pump(self.fec))]
 
@@ -77,15 +78,13 @@ class FecChannelsLink:
                     continue
                 await self._room.acquire()
                 self._inbox.put_nowait(frame)
-        except (LinkClosed, ProtocolError) as exc:
-            await self.close()
-            self._inbox.put_nowait(exc if isinstance(exc, LinkClosed) else LinkClosed(str(exc)))
+        except (LinkClosed, ProtocolError):
+            await self.close()  # either channel gone: the whole link is
 
-    async def close(self) -> None:
-        current = asyncio.current_task()
+    async def _shutdown(self) -> None:
         for task in self._pumps:
-            if task is not current:
-                task.cancel()
-        await asyncio.gather(*(t for t in self._pumps if t is not current), return_exceptions=True)
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        self._inbox.put_nowait(LinkClosed("WebRTC link closed"))
         await self.fec.close()
         await self.control.close()

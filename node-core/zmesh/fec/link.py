@@ -267,14 +267,17 @@ class FecLink:
             self._stop()
 
     async def _timer_loop(self) -> None:
+        # A call_later wake-up rather than asyncio.wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation that races with its timeout, and close() would then wait for this task forever.
         while True:
             deadline = self.endpoint.get_timer()
-            timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
             self._rearm.clear()
+            alarm = None if deadline is None else self._loop.call_at(deadline, self._rearm.set)
             try:
-                await asyncio.wait_for(self._rearm.wait(), timeout)
-                continue  # state changed: recompute the deadline
-            except TimeoutError:
-                pass
-            self.endpoint.handle_timer(self._loop.time())
-            self._pump()
+                await self._rearm.wait()
+            finally:
+                if alarm is not None:
+                    alarm.cancel()
+            if deadline is not None and self._loop.time() >= deadline:
+                self.endpoint.handle_timer(self._loop.time())
+                self._pump()
