@@ -51,7 +51,7 @@ class TransportDialer:
     ``auto`` means WebSocket).
 
     With ``auto`` a tab tries WebRTC first. A native node (``websocket_first``) tries WebSocket
-    first where the peer has one, because aiortc's DataChannels measured several times slower
+    first where the peer has one, because aiortc's DataChannels measured about 100× slower
     than WebSocket between two native nodes (``bench/webrtc.py``); either way the other transport
     is the fallback."""
 

@@ -82,15 +82,11 @@ def _channels(value: list) -> tuple[ChannelOptions, ...]:
 
 
 def _ice_policy(value: str) -> str:
-    if value not in ("all", "relay"):
-        raise ValueError("must be all or relay")
-    return value
+    return RtcOptions(ice_policy=value).ice_policy  # RtcOptions owns the rule
 
 
-def _positive(value: float) -> float:
-    if not 0 < value <= 300:
-        raise ValueError("must be between 0 and 300 seconds")
-    return value
+def _webrtc_timeout(value: float) -> float:
+    return RtcOptions(timeout=value).timeout
 
 
 @dataclass(frozen=True)
@@ -105,7 +101,7 @@ SETTINGS: dict[str, Setting] = {
     "core.hops": Setting(int, 3, _hops, "relays per circuit"),
     "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
     "transport.kind": Setting(str, "auto", _transport, "auto (WebRTC, else WebSocket), webrtc, websocket"),
-    "transport.webrtc_timeout": Setting(float, 10.0, _positive, "seconds for WebRTC to open before auto falls back"),
+    "transport.webrtc_timeout": Setting(float, 10.0, _webrtc_timeout, "seconds for WebRTC to open before a fallback"),
     "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
     "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
     "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),
