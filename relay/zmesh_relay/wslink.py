@@ -71,6 +71,9 @@ async def dial(url: str, *, timeout: float = 10.0) -> WebSocketLink:
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
         raise TransportError(f"cannot open a link to {url}: {exc}") from exc
+    except asyncio.CancelledError:  # a caller's deadline (the signal server's probes have one)
+        await session.close()
+        raise
     return WebSocketLink(ws, session)
 
 
