@@ -39,10 +39,10 @@ class RepairRateController:
         return min(self.max_ratio, max(self.min_ratio, self.margin * self.loss))
 
     def on_update(self, seen: int, received: int) -> int:
-        """Fold in a window update: of the ``seen`` data packets numbered so far, the receiver got
-        ``received`` (mod 2^32). Returns how many losses this update newly reveals."""
-        missing = (seen - received) & 0xFFFFFFFF
-        lost = missing if missing < 1 << 31 else 0  # more received than numbered: duplicates
+        """Fold in a window update newer than the last one (the encoder drops older ones): of the
+        ``seen`` data packets numbered so far, the receiver got ``received``. Returns how many
+        losses this update newly reveals."""
+        lost = max(0, seen - received)  # more received than numbered: duplicates
         newly = max(0, lost - self._lost_mark)
         if seen - self._sample_seen >= self.sample_packets:
             sample = (lost - self._sample_lost) / (seen - self._sample_seen)
