@@ -7,9 +7,10 @@ RFC 9407 §6 leaves the coding rate to research. Our rule, fed by the receiver's
   packets sent; ``ratio = clamp(min_ratio, max_ratio, margin × loss)``. A clean link decays to
   ``min_ratio`` (0 by default: no repair overhead at all), a lossy one is over-provisioned by
   ``margin`` so most losses are repaired before any feedback could arrive.
-- On top of the rate, every loss an update newly reveals is answered at once by one repair
-  (``on_update`` returns how many): one repair rebuilds any one lost symbol of the window, so this
-  is retransmission without naming what to resend, and it covers bursts the average rate misses.
+- On top of the rate, every loss an update newly reveals is answered by one repair
+  (``on_update`` returns how many; ``link.py`` sends them within the repair budget of budget.py):
+  one repair rebuilds any one lost symbol of the window, so this is retransmission without naming
+  what to resend, and it covers bursts the average rate misses.
 """
 
 from __future__ import annotations

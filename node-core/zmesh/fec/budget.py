@@ -4,9 +4,11 @@ Repairs answer the losses the receiver reports, so the receiver decides how many
 computes: one lying 17-byte window update claiming every packet lost used to buy a full window
 of repairs (256 × 1215 bytes, each a combination over up to 256 symbols), and the next update
 could claim those repairs lost too. Honest losses cost about ``loss × (1 + ratio)`` repairs per
-source packet, so the budget caps repairs far above that and far below an attack:
+source packet on top of the ratio's own (≈ 0.6 in all at 20 % loss), so the budget sits above
+that and far below an attack:
 
-- ``per_ack``: repairs one window update may trigger (the rest of its claim is ignored);
+- ``per_ack``: repairs one window update may trigger at once (the endpoint sends the rest of
+  what it reveals one per frame sent next, which this budget still bounds);
 - ``share``: each source packet sent earns credit for ``share`` repair packets, and credit never
   exceeds ``burst`` bytes, so repair bytes ≤ ``share`` × (source packets × repair packet size)
   over the link's life (sources are counted at the symbol size they occupy in the code: a small
@@ -62,9 +64,9 @@ class RepairBudget:
 
     def take(self, now: float) -> bool:
         """Spend one repair packet's worth if both allow it at ``now``; count a refusal otherwise."""
-        if self._refilled is not None and now > self._refilled:
-            self._tokens = min(self.limits.burst, self._tokens + (now - self._refilled) * self.limits.rate)
-        if self._refilled is None or now > self._refilled:
+        if self._refilled is None or now > self._refilled:  # a clock that steps back refills nothing
+            elapsed = 0.0 if self._refilled is None else now - self._refilled
+            self._tokens = min(self.limits.burst, self._tokens + elapsed * self.limits.rate)
             self._refilled = now
         if self._credit < self.repair_size or self._tokens < self.repair_size:
             self.denied += 1
