@@ -154,7 +154,7 @@ def test_fuzzed_updates_and_packets_raise_only_fec_errors_and_buy_bounded_repair
             sender.receive(packet, now * 0.001)
         except FECError:
             pass
-        assert repair_bytes(sender.data_to_send()) <= 4 * REPAIR_BYTES
+        assert repair_bytes(sender.data_to_send()) <= RepairLimits().per_ack * REPAIR_BYTES
 
 
 def test_honest_recovery_at_5_percent_loss_is_never_refused():
@@ -209,6 +209,7 @@ def test_a_lying_peer_of_a_real_fec_link_gets_bounded_repairs():
             await wait_until(lambda: liar.sources == frames)
         finally:
             liar_task.cancel()
+            await asyncio.gather(liar_task, return_exceptions=True)
             await link.close()
         repairs = link.endpoint.repairs_sent
         assert repairs <= RepairLimits().share * frames  # ≤ one repair per source packet
