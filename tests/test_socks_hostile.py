@@ -1,0 +1,132 @@
+"""The SOCKS client against hostile and faulty conditions, with real `zmesh` processes on loopback:
+applications that close while targets stay silent, and a circuit that dies mid-download."""
+
+from __future__ import annotations
+
+import asyncio
+import socketserver
+import threading
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.test_native_mesh import start_mesh
+from zmesh_relay.socks5 import socks5_connect
+
+MiB = 1024 * 1024
+BIG = 10 * MiB
+
+
+class _Target(socketserver.BaseRequestHandler):
+    """``GET /big``: 10 MiB close-delimited (HTTP/1.0, no Content-Length), the rest after ``gate``
+    once 2 MiB are out; ``GET /`` a small page; a connection that sends nothing gets nothing."""
+
+    def handle(self) -> None:
+        server: TargetServer = self.server  # type: ignore[assignment]
+        with server.lock:
+            server.open += 1
+            server.peak = max(server.peak, server.open)
+        try:
+            request = self.request.recv(4096)
+            if not request:
+                return
+            self.request.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+            if not request.startswith(b"GET /big "):
+                self.request.sendall(b"small page")
+                return
+            chunk = b"z" * MiB
+            for sent in range(BIG // MiB):
+                if sent == 2:
+                    server.gate.wait(60)
+                self.request.sendall(chunk)
+        except OSError:
+            pass  # the exit reset us: the stream died
+        finally:
+            with server.lock:
+                server.open -= 1
+
+
+class TargetServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Target)
+        self.lock = threading.Lock()
+        self.open = self.peak = 0  # connections held now, and at most
+        self.gate = threading.Event()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    target = TargetServer()
+    threading.Thread(target=target.serve_forever, daemon=True).start()
+    processes, _ = start_mesh(tmp_path_factory.mktemp("relays"), target.server_address[1], relays=3, exits=1)
+    try:
+        host, port = processes[-1].address[0].rsplit(":", 1)
+        yield {"target": target, "relays": processes[1:-1], "socks": (host, int(port))}
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        target.shutdown()
+        target.server_close()
+
+
+async def _get(socks: tuple[str, int], target_port: int) -> bytes:
+    reader, writer = await socks5_connect(*socks, "127.0.0.1", target_port)
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    response = await reader.read()
+    writer.close()
+    return response
+
+
+def test_300_closed_connections_to_a_silent_target_leave_the_port_usable(mesh):
+    """Issue 19 defect 5: each application connects, gets CONNECT succeeded, and closes; the target
+    never answers. Every one is served (none reset), the target never holds more than the slot
+    table (256) of them, and a fetch works afterwards."""
+    target, port = mesh["target"], mesh["target"].server_address[1]
+
+    async def main() -> None:
+        for _ in range(300):
+            _, writer = await socks5_connect(*mesh["socks"], "127.0.0.1", port)  # raises on a reset
+            writer.close()
+        assert 200 <= target.peak <= 257  # the targets did hold them; eviction ended the oldest
+        assert (await asyncio.wait_for(_get(mesh["socks"], port), 60)).endswith(b"small page")
+
+    asyncio.run(asyncio.wait_for(main(), 240))
+
+
+def test_a_circuit_that_dies_mid_download_makes_curl_fail(mesh, tmp_path):
+    """Issue 19 defect 7: a close-delimited 10 MiB answer; a relay of the circuit is killed after
+    2 MiB. curl must fail (the SOCKS client resets the connection), not report a short file as
+    complete. The same download without the kill succeeds byte-complete, so the test can tell."""
+    target, port = mesh["target"], mesh["target"].server_address[1]
+    out = tmp_path / "big"
+
+    async def curl() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            "/usr/bin/curl", "-sS", "--max-time", "60", "--socks5-hostname", "{}:{}".format(*mesh["socks"]),
+            "-o", str(out), f"http://127.0.0.1:{port}/big", stderr=asyncio.subprocess.PIPE)
+
+    async def main() -> None:
+        target.gate.set()
+        whole = await curl()
+        assert await asyncio.wait_for(whole.wait(), 90) == 0
+        assert out.stat().st_size == BIG
+        target.gate.clear()
+        out.unlink()
+        cut = await curl()
+        await wait_until(lambda: out.exists() and out.stat().st_size >= MiB, 60)
+        victim = mesh["relays"][0]  # 3 relays, 3 hops: every relay carries the circuit
+        victim.proc.kill()
+        victim.proc.wait()
+        code = await asyncio.wait_for(cut.wait(), 60)
+        target.gate.set()
+        stderr = (await cut.stderr.read()).decode()
+        assert code != 0, f"curl reported success on {out.stat().st_size} of {BIG} bytes"
+        assert out.stat().st_size < BIG
+        assert "reset" in stderr.lower() or "recv failure" in stderr.lower(), stderr
+
+    asyncio.run(main())
+
