@@ -4,7 +4,9 @@ applications that close while targets stay silent, and a circuit that dies mid-d
 from __future__ import annotations
 
 import asyncio
+import socket
 import socketserver
+import struct
 import threading
 
 import pytest
@@ -19,7 +21,8 @@ BIG = 10 * MiB
 
 class _Target(socketserver.BaseRequestHandler):
     """``GET /big``: 10 MiB close-delimited (HTTP/1.0, no Content-Length), the rest after ``gate``
-    once 2 MiB are out; ``GET /`` a small page; a connection that sends nothing gets nothing."""
+    once 2 MiB are out; ``GET /reset``: 2 MiB, then a reset; ``GET /`` a small page; a connection
+    that sends nothing gets nothing."""
 
     def handle(self) -> None:
         server: TargetServer = self.server  # type: ignore[assignment]
@@ -31,12 +34,17 @@ class _Target(socketserver.BaseRequestHandler):
             if not request:
                 return
             self.request.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+            chunk = b"z" * MiB
+            if request.startswith(b"GET /reset "):  # 2 MiB, then the target crashes: a TCP reset
+                self.request.sendall(chunk * 2)
+                self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
             if not request.startswith(b"GET /big "):
                 self.request.sendall(b"small page")
                 return
-            chunk = b"z" * MiB
             for sent in range(BIG // MiB):
                 if sent == 2:
+                    server.paused.set()
                     server.gate.wait(60)
                 self.request.sendall(chunk)
         except OSError:
@@ -55,7 +63,8 @@ class TargetServer(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Target)
         self.lock = threading.Lock()
         self.open = self.peak = 0  # connections held now, and at most
-        self.gate = threading.Event()
+        self.gate = threading.Event()  # set: send the rest of /big
+        self.paused = threading.Event()  # set by a /big download waiting at the gate
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +109,21 @@ def test_300_closed_connections_to_a_silent_target_leave_the_port_usable(mesh):
 def test_a_circuit_that_dies_mid_download_makes_curl_fail(mesh, tmp_path):
     """Issue 19 defect 7: a close-delimited 10 MiB answer; a relay of the circuit is killed after
     2 MiB. curl must fail (the SOCKS client resets the connection), not report a short file as
-    complete. The same download without the kill succeeds byte-complete, so the test can tell."""
+    complete; so must a download whose target resets (the exit's END says so). The same download
+    without faults succeeds byte-complete, so the test can tell."""
     target, port = mesh["target"], mesh["target"].server_address[1]
     out = tmp_path / "big"
 
-    async def curl() -> asyncio.subprocess.Process:
+    async def curl(path: str = "/big") -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             "/usr/bin/curl", "-sS", "--max-time", "60", "--socks5-hostname", "{}:{}".format(*mesh["socks"]),
-            "-o", str(out), f"http://127.0.0.1:{port}/big", stderr=asyncio.subprocess.PIPE)
+            "-o", str(out), f"http://127.0.0.1:{port}{path}", stderr=asyncio.subprocess.PIPE)
 
     async def main() -> None:
+        # The target resets after 2 MiB: the exit ends the stream with an error, curl sees a reset.
+        crashed = await curl("/reset")
+        assert await asyncio.wait_for(crashed.wait(), 90) != 0, f"curl took {out.stat().st_size} bytes as complete"
+        assert "reset" in (await crashed.stderr.read()).decode().lower()
         target.gate.set()
         whole = await curl()
         assert await asyncio.wait_for(whole.wait(), 90) == 0
