@@ -28,14 +28,14 @@ class DeadFirst(PathSelector):
     """Puts a listed-but-unreachable relay first or second in every path while one is left: the
     worst luck a client can have with a poisoned directory, made deterministic."""
 
-    def __init__(self, net, good, exit_):
+    def __init__(self, dead, good, exit_):
         super().__init__()
-        self.net, self.good, self.exit = net, good, exit_
+        self.dead, self.good, self.exit = dead, good, exit_
         self.paths = 0
 
     def select(self, relays, *, exclude=(), **kwargs):
         self.paths += 1
-        dead = [d for d in relays if d.peer_id in self.net.unreachable and d.peer_id not in exclude]
+        dead = [d for d in relays if d.peer_id in self.dead and d.peer_id not in exclude]
         if not dead:
             return super().select(relays, exclude=exclude, **kwargs)
         return [dead[0], self.good[0], self.exit] if self.paths % 2 else [self.good[0], dead[0], self.exit]
@@ -46,7 +46,7 @@ def test_a_client_builds_around_many_unreachable_relays(provider):
     each dead hop tried once and recorded as a failure, and the circuit carries data."""
     async def main():
         net, good, exit_ = await mesh_with_dead_relays(provider, 10)
-        selector = DeadFirst(net, good, exit_)
+        selector = DeadFirst(net.unreachable, good, exit_)
         vpn = MeshVPN(await net.add_node(accept_circuits=False), lambda: list(net.descriptors.values()),
                       selector=selector, hops=3)
         try:
@@ -69,13 +69,13 @@ def test_the_attempt_cap_and_the_deadline_bound_the_search_and_say_so(provider):
         client = await net.add_node(accept_circuits=False)
         relays = list(net.descriptors.values())
         try:
-            selector = DeadFirst(net, good, exit_)
+            selector = DeadFirst(net.unreachable, good, exit_)
             with pytest.raises(CircuitError, match="4 attempts failed") as capped:
                 await build_around_failures(client, lambda avoid, _: selector.select(relays, exclude=avoid),
                                             selector, policy=BuildPolicy(max_attempts=4))
             assert capped.value.failed_peer in net.unreachable and selector.paths == 4
             ticks = itertools.count(0, 25.0)  # each look at the clock: 25 s later
-            selector = DeadFirst(net, good, exit_)
+            selector = DeadFirst(net.unreachable, good, exit_)
             with pytest.raises(CircuitError, match="60 s build deadline") as late:
                 await build_around_failures(client, lambda avoid, _: selector.select(relays, exclude=avoid),
                                             selector, clock=lambda: next(ticks))

@@ -1,5 +1,6 @@
 """The SOCKS client against hostile and faulty conditions, with real `zmesh` processes on loopback:
-applications that close while targets stay silent, and a circuit that dies mid-download."""
+applications that close while targets stay silent, listed relays nobody can reach, and a target
+or a circuit that dies mid-download."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 
 import pytest
 
 from tests.conftest import wait_until
+from tests.test_building import DeadFirst
 from tests.test_native_mesh import start_mesh
+from zmesh.descriptor import Capabilities, sign_descriptor
+from zmesh.identity import Identity
+from zmesh_relay import config as settings
+from zmesh_relay.client import Client
 from zmesh_relay.socks5 import socks5_connect
 
 MiB = 1024 * 1024
@@ -71,10 +78,10 @@ class TargetServer(socketserver.ThreadingTCPServer):
 def mesh(tmp_path_factory):
     target = TargetServer()
     threading.Thread(target=target.serve_forever, daemon=True).start()
-    processes, _ = start_mesh(tmp_path_factory.mktemp("relays"), target.server_address[1], relays=3, exits=1)
+    processes, url = start_mesh(tmp_path_factory.mktemp("relays"), target.server_address[1], relays=3, exits=1)
     try:
         host, port = processes[-1].address[0].rsplit(":", 1)
-        yield {"target": target, "relays": processes[1:-1], "socks": (host, int(port))}
+        yield {"target": target, "signal": url, "relays": processes[1:-1], "socks": (host, int(port))}
     finally:
         for process in reversed(processes):
             process.stop()
@@ -104,6 +111,37 @@ def test_300_closed_connections_to_a_silent_target_leave_the_port_usable(mesh):
         assert (await asyncio.wait_for(_get(mesh["socks"], port), 60)).endswith(b"small page")
 
     asyncio.run(asyncio.wait_for(main(), 240))
+
+
+def test_the_client_builds_around_listed_relays_that_cannot_be_reached(mesh, provider):
+    """Issue 19 defect 2 (client half): eight listed relays that nobody can reach, put first in
+    every path until each has failed once (the old client gave up after 4 builds). The real
+    ``zmesh client`` code builds a circuit anyway and the connection is served."""
+    async def main() -> None:
+        fakes = [await sign_descriptor(provider, await Identity.generate(provider), now=int(time.time()),
+                                       addresses={"ws": ("ws://127.0.0.1:9/",)}, capabilities=Capabilities(relay=True))
+                 for _ in range(8)]
+        client = Client(settings.load(flags={"signaling.url": mesh["signal"], "client.socks": "127.0.0.1:0"}))
+        listed = client.directory.relays
+
+        async def poisoned(*, refresh: bool = False) -> list:
+            return fakes + await listed(refresh=refresh)
+
+        client.directory.relays = poisoned
+        real = await listed()
+        client.selector = DeadFirst({f.peer_id for f in fakes}, [r for r in real if not r.capabilities.exit],
+                                    next(r for r in real if r.capabilities.exit))
+        await client.start()
+        try:
+            target_port = mesh["target"].server_address[1]
+            response = await asyncio.wait_for(_get(("127.0.0.1", client.socks_port), target_port), 120)
+            assert response.endswith(b"small page")
+            assert {p: s.failures for p, s in client.selector.stats.items() if s.failures} \
+                == dict.fromkeys((f.peer_id for f in fakes), 1)
+        finally:
+            await client.stop()
+
+    asyncio.run(main())
 
 
 def test_a_circuit_that_dies_mid_download_makes_curl_fail(mesh, tmp_path):
