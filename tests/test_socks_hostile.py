@@ -113,6 +113,22 @@ def test_300_closed_connections_to_a_silent_target_leave_the_port_usable(mesh):
     asyncio.run(asyncio.wait_for(main(), 240))
 
 
+def test_256_greeting_less_connections_do_not_lock_the_port(mesh):
+    """Issue 19 defect 10: a full table of connections that never send a greeting gives way to a
+    real request (the oldest idle one is evicted) instead of refusing everyone until they time out."""
+    async def main() -> None:
+        idle = [await asyncio.open_connection(*mesh["socks"]) for _ in range(256)]
+        try:
+            assert (await asyncio.wait_for(_get(mesh["socks"], mesh["target"].server_address[1]), 60)) \
+                .endswith(b"small page")
+            assert await asyncio.wait_for(idle[0][0].read(), 30) == b""  # the oldest was let go
+        finally:
+            for _, writer in idle:
+                writer.close()
+
+    asyncio.run(main())
+
+
 def test_the_client_builds_around_listed_relays_that_cannot_be_reached(mesh, provider):
     """Issue 19 defect 2 (client half): eight listed relays that nobody can reach, put first in
     every path until each has failed once (the old client gave up after 4 builds). The real
