@@ -127,6 +127,25 @@ async def request(port, address: bytes, dest_port: int = 80, atyp: int = 3) -> i
         writer.close()
 
 
+def ask(*requests):
+    """Send raw CONNECTs to a server whose mesh records the hosts it is asked for; return the
+    reply codes and those hosts."""
+    asked = []
+
+    async def open_stream(host, port, isolation):
+        asked.append(host)
+        return EchoStream()
+
+    async def main():
+        server, port = await serve(open_stream)
+        try:
+            return [await request(port, *each) for each in requests]
+        finally:
+            await server.close()
+
+    return asyncio.run(main()), asked
+
+
 @pytest.mark.parametrize("address, dest_port, code", [
     (b"a b.example", 80, 0x04), (b"a\x00b.example", 80, 0x04), (b"fe80::1%eth0", 80, 0x04),
     (b"host%00.example", 80, 0x04), (b"\xff\xfe.example", 80, 0x04), (b"", 80, 0x04),
@@ -134,42 +153,13 @@ async def request(port, address: bytes, dest_port: int = 80, atyp: int = 3) -> i
 ])
 def test_requests_that_name_no_reachable_target_get_a_reply_rfc1928_section6(address, dest_port, code, caplog):
     """Each gets its RFC 1928 §6 reply (never a silent close), the mesh is not asked, nothing logged at ERROR."""
-    asked = []
-
-    async def open_stream(host, port, isolation):
-        asked.append(host)
-        return EchoStream()
-
-    async def main():
-        server, port = await serve(open_stream)
-        try:
-            assert await request(port, address, dest_port) == code
-            assert await request(port, bytes([192, 0, 2, 1]), 0, atyp=1) == 0x02
-            assert await request(port, b"\x00" * 4, 80, atyp=5) == 0x08
-        finally:
-            await server.close()
-
-    asyncio.run(main())
-    assert asked == []
+    codes, asked = ask((address, dest_port), (bytes([192, 0, 2, 1]), 0, 1), (b"\x00" * 4, 80, 5))
+    assert codes == [code, 0x02, 0x08] and asked == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_an_international_name_reaches_the_mesh_idna_encoded():
-    asked = []
-
-    async def open_stream(host, port, isolation):
-        asked.append(host)
-        return EchoStream()
-
-    async def main():
-        server, port = await serve(open_stream)
-        try:
-            assert await request(port, "bücher.example".encode()) == 0x00
-        finally:
-            await server.close()
-
-    asyncio.run(main())
-    assert asked == ["xn--bcher-kva.example"]
+    assert ask(("bücher.example".encode(),)) == ([0x00], ["xn--bcher-kva.example"])
 
 
 class AnswerStream:
