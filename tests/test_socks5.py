@@ -308,3 +308,31 @@ def test_limits_are_config_errors():
                 {"max_connections": "8"}):
         with pytest.raises(ConfigError):
             SocksLimits(**bad)
+
+
+def test_an_application_that_resets_before_its_reply_costs_no_traceback(caplog):
+    from tests.conftest import wait_until
+    from zmesh_relay.splice import reset
+
+    gone = asyncio.Event()
+
+    async def open_stream(host, port, isolation):
+        await gone.wait()
+        raise StreamError("x", "connect_refused")
+
+    async def main():
+        server, port = await serve(open_stream)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x05\x01\x00\x05\x01\x00\x03\x0bexample.org\x00\x50")
+            assert await reader.readexactly(2) == b"\x05\x00"
+            await wait_until(lambda: len(server._tasks) == 1 and not any(server._tasks.values()))
+            reset(writer)
+            gone.set()
+            await wait_until(lambda: not server._tasks)
+        finally:
+            await server.close()
+
+    caplog.set_level(logging.DEBUG)
+    asyncio.run(main())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -121,6 +121,8 @@ class Socks5Server:
             await self._serve(task, reader, writer)
         except asyncio.CancelledError:
             pass  # close() or an eviction is shutting this connection down
+        except ConnectionError:
+            pass  # the application went away before its reply; asyncio would log a traceback
         finally:
             self._tasks.pop(task, None)
             writer.close()
