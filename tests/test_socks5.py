@@ -336,3 +336,17 @@ def test_an_application_that_resets_before_its_reply_costs_no_traceback(caplog):
     caplog.set_level(logging.DEBUG)
     asyncio.run(main())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_limits_come_from_toml_environment_and_flags(tmp_path):
+    from zmesh_relay import config as settings
+    from zmesh_relay.cli import parser
+
+    toml = tmp_path / "zmesh.toml"
+    toml.write_text("[socks]\nmax_connections = 8\nhalf_close_timeout = 5\n")
+    flags = vars(parser().parse_args(["client", "--socks-handshake-timeout", "3"]))
+    loaded = settings.load(toml, env={"ZMESH_SOCKS_HALF_CLOSE_TIMEOUT": "2.5"},
+                           flags={k: v for k, v in flags.items() if "." in k})
+    assert settings.socks_limits(loaded) == SocksLimits(8, handshake_timeout=3.0, half_close_timeout=2.5)
+    with pytest.raises(ConfigError, match="socks.max_connections.*ZMESH_SOCKS_MAX_CONNECTIONS"):
+        settings.load(env={"ZMESH_SOCKS_MAX_CONNECTIONS": "0"})
