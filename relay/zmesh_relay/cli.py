@@ -113,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
     client.add_argument("--hops", dest="core.hops", type=int)
+    client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")
+    client.add_argument("--socks-handshake-timeout", dest="socks.handshake_timeout", metavar="SECONDS")
+    client.add_argument("--socks-half-close-timeout", dest="socks.half_close_timeout", metavar="SECONDS")
 
     demo = commands.add_parser("demo", help="run a whole local mesh and a test site")
     demo.add_argument("--relays", type=int, default=4)

@@ -19,6 +19,8 @@ from zmesh.errors import ConfigError
 from zmesh.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.transport import check_transport
 
+from .socks5 import SocksLimits
+
 
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
@@ -89,6 +91,13 @@ def _webrtc_timeout(value: float) -> float:
     return RtcOptions(timeout=value).timeout
 
 
+_SOCKS = SocksLimits()
+
+
+def _socks_limit(field: str) -> Callable[[Any], Any]:
+    return lambda value: getattr(SocksLimits(**{field: value}), field)  # SocksLimits owns the rules
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: type
@@ -115,6 +124,12 @@ SETTINGS: dict[str, Setting] = {
     "relay.bandwidth": Setting(int, 10_000_000, None, "advertised bandwidth, bytes/s"),
     "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
+    "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
+                                     "SOCKS connections held at once (idle ones are evicted first)"),
+    "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),
+                                       "seconds from connecting to the SOCKS request"),
+    "socks.half_close_timeout": Setting(float, _SOCKS.half_close_timeout, _socks_limit("half_close_timeout"),
+                                        "seconds a stream waits for its answer after the application's EOF"),
     "metrics.log_level": Setting(str, "INFO", _level, "log level"),
 }
 
@@ -169,6 +184,11 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
         if value is not None:
             values[name] = _coerce(name, value, "command line")
     return values
+
+
+def socks_limits(config: dict[str, Any]) -> SocksLimits:
+    return SocksLimits(config["socks.max_connections"], config["socks.handshake_timeout"],
+                       config["socks.half_close_timeout"])
 
 
 def rtc_options(config: dict[str, Any]) -> RtcOptions:
