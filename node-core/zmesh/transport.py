@@ -6,7 +6,7 @@ deadline, the other; ``webrtc`` and ``websocket`` force one. The same dialer ser
 and tabs; what it did is kept in ``stats`` for the dashboard and ``/healthz``.
 
 A WebSocket address reaches the transport as a parsed ``LinkAddress``, never as the publisher's
-URL. A peer whose dial just failed is not dialed again for ``retry_after`` seconds: a hostile
+URL. A peer whose dial just failed is not dialed again for ``redial_after`` seconds: a hostile
 client EXTENDing to an unreachable relay over and over costs a relay one dial per interval.
 """
 
@@ -38,6 +38,12 @@ def check_transport(mode: str) -> str:
     return mode
 
 
+def check_redial_after(seconds: float) -> float:
+    if not 0 <= seconds <= 300:
+        raise ConfigError(f"redial_after must be 0..300 seconds, not {seconds}")
+    return seconds
+
+
 def count_by_transport(links: Iterable[Link]) -> dict[str, int]:
     """How many open links use each transport (``webrtc``, ``websocket``, ``memory``)."""
     counts: dict[str, int] = {}
@@ -64,11 +70,10 @@ class TransportDialer:
     def __init__(self, lookup: Callable[[PeerId], Awaitable[Descriptor | None]], *,
                  websocket: Callable[[LinkAddress], Awaitable[Link]],
                  rtc: RtcConnector | None, mode: Callable[[], str], websocket_first: bool = False,
-                 retry_after: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
-        if not 0 <= retry_after <= 300:
-            raise ConfigError(f"retry_after must be 0..300 seconds, not {retry_after}")
+                 redial_after: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        check_redial_after(redial_after)
         self._lookup, self._websocket, self.rtc, self.mode = lookup, websocket, rtc, mode
-        self.websocket_first, self.retry_after, self._clock = websocket_first, retry_after, clock
+        self.websocket_first, self.redial_after, self._clock = websocket_first, redial_after, clock
         self._failed: dict[PeerId, tuple[float, str]] = {}  # peer → (when it may be dialed again, why not)
         self._counts: dict[str, int | float | str | None] = {
             "webrtc": 0, "websocket": 0, "fallbacks": 0, "last_fallback": None, "last_fallback_after": None,
@@ -88,15 +93,15 @@ class TransportDialer:
         if failed is not None:
             if self._clock() < failed[0]:
                 self._counts["not_retried"] += 1
-                raise TransportError(f"{failed[1]} (not retried for {self.retry_after:g} s)")
+                raise TransportError(f"{failed[1]} (not retried for {self.redial_after:g} s)")
             del self._failed[peer]
         try:
             link = await self._dial(peer, mode)
         except TransportError as exc:
-            if self.retry_after:
+            if self.redial_after:
                 if len(self._failed) >= MAX_REMEMBERED_FAILURES:
                     del self._failed[next(iter(self._failed))]
-                self._failed[peer] = (self._clock() + self.retry_after, str(exc))
+                self._failed[peer] = (self._clock() + self.redial_after, str(exc))
             raise
         return link
 

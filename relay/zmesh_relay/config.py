@@ -17,7 +17,7 @@ from typing import Any
 
 from zmesh.errors import ConfigError
 from zmesh.rtc import ChannelOptions, IceServer, RtcOptions
-from zmesh.transport import check_transport
+from zmesh.transport import check_redial_after, check_transport
 
 
 def _host_port(value: str) -> str:
@@ -110,6 +110,8 @@ SETTINGS: dict[str, Setting] = {
     "transport.webrtc_timeout": Setting(float, 10.0, _webrtc_timeout, "seconds for WebRTC to open before a fallback"),
     "transport.dial_timeout": Setting(float, 10.0, _dial_timeout,
                                       "seconds for a whole WebSocket dial (resolve, connect, upgrade)"),
+    "transport.redial_after": Setting(float, 2.0, check_redial_after,
+                                      "seconds before a relay whose dial failed is dialed again"),
     "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
     "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
     "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),

@@ -37,7 +37,8 @@ class NativeTransports:
         self.config, self._signal, self._identity, self._provider = config, signal, identity, provider
         self._on_inbound = on_inbound
         self.dialer = TransportDialer(directory.find, websocket=self._dial_websocket, rtc=None,
-                                      mode=lambda: config["transport.kind"], websocket_first=True)
+                                      mode=lambda: config["transport.kind"], websocket_first=True,
+                                      redial_after=config["transport.redial_after"])
         self._supervisor: asyncio.Task | None = None
 
     async def _dial_websocket(self, address: LinkAddress) -> Link:
