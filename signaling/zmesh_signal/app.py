@@ -94,7 +94,8 @@ class _Api:
             return self._rejected(422, "invalid", str(exc))
         private = descriptor_refusal(descriptor.addresses, allow_private=self.config.allow_private_addresses)
         if private is not None:
-            return self._rejected(403, "private_address", f"{private}; this directory lists public relays only")
+            return self._rejected(403, "private_address", f"{private}; this directory lists public relays only "
+                                  "(a private test network sets network.allow_private_addresses on it)")
         outcome = self.directory.put(descriptor, self.config.clock())
         if outcome is Stored.STALE:
             return self._rejected(409, "stale", "a descriptor at least as recent is stored for this peer")
