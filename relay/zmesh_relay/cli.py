@@ -45,7 +45,8 @@ async def cmd_signal(cfg: dict[str, Any]) -> None:
     host, port = settings.split_host_port(cfg["signaling.listen"])
     web_root = Path(cfg["signaling.web_root"]).expanduser() if cfg["signaling.web_root"] else WEB_ROOT
     server = asyncio.ensure_future(run_server(
-        host, port, web_root=web_root, ready=lambda bound: ready("signal", f"http://{host}:{bound}")))
+        host, port, web_root=web_root, ready=lambda bound: ready("signal", f"http://{host}:{bound}"),
+        allow_private_addresses=cfg["network.allow_private_addresses"]))
 
     async def stop() -> None:
         server.cancel()

@@ -17,7 +17,7 @@ from typing import Any
 
 from zmesh.errors import ConfigError
 from zmesh.rtc import ChannelOptions, IceServer, RtcOptions
-from zmesh.transport import check_transport
+from zmesh.transport import check_redial_after, check_transport
 
 from .socks5 import SocksLimits
 
@@ -98,6 +98,12 @@ def _socks_limit(field: str) -> Callable[[Any], Any]:
     return lambda value: getattr(SocksLimits(**{field: value}), field)  # SocksLimits owns the rules
 
 
+def _dial_timeout(value: float) -> float:
+    if not 0 < value <= 300:
+        raise ValueError("must be more than 0 and at most 300 seconds")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: type
@@ -111,6 +117,10 @@ SETTINGS: dict[str, Setting] = {
     "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
     "transport.kind": Setting(str, "auto", _transport, "auto (WebRTC, else WebSocket), webrtc, websocket"),
     "transport.webrtc_timeout": Setting(float, 10.0, _webrtc_timeout, "seconds for WebRTC to open before a fallback"),
+    "transport.dial_timeout": Setting(float, 10.0, _dial_timeout,
+                                      "seconds for a whole WebSocket dial (resolve, connect, upgrade)"),
+    "transport.redial_after": Setting(float, 2.0, check_redial_after,
+                                      "seconds before a relay whose dial failed is dialed again"),
     "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
     "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
     "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),
@@ -123,6 +133,8 @@ SETTINGS: dict[str, Setting] = {
     "relay.country": Setting(str, "", _country, "advertised country code"),
     "relay.bandwidth": Setting(int, 10_000_000, None, "advertised bandwidth, bytes/s"),
     "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
+    "network.allow_private_addresses": Setting(bool, False, None,
+                                               "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
