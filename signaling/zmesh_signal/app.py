@@ -34,7 +34,7 @@ from .ws import SignalHub, WsLimits
 
 log = logging.getLogger(__name__)
 
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_COUNTRY = re.compile(r"[A-Z]{2}")
 _ERROR_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                 413: "too_large", 429: "rate_limited"}
 
@@ -114,7 +114,7 @@ class _Api:
             return json_error(400, "bad_query", f"flag must be one of: {', '.join(FLAGS)}")
         if country is not None:
             country = country.upper()
-            if not _COUNTRY.match(country):
+            if not _COUNTRY.fullmatch(country):
                 return json_error(400, "bad_query", "country must be a two-letter ISO 3166 code like DE")
         relays = self.directory.live(self.config.clock(), flag=flag, country=country)
         return web.json_response({"relays": [base64.b64encode(d.raw).decode() for d in relays]})
