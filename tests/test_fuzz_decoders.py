@@ -80,6 +80,7 @@ def test_found_by_the_adversarial_run() -> None:
     _refused("streams.parse_target", b"example.com\n:80")
     # a config file that is not UTF-8 (was UnicodeDecodeError)
     _refused("config.load (TOML)", b'[relay]\ncountry = "\xff"\n')
+    _refused("config.load (TOML)", "[relay]\ncountry = \"éé\"\n".encode())  # isalpha, but not A-Z
     # an HTTP status of 5,000 digits (was ValueError) and a URL with a bad port
     _refused("http.parse_response", b"HTTP/1.0 " + b"9" * 5000 + b" OK\r\n\r\n")
     _refused("http.parse_url", b"http://example.com:99999/")

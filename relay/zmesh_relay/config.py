@@ -42,7 +42,7 @@ def _hops(value: int) -> int:
 
 
 def _country(value: str) -> str:
-    if value and (len(value) != 2 or not value.isalpha()):
+    if value and (len(value) != 2 or not value.isascii() or not value.isalpha()):
         raise ValueError("must be a two-letter country code or empty")
     return value.upper()
 

@@ -113,8 +113,7 @@ class _Api:
         if flag is not None and flag not in FLAGS:
             return json_error(400, "bad_query", f"flag must be one of: {', '.join(FLAGS)}")
         if country is not None:
-            country = country.upper()
-            if not _COUNTRY.fullmatch(country):
+            if not country.isascii() or not _COUNTRY.fullmatch(country := country.upper()):  # "ß".upper() is "SS"
                 return json_error(400, "bad_query", "country must be a two-letter ISO 3166 code like DE")
         relays = self.directory.live(self.config.clock(), flag=flag, country=country)
         return web.json_response({"relays": [base64.b64encode(d.raw).decode() for d in relays]})

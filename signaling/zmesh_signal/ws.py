@@ -96,6 +96,15 @@ def send_fields(data: dict[str, Any]) -> tuple[PeerId, bytes, bytes]:
     return _peer_field(data, "to"), _b64_field(data, "payload"), _b64_field(data, "signature")
 
 
+async def prepare(ws: web.WebSocketResponse, request: web.Request) -> None:
+    """``ws.prepare(request)``, with the ``ValueError`` aiohttp raises for a non-ASCII
+    Sec-WebSocket-Key turned into the 400 any other bad handshake gets (aiohttp answers it 500)."""
+    try:
+        await ws.prepare(request)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text="Handshake error: malformed Sec-WebSocket-Key") from exc
+
+
 class _Connection:
     """An authenticated socket and its outbox."""
 
@@ -130,7 +139,7 @@ class SignalHub:
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=self._limits.max_message, heartbeat=self._limits.heartbeat)
-        await ws.prepare(request)
+        await prepare(ws, request)
         self._open.add(ws)
         self._metrics.ws_connections.inc()
         try:
