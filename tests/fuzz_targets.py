@@ -33,6 +33,7 @@ from zmesh.encoding import pack_canonical, unpack_canonical
 from zmesh.errors import ZmeshError
 from zmesh.fec.tetrys import TetrysDecoder, TetrysEncoder
 from zmesh.identity import Identity, PeerId
+from zmesh.node import Node
 from zmesh.rtc import _decode as decode_rtc_signal
 from zmesh.signaling import parse_server_message
 from zmesh_relay import config
@@ -100,6 +101,16 @@ def world() -> _World:
 
 def _frame(data: bytes) -> object:
     return cells.parse_frame(data)
+
+
+def _node_frame(data: bytes) -> object:
+    """A fresh relay's first frame from an inbound link (cut to whole cells: ``parse_frame`` has
+    its own target). The node must turn anything it dislikes into a closed link or circuit."""
+    w = world()
+    node = Node(w.identity, w.provider, lambda: 0.0)
+    link = run_sync(node.link_opened(None, initiator=False))
+    run_sync(node.receive_frame(link, data[:len(data) - len(data) % cells.CELL_SIZE] or data))
+    return node.events()
 
 
 def _relay_body(data: bytes) -> object:
@@ -215,6 +226,11 @@ def targets() -> list[Target]:
         Target("cells.parse_frame", _frame, (
             relay_cell, cells.encode_cell(CellCommand.CREATE, 9, b"\x01" * 100, cells.FLAG_MORE),
             cells.encode_cell(CellCommand.PING, 0, b"ping") + relay_cell)),
+        Target("node.receive_frame (relay)", _node_frame, (
+            b"".join(cells.encode_cell(CellCommand.CREATE, 5, piece, flags)
+                     for piece, flags in cells.fragments(w.client.create_payload(), cells.BODY_SIZE)),
+            cells.encode_cell(CellCommand.PING, 0, b"12345678") + cells.encode_cell(CellCommand.DESTROY, 5, b"\x01"),
+            cells.encode_cell(CellCommand.AUTHENTICATE, 0, bytes(96)) + relay_cell)),
         Target("cells.parse_relay_body", _relay_body, (
             bytes(cells.encode_relay_body(RelayCommand.BEGIN, 3, b"example.com:443")),
             bytes(cells.encode_relay_body(RelayCommand.EXTEND, 0, bytes(300), cells.FLAG_MORE)))),
