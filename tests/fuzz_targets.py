@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import functools
 import json
 import os
 import random
@@ -87,21 +88,12 @@ class _World:
         self.config_file = self.key_dir / "zmesh.toml"
 
 
-_world: _World | None = None
-
-
+@functools.cache
 def world() -> _World:
-    global _world
-    if _world is None:
-        _world = _World()
-    return _world
+    return _World()
 
 
 # --- the targets --------------------------------------------------------------------------------
-
-def _frame(data: bytes) -> object:
-    return cells.parse_frame(data)
-
 
 def _node_frame(data: bytes) -> object:
     """A fresh relay's first frame from an inbound link (cut to whole cells: ``parse_frame`` has
@@ -111,14 +103,6 @@ def _node_frame(data: bytes) -> object:
     link = run_sync(node.link_opened(None, initiator=False))
     run_sync(node.receive_frame(link, data[:len(data) - len(data) % cells.CELL_SIZE] or data))
     return node.events()
-
-
-def _relay_body(data: bytes) -> object:
-    return cells.parse_relay_body(data)
-
-
-def _stream_target(data: bytes) -> object:
-    return streams.parse_target(data)
 
 
 def _canonical(data: bytes) -> object:
@@ -157,10 +141,6 @@ def _signal_server(data: bytes) -> object:
     return ws.send_fields(message) if message["type"] == "send" else ws.auth_fields(message)
 
 
-def _rtc_signal(data: bytes) -> object:
-    return decode_rtc_signal(data)
-
-
 def _key_file(data: bytes) -> object:
     w = world()
     path = w.key_dir / KEY_FILE
@@ -188,10 +168,6 @@ def _fec_ack(data: bytes) -> object:
 
 def _url(data: bytes) -> object:
     return http.parse_url(text(data))
-
-
-def _http_response(data: bytes) -> object:
-    return http.parse_response(data)
 
 
 def _samples_descriptor() -> tuple[bytes, ...]:
@@ -223,7 +199,7 @@ def targets() -> list[Target]:
     fec_receiver = TetrysDecoder(symbol_size=64, max_window=16)
     fec_receiver.receive(fec_source, 0.0)
     return [
-        Target("cells.parse_frame", _frame, (
+        Target("cells.parse_frame", cells.parse_frame, (
             relay_cell, cells.encode_cell(CellCommand.CREATE, 9, b"\x01" * 100, cells.FLAG_MORE),
             cells.encode_cell(CellCommand.PING, 0, b"ping") + relay_cell)),
         Target("node.receive_frame (relay)", _node_frame, (
@@ -231,10 +207,11 @@ def targets() -> list[Target]:
                      for piece, flags in cells.fragments(w.client.create_payload(), cells.BODY_SIZE)),
             cells.encode_cell(CellCommand.PING, 0, b"12345678") + cells.encode_cell(CellCommand.DESTROY, 5, b"\x01"),
             cells.encode_cell(CellCommand.AUTHENTICATE, 0, bytes(96)) + relay_cell)),
-        Target("cells.parse_relay_body", _relay_body, (
+        Target("cells.parse_relay_body", cells.parse_relay_body, (
             bytes(cells.encode_relay_body(RelayCommand.BEGIN, 3, b"example.com:443")),
             bytes(cells.encode_relay_body(RelayCommand.EXTEND, 0, bytes(300), cells.FLAG_MORE)))),
-        Target("streams.parse_target", _stream_target, (b"example.com:443", b"[2001:db8::1]:80", b":7", b"1.2.3.4:1")),
+        Target("streams.parse_target", streams.parse_target,
+               (b"example.com:443", b"[2001:db8::1]:80", b":7", b"1.2.3.4:1")),
         Target("encoding.unpack_canonical", _canonical, (
             pack_canonical({"a": [1, b"x", "y"], "b": {"c": True}}), w.descriptor.raw)),
         Target("descriptor.verify", _descriptor, _samples_descriptor()),
@@ -249,7 +226,7 @@ def targets() -> list[Target]:
         Target("zmesh_signal.ws messages", _signal_server, _signal_json(
             {"type": "auth", "peer_id": peer, "signature": sig},
             {"type": "send", "to": peer, "payload": _b64(b"hi"), "signature": sig}), is_text=True),
-        Target("rtc signaling payload", _rtc_signal, _signal_json(
+        Target("rtc signaling payload", decode_rtc_signal, _signal_json(
             {"kind": "offer", "id": "a1", "sdp": "v=0\r\n", "channels": [{"label": "zmesh", "ordered": True}]},
             {"kind": "candidate", "id": "a1", "candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host",
              "mid": "0", "mline": 0},
@@ -261,7 +238,7 @@ def targets() -> list[Target]:
             b'channels = [{label = "zmesh"}, {label = "fec", ordered = false, max_retransmits = 0}]\n'),
                is_text=True),
         Target("http.parse_url", _url, (b"http://example.com:8080/a?b=c", b"http://[2001:db8::1]/"), is_text=True),
-        Target("http.parse_response", _http_response, (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",)),
+        Target("http.parse_response", http.parse_response, (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",)),
         Target("fec.TetrysDecoder.receive", _fec_decoder, (fec_source, fec_repair)),
         Target("fec.TetrysEncoder.on_ack", _fec_ack, (fec_receiver.ack(),)),
     ]
