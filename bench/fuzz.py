@@ -1,8 +1,9 @@
 """Long fuzz run over every decoder of untrusted input (the targets of ``tests/fuzz_targets.py``).
 
 Each input is a random mutation of one of a target's valid samples (one in eight is plain random
-bytes), drawn from ``random.Random(seed)`` so a run can be repeated. Inputs are spread evenly over
-the targets. Prints per target: inputs, refused with our own error, accepted, and foreign
+bytes), drawn from ``random.Random(seed)``; the keys behind the samples are fresh each run, so
+a seed repeats the mutations, not the exact bytes (a foreign exception prints its input in hex).
+Inputs are spread evenly over the targets. Prints per target: inputs, refused with our own error, accepted, and foreign
 exceptions (grouped by type and the line that raised them, with one input that triggers each);
 exits 1 if any foreign exception appeared.
 
