@@ -1,7 +1,8 @@
 """Malformed HTTP input gets a 4xx, never a 500 (issue 19, defect 9), on real servers.
 
-The signal server answers in its JSON error shape; a relay's HTTP side (``/healthz`` and the link
-upgrade) answers with aiohttp's plain 4xx. Before the fix, a descriptor with mixed str/bytes map
+Both the signal server and a relay's HTTP side (``/healthz`` and the link upgrade) answer in the
+JSON error shape. aiohttp itself answers a request it cannot parse (before any handler) with a
+plain-text 400. Before the fix, a descriptor with mixed str/bytes map
 keys and a PeerId with base32 padding made the signal server answer 500.
 """
 
@@ -87,7 +88,7 @@ def relay(tmp_path_factory):
         signal.stop()
 
 
-def test_a_relay_answers_malformed_requests_with_4xx(relay: str) -> None:
+def test_a_relay_answers_malformed_requests_with_json_4xx(relay: str) -> None:
     async def main() -> None:
         async with aiohttp.ClientSession() as session:
             statuses = []
@@ -95,10 +96,10 @@ def test_a_relay_answers_malformed_requests_with_4xx(relay: str) -> None:
                     ("GET", "/v1/link", {}), ("POST", "/healthz", {}), ("GET", "/nope", {}),
                     ("GET", "/v1/link", BAD_UPGRADE)]:
                 async with session.request(method, f"http://{relay}{path}", headers=headers) as response:
-                    statuses.append(response.status)
+                    statuses.append((response.status, set(await response.json())))
             async with session.get(f"http://{relay}/healthz?x=%FF") as response:
                 assert response.status == 200 and (await response.json())["status"] == "ok"
-        assert all(400 <= status < 500 for status in statuses), statuses
+        assert all(400 <= status < 500 and keys == {"error", "detail"} for status, keys in statuses), statuses
         host, port = relay.rsplit(":", 1)
         assert (await _raw(int(port), b"GET /\x00 HTTP/1.1\r\n\r\n")).split()[1] == b"400"
 

@@ -67,6 +67,11 @@ def json_error(status: int, code: str, detail: str, headers: dict[str, str] | No
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
+def http_error(exc: web.HTTPException) -> web.Response:
+    """An aiohttp 4xx (no route, wrong method, bad WebSocket handshake…) in the JSON error shape."""
+    return json_error(exc.status, _ERROR_CODES.get(exc.status, exc.reason.lower().replace(" ", "_")), exc.reason)
+
+
 class _Api:
     """The HTTP handlers and the state they share."""
 
@@ -162,8 +167,7 @@ def _json_errors(metrics: SignalMetrics) -> Middleware:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            code = _ERROR_CODES.get(exc.status, exc.reason.lower().replace(" ", "_"))
-            response = json_error(exc.status, code, exc.reason)
+            response = http_error(exc)
         except Exception:
             log.exception("unexpected error in %s", _route_label(request))
             response = json_error(500, "internal", "the server failed on this request; it has been logged")
