@@ -31,13 +31,14 @@ from zmesh.cells import CellCommand, RelayCommand
 from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import DOMAIN, Capabilities, sign_descriptor, verify_descriptor
 from zmesh.encoding import pack_canonical, unpack_canonical
-from zmesh.errors import ZmeshError
+from zmesh.errors import ProtocolError, ZmeshError
 from zmesh.fec.tetrys import TetrysDecoder, TetrysEncoder
 from zmesh.identity import Identity, PeerId
+from zmesh.netaddr import LinkAddress
 from zmesh.node import Node
 from zmesh.rtc import _decode as decode_rtc_signal
 from zmesh.signaling import parse_server_message
-from zmesh_relay import config
+from zmesh_relay import config, socks5
 from zmesh_relay.keys import KEY_FILE, load_or_create_identity
 from zmesh_signal import ws
 
@@ -166,6 +167,19 @@ def _fec_ack(data: bytes) -> object:
     return encoder.on_ack(data)
 
 
+def _link_address(data: bytes) -> object:
+    return LinkAddress.parse(text(data))
+
+
+def _socks_domain(data: bytes) -> object:
+    """The SOCKS front's hostname decoder (a CONNECT's domain bytes); its refusal is a SOCKS reply
+    (``_Refused``), which is what the front sends back, so it counts as our error."""
+    try:
+        return socks5._domain(data)
+    except socks5._Refused as refused:
+        raise ProtocolError(f"SOCKS reply {refused.reply}") from None
+
+
 def _url(data: bytes) -> object:
     return http.parse_url(text(data))
 
@@ -237,6 +251,9 @@ def targets() -> list[Target]:
             b'[transport]\nice_servers = ["stun:h:3478", {urls = ["turn:h"], username = "u", credential = "p"}]\n'
             b'channels = [{label = "zmesh"}, {label = "fec", ordered = false, max_retransmits = 0}]\n'),
                is_text=True),
+        Target("netaddr.LinkAddress.parse", _link_address, (
+            b"ws://relay.example:9001/v1/link", b"wss://[2001:db8::1]/v1/link", b"ws://203.0.113.7:80"), is_text=True),
+        Target("socks5 CONNECT hostname", _socks_domain, (b"example.com", "bücher.de".encode(), b"1.2.3.4")),
         Target("http.parse_url", _url, (b"http://example.com:8080/a?b=c", b"http://[2001:db8::1]/"), is_text=True),
         Target("http.parse_response", http.parse_response, (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",)),
         Target("fec.TetrysDecoder.receive", _fec_decoder, (fec_source, fec_repair)),
