@@ -22,7 +22,7 @@ MAX_DESCRIPTOR_SIZE = 8192
 MAX_LIFETIME = 24 * 3600
 DEFAULT_LIFETIME = 3 * 3600
 CLOCK_SKEW = 300
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_COUNTRY = re.compile(r"[A-Z]{2}")
 _MAX_ADDRESSES = 8
 _MAX_ADDRESS_LEN = 256
 _MAX_PORT_RANGES = 64
@@ -38,7 +38,7 @@ class Capabilities:
     bandwidth: int = 0
 
     def __post_init__(self) -> None:
-        if self.country is not None and not _COUNTRY.match(self.country):
+        if self.country is not None and not _COUNTRY.fullmatch(self.country):
             raise ConfigError(f"country must be a two-letter ISO 3166 code like 'DE', got {self.country!r}")
         if not isinstance(self.bandwidth, int) or not 0 <= self.bandwidth < 2**48:
             raise ConfigError("bandwidth must be a non-negative integer (bytes/s)")

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from .backoff import Backoff
 from .descriptor import Descriptor
-from .errors import ConfigError, ProtocolError, TransportError
+from .errors import ConfigError, TransportError, ZmeshError
 from .identity import PeerId
 from .link import Link
 from .netaddr import LinkAddress
@@ -158,5 +158,5 @@ async def keep_signaling(dialer: TransportDialer, open_connector: Callable[[], A
         try:
             dialer.rtc = await open_connector()
             backoff.reset()
-        except (TransportError, ProtocolError) as exc:
+        except ZmeshError as exc:  # whatever a hostile or broken server sends: try again later
             log.info("signaling reconnect failed: %s", exc)

@@ -42,7 +42,7 @@ def _hops(value: int) -> int:
 
 
 def _country(value: str) -> str:
-    if value and (len(value) != 2 or not value.isalpha()):
+    if value and (len(value) != 2 or not value.isascii() or not value.isalpha()):
         raise ValueError("must be a two-letter country code or empty")
     return value.upper()
 
@@ -178,6 +178,8 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
             document = tomllib.loads(Path(path).expanduser().read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         for section, table in document.items():

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from zmesh.errors import ZmeshError
 from zmesh.identity import PeerId
 from zmesh.link import Link
 from zmesh.node import Node, NodeLimits
+from zmesh_signal.app import http_error
 from zmesh_signal.client import SignalClient
 
 from . import wslink
@@ -68,7 +70,7 @@ class Relay:
         self.driver = NodeDriver(node, dialer=self.transports.dialer,
                                  stream_handler=self._exit if self.exit_policy else None)
         await self.transports.start()
-        app = web.Application()
+        app = web.Application(middlewares=[_json_errors])
         app.router.add_get(wslink.LINK_PATH, self._accept_link)
         app.router.add_get("/healthz", self._health)
         self._runner = web.AppRunner(app, access_log=None)
@@ -153,3 +155,15 @@ class Relay:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.signal.close()
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """A relay's HTTP errors in the signal server's JSON shape, not aiohttp's text pages."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return http_error(exc)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from zmesh.crypto.provider import CryptoProvider
-from zmesh.errors import ProtocolError, TransportError
+from zmesh.errors import ZmeshError
 from zmesh.identity import Identity
 from zmesh.link import Link
 from zmesh.netaddr import LinkAddress
@@ -58,7 +58,7 @@ class NativeTransports:
             return
         try:
             self.dialer.rtc = await self._open()
-        except (TransportError, ProtocolError) as exc:
+        except ZmeshError as exc:
             log.warning("no signaling socket yet (WebRTC waits, WebSocket works): %s", exc)
         self._supervisor = asyncio.get_running_loop().create_task(keep_signaling(self.dialer, self._open))
 

@@ -20,6 +20,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from zmesh.cells import MAX_FRAME_SIZE
 from zmesh.errors import LinkClosed, TransportError
 from zmesh.netaddr import LINK_PATH, IPAddress, LinkAddress, check_resolved
+from zmesh_signal.ws import prepare
 
 from .resolve import Resolver, resolve
 
@@ -154,5 +155,5 @@ async def accept(request: web.Request) -> tuple[web.WebSocketResponse, WebSocket
     # No permessage-deflate (browsers ask for it): cells are encrypted, so compressing them only
     # costs CPU (bench/webrtc.py measured tabs' WebSocket links slowed by it).
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30.0, compress=False)
-    await ws.prepare(request)
+    await prepare(ws, request)
     return ws, WebSocketLink(ws)

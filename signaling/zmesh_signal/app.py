@@ -34,7 +34,7 @@ from .ws import SignalHub, WsLimits
 
 log = logging.getLogger(__name__)
 
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_COUNTRY = re.compile(r"[A-Z]{2}")
 _ERROR_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                 413: "too_large", 429: "rate_limited"}
 
@@ -65,6 +65,11 @@ class SignalConfig:
 def json_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
     """The one error shape of the HTTP API."""
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    """An aiohttp 4xx (no route, wrong method, bad WebSocket handshake…) in the JSON error shape."""
+    return json_error(exc.status, _ERROR_CODES.get(exc.status, exc.reason.lower().replace(" ", "_")), exc.reason)
 
 
 class _Api:
@@ -113,8 +118,7 @@ class _Api:
         if flag is not None and flag not in FLAGS:
             return json_error(400, "bad_query", f"flag must be one of: {', '.join(FLAGS)}")
         if country is not None:
-            country = country.upper()
-            if not _COUNTRY.match(country):
+            if not country.isascii() or not _COUNTRY.fullmatch(country := country.upper()):  # "ß".upper() is "SS"
                 return json_error(400, "bad_query", "country must be a two-letter ISO 3166 code like DE")
         relays = self.directory.live(self.config.clock(), flag=flag, country=country)
         return web.json_response({"relays": [base64.b64encode(d.raw).decode() for d in relays]})
@@ -163,8 +167,7 @@ def _json_errors(metrics: SignalMetrics) -> Middleware:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            code = _ERROR_CODES.get(exc.status, exc.reason.lower().replace(" ", "_"))
-            response = json_error(exc.status, code, exc.reason)
+            response = http_error(exc)
         except Exception:
             log.exception("unexpected error in %s", _route_label(request))
             response = json_error(500, "internal", "the server failed on this request; it has been logged")

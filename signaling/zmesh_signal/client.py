@@ -13,9 +13,10 @@ from typing import Any
 import aiohttp
 
 from zmesh.crypto.provider import CryptoProvider
+from zmesh.encoding import decode_base64
 from zmesh.errors import LinkClosed, ProtocolError, TransportError
 from zmesh.identity import Identity
-from zmesh.signaling import SignalError, SignalSession, decode_base64
+from zmesh.signaling import SignalError, SignalSession
 
 from .ws import WsLimits
 
@@ -71,11 +72,13 @@ class SignalClient:
             raise TransportError(f"cannot reach the signal server at {self.base_url}: {exc}") from exc
         try:
             answer = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
             answer = None
         if not 200 <= status < 300:
             if isinstance(answer, dict):
-                raise SignalError(str(answer.get("error", status)), str(answer.get("detail", "")), status=status)
+                error, detail = answer.get("error"), answer.get("detail")
+                raise SignalError(error[:200] if isinstance(error, str) and error else f"http_{status}",
+                                  detail[:200] if isinstance(detail, str) else "", status=status)
             raise SignalError(f"http_{status}", "the answer was not the API's JSON", status=status)
         if not isinstance(answer, dict):
             raise ProtocolError(f"the signal server answered {method} {path} without a JSON object")
@@ -94,7 +97,7 @@ class SignalClient:
         listed = (await self._request("GET", "/v1/relays", params=params)).get("relays")
         if not isinstance(listed, list):
             raise ProtocolError("the signal server's relay list is malformed")
-        return [decode_base64(item, "descriptor") for item in listed]
+        return [decode_base64(item, "a descriptor in the signal server's relay list") for item in listed]
 
     async def connect_ws(self, identity: Identity, provider: CryptoProvider) -> SignalSession:
         """Open the signaling WebSocket and prove ``identity``'s PeerId to the server."""
