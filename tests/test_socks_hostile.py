@@ -135,7 +135,7 @@ def test_the_client_builds_around_listed_relays_that_cannot_be_reached(mesh, pro
     ``zmesh client`` code builds a circuit anyway and the connection is served."""
     async def main() -> None:
         fakes = [await sign_descriptor(provider, await Identity.generate(provider), now=int(time.time()),
-                                       addresses={"ws": ("ws://127.0.0.1:9/",)}, capabilities=Capabilities(relay=True))
+                                       addresses={"ws": ("ws://127.0.0.1:9",)}, capabilities=Capabilities(relay=True))
                  for _ in range(8)]
         client = Client(settings.load(flags={"signaling.url": mesh["signal"], "client.socks": "127.0.0.1:0"}))
         listed = client.directory.relays
