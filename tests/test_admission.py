@@ -112,6 +112,29 @@ def test_an_honest_burst_of_destroys_fits_the_tightest_allowed_link_bound(provid
     asyncio.run(main())
 
 
+def test_the_total_per_link_bound_closes_a_link_whose_link_cells_alone_are_within_theirs(provider):
+    """CREATED answers are circuit cells: 8 of them plus 3 refusals pass the total of 10 while the
+    link cells (3) are far from their own bound (9)."""
+    limits = NodeLimits(max_circuits_per_link=8, max_queued_link_cells=9, max_queued_cells_per_circuit=1,
+                        max_queued_cells_per_link=10)
+    with pytest.raises(ConfigError, match="max_queued_cells_per_link"):
+        NodeLimits(max_circuits_per_link=8, max_queued_link_cells=9, max_queued_cells_per_circuit=1,
+                   max_queued_cells_per_link=9)
+
+    async def main():
+        node, identity, (link,), _ = await relay_with_links(provider, 1, limits)
+        for circ_id in range(1, 12):
+            payload = (await client_start(provider, identity.peer_id, identity.onion_keys)).create_payload()
+            for cell in create_cells(PEER_BIT | circ_id, payload):
+                await node.receive_frame(link, cell)
+            if circ_id < 11:
+                assert node.buffered_bytes() == circ_id * CELL_SIZE
+        assert [event.link for event in node.events() if isinstance(event, CloseLink)] == [link]
+        assert node.metrics["links_over_queue_bound"] == 1 and node.buffered_bytes() == 0 and not node.circuits()
+
+    asyncio.run(main())
+
+
 # ---------------------------------------------------------------- defect 6: global caps
 
 
@@ -210,5 +233,22 @@ def test_creates_that_wait_longer_than_the_queue_delay_are_refused(provider):
         destroys = [cell for cell in commands(node, link) if cell[0] == CellCommand.DESTROY]
         assert node.metrics["handshakes_expired"] == len(destroys) == 32 - 1  # all but the one done at once
         assert node.metrics["handshakes"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_create_repeated_while_the_first_waits_gets_one_answer_then_a_destroy(provider):
+    async def main():
+        node, identity, (link,), clock = await relay_with_links(provider, 1, NodeLimits(handshake_rate=1.0,
+                                                                                         handshake_burst=1))
+        payload = (await client_start(provider, identity.peer_id, identity.onion_keys)).create_payload()
+        for circ_id in (1, 2, 2):  # 1 takes the only token; 2 waits, and its CREATE comes again
+            for cell in create_cells(PEER_BIT | circ_id, payload):
+                await node.receive_frame(link, cell)
+        for _ in range(2):
+            clock.now += 1.0
+            await node.handle_timer(clock.now)
+        answers = [(command, circ_id & ~PEER_BIT) for command, circ_id, _ in commands(node, link)]
+        assert answers == [(CellCommand.CREATED, 1), (CellCommand.CREATED, 2), (CellCommand.DESTROY, 2)]
 
     asyncio.run(main())

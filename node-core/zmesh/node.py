@@ -3,9 +3,10 @@
 One ``Node`` is every role at once: circuit origin (client), relay (middle hop) and edge (exit or
 destination at a circuit's last hop). It never touches sockets, tasks or timers. A driver
 (``zmesh.driver``) feeds it frames with ``receive_frame``, pulls frames to write with
-``take_frame``, drains ``events()`` and calls ``handle_timer`` at ``next_deadline()``. Its methods
-are coroutines only because the crypto provider is (WebCrypto); the driver must call them one at a
-time.
+``take_frame``, drains ``events()``, calls ``handle_timer`` at ``next_deadline()`` and waits
+``read_pause(link)`` before reading a link's next frame (a CREATE flood waits in the peer's socket).
+Its methods are coroutines only because the crypto provider is (WebCrypto); the driver must call
+them one at a time.
 
 Peer input never raises out of ``receive_frame``: a malformed frame closes the link, a bad cell on a
 circuit destroys that circuit (DESTROY both ways), and the metrics count what happened.
@@ -553,6 +554,8 @@ class Node:
                 await self._guarded(circ, self._answer_create(circ, payload))
 
     async def _answer_create(self, circ: RelayCircuit, payload: bytes) -> None:
+        if circ.hop is not None:  # a second CREATE sent while the first waited its turn
+            raise ProtocolError("CREATE on a circuit that has answered one")
         self.metrics["handshakes"] += 1
         reply, keys = await server_respond(self.provider, self.identity, payload)
         circ.hop = HopCrypto(self.provider, keys)
