@@ -173,13 +173,15 @@ def test_circuits_beyond_the_global_cap_fail_with_resource_limit(provider):
 def test_handshake_queue_serves_links_round_robin_within_their_rates():
     queue = HandshakeQueue(rate=10.0, burst=5, max_pending=8, max_delay=2.0)
     assert [queue.add(1, f"flood{i}", 0.0) for i in range(10)] == [True] * 8 + [False] * 2
-    assert queue.full(1) and queue.resume_after(1, 0.0) > 0 and queue.resume_after(2, 0.0) == 0
+    assert queue.resume_after(1, 0.0) == pytest.approx(0.1) and queue.resume_after(2, 0.0) == 0
     queue.add(2, "honest", 0.0)
     assert [queue.next_ready(0.0) for _ in range(3)] == ["flood0", "honest", "flood1"]
+    assert queue.resume_after(1, 0.0) > 0  # not read again until half of its queue is done
     assert [queue.next_ready(0.0) for _ in range(4)] == ["flood2", "flood3", "flood4", None]  # burst spent
+    assert queue.resume_after(1, 0.0) == 0 and queue.add(1, "flood8", 0.0)
     assert queue.next_deadline() == pytest.approx(0.1)  # the next token
     assert queue.next_ready(0.1) == "flood5" and queue.next_ready(0.1) is None
-    assert queue.expired(2.0) == [] and queue.expired(2.01) == ["flood6", "flood7"]
+    assert queue.expired(2.0) == [] and queue.expired(2.01) == ["flood6", "flood7", "flood8"]
     assert queue.next_deadline() == float("inf") and queue.forget(1) == [] and queue.forget(3) == []
     with pytest.raises(ConfigError, match="rate"):
         HandshakeQueue(rate=0, burst=1, max_pending=1, max_delay=1.0)

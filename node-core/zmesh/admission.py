@@ -6,7 +6,9 @@ a bounded FIFO of handshakes waiting to be done and a token bucket refilled on t
 ``next_ready`` serves the links round-robin, one handshake per link per turn while that link has a
 token, so a flooding link gets its rate and every other link still gets its turn. A handshake that
 waited longer than ``max_delay`` is handed back as expired (its client has likely given up), and a
-link whose queue is full is told so: the node refuses the excess, the driver stops reading it.
+link whose queue is full is told so: the node refuses the excess, and the driver stops reading the
+link until half of its queue is done, so a flood waits in the peer's socket instead of costing the
+relay a refusal per CREATE.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ T = TypeVar("T")
 
 
 class _LinkQueue(Generic[T]):
-    __slots__ = ("waiting", "tokens", "updated")
+    __slots__ = ("waiting", "tokens", "updated", "paused")
 
     def __init__(self, burst: int, now: float) -> None:
         self.waiting: deque[tuple[float, T]] = deque()  # (queued at, item), oldest first
         self.tokens = float(burst)
         self.updated = now
+        self.paused = False  # the queue filled up: not read again until half of it is done
 
 
 class HandshakeQueue(Generic[T]):
@@ -50,11 +53,8 @@ class HandshakeQueue(Generic[T]):
         if not queue.waiting:
             self._turns.append(link)
         queue.waiting.append((now, item))
+        queue.paused = queue.paused or len(queue.waiting) >= self.max_pending
         return True
-
-    def full(self, link: int) -> bool:
-        queue = self._links.get(link)
-        return queue is not None and len(queue.waiting) >= self.max_pending
 
     def next_ready(self, now: float) -> T | None:
         """The next handshake to do now, taking the next link in turn that has a token; else None."""
@@ -92,12 +92,17 @@ class HandshakeQueue(Generic[T]):
         return deadline
 
     def resume_after(self, link: int, now: float) -> float:
-        """Seconds until ``link``'s full queue can take one more (0.0 if it can now)."""
+        """Seconds until ``link`` should be read again: 0.0 unless its queue filled up and is not yet
+        half done (then about the time its rate needs for that)."""
         queue = self._links.get(link)
-        if queue is None or len(queue.waiting) < self.max_pending:
+        if queue is None or not queue.paused:
+            return 0.0
+        excess = len(queue.waiting) - self.max_pending // 2
+        if excess <= 0:
+            queue.paused = False
             return 0.0
         self._refill(queue, now)
-        return max(0.0, 1 - queue.tokens) / self.rate or 1 / self.rate
+        return max(excess - queue.tokens, 1.0) / self.rate
 
     def forget(self, link: int) -> list[T]:
         """The link closed: drop its queue and bucket; return what was waiting."""
