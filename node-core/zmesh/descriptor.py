@@ -15,6 +15,7 @@ from .crypto.provider import ED25519_SIG_SIZE, CryptoProvider
 from .encoding import pack_canonical, unpack_canonical
 from .errors import ConfigError, CryptoError, ProtocolError
 from .identity import Identity, OnionKeys, PeerId
+from .netaddr import LinkAddress
 
 DOMAIN = b"zmesh-descriptor-v1\x00"
 MAX_DESCRIPTOR_SIZE = 8192
@@ -88,6 +89,9 @@ def _check_addresses(addresses: dict) -> dict[str, tuple[str, ...]]:
         if (not isinstance(addrs, list) or len(addrs) > _MAX_ADDRESSES
                 or not all(isinstance(a, str) and 0 < len(a) <= _MAX_ADDRESS_LEN for a in addrs)):
             raise ProtocolError(f"descriptor addresses for {transport!r} are malformed")
+        if transport == "ws":  # dialed by others: host and port only, never a URL of the publisher's choosing
+            for text in addrs:
+                LinkAddress.parse(text)
         out[transport] = tuple(addrs)
     return out
 

@@ -64,13 +64,18 @@ class MeshStream:
         self._writable.set()
 
     async def read(self) -> bytes:
-        """Return whatever data has arrived (waiting for some); ``b""`` once the stream ended.
+        """Return whatever data has arrived (waiting for some); ``b""`` once the stream ended (END DONE).
 
-        Raises ``StreamError`` if the stream ended because the circuit was destroyed."""
+        Any other end (the circuit destroyed, the far side's END with an error reason) raises
+        ``StreamError`` once the data that did arrive is read: a short answer is never mistaken
+        for a complete one (a close-delimited HTTP body, say)."""
         while not self._chunks:
             if self.ended is not None:
                 if self.ended == EndReason.DESTROYED:
                     raise StreamError("the circuit carrying this stream was destroyed", "destroyed")
+                if self.ended != EndReason.DONE:
+                    reason = self.ended.name.lower()
+                    raise StreamError(f"the stream ended abnormally ({reason.replace('_', ' ')})", reason)
                 return b""
             self._readable.clear()
             await self._readable.wait()

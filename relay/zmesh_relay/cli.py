@@ -45,7 +45,8 @@ async def cmd_signal(cfg: dict[str, Any]) -> None:
     host, port = settings.split_host_port(cfg["signaling.listen"])
     web_root = Path(cfg["signaling.web_root"]).expanduser() if cfg["signaling.web_root"] else WEB_ROOT
     server = asyncio.ensure_future(run_server(
-        host, port, web_root=web_root, ready=lambda bound: ready("signal", f"http://{host}:{bound}")))
+        host, port, web_root=web_root, ready=lambda bound: ready("signal", f"http://{host}:{bound}"),
+        allow_private_addresses=cfg["network.allow_private_addresses"]))
 
     async def stop() -> None:
         server.cancel()
@@ -117,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
     client.add_argument("--hops", dest="core.hops", type=int)
+    client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")
+    client.add_argument("--socks-handshake-timeout", dest="socks.handshake_timeout", metavar="SECONDS")
+    client.add_argument("--socks-half-close-timeout", dest="socks.half_close_timeout", metavar="SECONDS")
 
     demo = commands.add_parser("demo", help="run a whole local mesh and a test site")
     demo.add_argument("--relays", type=int, default=4)

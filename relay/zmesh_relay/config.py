@@ -18,7 +18,9 @@ from typing import Any
 from zmesh.errors import ConfigError
 from zmesh.node import NodeLimits
 from zmesh.rtc import ChannelOptions, IceServer, RtcOptions
-from zmesh.transport import check_transport
+from zmesh.transport import check_redial_after, check_transport
+
+from .socks5 import SocksLimits
 
 
 def _host_port(value: str) -> str:
@@ -96,6 +98,19 @@ def _webrtc_timeout(value: float) -> float:
     return RtcOptions(timeout=value).timeout
 
 
+_SOCKS = SocksLimits()
+
+
+def _socks_limit(field: str) -> Callable[[Any], Any]:
+    return lambda value: getattr(SocksLimits(**{field: value}), field)  # SocksLimits owns the rules
+
+
+def _dial_timeout(value: float) -> float:
+    if not 0 < value <= 300:
+        raise ValueError("must be more than 0 and at most 300 seconds")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: type
@@ -111,6 +126,10 @@ SETTINGS: dict[str, Setting] = {
     "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
     "transport.kind": Setting(str, "auto", _transport, "auto (WebRTC, else WebSocket), webrtc, websocket"),
     "transport.webrtc_timeout": Setting(float, 10.0, _webrtc_timeout, "seconds for WebRTC to open before a fallback"),
+    "transport.dial_timeout": Setting(float, 10.0, _dial_timeout,
+                                      "seconds for a whole WebSocket dial (resolve, connect, upgrade)"),
+    "transport.redial_after": Setting(float, 2.0, check_redial_after,
+                                      "seconds before a relay whose dial failed is dialed again"),
     "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
     "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
     "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),
@@ -129,7 +148,15 @@ SETTINGS: dict[str, Setting] = {
     "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
                                     "circuit handshakes per second per link"),
     "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
+    "network.allow_private_addresses": Setting(bool, False, None,
+                                               "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
+    "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
+                                     "SOCKS connections held at once (idle ones are evicted first)"),
+    "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),
+                                       "seconds from connecting to the SOCKS request"),
+    "socks.half_close_timeout": Setting(float, _SOCKS.half_close_timeout, _socks_limit("half_close_timeout"),
+                                        "seconds a stream waits for its answer after the application's EOF"),
     "metrics.log_level": Setting(str, "INFO", _level, "log level"),
 }
 
@@ -184,6 +211,11 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
         if value is not None:
             values[name] = _coerce(name, value, "command line")
     return values
+
+
+def socks_limits(config: dict[str, Any]) -> SocksLimits:
+    return SocksLimits(config["socks.max_connections"], config["socks.handshake_timeout"],
+                       config["socks.half_close_timeout"])
 
 
 def rtc_options(config: dict[str, Any]) -> RtcOptions:

@@ -25,6 +25,7 @@ from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import MAX_DESCRIPTOR_SIZE, verify_descriptor
 from zmesh.errors import ConfigError, CryptoError, ProtocolError, TransportError
 from zmesh.identity import PeerId
+from zmesh.netaddr import descriptor_refusal
 
 from .directory import FLAGS, Directory, Stored
 from .limits import KeyedLimiter, TooLarge, read_limited
@@ -46,6 +47,8 @@ class SignalConfig:
     """Everything a server instance may be given; the defaults suit a public server.
 
     ``clock`` is the wall clock used to check descriptor times (tests move it instead of waiting).
+    ``allow_private_addresses`` lists relays on loopback, private and link-local addresses: for a
+    private test network only (``network.allow_private_addresses``).
     """
 
     web_root: Path | None = None
@@ -56,6 +59,7 @@ class SignalConfig:
     max_descriptors: int = 10_000
     ws: WsLimits = field(default_factory=WsLimits)
     clock: Callable[[], float] = time.time
+    allow_private_addresses: bool = False
 
 
 def json_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -88,6 +92,10 @@ class _Api:
             return self._rejected(400, "malformed", str(exc))
         except CryptoError as exc:
             return self._rejected(422, "invalid", str(exc))
+        private = descriptor_refusal(descriptor.addresses, allow_private=self.config.allow_private_addresses)
+        if private is not None:
+            return self._rejected(403, "private_address", f"{private}; this directory lists public relays only "
+                                  "(a private test network sets network.allow_private_addresses on it)")
         outcome = self.directory.put(descriptor, self.config.clock())
         if outcome is Stored.STALE:
             return self._rejected(409, "stale", "a descriptor at least as recent is stored for this peer")
@@ -221,9 +229,10 @@ async def serving(config: SignalConfig, host: str, port: int) -> AsyncIterator[i
 
 
 async def run_server(host: str, port: int, *, web_root: Path | None = None,
-                     ready: Callable[[int], None] | None = None) -> None:
+                     ready: Callable[[int], None] | None = None, allow_private_addresses: bool = False) -> None:
     """Serve until cancelled; call ``ready(bound_port)`` once listening."""
-    async with serving(SignalConfig(web_root=web_root), host, port) as bound:
+    config = SignalConfig(web_root=web_root, allow_private_addresses=allow_private_addresses)
+    async with serving(config, host, port) as bound:
         log.info("signal server listening on %s:%d", host, bound)
         if ready is not None:
             ready(bound)
