@@ -109,6 +109,10 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--exit-allow", dest="security.exit_allow", action="append", metavar="CIDR:PORTS",
                        help="let the exit reach an otherwise refused range, e.g. 127.0.0.1/32:8000-8100")
     relay.add_argument("--country", dest="relay.country", metavar="CC")
+    relay.add_argument("--max-links", dest="relay.max_links", type=int, metavar="N")
+    relay.add_argument("--max-links-per-address", dest="relay.max_links_per_address", type=int, metavar="N")
+    relay.add_argument("--max-circuits", dest="relay.max_circuits", type=int, metavar="N")
+    relay.add_argument("--handshake-rate", dest="relay.handshake_rate", type=float, metavar="PER_S")
 
     client = commands.add_parser("client", help="run a SOCKS5 client")
     client.add_argument("--signal", dest="signaling.url", metavar="URL")

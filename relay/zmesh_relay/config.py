@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from zmesh.errors import ConfigError
+from zmesh.node import NodeLimits
 from zmesh.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.transport import check_redial_after, check_transport
 
@@ -55,6 +56,12 @@ def _level(value: str) -> str:
 
 def _transport(value: str) -> str:
     return check_transport(value)
+
+
+def _at_least_one(value: int | float) -> int | float:
+    if not value >= 1:
+        raise ValueError("must be at least 1")
+    return value
 
 
 def _ice_servers(value: list) -> tuple[IceServer, ...]:
@@ -112,6 +119,8 @@ class Setting:
     help: str = ""
 
 
+_NODE = NodeLimits()  # the core's defaults are the relay's
+
 SETTINGS: dict[str, Setting] = {
     "core.hops": Setting(int, 3, _hops, "relays per circuit"),
     "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
@@ -132,6 +141,12 @@ SETTINGS: dict[str, Setting] = {
     "relay.exit": Setting(bool, False, None, "act as an exit"),
     "relay.country": Setting(str, "", _country, "advertised country code"),
     "relay.bandwidth": Setting(int, 10_000_000, None, "advertised bandwidth, bytes/s"),
+    "relay.max_links": Setting(int, _NODE.max_links, _at_least_one,
+                               "links held (both directions) beyond which inbound ones are refused"),
+    "relay.max_links_per_address": Setting(int, 32, _at_least_one, "WebSocket links one remote address may hold"),
+    "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
+    "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
+                                    "circuit handshakes per second per link"),
     "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
     "network.allow_private_addresses": Setting(bool, False, None,
                                                "a private test network: dial loopback/private/link-local relays"),

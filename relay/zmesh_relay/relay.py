@@ -29,6 +29,7 @@ from zmesh_signal.app import http_error
 from zmesh_signal.client import SignalClient
 
 from . import wslink
+from .address_slots import AddressSlots
 from .config import split_host_port
 from .directory import Directory
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
@@ -55,6 +56,7 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self._refresh: asyncio.Task | None = None
         self._handlers: set[asyncio.Task] = set()
+        self._address_slots = AddressSlots(config["relay.max_links_per_address"])
 
     @property
     def peer_id(self) -> PeerId:
@@ -63,8 +65,9 @@ class Relay:
 
     async def start(self) -> None:
         identity = await load_or_create_identity(self.provider, self.config["relay.data_dir"])
-        node = Node(identity, self.provider, time.monotonic,
-                    limits=NodeLimits(build_timeout=self.config["core.build_timeout"]))
+        node = Node(identity, self.provider, time.monotonic, limits=NodeLimits(
+            build_timeout=self.config["core.build_timeout"], max_links=self.config["relay.max_links"],
+            max_circuits=self.config["relay.max_circuits"], handshake_rate=self.config["relay.handshake_rate"]))
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider,
                                            on_inbound=self._accept_rtc_link)
         self.driver = NodeDriver(node, dialer=self.transports.dialer,
@@ -106,9 +109,16 @@ class Relay:
 
     async def _accept_link(self, request: web.Request) -> web.StreamResponse:
         assert self.driver is not None
-        ws, link = await wslink.accept(request)
-        await self.driver.add_link(link, None, initiator=False)
-        await link.wait_closed()
+        address = request.remote or ""
+        if not self._address_slots.take(address):
+            self.driver.node.metrics["links_refused_per_address"] += 1
+            return web.json_response({"error": "too many links from this address"}, status=503)
+        try:
+            ws, link = await wslink.accept(request)
+            await self.driver.add_link(link, None, initiator=False)
+            await link.wait_closed()
+        finally:
+            self._address_slots.give_back(address)
         return ws
 
     async def _accept_rtc_link(self, link: Link, _signalled_by: PeerId) -> None:
