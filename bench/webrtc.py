@@ -233,7 +233,7 @@ class NativeSide:
 
     async def measure(self, target: str, sizes: list[int], runs: int, millis: int) -> dict[str, Any]:
         """Dial ``target`` (the answering aiortc node, or a WebSocket URL) and drive the link."""
-        link = await (wslink.dial(target) if "://" in target else self.connectors[0].dial(self.peer_id))
+        link = await (wslink.open_link(target) if "://" in target else self.connectors[0].dial(self.peer_id))
         try:
             return await drive(link, sizes, runs, millis, PINGS)
         finally:

@@ -10,12 +10,13 @@ import pytest
 from playwright.sync_api import sync_playwright
 from playwright_support import CHROMIUM_ARGS, PAYLOAD
 
-from tests.private_network import require_private_network
+from tests.private_network import declare_private_test_network, require_private_network
 from tests.test_native_mesh import Process
 
 
 def pytest_configure(config: pytest.Config) -> None:
     require_private_network()
+    declare_private_test_network()
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 

@@ -5,7 +5,6 @@ import asyncio
 import os
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import pytest
@@ -13,10 +12,9 @@ from aiohttp import WSMsgType, web
 from playwright_support import example_page
 
 from tests.conftest import wait_until
-from zmesh.cells import BODY_SIZE, CellCommand, encode_cell, fragments, parse_frame
+from tests.probed import answer_create, every, is_listed
 from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import sign_descriptor
-from zmesh.handshake import server_respond
 from zmesh.identity import Identity
 
 JOIN = """async () => {
@@ -24,16 +22,6 @@ JOIN = """async () => {
     window.vpn = new MeshVPN({ hops: 3, relay: false });
     await window.vpn.connect();
 }"""
-
-
-def _listed(url: str, peer: str) -> bool:
-    try:
-        urllib.request.urlopen(f"{url}/v1/relays/{peer}", timeout=5).close()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return False
-        raise
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +38,7 @@ def hostile(mesh):
         except TimeoutError:
             probe = None
         if probe is not None and probe.type == WSMsgType.BINARY:
-            await ws.send_bytes(await created(probe.data))
+            await ws.send_bytes(await answer_create(provider, {identity.peer_id: identity}, probe.data))
             await ws.receive()
             return ws
         await ws.send_bytes(os.urandom(3000))  # not whole cells
@@ -75,13 +63,6 @@ def hostile(mesh):
     provider = NativeCryptoProvider()
     identity = asyncio.run_coroutine_threadsafe(Identity.generate(provider), loop).result(10)
 
-    async def created(frame: bytes) -> bytes:
-        """Answer the probe's CREATE like a relay (the one honest thing this peer does)."""
-        cells = parse_frame(frame)
-        reply, _keys = await server_respond(provider, identity, b"".join(cell.payload for cell in cells))
-        return b"".join(encode_cell(CellCommand.CREATED, cells[0].circ_id, piece, flags)
-                        for piece, flags in fragments(reply, BODY_SIZE))
-
     async def describe():
         return await sign_descriptor(provider, identity, now=int(time.time()),
                                      addresses={"ws": (f"ws://127.0.0.1:{port}/v1/link",)})
@@ -90,7 +71,7 @@ def hostile(mesh):
     request = urllib.request.Request(f"{url}/v1/descriptors", data=descriptor.raw, method="POST")
     urllib.request.urlopen(request, timeout=5)
     # listed once its probe has passed
-    asyncio.run_coroutine_threadsafe(wait_until(lambda: _listed(url, identity.peer_id.text)), loop).result(15)
+    asyncio.run_coroutine_threadsafe(wait_until(every(0.05, lambda: is_listed(url, identity.peer_id))), loop).result(15)
     yield identity.peer_id.text
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)

@@ -9,11 +9,12 @@ import pytest
 
 from zmesh.crypto.native import NativeCryptoProvider
 
-from .private_network import require_private_network
+from .private_network import declare_private_test_network, require_private_network
 
 
 def pytest_configure(config: pytest.Config) -> None:
     require_private_network()
+    declare_private_test_network()
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
 """The tests run WebRTC (aiortc relays, Chromium tabs), which gathers ICE candidates on every
-interface it sees; they must see only the private namespace that ``tests/netns-run`` makes."""
+interface it sees; they must see only the private namespace that ``tests/netns-run`` makes.
+Their meshes live on loopback, so they declare a private test network for zmesh as well."""
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -16,3 +18,12 @@ def require_private_network() -> None:
     if seen != NAMESPACE_INTERFACES:
         pytest.exit(f"the tests must run in the private network namespace (they see {sorted(seen)}): "
                     "use `make test`, or `tests/netns-run .venv/bin/python -m pytest ...`", returncode=2)
+
+
+PRIVATE_NETWORK_ENV = "ZMESH_NETWORK_ALLOW_PRIVATE_ADDRESSES"
+
+
+def declare_private_test_network() -> None:
+    """Let every zmesh config loaded in this run, and every subprocess it starts, list and dial
+    relays on loopback (``network.allow_private_addresses``); tests of the default set it off."""
+    os.environ[PRIVATE_NETWORK_ENV] = "true"

@@ -69,3 +69,14 @@ def test_bad_webrtc_settings_name_the_key(tmp_path, toml, key):
     path.write_text(toml)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(path, env={})
+
+
+@pytest.mark.parametrize("name", ["relay.max_links", "relay.max_links_per_address", "relay.max_circuits",
+                                  "relay.handshake_rate"])
+def test_relay_bounds_must_be_at_least_one(name):
+    variable = "ZMESH_" + name.upper().replace(".", "_")
+    with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
+        load(env={variable: "0"})
+    defaults = load(env={})
+    assert (defaults["relay.max_links"], defaults["relay.max_links_per_address"], defaults["relay.max_circuits"],
+            defaults["relay.handshake_rate"]) == (1000, 32, 16384, 100.0)

@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from zmesh.cells import EndReason
 from zmesh.errors import CircuitError, ConfigError, ExitPolicyError, StreamError
+from zmesh.netaddr import classify
 from zmesh_relay import exit_policy
 from zmesh_relay.exit_policy import (
     ExitPolicy,
     ExitRule,
-    classify,
     end_reason_for,
     open_exit_connection,
     resolve_and_check,

@@ -26,6 +26,8 @@ import pytest
 from zmesh.errors import TransportError
 from zmesh_relay.socks5 import socks5_connect
 
+from .private_network import PRIVATE_NETWORK_ENV
+
 MiB = 1024 * 1024
 PAYLOAD = os.urandom(10 * MiB)
 ZMESH = [sys.executable, "-m", "zmesh_relay.cli"]
@@ -51,11 +53,13 @@ def _http_server() -> tuple[http.server.ThreadingHTTPServer, int]:
 
 
 class Process:
-    """A `zmesh` subprocess; ``address`` is what its ready line announced."""
+    """A `zmesh` subprocess; ``address`` is what its ready line announced. Its mesh is on loopback,
+    so it runs on a declared private network unless ``env`` says otherwise (benchmarks use it too)."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", PRIVATE_NETWORK_ENV: "true", **(env or {})}
         self.proc = subprocess.Popen([*ZMESH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                                     text=True, env=env)
         self.address = self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30.0) -> list[str]:

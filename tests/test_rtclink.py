@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import time
+from functools import partial
 
 import aioice.ice
 import pytest
@@ -222,8 +223,8 @@ def test_auto_prefers_webrtc_and_falls_back_to_websocket_when_ice_fails(mode, po
                 async def lookup(peer):
                     return descriptor if peer == bob.peer_id else None
 
-                dialer = TransportDialer(lookup, websocket=wslink.dial, rtc=alice, mode=lambda: mode,
-                                         websocket_first=websocket_first)
+                dialer = TransportDialer(lookup, websocket=partial(wslink.dial, allow_private=True), rtc=alice,
+                                         mode=lambda: mode, websocket_first=websocket_first)
                 started = asyncio.get_running_loop().time()
                 if expected is None:
                     with pytest.raises(TransportError, match="WebRTC"):

@@ -16,14 +16,13 @@ import json
 import os
 import socket
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
 from tests.conftest import wait_until
+from tests.probed import every, is_listed, nothing_pending
 from tests.test_native_mesh import Process, _http_server, fetch, start_mesh
 from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import Capabilities, sign_descriptor, verify_descriptor
@@ -41,29 +40,6 @@ def _get(url: str) -> dict:
 def _listed(signal: str) -> set[PeerId]:
     raws = [base64.b64decode(item) for item in _get(f"{signal}/v1/relays")["relays"]]
     return {asyncio.run(verify_descriptor(PROVIDER, raw, now=time.time())).peer_id for raw in raws}
-
-
-def _is_listed(signal: str, peer: PeerId) -> bool:
-    try:
-        _get(f"{signal}/v1/relays/{peer.text}")
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return False
-        raise
-    return True
-
-
-def _every(seconds: float, condition: Callable[[], bool]) -> Callable[[], bool]:
-    """``condition`` asked at most once per ``seconds`` (for ``wait_until``, which polls every
-    millisecond: the server would rate-limit that)."""
-    last = [float("-inf"), False]
-
-    def check() -> bool:
-        if time.monotonic() - last[0] >= seconds:
-            last[:] = [time.monotonic(), condition()]
-        return bool(last[1])
-
-    return check
 
 
 def _fd_count(pid: int) -> int:
@@ -141,7 +117,7 @@ def test_sixty_unreachable_fakes_are_never_listed_and_clients_fetch_ten_of_ten(t
                 outcomes = await asyncio.gather(*(publish_from(signal, f"127.0.0.{2 + i}", batch)
                                                   for i, batch in enumerate(batches)))
                 assert {s for batch in outcomes for s in batch} == {"pending"}  # stored, not listed
-                await wait_until(_every(0.1, lambda: _get(f"{signal}/healthz")["pending"] == 0), timeout=40)
+                await wait_until(every(0.1, lambda: nothing_pending(signal)), timeout=40)
                 assert len(tarpit.held) == 16  # the tarpit was really dialed, and held every probe
 
         asyncio.run(poison())
@@ -194,7 +170,7 @@ def test_a_flood_of_fakes_cannot_keep_a_reachable_relay_out(tmp_path: Path):
                 relays.append(await asyncio.to_thread(Process, "relay", "--signal", signal, "--listen",
                                                       "127.0.0.1:0", "--data-dir", str(tmp_path / "r")))
                 relay_id = PeerId.from_text(relays[0].address[1])
-                await wait_until(_every(0.05, lambda: _is_listed(signal, relay_id)), timeout=30)
+                await wait_until(every(0.05, lambda: is_listed(signal, relay_id)), timeout=30)
                 return [s for batch in outcomes for s in batch], time.monotonic() - begin, flooded
 
         outcomes, latency, flooded = asyncio.run(flood())

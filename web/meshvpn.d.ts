@@ -65,9 +65,11 @@ export class MeshVPN {
   /** Boots the in-tab node (Pyodide), joins the mesh and builds a circuit. */
   connect(options?: Partial<MeshOptions>): Promise<void>;
   disconnect(): Promise<void>;
-  /** GET an http:// URL through the circuit's exit. */
+  /** GET an http:// URL through the circuit's exit. Rejects with an Error if the stream ends
+   *  abnormally (circuit destroyed, exit error): a truncated body is never returned as complete. */
   fetch(url: string): Promise<FetchResult>;
-  /** A TCP-like stream to host:port through the exit (resolved there). */
+  /** A TCP-like stream to host:port through the exit (resolved there). `read()` resolves null at
+   *  a normal end and rejects with an Error at an abnormal one. */
   openStream(host: string, port: number): Promise<{
     read(): Promise<Uint8Array | null>; write(data: Uint8Array): Promise<void>; close(): Promise<void>;
   }>;

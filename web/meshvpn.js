@@ -12,6 +12,12 @@ const TRANSPORTS = ["auto", "webrtc", "websocket"];
 let runtime = null;
 let toBytes = null;  // Uint8Array -> Python bytes, set once the runtime is up
 
+// A Python exception reaches JS as a PythonError whose message is the whole traceback; its last
+// line ("zmesh.errors.StreamError: the stream ended abnormally (misc)") is what a caller can use.
+function lastLine(err) {
+  return String(err && err.message).split("\n").filter(Boolean).pop();
+}
+
 function pyBytes(data) {
   if (!(data instanceof Uint8Array)) throw new TypeError("data must be a Uint8Array");
   return toBytes(data);
@@ -134,7 +140,7 @@ export class MeshVPN {
       this._emit("connect", this.getStats());
     } catch (err) {
       this._emit("error", err);
-      throw new Error(`could not join the mesh: ${err.message.split("\n").filter(Boolean).pop()}`);
+      throw new Error(`could not join the mesh: ${lastLine(err)}`);
     }
   }
 
@@ -143,19 +149,31 @@ export class MeshVPN {
     return this._vpn;
   }
 
+  /** Rejects if the stream ends abnormally (circuit destroyed, the exit's error), never a short body. */
   async fetch(url) {
-    const result = await this._require().fetch(url);
+    let result;
+    try {
+      result = await this._require().fetch(url);
+    } catch (err) {
+      throw new Error(`fetch ${url} failed: ${lastLine(err)}`);
+    }
     const [status, body] = result.toJs();
     result.destroy();
     return { status, body: new Uint8Array(body) };
   }
 
-  /** A TCP-like stream to host:port, connected by the exit: read() resolves null at the end. */
+  /** A TCP-like stream to host:port, connected by the exit: read() resolves null at a normal end
+   * and rejects at an abnormal one (the circuit destroyed, the far side's error). */
   async openStream(host, port) {
     const stream = await this._require().open_stream(host, port);
     return {
       async read() {
-        const data = await stream.read();
+        let data;
+        try {
+          data = await stream.read();
+        } catch (err) {
+          throw new Error(`stream read failed: ${lastLine(err)}`);
+        }
         const bytes = data.toJs ? data.toJs() : data;
         if (data.destroy) data.destroy();
         return bytes.length ? new Uint8Array(bytes) : null;

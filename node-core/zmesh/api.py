@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .building import BuildPolicy, build_around_failures
 from .cells import EndReason
 from .descriptor import Descriptor
 from .driver import IncomingStream, MeshStream, NodeDriver
-from .errors import CircuitError, ConfigError, InvalidState, ProtocolError, ZmeshError
+from .errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from .http import http_get, parse_url
 from .identity import PeerId
 from .node import MAX_HOPS, MIN_HOPS
@@ -32,7 +33,6 @@ from .path import PathSelector
 from .transport import check_transport, count_by_transport
 
 MESSAGE_PORT = 1
-BUILD_ATTEMPTS = 4
 MAX_MESSAGE_SIZE = 1 << 20
 _LENGTH = struct.Struct(">I")
 EVENTS = ("message", "connect", "disconnect", "error")
@@ -87,10 +87,12 @@ class MeshVPN:
     """Connect to the mesh, open streams through exits, exchange messages with other nodes."""
 
     def __init__(self, driver: NodeDriver, directory: Callable[[], Iterable[Descriptor]], *,
-                 selector: PathSelector | None = None, inbox_size: int = 256, **options: Any) -> None:
+                 selector: PathSelector | None = None, build_policy: BuildPolicy | None = None,
+                 inbox_size: int = 256, **options: Any) -> None:
         self.driver = driver
         self.directory = directory
         self.selector = selector or PathSelector()
+        self.build_policy = build_policy or BuildPolicy()
         self.options = MeshOptions().updated(**options)
         self._handlers: dict[str, list[Callable[[Any], Any]]] = {name: [] for name in EVENTS}
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue(inbox_size)
@@ -121,31 +123,17 @@ class MeshVPN:
         if self._circuit is not None:
             await self.disconnect()
         relays = list(self.directory())
-        avoid: set[PeerId] = {self.peer_id}
         try:
             target = None if destination is None else self._find(relays, destination, "destination")
             entry = None if self.options.entry is None else self._find(relays, self.options.entry, "entry")
-            failure: CircuitError | None = None
-            for attempt in range(BUILD_ATTEMPTS):
-                try:
-                    path = self.selector.select(relays, hops=self.options.hops, country=self.options.country,
-                                                destination=target, entry=entry, exclude=avoid)
-                except CircuitError:
-                    if failure is None:
-                        raise
-                    raise failure from None  # out of relays to try: the failure that led here says why
-                try:
-                    self._circuit = await self.driver.build_circuit(path)
-                    break
-                except CircuitError as exc:  # avoid the hop that failed and try another path
-                    if not isinstance(exc.failed_peer, PeerId) or attempt == BUILD_ATTEMPTS - 1 \
-                            or entry is not None and exc.failed_peer == entry.peer_id:
-                        raise
-                    failure = exc
-                    avoid.add(exc.failed_peer)
-                    self.selector.record(exc.failed_peer, ok=False)
-            for relay in path:
-                self.selector.record(relay.peer_id, ok=True)
+
+            def choose(avoid: frozenset[PeerId], _attempt: int) -> list[Descriptor]:
+                return self.selector.select(relays, hops=self.options.hops, country=self.options.country,
+                                            destination=target, entry=entry, exclude=avoid | {self.peer_id})
+
+            pinned = {hop.peer_id for hop in (target, entry) if hop is not None}
+            self._circuit, path = await build_around_failures(self.driver, choose, self.selector,
+                                                              policy=self.build_policy, pinned=pinned)
             if destination is not None:
                 self._message_stream = await self.driver.open_stream(self._circuit, "", MESSAGE_PORT)
                 self._spawn_reader(self._message_stream)

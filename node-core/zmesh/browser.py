@@ -7,7 +7,6 @@ the same ``TransportDialer`` native nodes use.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 import time
@@ -24,9 +23,11 @@ from .browser_rtc import BrowserRtcBackend
 from .crypto.webcrypto import WebCryptoProvider
 from .descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
 from .driver import NodeDriver
+from .encoding import decode_base64
 from .errors import ConfigError, CryptoError, ProtocolError, TransportError, ZmeshError
 from .identity import Identity, PeerId
 from .link import Link
+from .netaddr import LinkAddress, page_allows_private
 from .node import Node
 from .rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcConnector, RtcOptions
 from .signaling import SignalSession
@@ -39,10 +40,11 @@ class BrowserNode:
     """The tab's node: identity, WebCrypto, a directory view from the signal server, a driver, and
     links over WebRTC (DataChannels, signalled through this page's origin) or WebSocket."""
 
-    def __init__(self, identity: Identity, provider: WebCryptoProvider) -> None:
+    def __init__(self, identity: Identity, provider: WebCryptoProvider, *, allow_private: bool = False) -> None:
         self.provider = provider
+        self.allow_private = allow_private  # dial non-public link addresses: see ``netaddr.page_allows_private``
         self.relays: dict[PeerId, Descriptor] = {}
-        self.dialer = TransportDialer(self._lookup, websocket=BrowserChannelLink.dial, rtc=None,
+        self.dialer = TransportDialer(self._lookup, websocket=self._dial_websocket, rtc=None,
                                       mode=lambda: "auto")
         self.driver = NodeDriver(Node(identity, provider, time.monotonic), dialer=self.dialer)
         self.home: PeerId | None = None  # the relay this tab is reachable ``via``
@@ -53,7 +55,8 @@ class BrowserNode:
 
     @classmethod
     async def start(cls, saved_identity: bytes | None = None) -> BrowserNode:
-        """A node with the tab's saved identity (kept in IndexedDB by meshvpn.js) or a new one."""
+        """A node with the tab's saved identity (kept in IndexedDB by meshvpn.js) or a new one. It
+        dials non-public link addresses only if this page itself came from one."""
         provider = WebCryptoProvider()
         identity = None
         if saved_identity:
@@ -61,7 +64,13 @@ class BrowserNode:
                 identity = await Identity.from_bytes(provider, saved_identity)
             except ConfigError:
                 identity = None  # a corrupt saved key: start afresh rather than fail to join
-        return cls(identity or await Identity.generate(provider), provider)
+        return cls(identity or await Identity.generate(provider), provider,
+                   allow_private=page_allows_private(js.location.hostname))
+
+    async def _dial_websocket(self, address: LinkAddress) -> Link:
+        # The browser resolves names itself, so only literals and localhost names can be checked here.
+        address.check(allow_private=self.allow_private)
+        return await BrowserChannelLink.dial(address.url)
 
     def refreshed_relays(self) -> list[Descriptor]:
         """The directory as last fetched (``MeshVPN`` reads it synchronously)."""
@@ -77,12 +86,13 @@ class BrowserNode:
         for text in answer.get("removed", []):
             try:
                 fresh.pop(PeerId.from_text(text), None)
-            except (ConfigError, ValueError, IndexError):  # PeerId text parsing is being hardened elsewhere
+            except ConfigError:
                 continue
         for item in answer["relays"]:
             try:
-                descriptor = await verify_descriptor(self.provider, base64.b64decode(item), now=time.time())
-            except (ProtocolError, CryptoError, ValueError):
+                raw = decode_base64(item, "a descriptor in the relay list")
+                descriptor = await verify_descriptor(self.provider, raw, now=time.time())
+            except (ProtocolError, CryptoError):
                 continue
             fresh[descriptor.peer_id] = descriptor
         self.relays, self._cursor = fresh, answer.get("cursor") or None

@@ -61,8 +61,14 @@ class BrowserChannelLink:
 
     @classmethod
     async def dial(cls, url: str, timeout: float = 10.0) -> BrowserChannelLink:
+        """A WebSocket link to ``url`` open within ``timeout`` seconds; one that fails or misses
+        the deadline is closed, so a tarpit keeps no socket of this tab."""
         link = cls(js.WebSocket.new(url), "websocket")
-        await _opened(link._target, f"a link to {url}", timeout)
+        try:
+            await _opened(link._target, f"a link to {url}", timeout)
+        except BaseException:
+            await link.close()
+            raise
         return link
 
     def _on_message(self, event: Any) -> None:

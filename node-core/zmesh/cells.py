@@ -196,6 +196,8 @@ def encode_relay_body(command: RelayCommand, stream_id: int, data: bytes, flags:
 def parse_relay_body(body: bytes) -> RelayMessage:
     """Parse a body whose digest already verified: it came from the far end of our own circuit,
     so a bad field here means a buggy or hostile endpoint — still a ``ProtocolError``."""
+    if len(body) != BODY_SIZE:
+        raise ProtocolError(f"relay body must be {BODY_SIZE} bytes, got {len(body)}")
     _recognized, command, flags, stream_id, length, _digest = _RELAY_HEADER.unpack_from(body)
     if command not in _RELAY_COMMANDS:
         raise ProtocolError(f"unknown relay command {command}")

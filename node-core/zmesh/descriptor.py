@@ -15,13 +15,14 @@ from .crypto.provider import ED25519_SIG_SIZE, CryptoProvider
 from .encoding import pack_canonical, unpack_canonical
 from .errors import ConfigError, CryptoError, ProtocolError
 from .identity import Identity, OnionKeys, PeerId
+from .netaddr import LinkAddress
 
 DOMAIN = b"zmesh-descriptor-v1\x00"
 MAX_DESCRIPTOR_SIZE = 8192
 MAX_LIFETIME = 24 * 3600
 DEFAULT_LIFETIME = 3 * 3600
 CLOCK_SKEW = 300
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_COUNTRY = re.compile(r"[A-Z]{2}")
 _MAX_ADDRESSES = 8
 _MAX_ADDRESS_LEN = 256
 _MAX_PORT_RANGES = 64
@@ -37,7 +38,7 @@ class Capabilities:
     bandwidth: int = 0
 
     def __post_init__(self) -> None:
-        if self.country is not None and not _COUNTRY.match(self.country):
+        if self.country is not None and not _COUNTRY.fullmatch(self.country):
             raise ConfigError(f"country must be a two-letter ISO 3166 code like 'DE', got {self.country!r}")
         if not isinstance(self.bandwidth, int) or not 0 <= self.bandwidth < 2**48:
             raise ConfigError("bandwidth must be a non-negative integer (bytes/s)")
@@ -88,6 +89,9 @@ def _check_addresses(addresses: dict) -> dict[str, tuple[str, ...]]:
         if (not isinstance(addrs, list) or len(addrs) > _MAX_ADDRESSES
                 or not all(isinstance(a, str) and 0 < len(a) <= _MAX_ADDRESS_LEN for a in addrs)):
             raise ProtocolError(f"descriptor addresses for {transport!r} are malformed")
+        if transport == "ws":  # dialed by others: host and port only, never a URL of the publisher's choosing
+            for text in addrs:
+                LinkAddress.parse(text)
         out[transport] = tuple(addrs)
     return out
 

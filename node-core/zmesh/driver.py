@@ -64,13 +64,18 @@ class MeshStream:
         self._writable.set()
 
     async def read(self) -> bytes:
-        """Return whatever data has arrived (waiting for some); ``b""`` once the stream ended.
+        """Return whatever data has arrived (waiting for some); ``b""`` once the stream ended (END DONE).
 
-        Raises ``StreamError`` if the stream ended because the circuit was destroyed."""
+        Any other end (the circuit destroyed, the far side's END with an error reason) raises
+        ``StreamError`` once the data that did arrive is read: a short answer is never mistaken
+        for a complete one (a close-delimited HTTP body, say)."""
         while not self._chunks:
             if self.ended is not None:
                 if self.ended == EndReason.DESTROYED:
                     raise StreamError("the circuit carrying this stream was destroyed", "destroyed")
+                if self.ended != EndReason.DONE:
+                    reason = self.ended.name.lower()
+                    raise StreamError(f"the stream ended abnormally ({reason.replace('_', ' ')})", reason)
                 return b""
             self._readable.clear()
             await self._readable.wait()
@@ -165,12 +170,15 @@ class NodeDriver:
 
     async def add_link(self, link: Link, peer: PeerId | None, *, initiator: bool) -> int:
         """Attach an open link; ``peer`` is who the transport says is on the other end."""
-        link_id = await self._call(self.node.link_opened, peer, initiator=initiator)
-        self._links[link_id] = link
-        self._output[link_id] = asyncio.Event()
+        async def opened() -> int:  # registered before the events: the node may refuse it (CloseLink) at once
+            link_id = await self.node.link_opened(peer, initiator=initiator)
+            self._links[link_id] = link
+            self._output[link_id] = asyncio.Event()
+            return link_id
+
+        link_id = await self._call(opened)
         self._spawn(self._read_loop(link_id, link))
         self._spawn(self._write_loop(link_id, link))
-        self._wake()
         return link_id
 
     async def connect(self, peer: PeerId, *, authenticated: bool = False, timeout: float = 10.0) -> int:
@@ -198,6 +206,8 @@ class NodeDriver:
             while True:
                 frame = await link.recv()
                 await self._call(self.node.receive_frame, link_id, frame)
+                while (pause := self.node.read_pause(link_id)) > 0:  # its CREATEs wait in its socket
+                    await asyncio.sleep(pause)
         except (LinkClosed, TransportError):
             pass
         finally:

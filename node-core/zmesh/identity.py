@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass
 
 from .crypto.provider import KEY_SIZE, MLKEM768_EK_SIZE, MLKEM768_SEED_SIZE, CryptoProvider
@@ -17,6 +18,7 @@ from .errors import ConfigError, CryptoError, ProtocolError
 
 PEER_ID_VERSION = 1
 PEER_ID_TEXT_LEN = 56
+_BASE32 = re.compile(r"[a-z2-7]*")
 
 
 def _checksum(key: bytes) -> bytes:
@@ -40,14 +42,19 @@ class PeerId:
 
     @classmethod
     def from_text(cls, text: str) -> PeerId:
-        """Parse the text form (with or without ``.mesh``); raise ``ConfigError`` if mistyped."""
+        """Parse the text form (with or without ``.mesh``); raise ``ConfigError`` if mistyped.
+
+        Peers and URLs supply this text, so anything that is not exactly 56 base32 letters is a
+        ``ConfigError`` (ASCII is checked first: case mapping can change a non-ASCII string's length,
+        and padding would decode to fewer than 35 bytes)."""
+        if not isinstance(text, str) or not text.isascii():
+            raise ConfigError("a PeerId is ASCII text")
         text = text.strip().lower().removesuffix(".mesh")
         if len(text) != PEER_ID_TEXT_LEN:
             raise ConfigError(f"a PeerId is {PEER_ID_TEXT_LEN} base32 characters, got {len(text)}")
-        try:
-            raw = base64.b32decode(text.upper())
-        except ValueError as exc:
-            raise ConfigError("PeerId contains characters outside base32 (a-z, 2-7)") from exc
+        if not _BASE32.fullmatch(text):
+            raise ConfigError("PeerId contains characters outside base32 (a-z, 2-7)")
+        raw = base64.b32decode(text.upper())
         key, checksum, version = raw[:32], raw[32:34], raw[34]
         if version != PEER_ID_VERSION:
             raise ConfigError(f"PeerId version {version} is not supported")
@@ -104,14 +111,17 @@ class Identity:
 
     @classmethod
     async def from_bytes(cls, provider: CryptoProvider, data: bytes) -> Identity:
+        """Read a key file; anything but the exact shape ``to_bytes`` writes is a ``ConfigError``."""
         try:
             fields = unpack_canonical(data, max_size=512, what="identity file")
-            if fields.get("v") != 1:
-                raise ProtocolError("identity file has an unknown version")
-            signing, x_priv, seed = fields["ed25519"], fields["x25519"], fields["mlkem768_seed"]
-        except (ProtocolError, KeyError, AttributeError) as exc:
+        except ProtocolError as exc:
             raise ConfigError("identity file is corrupt; move it away to create a new identity") from exc
-        if len(signing) != KEY_SIZE or len(x_priv) != KEY_SIZE or len(seed) != MLKEM768_SEED_SIZE:
+        if not isinstance(fields, dict) or set(fields) != {"v", "ed25519", "x25519", "mlkem768_seed"} \
+                or fields["v"] != 1:
+            raise ConfigError("identity file has an unknown version or fields; move it away to create a new identity")
+        signing, x_priv, seed = fields["ed25519"], fields["x25519"], fields["mlkem768_seed"]
+        if not all(isinstance(k, bytes) for k in (signing, x_priv, seed)) \
+                or len(signing) != KEY_SIZE or len(x_priv) != KEY_SIZE or len(seed) != MLKEM768_SEED_SIZE:
             raise ConfigError("identity file has keys of the wrong size")
         return cls(signing, PeerId(await provider.ed25519_public(signing)), x_priv,
                    OnionKeys(await provider.x25519_public(x_priv), await provider.mlkem768_public(seed)),

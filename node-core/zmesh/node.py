@@ -3,9 +3,10 @@
 One ``Node`` is every role at once: circuit origin (client), relay (middle hop) and edge (exit or
 destination at a circuit's last hop). It never touches sockets, tasks or timers. A driver
 (``zmesh.driver``) feeds it frames with ``receive_frame``, pulls frames to write with
-``take_frame``, drains ``events()`` and calls ``handle_timer`` at ``next_deadline()``. Its methods
-are coroutines only because the crypto provider is (WebCrypto); the driver must call them one at a
-time.
+``take_frame``, drains ``events()``, calls ``handle_timer`` at ``next_deadline()`` and waits
+``read_pause(link)`` before reading a link's next frame (a CREATE flood waits in the peer's socket).
+Its methods are coroutines only because the crypto provider is (WebCrypto); the driver must call
+them one at a time.
 
 Peer input never raises out of ``receive_frame``: a malformed frame closes the link, a bad cell on a
 circuit destroys that circuit (DESTROY both ways), and the metrics count what happened.
@@ -18,9 +19,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .admission import HandshakeQueue
 from .cells import (
     BODY_SIZE,
     CELL_SIZE,
+    FLAG_MORE,
     MAX_CELLS_PER_FRAME,
     RELAY_DATA_SIZE,
     Cell,
@@ -77,8 +80,30 @@ class NodeLimits:
     # dead_after, so circuits over a peer that vanished without closing its link are torn down.
     keepalive_interval: float = 15.0
     dead_after: float = 45.0
+    # Global caps (defect: a relay held whatever it was sent): ~22 KiB per link, ~3.4 KiB per circuit.
+    max_links: int = 1000  # a link opened to this node beyond this many links is closed at once
+    max_circuits: int = 16384  # CREATEs beyond this many circuits are refused with RESOURCE_LIMIT
+    # A peer that does not read loses its link once this much waits for it: link cells (PONG, DESTROY,
+    # AUTH…), which must hold a DESTROY for every circuit a link can carry, and all cells together.
+    max_queued_link_cells: int = 8192
+    max_queued_cells_per_link: int = 32768
+    # Handshake fairness (zmesh.admission): per link, CREATEs wait in a bounded queue and are answered
+    # at up to handshake_rate per second (bursts of handshake_burst), round-robin across links.
+    handshake_rate: float = 100.0
+    handshake_burst: int = 32
+    max_pending_handshakes_per_link: int = 64
+    handshake_queue_delay: float = 1.75  # Tor's MaxOnionQueueDelay: older CREATEs are refused
 
     def __post_init__(self) -> None:
+        for name in ("max_links", "max_circuits", "max_circuits_per_link", "max_queued_cells_per_circuit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queued_link_cells <= self.max_circuits_per_link:
+            raise ConfigError(f"max_queued_link_cells ({self.max_queued_link_cells}) must exceed max_circuits_per_link "
+                              f"({self.max_circuits_per_link}): closing a link may DESTROY every circuit on another")
+        if self.max_queued_cells_per_link < self.max_queued_link_cells + self.max_queued_cells_per_circuit:
+            raise ConfigError(f"max_queued_cells_per_link ({self.max_queued_cells_per_link}) must hold "
+                              f"max_queued_link_cells plus one circuit's max_queued_cells_per_circuit")
         if not self.keepalive_interval > 0:
             raise ConfigError(f"keepalive_interval must be positive, got {self.keepalive_interval}")
         if not self.dead_after > self.keepalive_interval:
@@ -87,8 +112,8 @@ class NodeLimits:
 
 
 class _LinkState:
-    __slots__ = ("peer", "initiator", "queue", "queued_cells", "circuits", "next_circ", "closed", "challenge",
-                 "last_rx", "ping_at", "ping_nonce", "rtt")
+    __slots__ = ("peer", "initiator", "queue", "queued_cells", "link_cells", "circuits", "next_circ", "closed",
+                 "challenge", "last_rx", "ping_at", "ping_nonce", "rtt")
 
     def __init__(self, peer: PeerId | None, initiator: bool, now: float) -> None:
         self.peer = peer
@@ -96,9 +121,10 @@ class _LinkState:
         self.initiator = initiator
         self.queue: deque[tuple[int, list[bytes]]] = deque()  # (circuit handle, cells) in send order
         self.queued_cells = 0
+        self.link_cells = 0  # of queued_cells, those of no circuit (handle 0)
         self.circuits: set[int] = set()
         self.next_circ = 1
-        self.closed = False
+        self.closed = False  # over its queue bound: nothing more is queued or read; closed by _reap
         self.last_rx = now  # when the last valid frame arrived (opening counts)
         self.ping_at = -math.inf  # when the last PING was sent; after last_rx: it is unanswered
         self.ping_nonce = b""  # the payload of that PING until its PONG arrives
@@ -141,6 +167,11 @@ class Node:
         self._link_timer = math.inf
         self._queued: Counter[tuple[int, int]] = Counter()
         self._events: list[Event] = []
+        limits = self.limits
+        self._handshakes: HandshakeQueue[tuple[RelayCircuit, bytes]] = HandshakeQueue(
+            rate=limits.handshake_rate, burst=limits.handshake_burst,
+            max_pending=limits.max_pending_handshakes_per_link, max_delay=limits.handshake_queue_delay)
+        self._closing: list[int] = []  # links over their queue bound, closed at the end of the call
 
     # ------------------------------------------------------------------ driver interface: links
 
@@ -153,6 +184,11 @@ class Node:
         now = self.clock()
         link = self._links[link_id] = _LinkState(peer, initiator, now)
         self._link_timer = min(self._link_timer, now + self.limits.keepalive_interval)
+        if not initiator and len(self._links) > self.limits.max_links:
+            self.metrics["links_refused"] += 1
+            self._events.append(CloseLink(link_id, f"this node holds its maximum of {self.limits.max_links} links"))
+            await self.link_closed(link_id)
+            return link_id
         if peer is not None:
             await self._link_identified(link_id, peer)
         elif not initiator:
@@ -210,6 +246,7 @@ class Node:
         if link is None:
             return
         link.closed = True
+        self._handshakes.forget(link_id)
         if link.peer is not None and self._peer_links.get(link.peer) == link_id:
             del self._peer_links[link.peer]
         for circ_id in list(link.circuits):
@@ -240,6 +277,8 @@ class Node:
                 queued[key] -= taken
                 if not queued[key]:
                     del queued[key]
+            else:
+                link.link_cells -= taken
         link.queued_cells -= len(out)
         self.metrics["cells_out"] += len(out)
         return b"".join(out)
@@ -267,7 +306,7 @@ class Node:
     async def receive_frame(self, link_id: int, frame: bytes) -> None:
         """Process one frame from a link. Never raises for anything the peer sent."""
         link = self._links.get(link_id)
-        if link is None:
+        if link is None or link.closed:
             return
         try:
             cells = parse_frame(frame)
@@ -280,7 +319,7 @@ class Node:
         self._link_timer = min(self._link_timer, now + self.limits.keepalive_interval)
         self.metrics["cells_in"] += len(cells)
         index = 0
-        while index < len(cells) and link_id in self._links:
+        while index < len(cells) and link_id in self._links and not link.closed:
             cell = cells[index]
             if cell.command != CellCommand.RELAY:
                 await self._on_link_cell(link_id, cell)
@@ -292,9 +331,17 @@ class Node:
                 end += 1
             await self._on_relay_cells(link_id, cell.circ_id, [c.payload for c in cells[index:end]])
             index = end
+        await self._run_handshakes()
+        await self._reap()
+
+    def read_pause(self, link_id: int) -> float:
+        """Seconds the driver should wait before reading the next frame from ``link_id``: non-zero
+        while its handshake queue is full, so a CREATE flood waits in the peer's socket, not here."""
+        return self._handshakes.resume_after(link_id, self.clock())
 
     def next_deadline(self) -> float | None:
-        deadline = min(min(self._deadlines.values(), default=math.inf), self._link_timer)
+        deadline = min(min(self._deadlines.values(), default=math.inf), self._link_timer,
+                       self._handshakes.next_deadline())
         return None if deadline == math.inf else deadline
 
     async def handle_timer(self, now: float) -> None:
@@ -304,6 +351,8 @@ class Node:
                 await self._destroy(circ, DestroyReason.TIMEOUT)
         if now >= self._link_timer:
             await self._check_links(now)
+        await self._run_handshakes()
+        await self._reap()
 
     # ------------------------------------------------------------------ link liveness
 
@@ -458,11 +507,18 @@ class Node:
 
     async def _on_create(self, link_id: int, cell: Cell, route: tuple[_Circuit, str] | None) -> None:
         link = self._links[link_id]
+        if route is None and not cell.flags & FLAG_MORE:
+            # Every CREATE payload spans two cells (CREATE_SIZE > BODY_SIZE): a lone last piece
+            # belongs to a CREATE refused already, so it gets no second DESTROY.
+            self.metrics["cells_unknown_circuit"] += 1
+            return
         if route is None:
             peer_half = bool(cell.circ_id & _INITIATOR_BIT) != link.initiator
-            full = len(link.circuits) >= self.limits.max_circuits_per_link
+            full = (len(link.circuits) >= self.limits.max_circuits_per_link
+                    or len(self._circuits) >= self.limits.max_circuits)
             if not self.accept_circuits or not peer_half or full:
                 self.metrics["create_refused"] += 1
+                self.metrics["create_refused_full"] += full
                 self._enqueue(link_id, 0, [encode_cell(CellCommand.DESTROY, cell.circ_id,
                                                        bytes([DestroyReason.RESOURCE_LIMIT]))])
                 return
@@ -481,6 +537,26 @@ class Node:
         payload = circ.create.add(cell.payload, cell.flags)
         if payload is None:
             return
+        if not self._handshakes.add(circ.prev_link, (circ, payload), self.clock()):
+            self.metrics["handshakes_refused_queue_full"] += 1
+            raise _CircuitFailure(DestroyReason.RESOURCE_LIMIT, "too many CREATEs waiting on this link")
+
+    async def _run_handshakes(self) -> None:
+        """Answer the CREATEs whose turn has come (zmesh.admission); refuse those that waited too long."""
+        now = self.clock()
+        for circ, _ in self._handshakes.expired(now):
+            if circ.handle in self._circuits:
+                self.metrics["handshakes_expired"] += 1
+                await self._destroy(circ, DestroyReason.RESOURCE_LIMIT)
+        while (ready := self._handshakes.next_ready(now)) is not None:
+            circ, payload = ready
+            if circ.handle in self._circuits:
+                await self._guarded(circ, self._answer_create(circ, payload))
+
+    async def _answer_create(self, circ: RelayCircuit, payload: bytes) -> None:
+        if circ.hop is not None:  # a second CREATE sent while the first waited its turn
+            raise ProtocolError("CREATE on a circuit that has answered one")
+        self.metrics["handshakes"] += 1
         reply, keys = await server_respond(self.provider, self.identity, payload)
         circ.hop = HopCrypto(self.provider, keys)
         self._deadlines.pop(circ.handle, None)
@@ -718,15 +794,40 @@ class Node:
 
     def _enqueue(self, link_id: int, handle: int, cells: list[bytes]) -> None:
         link = self._links.get(link_id)
-        if link is None:
+        if link is None or link.closed:
             return
         link.queue.append((handle, cells))
         link.queued_cells += len(cells)
+        key = (handle, link_id)
         if handle:
-            key = (handle, link_id)
             self._queued[key] += len(cells)
-            if self._queued[key] > self.limits.max_queued_cells_per_circuit:
-                raise _CircuitFailure(DestroyReason.RESOURCE_LIMIT, "circuit queue over its bound")
+        else:
+            link.link_cells += len(cells)
+        limits = self.limits
+        if link.link_cells > limits.max_queued_link_cells or link.queued_cells > limits.max_queued_cells_per_link:
+            self._shed(link_id, link)
+        elif handle and self._queued[key] > limits.max_queued_cells_per_circuit:
+            raise _CircuitFailure(DestroyReason.RESOURCE_LIMIT, "circuit queue over its bound")
+
+    def _shed(self, link_id: int, link: _LinkState) -> None:
+        """The peer on ``link`` does not read what it makes this node send: drop its queue and close the
+        link (at the end of this call, by ``_reap``; the driver closes it on ``CloseLink``)."""
+        for handle, cells in link.queue:
+            if handle:
+                key = (handle, link_id)
+                self._queued[key] -= len(cells)
+                if not self._queued[key]:
+                    del self._queued[key]
+        link.queue.clear()
+        link.queued_cells = link.link_cells = 0
+        link.closed = True
+        self.metrics["links_over_queue_bound"] += 1
+        self._events.append(CloseLink(link_id, "the peer let this node's queue for it grow past its bound"))
+        self._closing.append(link_id)
+
+    async def _reap(self) -> None:
+        while self._closing:
+            await self.link_closed(self._closing.pop())
 
     async def _guarded(self, circ: _Circuit, work) -> None:
         """Run ``work`` for ``circ``; any protocol or crypto failure destroys the circuit."""

@@ -10,11 +10,12 @@ recipient checks again (the server is not trusted).
 from __future__ import annotations
 
 import base64
-import binascii
 import json
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .crypto.provider import CryptoProvider
+from .encoding import decode_base64
 from .errors import ConfigError, CryptoError, ProtocolError, TransportError
 from .identity import Identity, PeerId
 
@@ -52,13 +53,70 @@ class TextChannel(Protocol):
     async def close(self) -> None: ...
 
 
-def decode_base64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ProtocolError(f"the signal server sent a {what} that is not base64 text")
+NONCE_SIZE = 32  # the server's challenge: we sign nothing longer, so it cannot make us sign its text
+_MAX_ERROR_TEXT = 200  # an error code or detail from the server, as far as we repeat it
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """The server's first message: sign ``nonce`` to prove your PeerId."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The server accepted the proof."""
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A message the server relayed, not yet verified against ``sender``."""
+
+    sender: PeerId
+    payload: bytes
+    signature: bytes
+
+
+ServerMessage = Challenge | Ready | Relayed | SignalError | None
+
+
+def _server_text(value: object) -> str:
+    return value[:_MAX_ERROR_TEXT] if isinstance(value, str) else ""
+
+
+def _server_base64(data: dict[str, Any], name: str) -> bytes:
+    return decode_base64(data.get(name), f"the signal server's {name!r}")
+
+
+def parse_server_message(text: str | None) -> ServerMessage:
+    """Decode one message from the (untrusted) server. Raises only ``ProtocolError``; a reported
+    error comes back as a ``SignalError`` value, a message type we do not know as ``None``."""
     try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error as exc:
-        raise ProtocolError(f"the signal server sent a {what} that is not valid base64") from exc
+        data = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        raise ProtocolError("the signal server sent something other than a JSON object")
+    kind = data.get("type")
+    if kind == "challenge":
+        nonce = _server_base64(data, "nonce")
+        if len(nonce) != NONCE_SIZE:
+            raise ProtocolError(f"the signal server's challenge is not {NONCE_SIZE} bytes")
+        return Challenge(nonce)
+    if kind == "ready":
+        return Ready()
+    if kind == "error":
+        to = data.get("to")
+        return SignalError(_server_text(data.get("error")) or "error", _server_text(data.get("detail")),
+                           to=to if isinstance(to, str) else None)
+    if kind == "message":
+        try:
+            sender = PeerId.from_text(data.get("from"))  # from_text refuses non-text too
+        except ConfigError as exc:
+            raise ProtocolError(f"the signal server relayed a message with a bad sender: {exc}") from exc
+        return Relayed(sender, _server_base64(data, "payload"), _server_base64(data, "signature"))
+    return None
 
 
 class SignalSession:
@@ -93,14 +151,15 @@ class SignalSession:
 
     async def receive(self) -> tuple[PeerId, bytes]:
         """The next verified message as ``(sender, payload)``. Raises ``SignalError`` for an error
-        the server reports (the socket stays usable), ``CryptoError`` for a message whose
-        signature does not verify, ``LinkClosed`` once the socket is closed."""
+        the server reports (the socket stays usable), ``ProtocolError`` for a malformed message,
+        ``CryptoError`` for one whose signature does not verify, ``LinkClosed`` once the socket is
+        closed."""
         while True:
-            data = await self._receive_json()
-            if data.get("type") == "error":
-                raise SignalError(str(data.get("error")), str(data.get("detail", "")), to=data.get("to"))
-            if data.get("type") == "message":
-                return await self._verified(data)
+            message = parse_server_message(await self._channel.receive_text())
+            if isinstance(message, SignalError):
+                raise message
+            if isinstance(message, Relayed):
+                return await self._verified(message)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -111,14 +170,9 @@ class SignalSession:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _verified(self, data: dict[str, Any]) -> tuple[PeerId, bytes]:
-        try:
-            sender = PeerId.from_text(data.get("from") if isinstance(data.get("from"), str) else "")
-        except ConfigError as exc:
-            raise ProtocolError(f"the signal server relayed a message with a bad sender: {exc}") from exc
-        payload = decode_base64(data.get("payload"), "payload")
-        signature = decode_base64(data.get("signature"), "signature")
-        if not await self._provider.ed25519_verify(sender.key, signature,
+    async def _verified(self, message: Relayed) -> tuple[PeerId, bytes]:
+        sender, payload = message.sender, message.payload
+        if not await self._provider.ed25519_verify(sender.key, message.signature,
                                                    message_transcript(sender, self.peer_id, payload)):
             raise CryptoError(f"a signaling message claiming to be from {sender.short()} does not verify")
         return sender, payload
@@ -126,26 +180,15 @@ class SignalSession:
     async def _send_json(self, data: dict[str, str]) -> None:
         await self._channel.send_text(json.dumps(data))
 
-    async def _receive_json(self, timeout: float | None = None) -> dict[str, Any]:
-        text = await self._channel.receive_text(timeout)
-        try:
-            data = json.loads(text) if text is not None else None
-        except (ValueError, RecursionError):
-            data = None
-        if not isinstance(data, dict):
-            raise ProtocolError("the signal server sent something other than a JSON object")
-        return data
-
     async def _authenticate(self, timeout: float) -> None:
-        challenge = await self._receive_json(timeout)
-        if challenge.get("type") != "challenge":
+        challenge = parse_server_message(await self._channel.receive_text(timeout))
+        if not isinstance(challenge, Challenge):
             raise ProtocolError("the signal server did not start with a challenge")
-        signature = await self._provider.ed25519_sign(
-            self._identity.signing_key, auth_transcript(decode_base64(challenge.get("nonce"), "nonce")))
+        signature = await self._provider.ed25519_sign(self._identity.signing_key, auth_transcript(challenge.nonce))
         await self._send_json({"type": "auth", "peer_id": self.peer_id.text,
                                "signature": base64.b64encode(signature).decode()})
-        answer = await self._receive_json(timeout)
-        if answer.get("type") == "error":
-            raise SignalError(str(answer.get("error")), str(answer.get("detail", "")))
-        if answer.get("type") != "ready":
+        answer = parse_server_message(await self._channel.receive_text(timeout))
+        if isinstance(answer, SignalError):
+            raise answer
+        if not isinstance(answer, Ready):
             raise ProtocolError("the signal server did not confirm the authentication")

@@ -11,11 +11,11 @@ import re
 from .errors import ConfigError, ProtocolError
 
 MAX_HOST_LEN = 255
-_HOSTNAME = re.compile(r"^[A-Za-z0-9._:-]*$")
+_HOSTNAME = re.compile(r"[A-Za-z0-9._:-]*")
 
 
 def _check(host: str, port: int) -> None:
-    if len(host) > MAX_HOST_LEN or not _HOSTNAME.match(host):
+    if len(host) > MAX_HOST_LEN or not _HOSTNAME.fullmatch(host):
         raise ValueError("host must be a DNS name or an IP literal of at most 255 characters")
     if not isinstance(port, int) or not 0 <= port <= 65535 or (host and port == 0):
         raise ValueError("port must be 1..65535 (0 only for a destination's own services)")

@@ -4,6 +4,10 @@ A peer takes WebRTC links if its descriptor publishes an ``rtc`` address, WebSoc
 publishes a ``ws`` one. With ``auto`` (the default) one is tried and, if it fails or misses its
 deadline, the other; ``webrtc`` and ``websocket`` force one. The same dialer serves native nodes
 and tabs; what it did is kept in ``stats`` for the dashboard and ``/healthz``.
+
+A WebSocket address reaches the transport as a parsed ``LinkAddress``, never as the publisher's
+URL. A peer whose dial just failed is not dialed again for ``redial_after`` seconds: a hostile
+client EXTENDing to an unreachable relay over and over costs a relay one dial per interval.
 """
 
 from __future__ import annotations
@@ -15,21 +19,29 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from .backoff import Backoff
 from .descriptor import Descriptor
-from .errors import ConfigError, ProtocolError, TransportError
+from .errors import ConfigError, TransportError, ZmeshError
 from .identity import PeerId
 from .link import Link
+from .netaddr import LinkAddress
 from .rtc import RtcConnector
 
 log = logging.getLogger(__name__)
 
 TRANSPORTS = ("auto", "webrtc", "websocket")
 RTC_ADDRESS = {"rtc": ("signal",)}  # published by nodes that answer WebRTC offers via the signal server
+MAX_REMEMBERED_FAILURES = 1024  # peers whose recent dial failure is remembered (oldest forgotten first)
 
 
 def check_transport(mode: str) -> str:
     if mode not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, got {mode!r}")
     return mode
+
+
+def check_redial_after(seconds: float) -> float:
+    if not 0 <= seconds <= 300:
+        raise ConfigError(f"redial_after must be 0..300 seconds, not {seconds}")
+    return seconds
 
 
 def count_by_transport(links: Iterable[Link]) -> dict[str, int]:
@@ -56,28 +68,51 @@ class TransportDialer:
     is the fallback."""
 
     def __init__(self, lookup: Callable[[PeerId], Awaitable[Descriptor | None]], *,
-                 websocket: Callable[[str], Awaitable[Link]],
-                 rtc: RtcConnector | None, mode: Callable[[], str], websocket_first: bool = False) -> None:
+                 websocket: Callable[[LinkAddress], Awaitable[Link]],
+                 rtc: RtcConnector | None, mode: Callable[[], str], websocket_first: bool = False,
+                 redial_after: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        check_redial_after(redial_after)
         self._lookup, self._websocket, self.rtc, self.mode = lookup, websocket, rtc, mode
-        self.websocket_first = websocket_first
+        self.websocket_first, self.redial_after, self._clock = websocket_first, redial_after, clock
+        self._failed: dict[PeerId, tuple[float, str]] = {}  # peer → (when it may be dialed again, why not)
         self._counts: dict[str, int | float | str | None] = {
-            "webrtc": 0, "websocket": 0, "fallbacks": 0, "last_fallback": None, "last_fallback_after": None}
+            "webrtc": 0, "websocket": 0, "fallbacks": 0, "last_fallback": None, "last_fallback_after": None,
+            "not_retried": 0}
 
     @property
     def stats(self) -> dict[str, int | float | str | None]:
         """Links dialed per transport, fallbacks (the last one's reason and how many seconds the
-        failed attempt took), WebRTC signaling messages refused, whether signaling is up."""
+        failed attempt took), dials refused because the peer failed just before, WebRTC
+        signaling messages refused, whether signaling is up."""
         return {**self._counts, "signaling": self.rtc is not None,
                 "rejected_signals": self.rtc.rejected if self.rtc is not None else 0}
 
     async def __call__(self, peer: PeerId) -> Link:
         mode = check_transport(self.mode())
+        failed = self._failed.get(peer)
+        if failed is not None:
+            if self._clock() < failed[0]:
+                self._counts["not_retried"] += 1
+                raise TransportError(f"{failed[1]} (not retried for {self.redial_after:g} s)")
+            del self._failed[peer]
+        try:
+            link = await self._dial(peer, mode)
+        except TransportError as exc:
+            if self.redial_after:
+                if len(self._failed) >= MAX_REMEMBERED_FAILURES:
+                    del self._failed[next(iter(self._failed))]
+                self._failed[peer] = (self._clock() + self.redial_after, str(exc))
+            raise
+        return link
+
+    async def _dial(self, peer: PeerId, mode: str) -> Link:
         descriptor = await self._lookup(peer)
         if descriptor is None:
             raise TransportError(f"{peer.short()} is not in the directory")
         attempts = []
         if mode != "webrtc" and descriptor.addresses.get("ws"):
-            attempts.append(("websocket", lambda: self._websocket(descriptor.addresses["ws"][0])))
+            address = LinkAddress.parse(descriptor.addresses["ws"][0])
+            attempts.append(("websocket", lambda: self._websocket(address)))
         if mode != "websocket" and self.rtc is not None and takes_webrtc(descriptor):
             rtc, first = self.rtc, mode == "webrtc" or not self.websocket_first
             attempts.insert(0 if first else 1, ("webrtc", lambda: rtc.dial(peer)))
@@ -123,5 +158,5 @@ async def keep_signaling(dialer: TransportDialer, open_connector: Callable[[], A
         try:
             dialer.rtc = await open_connector()
             backoff.reset()
-        except (TransportError, ProtocolError) as exc:
+        except ZmeshError as exc:  # whatever a hostile or broken server sends: try again later
             log.info("signaling reconnect failed: %s", exc)

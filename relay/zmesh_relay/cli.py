@@ -46,6 +46,7 @@ async def cmd_signal(cfg: dict[str, Any]) -> None:
     web_root = Path(cfg["signaling.web_root"]).expanduser() if cfg["signaling.web_root"] else WEB_ROOT
     server = asyncio.ensure_future(run_server(
         host, port, web_root=web_root, ready=lambda bound: ready("signal", f"http://{host}:{bound}"),
+        allow_private_addresses=cfg["network.allow_private_addresses"],
         max_per_source=cfg["signaling.max_relays_per_source"]))
 
     async def stop() -> None:
@@ -110,11 +111,18 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--exit-allow", dest="security.exit_allow", action="append", metavar="CIDR:PORTS",
                        help="let the exit reach an otherwise refused range, e.g. 127.0.0.1/32:8000-8100")
     relay.add_argument("--country", dest="relay.country", metavar="CC")
+    relay.add_argument("--max-links", dest="relay.max_links", type=int, metavar="N")
+    relay.add_argument("--max-links-per-address", dest="relay.max_links_per_address", type=int, metavar="N")
+    relay.add_argument("--max-circuits", dest="relay.max_circuits", type=int, metavar="N")
+    relay.add_argument("--handshake-rate", dest="relay.handshake_rate", type=float, metavar="PER_S")
 
     client = commands.add_parser("client", help="run a SOCKS5 client")
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
     client.add_argument("--hops", dest="core.hops", type=int)
+    client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")
+    client.add_argument("--socks-handshake-timeout", dest="socks.handshake_timeout", metavar="SECONDS")
+    client.add_argument("--socks-half-close-timeout", dest="socks.half_close_timeout", metavar="SECONDS")
 
     demo = commands.add_parser("demo", help="run a whole local mesh and a test site")
     demo.add_argument("--relays", type=int, default=4)

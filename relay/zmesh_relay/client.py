@@ -2,7 +2,7 @@
 
 Circuits are kept per SOCKS credential pair (stream isolation, like Tor's IsolateSOCKSAuth):
 connections with different username/password never share a circuit. A circuit that dies is
-rebuilt on the next connection, avoiding the relay that failed.
+rebuilt on the next connection; builds route around the hops that fail (``zmesh.building``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import random
 import time
 from typing import Any
 
+from zmesh.building import build_around_failures
 from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.descriptor import Descriptor
 from zmesh.driver import MeshStream, NodeDriver
 from zmesh.errors import CircuitError, StreamError
 from zmesh.identity import Identity, PeerId
@@ -21,13 +23,12 @@ from zmesh.node import Node, NodeLimits
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
-from .config import split_host_port
+from .config import socks_limits, split_host_port
 from .directory import Directory
 from .socks5 import Socks5Server
 from .transports import NativeTransports
 
 log = logging.getLogger(__name__)
-BUILD_ATTEMPTS = 4
 
 
 class Client:
@@ -54,7 +55,7 @@ class Client:
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider)
         await self.transports.start()
         self.driver = NodeDriver(node, dialer=self.transports.dialer)
-        self.socks = Socks5Server(self.open_stream)
+        self.socks = Socks5Server(self.open_stream, socks_limits(self.config))
         host, port = split_host_port(self.config["client.socks"])
         self.socks_port = await self.socks.start(host, port)
         log.info("SOCKS5 on %s:%d", host, self.socks_port)
@@ -79,26 +80,16 @@ class Client:
             circuit = self._circuits.get(isolation)
             if circuit is not None and circuit in self.driver.node.circuits():
                 return circuit
-            avoid: set[PeerId] = set()
-            last: CircuitError | None = None
-            for attempt in range(BUILD_ATTEMPTS):
-                relays = await self.directory.relays(refresh=attempt > 0)
-                path = self.selector.select(relays, hops=self.config["core.hops"], port=port,
+
+            async def choose(avoid: frozenset[PeerId], attempt: int) -> list[Descriptor]:
+                # One refetch after the first failure, not one per attempt: the list may be large.
+                relays = await self.directory.relays(refresh=attempt == 1)
+                return self.selector.select(relays, hops=self.config["core.hops"], port=port,
                                             exclude=avoid, rng=self._rng)
-                try:
-                    circuit = await self.driver.build_circuit(path)
-                except CircuitError as exc:
-                    last = exc
-                    if isinstance(exc.failed_peer, PeerId):
-                        avoid.add(exc.failed_peer)
-                        self.selector.record(exc.failed_peer, ok=False)
-                    log.info("circuit build failed (%s); retrying", exc.reason)
-                    continue
-                for relay in path:
-                    self.selector.record(relay.peer_id, ok=True)
-                self._circuits[isolation] = circuit
-                return circuit
-            raise last or CircuitError("could not build a circuit", "failed")
+
+            circuit, _ = await build_around_failures(self.driver, choose, self.selector)
+            self._circuits[isolation] = circuit
+            return circuit
 
     async def stop(self) -> None:
         if self.socks is not None:

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from zmesh.errors import ConfigError
+from zmesh.node import NodeLimits
 from zmesh.rtc import ChannelOptions, IceServer, RtcOptions
-from zmesh.transport import check_transport
+from zmesh.transport import check_redial_after, check_transport
+
+from .socks5 import SocksLimits
 
 
 def _host_port(value: str) -> str:
@@ -40,7 +43,7 @@ def _hops(value: int) -> int:
 
 
 def _country(value: str) -> str:
-    if value and (len(value) != 2 or not value.isalpha()):
+    if value and (len(value) != 2 or not value.isascii() or not value.isalpha()):
         raise ValueError("must be a two-letter country code or empty")
     return value.upper()
 
@@ -53,6 +56,12 @@ def _level(value: str) -> str:
 
 def _transport(value: str) -> str:
     return check_transport(value)
+
+
+def _at_least_one(value: int | float) -> int | float:
+    if not value >= 1:
+        raise ValueError("must be at least 1")
+    return value
 
 
 def _ice_servers(value: list) -> tuple[IceServer, ...]:
@@ -89,6 +98,19 @@ def _webrtc_timeout(value: float) -> float:
     return RtcOptions(timeout=value).timeout
 
 
+_SOCKS = SocksLimits()
+
+
+def _socks_limit(field: str) -> Callable[[Any], Any]:
+    return lambda value: getattr(SocksLimits(**{field: value}), field)  # SocksLimits owns the rules
+
+
+def _dial_timeout(value: float) -> float:
+    if not 0 < value <= 300:
+        raise ValueError("must be more than 0 and at most 300 seconds")
+    return value
+
+
 def _positive(value: int) -> int:
     if value < 1:
         raise ConfigError(f"must be at least 1, got {value}")
@@ -103,11 +125,17 @@ class Setting:
     help: str = ""
 
 
+_NODE = NodeLimits()  # the core's defaults are the relay's
+
 SETTINGS: dict[str, Setting] = {
     "core.hops": Setting(int, 3, _hops, "relays per circuit"),
     "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
     "transport.kind": Setting(str, "auto", _transport, "auto (WebRTC, else WebSocket), webrtc, websocket"),
     "transport.webrtc_timeout": Setting(float, 10.0, _webrtc_timeout, "seconds for WebRTC to open before a fallback"),
+    "transport.dial_timeout": Setting(float, 10.0, _dial_timeout,
+                                      "seconds for a whole WebSocket dial (resolve, connect, upgrade)"),
+    "transport.redial_after": Setting(float, 2.0, check_redial_after,
+                                      "seconds before a relay whose dial failed is dialed again"),
     "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
     "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
     "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),
@@ -120,8 +148,22 @@ SETTINGS: dict[str, Setting] = {
     "relay.exit": Setting(bool, False, None, "act as an exit"),
     "relay.country": Setting(str, "", _country, "advertised country code"),
     "relay.bandwidth": Setting(int, 10_000_000, None, "advertised bandwidth, bytes/s"),
+    "relay.max_links": Setting(int, _NODE.max_links, _at_least_one,
+                               "links held (both directions) beyond which inbound ones are refused"),
+    "relay.max_links_per_address": Setting(int, 32, _at_least_one, "WebSocket links one remote address may hold"),
+    "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
+    "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
+                                    "circuit handshakes per second per link"),
     "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
+    "network.allow_private_addresses": Setting(bool, False, None,
+                                               "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
+    "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
+                                     "SOCKS connections held at once (idle ones are evicted first)"),
+    "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),
+                                       "seconds from connecting to the SOCKS request"),
+    "socks.half_close_timeout": Setting(float, _SOCKS.half_close_timeout, _socks_limit("half_close_timeout"),
+                                        "seconds a stream waits for its answer after the application's EOF"),
     "metrics.log_level": Setting(str, "INFO", _level, "log level"),
 }
 
@@ -158,6 +200,8 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
             document = tomllib.loads(Path(path).expanduser().read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         for section, table in document.items():
@@ -176,6 +220,11 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
         if value is not None:
             values[name] = _coerce(name, value, "command line")
     return values
+
+
+def socks_limits(config: dict[str, Any]) -> SocksLimits:
+    return SocksLimits(config["socks.max_connections"], config["socks.handshake_timeout"],
+                       config["socks.half_close_timeout"])
 
 
 def rtc_options(config: dict[str, Any]) -> RtcOptions:

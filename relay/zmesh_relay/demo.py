@@ -1,8 +1,10 @@
 """``zmesh demo``: a whole mesh on loopback in one process, plus a local test site to fetch.
 
 Signal server, N relays (the last one an exit allowed to reach only the demo's own test site),
-and a SOCKS5 client, each on a free 127.0.0.1 port; relay keys live in a temporary folder removed
-on exit. It prints where everything is and a curl line that fetches the test page through 3 hops.
+and a SOCKS5 client, each on a free 127.0.0.1 port, as a declared private network
+(``network.allow_private_addresses``: loopback relays are listed and dialed); relay keys live in a
+temporary folder removed on exit. It prints where everything is and a curl line that fetches the
+test page through 3 hops.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class Demo:
     def __init__(self, config: dict[str, Any], *, relays: int, web_root: Path) -> None:
         if relays < 3:
             raise ConfigError("demo needs at least 3 relays (--relays)")
-        self.config = config
+        self.config = {**config, "network.allow_private_addresses": True}  # the whole mesh is on loopback
         self.count = relays
         self.web_root = web_root
         self.relays: list[Relay] = []
@@ -53,7 +55,7 @@ class Demo:
     async def start(self) -> None:
         bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._signal = asyncio.ensure_future(run_server(
-            "127.0.0.1", 0, web_root=self.web_root, ready=bound.set_result,
+            "127.0.0.1", 0, web_root=self.web_root, ready=bound.set_result, allow_private_addresses=True,
             max_per_source=self.count + 16))  # every relay and tab of the demo publishes from 127.0.0.1
         signal_url = f"http://127.0.0.1:{await bound}"
         site_port = await self._start_site()

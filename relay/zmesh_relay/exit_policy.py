@@ -1,11 +1,8 @@
 """Exit policy: an exit must never become an open door into the networks around it.
 
-By default an exit reaches any port of globally routable unicast addresses only. Loopback, private
-(RFC 1918, fc00::/7), link-local, shared (100.64/10), multicast, unspecified, broadcast, reserved,
-documentation and benchmarking ranges are refused — also when they hide inside IPv6 (IPv4-mapped,
-IPv4-compatible, NAT64, 6to4) — unless an explicit ``--exit-allow CIDR:PORTS`` rule admits them.
-The table below is explicit rather than left to ``ipaddress.is_global``, whose answers differ between
-Python versions (3.11 calls ``64:ff9b::7f00:1`` and ``fec0::1`` global).
+By default an exit reaches any port of globally routable unicast addresses only: the ranges of
+``zmesh.netaddr`` (loopback, private, link-local, multicast, reserved, ..., also inside IPv6) are
+refused unless an explicit ``--exit-allow CIDR:PORTS`` rule admits them.
 
 Names are resolved *at the exit*, every answer is checked, and the connection goes to the checked
 address itself, so DNS cannot re-point it afterwards (no rebinding, no mixed answers).
@@ -16,17 +13,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from zmesh.cells import EndReason
 from zmesh.errors import ConfigError, ExitPolicyError, StreamError
+from zmesh.netaddr import IPAddress, IPNetwork, refusal
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+from .resolve import Resolver, resolve
 
 FULL_RANGE = (1, 65535)
 _PORTS = re.compile(r"\*|([0-9]{1,5})(?:-([0-9]{1,5}))?")
@@ -80,86 +74,6 @@ def _parse_rule(text: str) -> tuple[IPNetwork, tuple[tuple[int, int], ...]]:
     return network, tuple(ranges)
 
 
-class _Class(NamedTuple):
-    """Why a range is refused; ``local`` ranges hold real hosts (``allow_private`` opens them)."""
-
-    reason: str
-    local: bool
-
-
-def _table(*rows: tuple[str, str, bool]) -> tuple[tuple[IPNetwork, _Class], ...]:
-    return tuple((ipaddress.ip_network(cidr), _Class(reason, local)) for cidr, reason, local in rows)
-
-
-# Checked in order: the first match names the reason.
-_FORBIDDEN_V4 = _table(
-    ("0.0.0.0/8", "unspecified ('this network')", False),
-    ("10.0.0.0/8", "private (RFC 1918)", True),
-    ("100.64.0.0/10", "shared address space (RFC 6598, carrier-grade NAT)", True),
-    ("127.0.0.0/8", "loopback", True),
-    ("169.254.0.0/16", "link-local", True),
-    ("172.16.0.0/12", "private (RFC 1918)", True),
-    ("192.0.0.0/24", "IETF protocol assignment", False),
-    ("192.0.2.0/24", "documentation", False),
-    ("192.168.0.0/16", "private (RFC 1918)", True),
-    ("198.18.0.0/15", "benchmarking", True),
-    ("198.51.100.0/24", "documentation", False),
-    ("203.0.113.0/24", "documentation", False),
-    ("224.0.0.0/4", "multicast", False),
-    ("255.255.255.255/32", "broadcast", False),
-    ("240.0.0.0/4", "reserved", False),
-)
-_FORBIDDEN_V6 = _table(
-    ("::/128", "unspecified", False),
-    ("::1/128", "loopback", True),
-    ("::/96", "IPv4-compatible (deprecated)", False),
-    ("64:ff9b:1::/48", "local-use NAT64 (RFC 8215)", True),
-    ("::/8", "reserved", False),
-    ("100::/64", "discard-only", False),
-    ("2001::/32", "Teredo tunnel", False),
-    ("2001::/23", "IETF protocol assignment", False),
-    ("2001:db8::/32", "documentation", False),
-    ("3fff::/20", "documentation", False),
-    ("fc00::/7", "unique local (private)", True),
-    ("fe80::/10", "link-local", True),
-    ("fec0::/10", "site-local (deprecated)", True),
-    ("ff00::/8", "multicast", False),
-)
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-def _carried_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
-    """The IPv4 address an IPv6 address carries (and how), for forms that reach that IPv4 host."""
-    if address.ipv4_mapped is not None:
-        return "IPv4-mapped", address.ipv4_mapped
-    if address in _NAT64:
-        return "NAT64", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address.sixtofour is not None:
-        return "6to4", address.sixtofour
-    return None
-
-
-def classify(address: IPAddress) -> tuple[str, bool] | None:
-    """``(reason, local)`` if the default policy refuses ``address``, None for public unicast."""
-    if isinstance(address, ipaddress.IPv6Address):
-        carried = _carried_ipv4(address)
-        if carried is not None:
-            form, inner = carried
-            found = classify(inner)
-            return None if found is None else (f"{form} form of {inner}, {found[0]}", found[1])
-        table = _FORBIDDEN_V6
-    else:
-        table = _FORBIDDEN_V4
-    for network, cls in table:
-        if address in network:
-            return cls
-    if address.is_reserved:  # unallocated IPv6 space outside 2000::/3
-        return "reserved", False
-    if not address.is_global:  # whatever else this Python's registry knows to be special-purpose
-        return "special-purpose (not globally routable)", False
-    return None
-
-
 class ExitPolicy:
     """Which targets this exit connects to: public unicast on any port, plus what ``allow`` admits.
 
@@ -183,24 +97,18 @@ class ExitPolicy:
             target = address.ipv4_mapped  # the same socket target: let IPv4 rules apply
         if any(rule.matches(target, port) for rule in self.allow):
             return
-        found = classify(address)
-        if found is None or (self.allow_private and found[1]):
+        why = refusal(address, allow_private=self.allow_private)
+        if why is None:
             return
         bare = type(target)(int(target))  # a rule has no IPv6 scope (%eth0)
         host = f"[{bare}]" if bare.version == 6 else str(bare)
         rule = f"{host}/{bare.max_prefixlen}:{port}"
-        raise ExitPolicyError(f"exit refuses {address} port {port}: {found[0]} address; to allow it, "
+        raise ExitPolicyError(f"exit refuses {address} port {port}: {why} address; to allow it, "
                               f"start the exit with --exit-allow {rule}")
 
     def summary_ports(self) -> tuple[tuple[int, int], ...]:
         """Ports to publish in the descriptor: all, since public addresses are open on any port."""
         return (FULL_RANGE,)
-
-
-async def _system_resolver(host: str, port: int) -> list[IPAddress]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [ipaddress.ip_address(info[4][0]) for info in infos
-            if info[0] in (socket.AF_INET, socket.AF_INET6)]
 
 
 async def resolve_and_check(policy: ExitPolicy, host: str, port: int, *,
@@ -209,17 +117,12 @@ async def resolve_and_check(policy: ExitPolicy, host: str, port: int, *,
 
     Returns the distinct addresses in resolver order. An IP literal is checked without resolving."""
     try:
-        addresses = [ipaddress.ip_address(host)]
-    except ValueError:
-        try:
-            addresses = list(await (resolver or _system_resolver)(host, port))
-        except (OSError, UnicodeError, ValueError) as exc:
-            raise StreamError(f"cannot resolve {host!r}: {exc}", "resolve_failed") from exc
-    if not addresses:
-        raise StreamError(f"{host!r} has no addresses", "resolve_failed")
+        addresses = await resolve(host, port, resolver)
+    except OSError as exc:
+        raise StreamError(str(exc), "resolve_failed") from exc
     for address in addresses:
         policy.check(address, port)
-    return list(dict.fromkeys(addresses))
+    return addresses
 
 
 async def open_exit_connection(policy: ExitPolicy, host: str, port: int, *, timeout: float = 10.0,

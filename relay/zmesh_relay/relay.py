@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,9 +25,11 @@ from zmesh.errors import ZmeshError
 from zmesh.identity import PeerId
 from zmesh.link import Link
 from zmesh.node import Node, NodeLimits
+from zmesh_signal.app import http_error
 from zmesh_signal.client import SignalClient
 
 from . import wslink
+from .address_slots import AddressSlots
 from .config import split_host_port
 from .directory import Directory
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
@@ -53,6 +56,7 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self._refresh: asyncio.Task | None = None
         self._handlers: set[asyncio.Task] = set()
+        self._address_slots = AddressSlots(config["relay.max_links_per_address"])
 
     @property
     def peer_id(self) -> PeerId:
@@ -61,14 +65,15 @@ class Relay:
 
     async def start(self) -> None:
         identity = await load_or_create_identity(self.provider, self.config["relay.data_dir"])
-        node = Node(identity, self.provider, time.monotonic,
-                    limits=NodeLimits(build_timeout=self.config["core.build_timeout"]))
+        node = Node(identity, self.provider, time.monotonic, limits=NodeLimits(
+            build_timeout=self.config["core.build_timeout"], max_links=self.config["relay.max_links"],
+            max_circuits=self.config["relay.max_circuits"], handshake_rate=self.config["relay.handshake_rate"]))
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider,
                                            on_inbound=self._accept_rtc_link)
         self.driver = NodeDriver(node, dialer=self.transports.dialer,
                                  stream_handler=self._exit if self.exit_policy else None)
         await self.transports.start()
-        app = web.Application()
+        app = web.Application(middlewares=[_json_errors])
         app.router.add_get(wslink.LINK_PATH, self._accept_link)
         app.router.add_get("/healthz", self._health)
         self._runner = web.AppRunner(app, access_log=None)
@@ -122,9 +127,16 @@ class Relay:
 
     async def _accept_link(self, request: web.Request) -> web.StreamResponse:
         assert self.driver is not None
-        ws, link = await wslink.accept(request)
-        await self.driver.add_link(link, None, initiator=False)
-        await link.wait_closed()
+        address = request.remote or ""
+        if not self._address_slots.take(address):
+            self.driver.node.metrics["links_refused_per_address"] += 1
+            return web.json_response({"error": "too many links from this address"}, status=503)
+        try:
+            ws, link = await wslink.accept(request)
+            await self.driver.add_link(link, None, initiator=False)
+            await link.wait_closed()
+        finally:
+            self._address_slots.give_back(address)
         return ws
 
     async def _accept_rtc_link(self, link: Link, _signalled_by: PeerId) -> None:
@@ -171,3 +183,15 @@ class Relay:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.signal.close()
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """A relay's HTTP errors in the signal server's JSON shape, not aiohttp's text pages."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return http_error(exc)

@@ -2,7 +2,17 @@
 
 The server hands each CONNECT to ``open_stream(host, port, isolation)``; ``isolation`` is the
 credential pair (or None), so different credentials can be kept on different circuits. Failures map
-to the reply codes a SOCKS client understands. A tiny client (``socks5_connect``) serves tests and
+to the reply codes a SOCKS client understands; every request that gets as far as its address gets
+a reply:
+- a name no BEGIN can carry (empty, a space, NUL, ``%``, not valid IDNA, over 255 bytes): 0x04
+  host unreachable, since no host can be reached by that name (the mesh is not asked);
+- port 0: 0x02 not allowed, the answer every exit's policy would give;
+- an address type other than IPv4, name or IPv6: 0x08; a command other than CONNECT: 0x07.
+
+Connections take slots from a table of ``SocksLimits.max_connections``. When it is full, the
+oldest connection that serves nobody yet (still in its handshake) or any more (the application
+has closed its side and the answer is late) is evicted for the new one; only when every slot
+carries a live stream is the newcomer refused. A tiny client (``socks5_connect``) serves tests and
 benchmarks.
 """
 
@@ -14,8 +24,10 @@ import ipaddress
 import logging
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from zmesh.errors import CircuitError, ExitPolicyError, StreamError, TransportError
+from zmesh.errors import ConfigError, ExitPolicyError, StreamError, TransportError, ZmeshError
+from zmesh.streams import format_target
 
 from .splice import StreamLike, splice
 
@@ -30,6 +42,23 @@ SUCCEEDED, GENERAL_FAILURE, NOT_ALLOWED, HOST_UNREACHABLE = 0x00, 0x01, 0x02, 0x
 CONNECTION_REFUSED, TTL_EXPIRED, COMMAND_NOT_SUPPORTED, ADDRESS_NOT_SUPPORTED = 0x05, 0x06, 0x07, 0x08
 _STREAM_REPLIES = {"exit_policy": NOT_ALLOWED, "resolve_failed": HOST_UNREACHABLE,
                    "connect_refused": CONNECTION_REFUSED, "timeout": TTL_EXPIRED}
+
+
+@dataclass(frozen=True, slots=True)
+class SocksLimits:
+    """How many connections the front holds and how long an idle one may keep its slot."""
+
+    max_connections: int = 256
+    handshake_timeout: float = 10.0  # greeting to CONNECT request, for a slow or silent application
+    half_close_timeout: float = 30.0  # after the application's EOF, with nothing from the target
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_connections, int) or not 1 <= self.max_connections <= 65536:
+            raise ConfigError(f"socks max_connections must be 1..65536, got {self.max_connections!r}")
+        for name in ("handshake_timeout", "half_close_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value <= 86400:
+                raise ConfigError(f"socks {name} must be more than 0 and at most 86400 seconds, got {value!r}")
 
 
 class _Refused(Exception):
@@ -49,15 +78,28 @@ def _reply(code: int) -> bytes:
     return bytes([5, code, 0, ATYP_IPV4, 0, 0, 0, 0, 0, 0])
 
 
+def _domain(raw: bytes) -> str:
+    """The name as a BEGIN carries it (ASCII, IDNA-encoded); ``_Refused`` if it cannot name a host."""
+    try:
+        host = raw.decode("ascii") if raw.isascii() else raw.decode("utf-8").encode("idna").decode("ascii")
+        if not host or not host.isprintable():  # (a trailing newline would slip past a `$` pattern)
+            raise ValueError("empty name or a control character")
+        format_target(host, 1)
+    except (UnicodeError, ValueError, ConfigError):
+        raise _Refused(HOST_UNREACHABLE) from None
+    return host
+
+
 class Socks5Server:
-    def __init__(self, open_stream: OpenStream, *, handshake_timeout: float = 10.0,
-                 max_connections: int = 256) -> None:
+    def __init__(self, open_stream: OpenStream, limits: SocksLimits | None = None) -> None:
         self.open_stream = open_stream
-        self.handshake_timeout = handshake_timeout
-        self.max_connections = max_connections
-        self.rejected = 0
+        self.limits = limits or SocksLimits()
+        self.rejected = 0  # handshakes that failed
+        self.evicted = 0  # idle connections closed to make room
+        self.refused = 0  # connections turned away with every slot busy
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task] = set()
+        # task -> evictable? Insertion order is age, so the first evictable entry is the oldest.
+        self._tasks: dict[asyncio.Task, bool] = {}
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._accept, host, port)
@@ -66,39 +108,62 @@ class Socks5Server:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._tasks) >= self.max_connections:
+        full = len(self._tasks) >= self.limits.max_connections
+        victim = self._evict_one() if full else None
+        if full and victim is None:
+            self.refused += 1
             writer.close()
             return
-        self._tasks.add(task)
+        self._tasks[task] = True
         try:
-            await self._serve(reader, writer)
+            if victim is not None:  # once it has finished, its END is out and its circuit slot free too
+                await asyncio.gather(victim, return_exceptions=True)
+            await self._serve(task, reader, writer)
         except asyncio.CancelledError:
-            pass  # close() is shutting this connection down; asyncio would log a cancelled callback
+            pass  # close() or an eviction is shutting this connection down
+        except ConnectionError:
+            pass  # the application went away before its reply; asyncio would log a traceback
         finally:
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _evict_one(self) -> asyncio.Task | None:
+        victim = next((task for task, idle in self._tasks.items() if idle), None)
+        if victim is not None:
+            del self._tasks[victim]
+            victim.cancel()
+            self.evicted += 1
+        return victim
+
+    def _mark(self, task: asyncio.Task, *, idle: bool) -> None:
+        if task in self._tasks:
+            self._tasks[task] = idle
+
+    async def _serve(self, task: asyncio.Task, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            host, port, isolation = await asyncio.wait_for(self._handshake(reader, writer), self.handshake_timeout)
+            host, port, isolation = await asyncio.wait_for(self._handshake(reader, writer),
+                                                           self.limits.handshake_timeout)
         except _Refused as refused:
             writer.write(_reply(refused.reply))
             await writer.drain()
             return
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, ValueError, UnicodeError) as exc:
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, ValueError) as exc:
             self.rejected += 1
             log.debug("SOCKS handshake failed: %s", type(exc).__name__)
             return
+        self._mark(task, idle=False)
         try:
             stream = await self.open_stream(host, port, isolation)
-        except (StreamError, CircuitError, ExitPolicyError, TransportError) as exc:
+        except ZmeshError as exc:
             log.info("SOCKS CONNECT failed: %s", exc)
             writer.write(_reply(reply_for(exc)))
             await writer.drain()
             return
         writer.write(_reply(SUCCEEDED))
         await writer.drain()
-        await splice(stream, reader, writer, end_on_tcp_eof=False)
+        await splice(stream, reader, writer, end_on_tcp_eof=False,
+                     half_close_timeout=self.limits.half_close_timeout,
+                     on_half_close=lambda: self._mark(task, idle=True))
 
     async def _handshake(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> tuple[str, int, object]:
@@ -129,25 +194,28 @@ class Socks5Server:
         if version != 5:
             raise ValueError("not SOCKS5")
         if atyp == ATYP_IPV4:
-            host = str(ipaddress.IPv4Address(await reader.readexactly(4)))
+            address = await reader.readexactly(4)
         elif atyp == ATYP_IPV6:
-            host = str(ipaddress.IPv6Address(await reader.readexactly(16)))
+            address = await reader.readexactly(16)
         elif atyp == ATYP_DOMAIN:
-            (length,) = await reader.readexactly(1)
-            host = (await reader.readexactly(length)).decode("idna")
+            address = await reader.readexactly((await reader.readexactly(1))[0])
         else:
             raise _Refused(ADDRESS_NOT_SUPPORTED)
         (port,) = struct.unpack(">H", await reader.readexactly(2))
         if command != CONNECT:
             raise _Refused(COMMAND_NOT_SUPPORTED)
+        host = _domain(address) if atyp == ATYP_DOMAIN else str(ipaddress.ip_address(address))
+        if port == 0:
+            raise _Refused(NOT_ALLOWED)
         return host, port, isolation
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -179,7 +247,8 @@ async def socks5_connect(proxy_host: str, proxy_port: int, host: str, port: int,
         if reply[1] != SUCCEEDED:
             names = {NOT_ALLOWED: "not allowed by ruleset", HOST_UNREACHABLE: "host unreachable",
                      CONNECTION_REFUSED: "connection refused", TTL_EXPIRED: "timed out",
-                     COMMAND_NOT_SUPPORTED: "command not supported"}
+                     COMMAND_NOT_SUPPORTED: "command not supported",
+                     ADDRESS_NOT_SUPPORTED: "address type not supported"}
             raise TransportError(f"SOCKS5 reply 0x{reply[1]:02x}: {names.get(reply[1], 'general failure')}")
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         writer.close()

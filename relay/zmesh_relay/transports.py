@@ -1,5 +1,7 @@
 """The links of a native node: WebSocket always, WebRTC (aiortc) through the signal server unless
 ``transport.kind`` is ``websocket``; the signaling session is kept up by ``keep_signaling``.
+WebSocket dials get ``transport.dial_timeout`` and reach non-public addresses only with
+``network.allow_private_addresses``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from zmesh.crypto.provider import CryptoProvider
-from zmesh.errors import ProtocolError, TransportError
+from zmesh.errors import ZmeshError
 from zmesh.identity import Identity
 from zmesh.link import Link
+from zmesh.netaddr import LinkAddress
 from zmesh.rtc import LinkHandler, RtcConnector
 from zmesh.transport import RTC_ADDRESS, TransportDialer, count_by_transport, keep_signaling
 from zmesh_signal.client import SignalClient
@@ -33,9 +36,14 @@ class NativeTransports:
                  identity: Identity, provider: CryptoProvider, on_inbound: LinkHandler | None = None) -> None:
         self.config, self._signal, self._identity, self._provider = config, signal, identity, provider
         self._on_inbound = on_inbound
-        self.dialer = TransportDialer(directory.find, websocket=wslink.dial, rtc=None,
-                                      mode=lambda: config["transport.kind"], websocket_first=True)
+        self.dialer = TransportDialer(directory.find, websocket=self._dial_websocket, rtc=None,
+                                      mode=lambda: config["transport.kind"], websocket_first=True,
+                                      redial_after=config["transport.redial_after"])
         self._supervisor: asyncio.Task | None = None
+
+    async def _dial_websocket(self, address: LinkAddress) -> Link:
+        return await wslink.dial(address, timeout=self.config["transport.dial_timeout"],
+                                 allow_private=self.config["network.allow_private_addresses"])
 
     @property
     def uses_webrtc(self) -> bool:
@@ -50,7 +58,7 @@ class NativeTransports:
             return
         try:
             self.dialer.rtc = await self._open()
-        except (TransportError, ProtocolError) as exc:
+        except ZmeshError as exc:
             log.warning("no signaling socket yet (WebRTC waits, WebSocket works): %s", exc)
         self._supervisor = asyncio.get_running_loop().create_task(keep_signaling(self.dialer, self._open))
 

@@ -1,6 +1,8 @@
 """WebSocket links (aiohttp): one binary WebSocket message per zmesh frame.
 
-Relays listen on ``/v1/link``; anyone may dial. The link itself does not authenticate the dialer —
+Relays listen on ``/v1/link``; anyone may dial. Dialing follows ``zmesh.netaddr``: the URL is
+built from a parsed host and port, the host is resolved and checked here, and the connection goes
+to a checked address within one deadline. The link itself does not authenticate the dialer —
 the circuit handshake authenticates every relay a client talks to, so an inbound link's peer is
 unknown (``None``) to the node, exactly like Tor's client connections.
 """
@@ -8,14 +10,23 @@ unknown (``None``) to the node, exactly like Tor's client connections.
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from zmesh.cells import MAX_FRAME_SIZE
 from zmesh.errors import LinkClosed, TransportError
+from zmesh.netaddr import LINK_PATH, IPAddress, LinkAddress, check_resolved
+from zmesh_signal.ws import prepare
 
-LINK_PATH = "/v1/link"
+from .resolve import Resolver, resolve
+
+__all__ = ["LINK_PATH", "WebSocketLink", "accept", "checked_addresses", "dial", "open_link"]
+
+DIAL_TIMEOUT = 10.0  # seconds for a whole dial, unless transport.dial_timeout says otherwise
 # aiohttp refuses a message whose size *reaches* max_msg_size, so allow one byte more than a frame.
 MAX_MESSAGE = MAX_FRAME_SIZE + 1
 
@@ -62,18 +73,80 @@ class WebSocketLink:
             await self._session.close()
 
 
-async def dial(url: str, *, timeout: float = 10.0) -> WebSocketLink:
-    """Open a link to a relay's ``ws://host:port/v1/link``; ``TransportError`` if it fails."""
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
+class _Pinned(AbstractResolver):
+    """Answers aiohttp with the addresses ``dial`` resolved and checked, so the connection goes to
+    one of those and DNS cannot re-point it between the check and the connect."""
+
+    def __init__(self, addresses: list[IPAddress]) -> None:
+        self._addresses = addresses
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [ResolveResult(hostname=host, host=str(address), port=port, proto=0, flags=socket.AI_NUMERICHOST,
+                              family=socket.AF_INET6 if address.version == 6 else socket.AF_INET)
+                for address in self._addresses]
+
+    async def close(self) -> None:
+        pass
+
+
+async def _refuse_redirect(_session: aiohttp.ClientSession, _context: object,
+                           params: aiohttp.TraceRequestRedirectParams) -> None:
+    """A link address is host and port: a relay answering the upgrade with a redirect does not
+    get to send this node anywhere else (aiohttp follows redirects of a WebSocket upgrade)."""
+    raise TransportError(f"{params.url.host} answered the link upgrade with a redirect ({params.response.status})")
+
+
+_NO_REDIRECTS = aiohttp.TraceConfig()
+_NO_REDIRECTS.on_request_redirect.append(_refuse_redirect)
+_NO_REDIRECTS.freeze()
+
+
+async def checked_addresses(address: LinkAddress, *, allow_private: bool,
+                            resolver: Resolver | None = None) -> list[IPAddress]:
+    """Resolve ``address``'s host here and check every answer (``zmesh.netaddr`` rules):
+    the addresses a dial may connect to, or ``TransportError``."""
+    address.check(allow_private=allow_private)
     try:
-        ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE, heartbeat=30.0,
-                                      timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        await session.close()
+        found = await resolve(address.host, address.port, resolver)
+    except OSError as exc:
+        raise TransportError(f"no link to {address}: {exc}") from exc
+    return check_resolved(address.host, found, allow_private=allow_private)
+
+
+async def dial(address: LinkAddress, *, allow_private: bool, timeout: float = DIAL_TIMEOUT,
+               resolver: Resolver | None = None) -> WebSocketLink:
+    """Open a link to a relay's ``address``; ``TransportError`` if it fails or is refused.
+
+    ``timeout`` bounds the whole dial — resolving, TCP, TLS and the WebSocket upgrade. Non-public
+    addresses (after resolution) are refused unless ``allow_private`` (a declared private network)."""
+    async def pin() -> list[IPAddress]:
+        return await checked_addresses(address, allow_private=allow_private, resolver=resolver)
+
+    return await open_link(address.url, timeout=timeout, pin=pin)
+
+
+async def open_link(url: str, *, timeout: float = DIAL_TIMEOUT,
+                    pin: Callable[[], Awaitable[list[IPAddress]]] | None = None) -> WebSocketLink:
+    """The link at ``url``, all within ``timeout`` seconds; a dial that fails or times out leaves
+    nothing open. ``pin`` resolves and checks the host first and the connection goes to one of its
+    addresses (``dial``); without it aiohttp resolves — only for URLs a tool or benchmark chose
+    itself, never for a descriptor's address."""
+    try:
+        async with asyncio.timeout(timeout):
+            resolver = _Pinned(await pin()) if pin is not None else None
+            connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
+            session = aiohttp.ClientSession(connector=connector, trace_configs=[_NO_REDIRECTS])
+            try:
+                ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE, heartbeat=30.0,
+                                              timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
+            except BaseException:  # also the deadline's cancellation: close what this dial opened
+                await session.close()
+                raise
+    except TimeoutError as exc:
+        raise TransportError(f"no link to {url} within {timeout:g} s") from exc
+    except (aiohttp.ClientError, OSError) as exc:
         raise TransportError(f"cannot open a link to {url}: {exc}") from exc
-    except asyncio.CancelledError:  # a caller's deadline (the signal server's probes have one)
-        await session.close()
-        raise
     return WebSocketLink(ws, session)
 
 
@@ -82,5 +155,5 @@ async def accept(request: web.Request) -> tuple[web.WebSocketResponse, WebSocket
     # No permessage-deflate (browsers ask for it): cells are encrypted, so compressing them only
     # costs CPU (bench/webrtc.py measured tabs' WebSocket links slowed by it).
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30.0, compress=False)
-    await ws.prepare(request)
+    await prepare(ws, request)
     return ws, WebSocketLink(ws)

@@ -25,6 +25,7 @@ from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import DEFAULT_LIFETIME, MAX_DESCRIPTOR_SIZE, Descriptor, verify_descriptor
 from zmesh.errors import ConfigError, CryptoError, ProtocolError, TransportError
 from zmesh.identity import PeerId
+from zmesh.netaddr import descriptor_refusal
 
 from .directory import FLAGS, Directory, Stored
 from .limits import KeyedLimiter, TooLarge, read_limited
@@ -48,6 +49,8 @@ class SignalConfig:
     """Everything a server instance may be given; the defaults suit a public server.
 
     ``clock`` is the wall clock used to check descriptor times (tests move it instead of waiting).
+    ``allow_private_addresses`` lists relays on loopback, private and link-local addresses: for a
+    private test network only (``network.allow_private_addresses``).
     ``verify_reachability=False`` lists descriptors without probing them or requiring their peer
     to be signed in: only for unit tests of the store, never for a server anyone uses.
     """
@@ -67,6 +70,7 @@ class SignalConfig:
     reprobe_interval: float = 600.0
     ws: WsLimits = field(default_factory=WsLimits)
     clock: Callable[[], float] = time.time
+    allow_private_addresses: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_lifetime, int) or self.max_lifetime < 60:
@@ -76,6 +80,11 @@ class SignalConfig:
 def json_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
     """The one error shape of the HTTP API."""
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    """An aiohttp 4xx (no route, wrong method, bad WebSocket handshake…) in the JSON error shape."""
+    return json_error(exc.status, _ERROR_CODES.get(exc.status, exc.reason.lower().replace(" ", "_")), exc.reason)
 
 
 class _Api:
@@ -89,7 +98,8 @@ class _Api:
                                    reprobe_interval=config.reprobe_interval,
                                    verify=config.verify_reachability)
         self.prober = Prober(self.provider, self.directory.next_pending, self._probed,
-                             concurrency=config.probe_concurrency, timeout=config.probe_timeout)
+                             concurrency=config.probe_concurrency, timeout=config.probe_timeout,
+                             allow_private=config.allow_private_addresses)
 
     async def start_probing(self, _app: web.Application) -> None:
         self.prober.start()
@@ -121,6 +131,10 @@ class _Api:
             return self._rejected(400, "malformed", str(exc))
         except CryptoError as exc:
             return self._rejected(422, "invalid", str(exc))
+        private = descriptor_refusal(descriptor.addresses, allow_private=self.config.allow_private_addresses)
+        if private is not None:
+            return self._rejected(403, "private_address", f"{private}; this directory lists public relays only "
+                                  "(a private test network sets network.allow_private_addresses on it)")
         if descriptor.expires - descriptor.published > self.config.max_lifetime:
             return self._rejected(422, "invalid", f"descriptor lifetime is over {self.config.max_lifetime} s")
         outcome = self.directory.put(descriptor, self.config.clock(), source=request.remote or "unknown")
@@ -146,8 +160,7 @@ class _Api:
         if flag is not None and flag not in FLAGS:
             return json_error(400, "bad_query", f"flag must be one of: {', '.join(FLAGS)}")
         if country is not None:
-            country = country.upper()
-            if not _COUNTRY.fullmatch(country):
+            if not country.isascii() or not _COUNTRY.fullmatch(country := country.upper()):  # "ß".upper() is "SS"
                 return json_error(400, "bad_query", "country must be a two-letter ISO 3166 code like DE")
         if since is not None and not _CURSOR.fullmatch(since):
             return json_error(400, "bad_query", "since must be a cursor from an earlier answer")
@@ -202,8 +215,7 @@ def _json_errors(metrics: SignalMetrics) -> Middleware:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            code = _ERROR_CODES.get(exc.status, exc.reason.lower().replace(" ", "_"))
-            response = json_error(exc.status, code, exc.reason)
+            response = http_error(exc)
         except Exception:
             log.exception("unexpected error in %s", _route_label(request))
             response = json_error(500, "internal", "the server failed on this request; it has been logged")
@@ -270,9 +282,12 @@ async def serving(config: SignalConfig, host: str, port: int) -> AsyncIterator[i
 
 
 async def run_server(host: str, port: int, *, web_root: Path | None = None,
-                     ready: Callable[[int], None] | None = None, max_per_source: int = 8) -> None:
+                     ready: Callable[[int], None] | None = None, allow_private_addresses: bool = False,
+                     max_per_source: int = 8) -> None:
     """Serve until cancelled; call ``ready(bound_port)`` once listening."""
-    async with serving(SignalConfig(web_root=web_root, max_per_source=max_per_source), host, port) as bound:
+    config = SignalConfig(web_root=web_root, allow_private_addresses=allow_private_addresses,
+                          max_per_source=max_per_source)
+    async with serving(config, host, port) as bound:
         log.info("signal server listening on %s:%d", host, bound)
         if ready is not None:
             ready(bound)

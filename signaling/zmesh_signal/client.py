@@ -14,9 +14,10 @@ from typing import Any
 import aiohttp
 
 from zmesh.crypto.provider import CryptoProvider
+from zmesh.encoding import decode_base64
 from zmesh.errors import ConfigError, LinkClosed, ProtocolError, TransportError
 from zmesh.identity import Identity, PeerId
-from zmesh.signaling import SignalError, SignalSession, decode_base64
+from zmesh.signaling import SignalError, SignalSession
 
 from .ws import WsLimits
 
@@ -83,11 +84,13 @@ class SignalClient:
             raise TransportError(f"cannot reach the signal server at {self.base_url}: {exc}") from exc
         try:
             answer = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
             answer = None
         if not 200 <= status < 300:
             if isinstance(answer, dict):
-                raise SignalError(str(answer.get("error", status)), str(answer.get("detail", "")), status=status)
+                error, detail = answer.get("error"), answer.get("detail")
+                raise SignalError(error[:200] if isinstance(error, str) and error else f"http_{status}",
+                                  detail[:200] if isinstance(detail, str) else "", status=status)
             raise SignalError(f"http_{status}", "the answer was not the API's JSON", status=status)
         if not isinstance(answer, dict):
             raise ProtocolError(f"the signal server answered {method} {path} without a JSON object")
@@ -116,10 +119,10 @@ class SignalClient:
             raise ProtocolError("the signal server's relay list is malformed")
         try:
             gone = [PeerId.from_text(text) for text in removed]
-        except (ConfigError, ValueError, IndexError) as exc:  # PeerId text parsing is being hardened elsewhere
+        except ConfigError as exc:
             raise ProtocolError("the signal server's relay list names a malformed PeerId") from exc
-        return RelayUpdate([decode_base64(item, "descriptor") for item in listed], gone, cursor,
-                           answer.get("full", True) is not False)
+        return RelayUpdate([decode_base64(item, "a descriptor in the signal server's relay list") for item in listed],
+                           gone, cursor, answer.get("full", True) is not False)
 
     async def connect_ws(self, identity: Identity, provider: CryptoProvider) -> SignalSession:
         """Open the signaling WebSocket and prove ``identity``'s PeerId to the server."""

@@ -393,5 +393,5 @@ def _matches(descriptor: Descriptor, flag: str | None, country: str | None) -> b
 def _peer_or_none(text: str) -> PeerId | None:
     try:
         return PeerId.from_text(text)
-    except (ConfigError, ValueError, IndexError):  # PeerId text parsing is being hardened elsewhere
+    except ConfigError:
         return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from zmesh.cells import BODY_SIZE, CellCommand, Reassembler, encode_cell, fragments, parse_frame
 from zmesh.crypto.provider import CryptoProvider
@@ -21,6 +21,7 @@ from zmesh.descriptor import Descriptor
 from zmesh.errors import CircuitError, ConfigError, ProtocolError, TransportError, ZmeshError
 from zmesh.handshake import CREATED_SIZE, client_finish, client_start
 from zmesh.link import Link
+from zmesh.netaddr import LinkAddress
 from zmesh_relay import wslink
 
 log = logging.getLogger(__name__)
@@ -28,24 +29,26 @@ log = logging.getLogger(__name__)
 PROBE_CIRCUIT = 0x8000_0001  # the dialer's half of the circuit-id space; the only circuit it opens
 
 
-async def dial_link(url: str, timeout: float) -> Link:
-    """Open a link to ``url`` for a probe. The one place the signal server dials out, so address
-    rules (which hosts may be dialed) and dial deadlines are attached here."""
-    return await wslink.dial(url, timeout=timeout)
+async def dial_link(url: str, timeout: float, *, allow_private: bool) -> Link:
+    """Open a link to ``url`` for a probe: the one place the signal server dials out, with the
+    nodes' own rules (a strict link address, no non-public address unless ``allow_private``, one
+    deadline over resolving, TCP and the upgrade)."""
+    return await wslink.dial(LinkAddress.parse(url), allow_private=allow_private, timeout=timeout)
 
 
 async def probe_relay(provider: CryptoProvider, descriptor: Descriptor, *, timeout: float = 10.0,
-                      dial: Callable[[str, float], Awaitable[Link]] = dial_link) -> str:
+                      allow_private: bool = False) -> str:
     """Complete a circuit handshake with ``descriptor``'s relay at one of its ``ws`` addresses,
     all within ``timeout`` seconds; return the address that answered. Raises ``TransportError``
-    (nothing answered in time), ``CryptoError`` (wrong keys) or ``ProtocolError`` (not a relay)."""
+    (nothing answered in time, or a refused address), ``CryptoError`` (wrong keys) or
+    ``ProtocolError`` (not a relay)."""
     failures = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     for url in descriptor.addresses.get("ws", ()):
         try:
             async with asyncio.timeout_at(deadline):
-                link = await dial(url, max(0.0, deadline - loop.time()))
+                link = await dial_link(url, max(0.001, deadline - loop.time()), allow_private=allow_private)
                 try:
                     await _handshake(provider, descriptor, link)
                 finally:
@@ -86,13 +89,13 @@ class Prober:
 
     def __init__(self, provider: CryptoProvider, take: Callable[[], Descriptor | None],
                  report: Callable[[Descriptor, bool], None], *, concurrency: int = 32,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, allow_private: bool = False) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"probe concurrency must be a positive integer, got {concurrency!r}")
         if not timeout > 0:
             raise ConfigError(f"probe timeout must be > 0 seconds, got {timeout!r}")
         self._provider, self._take, self._report = provider, take, report
-        self.concurrency, self.timeout = concurrency, timeout
+        self.concurrency, self.timeout, self.allow_private = concurrency, timeout, allow_private
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -117,7 +120,8 @@ class Prober:
                 await self._work.wait()
                 continue
             try:
-                await probe_relay(self._provider, descriptor, timeout=self.timeout)
+                await probe_relay(self._provider, descriptor, timeout=self.timeout,
+                                  allow_private=self.allow_private)
                 reachable = True
             except ZmeshError as exc:
                 log.info("not listing %s: %s", descriptor.peer_id.short(), exc)

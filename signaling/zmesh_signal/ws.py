@@ -19,7 +19,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from zmesh.crypto.provider import CryptoProvider
-from zmesh.errors import ConfigError
+from zmesh.encoding import decode_base64
+from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
 from zmesh.signaling import auth_transcript, message_transcript
 
@@ -44,9 +45,9 @@ class WsLimits:
     outbox: int = 64
 
 
-class _Reject(Exception):
+class _Reject(ProtocolError):
     """A message the server answers with ``{"type": "error", ...}``; ``bad`` ones count towards
-    closing the connection."""
+    closing the connection. The parsers below raise nothing else, whatever a peer sends."""
 
     def __init__(self, code: str, detail: str, *, bad: bool = True, **extra: str) -> None:
         super().__init__(detail)
@@ -56,7 +57,8 @@ class _Reject(Exception):
         return {"type": "error", "error": self.code, "detail": self.detail, **self.extra}
 
 
-def _parse(text: str) -> dict[str, Any]:
+def parse_message(text: str) -> dict[str, Any]:
+    """One message from a peer as a JSON object with a string ``type``; ``_Reject`` otherwise."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -77,13 +79,31 @@ def _peer_field(data: dict[str, Any], name: str) -> PeerId:
 
 
 def _b64_field(data: dict[str, Any], name: str) -> bytes:
-    value = data.get(name)
     try:
-        if not isinstance(value, str):
-            raise ValueError(name)
-        return base64.b64decode(value, validate=True)
+        return decode_base64(data.get(name), f"'{name}'")
+    except ProtocolError as exc:
+        raise _Reject("bad_message", str(exc)) from exc
+
+
+def auth_fields(data: dict[str, Any]) -> tuple[PeerId, bytes]:
+    """The claimed PeerId and challenge signature of an ``auth`` message."""
+    if data["type"] != "auth":
+        raise _Reject("auth_failed", "the first message must be auth")
+    return _peer_field(data, "peer_id"), _b64_field(data, "signature")
+
+
+def send_fields(data: dict[str, Any]) -> tuple[PeerId, bytes, bytes]:
+    """Recipient, payload and signature of a ``send`` message."""
+    return _peer_field(data, "to"), _b64_field(data, "payload"), _b64_field(data, "signature")
+
+
+async def prepare(ws: web.WebSocketResponse, request: web.Request) -> None:
+    """``ws.prepare(request)``, with the ``ValueError`` aiohttp raises for a non-ASCII
+    Sec-WebSocket-Key turned into the 400 any other bad handshake gets (aiohttp answers it 500)."""
+    try:
+        await ws.prepare(request)
     except ValueError as exc:
-        raise _Reject("bad_message", f"'{name}' must be standard padded base64") from exc
+        raise web.HTTPBadRequest(text="Handshake error: malformed Sec-WebSocket-Key") from exc
 
 
 class _Connection:
@@ -124,7 +144,7 @@ class SignalHub:
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=self._limits.max_message, heartbeat=self._limits.heartbeat)
-        await ws.prepare(request)
+        await prepare(ws, request)
         self._open.add(ws)
         self._metrics.ws_connections.inc()
         try:
@@ -157,10 +177,7 @@ class SignalHub:
         if msg.type is not WSMsgType.TEXT:
             return None  # closed, or refused by aiohttp itself (e.g. 1009 for an oversized frame)
         try:
-            data = _parse(msg.data)
-            if data["type"] != "auth":
-                raise _Reject("auth_failed", "the first message must be auth")
-            peer, signature = _peer_field(data, "peer_id"), _b64_field(data, "signature")
+            peer, signature = auth_fields(parse_message(msg.data))
         except _Reject as exc:
             return await self._refuse(ws, exc.detail)
         if not await self._provider.ed25519_verify(peer.key, signature, auth_transcript(nonce)):
@@ -200,7 +217,7 @@ class SignalHub:
                     raise _Reject("rate_limited", "too many messages; slow down", bad=False)
                 if msg.type is not WSMsgType.TEXT:
                     raise _Reject("bad_message", "messages are JSON text")
-                reply = await self._dispatch(conn.peer, _parse(msg.data))
+                reply = await self._dispatch(conn.peer, parse_message(msg.data))
             except _Reject as exc:
                 self._metrics.ws_messages.labels(exc.code).inc()
                 bad += exc.bad
@@ -222,8 +239,7 @@ class SignalHub:
         raise _Reject("bad_message", f"unknown message type {data['type'][:32]!r}")
 
     async def _relay(self, sender: PeerId, data: dict[str, Any]) -> None:
-        recipient = _peer_field(data, "to")
-        payload, signature = _b64_field(data, "payload"), _b64_field(data, "signature")
+        recipient, payload, signature = send_fields(data)
         if len(payload) > self._limits.max_payload:
             raise _Reject("too_large", f"a payload is at most {self._limits.max_payload} bytes")
         if not await self._provider.ed25519_verify(sender.key, signature,

@@ -7,9 +7,10 @@ RFC 9407 §6 leaves the coding rate to research. Our rule, fed by the receiver's
   packets sent; ``ratio = clamp(min_ratio, max_ratio, margin × loss)``. A clean link decays to
   ``min_ratio`` (0 by default: no repair overhead at all), a lossy one is over-provisioned by
   ``margin`` so most losses are repaired before any feedback could arrive.
-- On top of the rate, every loss an update newly reveals is answered at once by one repair
-  (``on_update`` returns how many): one repair rebuilds any one lost symbol of the window, so this
-  is retransmission without naming what to resend, and it covers bursts the average rate misses.
+- On top of the rate, every loss an update newly reveals is answered by one repair
+  (``on_update`` returns how many; ``link.py`` sends them within the repair budget of budget.py):
+  one repair rebuilds any one lost symbol of the window, so this is retransmission without naming
+  what to resend, and it covers bursts the average rate misses.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ class RepairRateController:
         return min(self.max_ratio, max(self.min_ratio, self.margin * self.loss))
 
     def on_update(self, seen: int, received: int) -> int:
-        """Fold in a window update: of the ``seen`` data packets numbered so far, the receiver got
-        ``received`` (mod 2^32). Returns how many losses this update newly reveals."""
-        missing = (seen - received) & 0xFFFFFFFF
-        lost = missing if missing < 1 << 31 else 0  # more received than numbered: duplicates
+        """Fold in a window update newer than the last one (the encoder drops older ones): of the
+        ``seen`` data packets numbered so far, the receiver got ``received``. Returns how many
+        losses this update newly reveals."""
+        lost = max(0, seen - received)  # more received than numbered: duplicates
         newly = max(0, lost - self._lost_mark)
         if seen - self._sample_seen >= self.sample_packets:
             sample = (lost - self._sample_lost) / (seen - self._sample_seen)

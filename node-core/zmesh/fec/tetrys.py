@@ -85,7 +85,8 @@ class Gap:
 class Ack:
     """A window update as the sender sees it: everything below ``consumed`` may leave the window,
     everything below ``decoded`` is known to the receiver, which has received ``received`` data
-    packets (mod 2^32) of the ``seen`` numbered up to the highest one it got."""
+    packets of the ``seen`` numbered up to the highest one it got (more than ``seen`` only if the
+    link duplicated some)."""
 
     consumed: int
     decoded: int
@@ -109,6 +110,8 @@ class TetrysEncoder:
         self.window_start = 0
         self.decoded = 0  # the receiver knows everything below this, so repairs start here
         self.packets_sent = 0
+        self.stale_acks = 0  # window updates that arrived after a newer one
+        self._newest_ack = (0, 0, 0, 0)  # (consumed, decoded, received, seen) of the newest update applied
         self._rng = rng or random.Random()
 
     @property
@@ -152,21 +155,34 @@ class TetrysEncoder:
         self.packets_sent += 1
         return (self.packets_sent - 1) & 0xFFFFFFFF
 
-    def on_ack(self, packet: bytes) -> Ack:
-        """Apply a window update (§5.4) and return it. Lies (acknowledging symbols or packets never
-        sent) are FECErrors and change nothing; stale (reordered) updates are harmless."""
+    def on_ack(self, packet: bytes) -> Ack | None:
+        """Apply a window update (§5.4) and return it, or None if it tells nothing new (an older or
+        repeated update: the link reorders, so that is harmless; counted in ``stale_acks``).
+
+        Lies are FECErrors and change nothing: acknowledging symbols or packets never sent, or
+        moving some counts forward and others back. Each of the receiver's four counts only grows,
+        so of two honest updates one is at or above the other in all four; an update claiming
+        fewer packets received than before while more were numbered invents losses."""
         if len(packet) != _ACK.size or packet_type(packet) != ACK:
             raise FECError("malformed window update")
         _, consumed, decoded, received, seen = _ACK.unpack(packet)
         consumed, decoded = _unwrap(consumed, self.window_start), _unwrap(decoded, self.window_start)
         seen = _unwrap(seen, self.packets_sent)
+        counts = (consumed, decoded, _unwrap(received, seen), seen)
         if not consumed <= decoded <= self.next_seq or seen > self.packets_sent:
             raise FECError("window update acknowledges symbols or packets that were never sent")
+        moves = {(new > old) - (new < old) for new, old in zip(counts, self._newest_ack, strict=True)}
+        if {1, -1} <= moves:
+            raise FECError("window update moves some of its counts forward and others back")
+        if 1 not in moves:
+            self.stale_acks += 1
+            return None
+        self._newest_ack = counts
         while self.window_start < consumed:
             self.window.popleft()
             self.window_start += 1
         self.decoded = max(self.decoded, decoded)
-        return Ack(consumed, decoded, received, seen)
+        return Ack(*counts)
 
 
 class _Row:

@@ -1,0 +1,88 @@
+"""Building a circuit around hops that fail: the one retry policy of ``MeshVPN`` and ``zmesh client``.
+
+A directory can list many relays that do not answer (stale, firewalled, or planted to waste
+clients' time), so a fixed handful of attempts is not enough. Each failed build names the hop
+that failed (``CircuitError.failed_peer``); that hop is left out of the next path, and building goes
+on while the directory still offers a path, within ``max_attempts`` and a total ``deadline``. The
+error at the end says which bound stopped it and what the last failure was.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+
+from .descriptor import Descriptor
+from .driver import NodeDriver
+from .errors import CircuitError, ConfigError
+from .identity import PeerId
+from .path import PathSelector
+
+log = logging.getLogger(__name__)
+
+ChoosePath = Callable[[frozenset[PeerId], int], "list[Descriptor] | Awaitable[list[Descriptor]]"]
+
+
+@dataclass(frozen=True, slots=True)
+class BuildPolicy:
+    """How long to keep trying: at most ``max_attempts`` builds, none started after ``deadline`` s
+    (one build in flight is bounded by the node's own build timeout)."""
+
+    max_attempts: int = 16
+    deadline: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or not 1 <= self.max_attempts <= 1000:
+            raise ConfigError(f"max_attempts must be 1..1000, got {self.max_attempts!r}")
+        if not isinstance(self.deadline, int | float) or not 0 < self.deadline <= 3600:
+            raise ConfigError(f"deadline must be more than 0 and at most 3600 seconds, got {self.deadline!r}")
+
+
+async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector: PathSelector, *,
+                                policy: BuildPolicy | None = None, pinned: Collection[PeerId] = (),
+                                clock: Callable[[], float] = time.monotonic) -> tuple[int, list[Descriptor]]:
+    """Build a circuit on ``choose(excluded, attempt)``'s path, excluding each hop that failed.
+
+    ``pinned`` hops (a chosen entry, a destination) cannot be routed around: a failure there is
+    final. ``choose`` raising ``CircuitError`` (no path without the excluded hops) ends the search.
+    Outcomes are fed to ``selector``. Returns ``(circuit, path)``."""
+    policy = policy or BuildPolicy()
+    started = clock()
+    avoid: set[PeerId] = set()
+    failure: CircuitError | None = None
+    for attempt in range(policy.max_attempts):
+        if failure is not None and clock() - started >= policy.deadline:
+            raise _gave_up(failure, f"the {policy.deadline:g} s build deadline passed", avoid)
+        try:
+            chosen = choose(frozenset(avoid), attempt)
+            path = await chosen if inspect.isawaitable(chosen) else chosen
+        except CircuitError:
+            if failure is None:
+                raise
+            raise _gave_up(failure, "no path is left without the relays that failed", avoid) from None
+        try:
+            circuit = await driver.build_circuit(path)
+        except CircuitError as exc:
+            failure, peer = exc, exc.failed_peer
+            if not isinstance(peer, PeerId):
+                log.info("circuit build failed (%s); retrying on another path", exc.reason)
+                continue
+            selector.record(peer, ok=False)
+            if peer in pinned:
+                raise
+            avoid.add(peer)
+            log.info("circuit build failed at %s… (%s); retrying without it", peer.short(), exc.reason)
+            continue
+        for relay in path:
+            selector.record(relay.peer_id, ok=True)
+        return circuit, path
+    assert failure is not None
+    raise _gave_up(failure, f"{policy.max_attempts} attempts failed", avoid)
+
+
+def _gave_up(last: CircuitError, why: str, avoided: set[PeerId]) -> CircuitError:
+    return CircuitError(f"could not build a circuit: {why} (avoided {len(avoided)} relay(s) that failed); "
+                        f"last failure: {last}", last.reason, last.failed_peer)
