@@ -51,13 +51,14 @@ async def fetch_sizes(counts: list[int]) -> list[tuple[int, int, int, int, int]]
                 identity = await Identity.generate(PROVIDER)
                 descriptor = await sign_descriptor(
                     PROVIDER, identity, now=int(time.time()), capabilities=Capabilities(exit=index % 4 == 0),
-                    addresses={"ws": (f"ws://198.51.100.{index % 250}:{9000 + index}/v1/link",), "rtc": ("signal",)})
-                await session.post(f"{base}/v1/descriptors", data=descriptor.raw)
+                    addresses={"ws": (f"ws://relay{index}.example.org:9000/v1/link",), "rtc": ("signal",)})
+                async with session.post(f"{base}/v1/descriptors", data=descriptor.raw) as response:
+                    assert response.status == 201, await response.text()
             plain, answer = await _size(session, f"{base}/v1/relays", "identity")
             gzipped, _ = await _size(session, f"{base}/v1/relays", "gzip")
             unchanged, _ = await _size(session, f"{base}/v1/relays?since={answer['cursor']}", "gzip")
             fresh = await sign_descriptor(PROVIDER, await Identity.generate(PROVIDER), now=int(time.time()),
-                                          addresses={"ws": ("ws://198.51.100.1:1/v1/link",)})
+                                          addresses={"ws": ("ws://new.example.org:9000/v1/link",)})
             await session.post(f"{base}/v1/descriptors", data=fresh.raw)
             one, _ = await _size(session, f"{base}/v1/relays?since={answer['cursor']}", "gzip")
             rows.append((count, plain, gzipped, unchanged, one))
@@ -65,13 +66,14 @@ async def fetch_sizes(counts: list[int]) -> list[tuple[int, int, int, int, int]]
 
 
 async def listing_latency(rounds: int) -> list[float]:
-    cfg = SignalConfig(reprobe_interval=0, get_rate=1e6, get_burst=1e6)  # every republish is probed again
+    # every republish is probed again; the relay is on loopback
+    cfg = SignalConfig(reprobe_interval=0, get_rate=1e6, get_burst=1e6, allow_private_addresses=True)
     async with serving(cfg, "127.0.0.1", 0) as port, aiohttp.ClientSession() as session:
         base = f"http://127.0.0.1:{port}"
         with tempfile.TemporaryDirectory() as data:
             relay = Relay(config.load(None, env={}, flags={
                 "signaling.url": base, "relay.data_dir": data, "relay.listen": "127.0.0.1:0",
-                "transport.kind": "websocket"}))
+                "transport.kind": "websocket", "network.allow_private_addresses": True}))
             await relay.start()
             try:
                 samples = []
