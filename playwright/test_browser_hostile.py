@@ -8,9 +8,11 @@ import time
 import urllib.request
 
 import pytest
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from playwright_support import example_page
 
+from tests.conftest import wait_until
+from tests.probed import answer_create, every, is_listed
 from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import sign_descriptor
 from zmesh.identity import Identity
@@ -31,6 +33,14 @@ def hostile(mesh):
     async def garbage(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        try:  # the signal server's reachability probe speaks first: pass it, or it is never listed
+            probe = await ws.receive(timeout=1.0)
+        except TimeoutError:
+            probe = None
+        if probe is not None and probe.type == WSMsgType.BINARY:
+            await ws.send_bytes(await answer_create(provider, {identity.peer_id: identity}, probe.data))
+            await ws.receive()
+            return ws
         await ws.send_bytes(os.urandom(3000))  # not whole cells
         await ws.send_bytes(bytes([1, 3]) + os.urandom(1022))  # a RELAY cell with a random header
         await ws.send_str("not binary")
@@ -51,15 +61,17 @@ def hostile(mesh):
     thread.start()
     runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
     provider = NativeCryptoProvider()
+    identity = asyncio.run_coroutine_threadsafe(Identity.generate(provider), loop).result(10)
 
     async def describe():
-        identity = await Identity.generate(provider)
-        return identity, await sign_descriptor(provider, identity, now=int(time.time()),
-                                               addresses={"ws": (f"ws://127.0.0.1:{port}/v1/link",)})
+        return await sign_descriptor(provider, identity, now=int(time.time()),
+                                     addresses={"ws": (f"ws://127.0.0.1:{port}/v1/link",)})
 
-    identity, descriptor = asyncio.run_coroutine_threadsafe(describe(), loop).result(10)
+    descriptor = asyncio.run_coroutine_threadsafe(describe(), loop).result(10)
     request = urllib.request.Request(f"{url}/v1/descriptors", data=descriptor.raw, method="POST")
     urllib.request.urlopen(request, timeout=5)
+    # listed once its probe has passed
+    asyncio.run_coroutine_threadsafe(wait_until(every(0.05, lambda: is_listed(url, identity.peer_id))), loop).result(15)
     yield identity.peer_id.text
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)

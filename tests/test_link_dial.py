@@ -12,6 +12,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 import pytest
 from aiohttp import web
@@ -26,6 +27,7 @@ from zmesh.node import Node
 from zmesh_relay import wslink
 
 from .conftest import wait_until
+from .probed import ProbeAnswerer, every, is_listed, nothing_pending
 from .test_native_mesh import Process
 from .test_netaddr import SSRF, forged_descriptor
 
@@ -45,8 +47,8 @@ class Tarpit:
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
 
-    async def start(self, host: str = "127.0.0.1") -> Tarpit:
-        self._server = await asyncio.start_server(self._hold, host, 0)
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Tarpit:
+        self._server = await asyncio.start_server(self._hold, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -78,13 +80,28 @@ def _post(signal_url: str, raw: bytes) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-async def publish_fake(provider: NativeCryptoProvider, signal_url: str, address: str) -> Descriptor:
-    """A validly signed relay descriptor whose only link address is ``address``."""
-    descriptor = await sign_descriptor(provider, await Identity.generate(provider), now=int(time.time()),
-                                       addresses={"ws": (address,)})
+async def publish_fake(provider: NativeCryptoProvider, signal_url: str, address: str,
+                       answerer: ProbeAnswerer) -> Descriptor:
+    """A validly signed relay descriptor whose only link address is ``address``, where ``answerer``
+    passes the signal server's probe for it (the signal server lists only relays that do)."""
+    identity = await Identity.generate(provider)
+    answerer.identities[identity.peer_id] = identity
+    descriptor = await sign_descriptor(provider, identity, now=int(time.time()), addresses={"ws": (address,)})
     status, body = await asyncio.to_thread(_post, signal_url, descriptor.raw)
-    assert status == 201, body
+    assert (status, body.get("status")) == (202, "pending"), body
     return descriptor
+
+
+async def listed_then_tarpit(provider: NativeCryptoProvider, signal_url: str, host: str, count: int,
+                             address: Callable[[int], str]) -> tuple[list[Descriptor], Tarpit]:
+    """``count`` fake relays at ``address(port)`` on ``host`` that pass their probe and are listed;
+    then a tarpit takes over the port: relays that were reachable once and are not any more."""
+    answerer = await ProbeAnswerer(provider).start(host)
+    fakes = [await publish_fake(provider, signal_url, address(answerer.port), answerer) for _ in range(count)]
+    await wait_until(every(0.05, lambda: nothing_pending(signal_url)), timeout=20)
+    assert all(is_listed(signal_url, fake.peer_id) for fake in fakes)
+    await answerer.stop()
+    return fakes, await Tarpit().start(host, answerer.port)
 
 
 async def relay_descriptor(provider: NativeCryptoProvider, signal_url: str, relay: Process) -> Descriptor:
@@ -115,7 +132,7 @@ async def extend_fails(driver: NodeDriver, relay: Descriptor, target: Descriptor
 
 
 def test_tarpit_link_addresses_cost_a_relay_no_descriptor_after_the_dial_deadline(provider, tmp_path):
-    signal = Process("signal", "--listen", "127.0.0.1:0")
+    signal = Process("signal", "--listen", "127.0.0.1:0", "--max-relays-per-source", "16")  # all from loopback
     relay = None
     try:
         url = signal.address[0]
@@ -123,8 +140,8 @@ def test_tarpit_link_addresses_cost_a_relay_no_descriptor_after_the_dial_deadlin
                         env=RELAY_ENV)
 
         async def main() -> None:
-            tarpit = await Tarpit().start()
-            fakes = [await publish_fake(provider, url, f"ws://127.0.0.1:{tarpit.port}/v1/link") for _ in range(10)]
+            fakes, tarpit = await listed_then_tarpit(provider, url, "127.0.0.1", 10,
+                                                     lambda port: f"ws://127.0.0.1:{port}/v1/link")
             home = await relay_descriptor(provider, url, relay)
             driver = await client_of(provider, home)
             try:
@@ -162,11 +179,10 @@ def test_tarpit_link_addresses_cost_a_relay_no_descriptor_after_the_dial_deadlin
         signal.stop()
 
 
-def _private_targets(listeners: dict[str, Tarpit]) -> dict[str, str]:
-    return {"127.0.0.1": f"ws://127.0.0.1:{listeners['127.0.0.1'].port}/v1/link",
-            "::1": f"ws://[::1]:{listeners['::1'].port}/v1/link",
-            "10.99.0.1": f"ws://10.99.0.1:{listeners['10.99.0.1'].port}",
-            "localhost": f"ws://localhost:{listeners['localhost'].port}/v1/link"}
+PRIVATE_TARGETS = {"127.0.0.1": ("127.0.0.1", "ws://127.0.0.1:{port}/v1/link"),
+                   "::1": ("::1", "ws://[::1]:{port}/v1/link"),
+                   "10.99.0.1": ("10.99.0.1", "ws://10.99.0.1:{port}"),
+                   "localhost": ("127.0.0.1", "ws://localhost:{port}/v1/link")}
 
 
 def test_relays_dial_private_link_addresses_only_on_a_declared_private_network(provider, tmp_path):
@@ -179,11 +195,11 @@ def test_relays_dial_private_link_addresses_only_on_a_declared_private_network(p
                                   "--data-dir", str(tmp_path / name), env=env))
 
         async def main() -> None:
-            listeners = {"127.0.0.1": await Tarpit().start("127.0.0.1"), "::1": await Tarpit().start("::1"),
-                         "10.99.0.1": await Tarpit().start("10.99.0.1"),
-                         "localhost": await Tarpit().start("127.0.0.1")}
-            targets = {name: await publish_fake(provider, url, address)
-                       for name, address in _private_targets(listeners).items()}
+            listeners, targets = {}, {}
+            for name, (host, address) in PRIVATE_TARGETS.items():
+                fakes, listeners[name] = await listed_then_tarpit(provider, url, host, 1,
+                                                                  lambda port, text=address: text.format(port=port))
+                targets[name] = fakes[0]
             refusing, dialing = [await relay_descriptor(provider, url, relay) for relay in relays]
             try:
                 driver = await client_of(provider, refusing)
@@ -278,10 +294,10 @@ def test_the_directory_refuses_the_ssrf_url_and_private_addresses_unless_declare
                                                    now=int(time.time()), addresses={"ws": (address,)})
                 status, body = await asyncio.to_thread(_post, public, descriptor.raw)
                 assert (status, body["error"]) == (403, "private_address"), body
-                assert (await asyncio.to_thread(_post, private, descriptor.raw))[0] == 201
+                assert (await asyncio.to_thread(_post, private, descriptor.raw))[0] == 202  # to be probed
             public_relay = await sign_descriptor(provider, identity, now=int(time.time()),
                                                  addresses={"ws": ("wss://relay.example.org/v1/link",)})
-            assert (await asyncio.to_thread(_post, public, public_relay.raw))[0] == 201
+            assert (await asyncio.to_thread(_post, public, public_relay.raw))[0] == 202
 
         asyncio.run(main())
     finally:

@@ -21,7 +21,7 @@ from zmesh_signal.client import SignalClient, SignalError
 
 def run(test: Callable[[SignalClient], Awaitable[None]], config: SignalConfig | None = None) -> None:
     async def main() -> None:
-        async with serving(config or SignalConfig(), "127.0.0.1", 0) as port, \
+        async with serving(config or SignalConfig(verify_reachability=False), "127.0.0.1", 0) as port, \
                 SignalClient(f"http://127.0.0.1:{port}") as client:
             await test(client)
 
@@ -35,7 +35,8 @@ def test_publish_and_list_round_trip_with_filters(provider):
                                       capabilities=Capabilities(country="DE"))
         exit_ = await sign_descriptor(provider, await Identity.generate(provider), now=now,
                                       capabilities=Capabilities(exit=True, country="SE"))
-        assert await client.publish(relay.raw) == {"peer_id": relay.peer_id.text, "expires": relay.expires}
+        assert await client.publish(relay.raw) == {"peer_id": relay.peer_id.text, "expires": relay.expires,
+                                                 "status": "listed"}
         await client.publish(exit_.raw)
         assert await client.relays(flag="exit") == [exit_.raw]
         assert await client.relays(country="DE") == [relay.raw]

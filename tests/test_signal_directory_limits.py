@@ -28,18 +28,18 @@ def descriptor(provider, identity: Identity | None = None, *, now: int = NOW, li
 
 def test_directory_keeps_the_newest_descriptor_per_peer(provider):
     identity = asyncio.run(Identity.generate(provider))
-    directory = Directory()
+    directory = Directory(verify=False)
     first = descriptor(provider, identity)
-    assert directory.put(first, NOW) is Stored.ACCEPTED
+    assert directory.put(first, NOW) is Stored.LISTED
     assert directory.put(first, NOW) is Stored.STALE
     assert directory.put(descriptor(provider, identity, now=NOW - 1), NOW) is Stored.STALE
     newer = descriptor(provider, identity, now=NOW + 1)
-    assert directory.put(newer, NOW + 1) is Stored.ACCEPTED
+    assert directory.put(newer, NOW + 1) is Stored.LISTED
     assert directory.live(NOW + 1) == [newer] and directory.get(identity.peer_id, NOW + 1) is newer
 
 
 def test_directory_filters_and_expires_lazily(provider):
-    directory = Directory()
+    directory = Directory(verify=False)
     relay = descriptor(provider, country="DE", lifetime=600)
     exit_ = descriptor(provider, exit=True, relay=False, country="US", lifetime=1200)
     for d in (relay, exit_):
@@ -56,11 +56,11 @@ def test_directory_filters_and_expires_lazily(provider):
 
 
 def test_directory_capacity_counts_only_live_entries(provider):
-    directory = Directory(capacity=1)
+    directory = Directory(capacity=1, verify=False)
     short = descriptor(provider, lifetime=60)
-    assert directory.put(short, NOW) is Stored.ACCEPTED
+    assert directory.put(short, NOW) is Stored.LISTED
     assert directory.put(descriptor(provider), NOW) is Stored.FULL
-    assert directory.put(descriptor(provider), NOW + 60) is Stored.ACCEPTED  # the expired one made room
+    assert directory.put(descriptor(provider), NOW + 60) is Stored.LISTED  # the expired one made room
 
 
 def test_token_bucket_burst_then_rate():

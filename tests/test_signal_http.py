@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,14 +16,19 @@ from yarl import URL
 from zmesh.descriptor import MAX_DESCRIPTOR_SIZE, Capabilities, Descriptor, sign_descriptor
 from zmesh.identity import Identity
 from zmesh_signal.app import SignalConfig, serving
+from zmesh_signal.client import SignalClient
 
 Test = Callable[[aiohttp.ClientSession, str], Awaitable[None]]
 
 
+STORE = SignalConfig(verify_reachability=False)  # these descriptors name no address anyone listens on
+
+
 def run(test: Test, config: SignalConfig | None = None) -> None:
-    """Start a server on 127.0.0.1 (port 0), run ``test`` against it, always stop it."""
+    """Start a server on 127.0.0.1 (port 0), run ``test`` against it, always stop it. Unless told
+    otherwise it lists descriptors without probing them: these tests are about the store."""
     async def main() -> None:
-        async with serving(config or SignalConfig(), "127.0.0.1", 0) as port, aiohttp.ClientSession() as session:
+        async with serving(config or STORE, "127.0.0.1", 0) as port, aiohttp.ClientSession() as session:
             await test(session, f"http://127.0.0.1:{port}")
 
     asyncio.run(main())
@@ -53,6 +59,14 @@ async def listed(session: aiohttp.ClientSession, url: str, query: str = "") -> l
     return [base64.b64decode(item, validate=True) for item in body["relays"]]
 
 
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """``tests.conftest.wait_until`` for a condition asked over HTTP."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
 async def assert_healthy(session: aiohttp.ClientSession, url: str) -> None:
     status, body = await get(session, url, "/healthz")
     assert status == 200 and body["status"] == "ok"
@@ -65,14 +79,14 @@ def test_publish_then_list_with_flag_and_country_filters(provider):
         exit_only = await make_descriptor(provider, relay=False, exit=True)
         for d in (relay_de, exit_nl, exit_only):
             status, body = await post(session, url, d.raw)
-            assert (status, body) == (201, {"peer_id": d.peer_id.text, "expires": d.expires})
+            assert (status, body) == (201, {"peer_id": d.peer_id.text, "expires": d.expires, "status": "listed"})
         assert sorted(await listed(session, url)) == sorted([relay_de.raw, exit_nl.raw, exit_only.raw])
         assert sorted(await listed(session, url, "?flag=exit")) == sorted([exit_nl.raw, exit_only.raw])
         assert sorted(await listed(session, url, "?flag=relay")) == sorted([relay_de.raw, exit_nl.raw])
         assert await listed(session, url, "?country=de") == [relay_de.raw]
         assert await listed(session, url, "?flag=exit&country=NL") == [exit_nl.raw]
         assert await listed(session, url, "?country=FR") == []
-        assert await get(session, url, "/healthz") == (200, {"status": "ok", "relays": 3})
+        assert await get(session, url, "/healthz") == (200, {"status": "ok", "relays": 3, "pending": 0})
 
     run(test)
 
@@ -163,9 +177,9 @@ def test_expired_descriptors_disappear_from_every_view(provider):
         clock[0] = d.expires  # expiry is exclusive
         assert await listed(session, url) == []
         assert (await get(session, url, f"/v1/relays/{d.peer_id.text}"))[0] == 404
-        assert await get(session, url, "/healthz") == (200, {"status": "ok", "relays": 0})
+        assert await get(session, url, "/healthz") == (200, {"status": "ok", "relays": 0, "pending": 0})
 
-    run(test, SignalConfig(clock=lambda: clock[0]))
+    run(test, SignalConfig(clock=lambda: clock[0], verify_reachability=False))
 
 
 def test_a_full_directory_refuses_new_peers_with_503(provider):
@@ -178,7 +192,7 @@ def test_a_full_directory_refuses_new_peers_with_503(provider):
         refreshed = await make_descriptor(provider, identity, now=time.time() + 10)
         assert (await post(session, url, refreshed.raw))[0] == 201
 
-    run(test, SignalConfig(max_descriptors=1))
+    run(test, SignalConfig(max_descriptors=1, verify_reachability=False))
 
 
 def test_posts_are_rate_limited_per_client_with_retry_after(provider):
@@ -191,7 +205,7 @@ def test_posts_are_rate_limited_per_client_with_retry_after(provider):
             assert (await response.json())["error"] == "rate_limited"
         await assert_healthy(session, url)  # reads have their own, generous budget
 
-    run(test, SignalConfig(post_rate=0.01, post_burst=2))
+    run(test, SignalConfig(post_rate=0.01, post_burst=2, verify_reachability=False))
 
 
 def test_gets_are_rate_limited_too(provider):
@@ -200,7 +214,7 @@ def test_gets_are_rate_limited_too(provider):
         status, body = await get(session, url, "/healthz")
         assert (status, body["error"]) == (429, "rate_limited")
 
-    run(test, SignalConfig(get_rate=0.01, get_burst=1))
+    run(test, SignalConfig(get_rate=0.01, get_burst=1, verify_reachability=False))
 
 
 def test_unknown_paths_and_methods_are_json(provider):
@@ -273,4 +287,76 @@ def test_static_files_index_and_subfolders(provider, tmp_path: Path):
                 assert response.status == 404 and (await response.json())["error"] == "not_found", path
         await assert_healthy(session, url)  # API routes win over the static root
 
-    run(test, SignalConfig(web_root=tmp_path))
+    run(test, SignalConfig(web_root=tmp_path, verify_reachability=False))
+
+
+def test_incremental_and_compressed_relay_lists(provider):
+    async def test(session, url):
+        first = await make_descriptor(provider)
+        await post(session, url, first.raw)
+        async with session.get(f"{url}/v1/relays", headers={"Accept-Encoding": "gzip"}) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            whole = await response.json()
+        assert whole["full"] is True and len(whole["relays"]) == 1 and whole["removed"] == []
+        status, nothing_new = await get(session, url, f"/v1/relays?since={whole['cursor']}")
+        assert (status, nothing_new["relays"], nothing_new["full"]) == (200, [], False)
+        second = await make_descriptor(provider)
+        await post(session, url, second.raw)
+        _, step = await get(session, url, f"/v1/relays?since={whole['cursor']}")
+        assert [base64.b64decode(item) for item in step["relays"]] == [second.raw] and step["full"] is False
+        for bad in ("", "x", "0123456789abcdef:", "0123456789abcdef:1%0A", "%FF", "a" * 300):
+            status, body = await get(session, url, f"/v1/relays?since={bad}")
+            assert (status, body["error"]) == (400, "bad_query")
+        await assert_healthy(session, url)
+
+    run(test)
+
+
+def test_lifetimes_over_the_cap_and_sources_over_their_limit_are_refused(provider):
+    async def test(session, url):
+        status, body = await post(session, url, (await make_descriptor(provider, lifetime=3 * 3600 + 1)).raw)
+        assert (status, body["error"]) == (422, "invalid") and "lifetime" in body["detail"]
+        assert (await post(session, url, (await make_descriptor(provider)).raw))[0] == 201
+        status, body = await post(session, url, (await make_descriptor(provider)).raw)
+        assert (status, body["error"]) == (429, "source_limit")
+        assert len(await listed(session, url)) == 1
+
+    run(test, SignalConfig(max_per_source=1, verify_reachability=False))
+
+
+def test_a_relay_nobody_answers_for_is_never_listed(provider):
+    async def test(session, url):
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            address = f"ws://127.0.0.1:{closed.getsockname()[1]}/v1/link"
+        descriptor = await sign_descriptor(provider, await Identity.generate(provider), now=int(time.time()),
+                                           addresses={"ws": (address,)})
+        status, body = await post(session, url, descriptor.raw)
+        assert (status, body["status"]) == (202, "pending")
+
+        async def probed() -> bool:
+            async with session.get(f"{url}/metrics") as response:
+                return 'zmesh_signal_probes_total{result="unreachable"} 1.0' in await response.text()
+
+        await until(probed)
+        assert await listed(session, url) == []
+        assert await get(session, url, "/healthz") == (200, {"status": "ok", "relays": 0, "pending": 0})
+
+    run(test, SignalConfig(allow_private_addresses=True))
+
+
+def test_a_tab_is_listed_only_while_it_is_signed_in(provider):
+    async def test(session, url):
+        identity = await Identity.generate(provider)
+        tab = await sign_descriptor(provider, identity, now=int(time.time()), addresses={"rtc": ("signal",)})
+        status, body = await post(session, url, tab.raw)
+        assert (status, body["status"]) == (202, "waiting") and await listed(session, url) == []
+        async with SignalClient(url) as client, await client.connect_ws(identity, provider):
+            assert await listed(session, url) == [tab.raw]
+
+        async def gone() -> bool:
+            return await listed(session, url) == []
+
+        await until(gone)
+
+    run(test, SignalConfig())

@@ -7,7 +7,6 @@ the same ``TransportDialer`` native nodes use.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 import time
@@ -24,6 +23,7 @@ from .browser_rtc import BrowserRtcBackend
 from .crypto.webcrypto import WebCryptoProvider
 from .descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
 from .driver import NodeDriver
+from .encoding import decode_base64
 from .errors import ConfigError, CryptoError, ProtocolError, TransportError, ZmeshError
 from .identity import Identity, PeerId
 from .link import Link
@@ -50,6 +50,7 @@ class BrowserNode:
         self.home: PeerId | None = None  # the relay this tab is reachable ``via``
         self._home_link: Any = None
         self._published = 0
+        self._cursor: str | None = None  # of the last directory answer, for fetching only changes
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
@@ -76,16 +77,25 @@ class BrowserNode:
         return list(self.relays.values())
 
     async def refresh(self) -> list[Descriptor]:
-        """Fetch and verify the relay list from this page's own origin."""
-        response = await pyfetch("/v1/relays")
-        fresh = {}
-        for item in (await response.json())["relays"]:
+        """Fetch and verify the relay list from this page's own origin: whole the first time, then
+        only what changed since the cursor of the last answer (docs/signaling.md)."""
+        query = f"?since={self._cursor}" if self._cursor else ""
+        response = await pyfetch("/v1/relays" + query)
+        answer = await response.json()
+        fresh = {} if answer.get("full", True) else dict(self.relays)
+        for text in answer.get("removed", []):
             try:
-                descriptor = await verify_descriptor(self.provider, base64.b64decode(item), now=time.time())
+                fresh.pop(PeerId.from_text(text), None)
+            except ConfigError:
+                continue
+        for item in answer["relays"]:
+            try:
+                raw = decode_base64(item, "a descriptor in the relay list")
+                descriptor = await verify_descriptor(self.provider, raw, now=time.time())
             except (ProtocolError, CryptoError):
                 continue
             fresh[descriptor.peer_id] = descriptor
-        self.relays = fresh
+        self.relays, self._cursor = fresh, answer.get("cursor") or None
         return list(fresh.values())
 
     async def start_webrtc(self, options: RtcOptions, *, accept: bool) -> None:
@@ -93,11 +103,9 @@ class BrowserNode:
         ``accept``, answer them. A tab that does not relay signs in with a throwaway identity, so
         the relays it links to cannot recognise it from one visit to the next."""
         identity = self.driver.node.identity if accept else await Identity.generate(self.provider)
-        scheme = "wss" if js.location.protocol == "https:" else "ws"
 
         async def open_connector() -> RtcConnector:
-            channel = await BrowserTextSocket.open(f"{scheme}://{js.location.host}/v1/ws")
-            session = await SignalSession.open(channel, identity, self.provider, timeout=10.0)
+            session = await self._open_session(identity)
             return RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
 
         self.dialer.rtc = await open_connector()
@@ -112,9 +120,31 @@ class BrowserNode:
         extended to this tab over that link) and publish a descriptor reachable ``via`` it and,
         when this tab answers WebRTC offers, directly over DataChannels. If the home link dies the
         tab offers itself again, through another relay when it can."""
+        if self.dialer.rtc is None:  # the directory lists a tab only while it is signed in
+            self._spawn(self._keep_signed_in())
         descriptor = await self._offer_once()
         self._spawn(self._keep_home())
         return descriptor
+
+    async def _keep_signed_in(self) -> None:
+        """Stay signed in to the signal server as this node (a tab that answers WebRTC offers
+        already is): the directory lists a tab's descriptor only while its PeerId is. Messages
+        that arrive are not for a tab without WebRTC and are dropped."""
+        backoff = Backoff()
+        while True:
+            try:
+                async with await self._open_session(self.driver.node.identity) as session:
+                    backoff.reset()
+                    while True:
+                        await session.receive()
+            except (ZmeshError, OSError) as exc:
+                log.info("the signaling session closed (%s); signing in again", exc)
+            await asyncio.sleep(backoff.delay())
+
+    async def _open_session(self, identity: Identity) -> SignalSession:
+        scheme = "wss" if js.location.protocol == "https:" else "ws"
+        channel = await BrowserTextSocket.open(f"{scheme}://{js.location.host}/v1/ws")
+        return await SignalSession.open(channel, identity, self.provider, timeout=10.0)
 
     async def _keep_home(self) -> None:
         backoff = Backoff()
@@ -147,7 +177,7 @@ class BrowserNode:
                                            addresses=addresses, capabilities=Capabilities(relay=True))
         response = await pyfetch("/v1/descriptors", method="POST", body=to_js(descriptor.raw),
                                  headers={"Content-Type": "application/octet-stream"})
-        if response.status != 201:
+        if response.status not in (201, 202):  # 202: stored, listed once the tab is signed in
             raise TransportError(f"the directory refused this tab's descriptor ({response.status})")
         return descriptor
 

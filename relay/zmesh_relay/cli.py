@@ -46,7 +46,8 @@ async def cmd_signal(cfg: dict[str, Any]) -> None:
     web_root = Path(cfg["signaling.web_root"]).expanduser() if cfg["signaling.web_root"] else WEB_ROOT
     server = asyncio.ensure_future(run_server(
         host, port, web_root=web_root, ready=lambda bound: ready("signal", f"http://{host}:{bound}"),
-        allow_private_addresses=cfg["network.allow_private_addresses"]))
+        allow_private_addresses=cfg["network.allow_private_addresses"],
+        max_per_source=cfg["signaling.max_relays_per_source"]))
 
     async def stop() -> None:
         server.cancel()
@@ -100,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     sig = commands.add_parser("signal", help="run the signaling / directory server")
     sig.add_argument("--listen", dest="signaling.listen", metavar="HOST:PORT")
     sig.add_argument("--web-root", dest="signaling.web_root", metavar="DIR")
+    sig.add_argument("--max-relays-per-source", dest="signaling.max_relays_per_source", metavar="N", type=int)
 
     relay = commands.add_parser("relay", help="run a relay (optionally an exit)")
     relay.add_argument("--signal", dest="signaling.url", metavar="URL")

@@ -111,6 +111,12 @@ def _dial_timeout(value: float) -> float:
     return value
 
 
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"must be at least 1, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: type
@@ -136,6 +142,7 @@ SETTINGS: dict[str, Setting] = {
     "signaling.url": Setting(str, "http://127.0.0.1:8080", _url, "signal/directory server URL"),
     "signaling.listen": Setting(str, "127.0.0.1:8080", _host_port, "where `zmesh signal` listens"),
     "signaling.web_root": Setting(str, "", None, "folder served at / (default: the repository's web/)"),
+    "signaling.max_relays_per_source": Setting(int, 8, _positive, "peers one address may publish to `zmesh signal`"),
     "relay.listen": Setting(str, "127.0.0.1:0", _host_port, "where a relay accepts links"),
     "relay.data_dir": Setting(str, "~/.zmesh/relay", None, "identity key folder (created 0700, key 0600)"),
     "relay.exit": Setting(bool, False, None, "act as an exit"),

@@ -55,7 +55,8 @@ class Demo:
     async def start(self) -> None:
         bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._signal = asyncio.ensure_future(run_server(
-            "127.0.0.1", 0, web_root=self.web_root, ready=bound.set_result, allow_private_addresses=True))
+            "127.0.0.1", 0, web_root=self.web_root, ready=bound.set_result, allow_private_addresses=True,
+            max_per_source=self.count + 16))  # every relay and tab of the demo publishes from 127.0.0.1
         signal_url = f"http://127.0.0.1:{await bound}"
         site_port = await self._start_site()
         for index in range(self.count):

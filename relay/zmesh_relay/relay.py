@@ -84,6 +84,7 @@ class Relay:
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.link_url = f"ws://{host}:{bound}{wslink.LINK_PATH}"
         await self._publish()
+        await self._await_listed()
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
         log.info("relay %s listening on %s%s", identity.peer_id.short(), self.link_url,
                  " (exit)" if self.exit_policy else "")
@@ -98,6 +99,23 @@ class Relay:
             addresses={"ws": (self.link_url,), **self.transports.addresses()}, capabilities=caps,
             exit_ports=self.exit_policy.summary_ports() if self.exit_policy else ())
         await self.signal.publish(self.descriptor.raw)
+
+    async def _await_listed(self, timeout: float = 30.0) -> None:
+        """Wait (up to ``timeout`` s) until the signal server lists this relay: it probes the link
+        address first, so a relay is not announced as ready before clients can find it."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            try:
+                if await self.directory.find(self.peer_id) is not None:
+                    return
+            except ZmeshError as exc:
+                log.debug("directory not reachable yet: %s", exc)
+            if time.monotonic() + delay > deadline:
+                log.warning("the signal server has not listed this relay yet (it may not reach %s)", self.link_url)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _refresh_loop(self) -> None:
         while True:

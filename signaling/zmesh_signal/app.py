@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from zmesh.crypto.native import NativeCryptoProvider
-from zmesh.descriptor import MAX_DESCRIPTOR_SIZE, verify_descriptor
+from zmesh.descriptor import DEFAULT_LIFETIME, MAX_DESCRIPTOR_SIZE, Descriptor, verify_descriptor
 from zmesh.errors import ConfigError, CryptoError, ProtocolError, TransportError
 from zmesh.identity import PeerId
 from zmesh.netaddr import descriptor_refusal
@@ -30,11 +30,13 @@ from zmesh.netaddr import descriptor_refusal
 from .directory import FLAGS, Directory, Stored
 from .limits import KeyedLimiter, TooLarge, read_limited
 from .metrics import SignalMetrics
+from .probe import Prober
 from .ws import SignalHub, WsLimits
 
 log = logging.getLogger(__name__)
 
 _COUNTRY = re.compile(r"[A-Z]{2}")
+_CURSOR = re.compile(r"[0-9a-f]{16}:[0-9]{1,18}")
 _ERROR_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                 413: "too_large", 429: "rate_limited"}
 
@@ -49,6 +51,8 @@ class SignalConfig:
     ``clock`` is the wall clock used to check descriptor times (tests move it instead of waiting).
     ``allow_private_addresses`` lists relays on loopback, private and link-local addresses: for a
     private test network only (``network.allow_private_addresses``).
+    ``verify_reachability=False`` lists descriptors without probing them or requiring their peer
+    to be signed in: only for unit tests of the store, never for a server anyone uses.
     """
 
     web_root: Path | None = None
@@ -57,9 +61,20 @@ class SignalConfig:
     get_rate: float = 200.0
     get_burst: float = 400.0
     max_descriptors: int = 10_000
+    max_pending: int = 256
+    max_per_source: int = 8
+    max_lifetime: int = DEFAULT_LIFETIME
+    verify_reachability: bool = True
+    probe_concurrency: int = 32
+    probe_timeout: float = 10.0
+    reprobe_interval: float = 600.0
     ws: WsLimits = field(default_factory=WsLimits)
     clock: Callable[[], float] = time.time
     allow_private_addresses: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_lifetime, int) or self.max_lifetime < 60:
+            raise ConfigError(f"max_lifetime must be at least 60 seconds, got {self.max_lifetime!r}")
 
 
 def json_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -78,10 +93,29 @@ class _Api:
     def __init__(self, config: SignalConfig, metrics: SignalMetrics) -> None:
         self.config, self.metrics = config, metrics
         self.provider = NativeCryptoProvider()
-        self.directory = Directory(config.max_descriptors)
+        self.directory = Directory(config.max_descriptors, max_pending=config.max_pending,
+                                   max_per_source=config.max_per_source,
+                                   reprobe_interval=config.reprobe_interval,
+                                   verify=config.verify_reachability)
+        self.prober = Prober(self.provider, self.directory.next_pending, self._probed,
+                             concurrency=config.probe_concurrency, timeout=config.probe_timeout,
+                             allow_private=config.allow_private_addresses)
+
+    async def start_probing(self, _app: web.Application) -> None:
+        self.prober.start()
+
+    async def stop_probing(self, _app: web.Application) -> None:
+        await self.prober.stop()
+
+    def _probed(self, descriptor: Descriptor, reachable: bool) -> None:
+        outcome = self.directory.probed(descriptor, reachable, self.config.clock())
+        self.metrics.probes.labels("reachable" if reachable else "unreachable").inc()
+        if outcome is Stored.FULL:
+            log.warning("a relay proved reachable but proven relays fill the directory (max_descriptors)")
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "relays": self.directory.count(self.config.clock())})
+        return web.json_response({"status": "ok", "relays": self.directory.count(self.config.clock()),
+                                  "pending": self.directory.pending_count()})
 
     async def export_metrics(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render()
@@ -101,27 +135,41 @@ class _Api:
         if private is not None:
             return self._rejected(403, "private_address", f"{private}; this directory lists public relays only "
                                   "(a private test network sets network.allow_private_addresses on it)")
-        outcome = self.directory.put(descriptor, self.config.clock())
+        if descriptor.expires - descriptor.published > self.config.max_lifetime:
+            return self._rejected(422, "invalid", f"descriptor lifetime is over {self.config.max_lifetime} s")
+        outcome = self.directory.put(descriptor, self.config.clock(), source=request.remote or "unknown")
         if outcome is Stored.STALE:
             return self._rejected(409, "stale", "a descriptor at least as recent is stored for this peer")
         if outcome is Stored.FULL:
             return self._rejected(503, "full", "the directory is full; try again later", {"Retry-After": "60"})
+        if outcome is Stored.SOURCE_LIMIT:
+            return self._rejected(429, "source_limit", f"your address already publishes {self.config.max_per_source}"
+                                  " peers; let one expire first", {"Retry-After": "60"})
+        if outcome is Stored.PENDING:
+            self.prober.wake()
         self.metrics.descriptors.labels("accepted").inc()
-        return web.json_response({"peer_id": descriptor.peer_id.text, "expires": descriptor.expires}, status=201)
+        return web.json_response({"peer_id": descriptor.peer_id.text, "expires": descriptor.expires,
+                                  "status": outcome.value}, status=201 if outcome is Stored.LISTED else 202)
 
     def _rejected(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
         self.metrics.descriptors.labels(code).inc()
         return json_error(status, code, detail, headers)
 
     async def list_relays(self, request: web.Request) -> web.Response:
-        flag, country = request.query.get("flag"), request.query.get("country")
+        flag, country, since = (request.query.get(k) for k in ("flag", "country", "since"))
         if flag is not None and flag not in FLAGS:
             return json_error(400, "bad_query", f"flag must be one of: {', '.join(FLAGS)}")
         if country is not None:
             if not country.isascii() or not _COUNTRY.fullmatch(country := country.upper()):  # "ß".upper() is "SS"
                 return json_error(400, "bad_query", "country must be a two-letter ISO 3166 code like DE")
-        relays = self.directory.live(self.config.clock(), flag=flag, country=country)
-        return web.json_response({"relays": [base64.b64encode(d.raw).decode() for d in relays]})
+        if since is not None and not _CURSOR.fullmatch(since):
+            return json_error(400, "bad_query", "since must be a cursor from an earlier answer")
+        changes = self.directory.changes(self.config.clock(), since, flag=flag, country=country)
+        response = web.json_response({"relays": [base64.b64encode(d.raw).decode() for d in changes.listed],
+                                      "removed": [peer.text for peer in changes.removed],
+                                      "cursor": changes.cursor, "full": changes.full})
+        response.enable_compression()  # gzip or deflate when the client accepts it (aiohttp's clients and browsers do)
+        return response
 
     async def get_relay(self, request: web.Request) -> web.Response:
         try:
@@ -196,14 +244,16 @@ def create_app(config: SignalConfig | None = None) -> web.Application:
     config = config or SignalConfig()
     metrics = SignalMetrics()
     api = _Api(config, metrics)
-    hub = SignalHub(api.provider, metrics, config.ws)
+    hub = SignalHub(api.provider, metrics, config.ws, on_presence=api.directory.set_present)
     metrics.live_relays.set_function(lambda: api.directory.count(config.clock()))
     app = web.Application(
         middlewares=[_json_errors(metrics),
                      _rate_limit(KeyedLimiter(config.post_rate, config.post_burst),
                                  KeyedLimiter(config.get_rate, config.get_burst))],
         client_max_size=MAX_DESCRIPTOR_SIZE)
+    app.on_startup.append(api.start_probing)
     app.on_shutdown.append(hub.close_all)
+    app.on_cleanup.append(api.stop_probing)
     app.router.add_get("/healthz", api.health)
     app.router.add_get("/metrics", api.export_metrics)
     app.router.add_post("/v1/descriptors", api.publish)
@@ -232,9 +282,11 @@ async def serving(config: SignalConfig, host: str, port: int) -> AsyncIterator[i
 
 
 async def run_server(host: str, port: int, *, web_root: Path | None = None,
-                     ready: Callable[[int], None] | None = None, allow_private_addresses: bool = False) -> None:
+                     ready: Callable[[int], None] | None = None, allow_private_addresses: bool = False,
+                     max_per_source: int = 8) -> None:
     """Serve until cancelled; call ``ready(bound_port)`` once listening."""
-    config = SignalConfig(web_root=web_root, allow_private_addresses=allow_private_addresses)
+    config = SignalConfig(web_root=web_root, allow_private_addresses=allow_private_addresses,
+                          max_per_source=max_per_source)
     async with serving(config, host, port) as bound:
         log.info("signal server listening on %s:%d", host, bound)
         if ready is not None:

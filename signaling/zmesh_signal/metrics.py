@@ -9,7 +9,8 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 # Label values known up front are created at start, so a scrape shows them at 0 before they occur.
-DESCRIPTOR_RESULTS = ("accepted", "malformed", "invalid", "stale", "too_large", "full")
+DESCRIPTOR_RESULTS = ("accepted", "malformed", "invalid", "stale", "too_large", "full", "source_limit")
+PROBE_RESULTS = ("reachable", "unreachable")
 WS_MESSAGE_RESULTS = ("relayed", "bad_message", "bad_signature", "too_large", "offline", "busy",
                       "rate_limited")
 
@@ -28,10 +29,14 @@ class SignalMetrics:
         self.ws_messages = Counter("zmesh_signal_ws_messages",
                                    "WebSocket messages by result: relayed, or why they were rejected",
                                    ["result"], registry=self.registry)
-        self.live_relays = Gauge("zmesh_signal_live_relays", "unexpired descriptors in the directory",
+        self.live_relays = Gauge("zmesh_signal_live_relays", "listed descriptors in the directory",
                                  registry=self.registry)
+        self.probes = Counter("zmesh_signal_probes", "reachability probes of published relays by result",
+                              ["result"], registry=self.registry)
         for result in DESCRIPTOR_RESULTS:
             self.descriptors.labels(result)
+        for result in PROBE_RESULTS:
+            self.probes.labels(result)
         for result in WS_MESSAGE_RESULTS:
             self.ws_messages.labels(result)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +133,12 @@ class _Connection:
 class SignalHub:
     """The ``/v1/ws`` endpoint: authenticates peers and relays their signed messages."""
 
-    def __init__(self, provider: CryptoProvider, metrics: SignalMetrics, limits: WsLimits) -> None:
+    def __init__(self, provider: CryptoProvider, metrics: SignalMetrics, limits: WsLimits, *,
+                 on_presence: Callable[[PeerId, bool], None] | None = None) -> None:
+        """``on_presence(peer, signed_in)`` hears each PeerId sign in and leave (the directory
+        lists a tab only while it is signed in)."""
         self._provider, self._metrics, self._limits = provider, metrics, limits
+        self._on_presence = on_presence or (lambda _peer, _present: None)
         self._peers: dict[PeerId, _Connection] = {}
         self._open: set[web.WebSocketResponse] = set()
 
@@ -187,6 +192,7 @@ class SignalHub:
     async def _serve(self, conn: _Connection) -> None:
         conn.offer({"type": "ready", "peer_id": conn.peer.text})
         previous, self._peers[conn.peer] = self._peers.get(conn.peer), conn
+        self._on_presence(conn.peer, True)
         try:
             if previous is not None:
                 await previous.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection")
@@ -197,6 +203,7 @@ class SignalHub:
         finally:
             if self._peers.get(conn.peer) is conn:
                 del self._peers[conn.peer]
+                self._on_presence(conn.peer, False)
 
     async def _read(self, conn: _Connection) -> None:
         loop = asyncio.get_running_loop()
