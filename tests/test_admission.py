@@ -112,6 +112,23 @@ def test_an_honest_burst_of_destroys_fits_the_tightest_allowed_link_bound(provid
     asyncio.run(main())
 
 
+def test_a_closed_link_leaves_no_queued_count_behind(provider):
+    """CREATED answers wait on the link as circuit cells; once the link is gone, nothing of them may
+    stay counted (the per-circuit counts would otherwise grow with every link that closes busy)."""
+
+    async def main():
+        node, identity, (link,), _ = await relay_with_links(provider, 1)
+        for circ_id in (1, 2, 3):
+            payload = (await client_start(provider, identity.peer_id, identity.onion_keys)).create_payload()
+            for cell in create_cells(PEER_BIT | circ_id, payload):
+                await node.receive_frame(link, cell)
+        assert node.buffered_bytes() > 0  # the three CREATEDs were never taken
+        await node.link_closed(link)
+        assert node.buffered_bytes() == 0 and not node._queued  # white-box: the count this test guards
+
+    asyncio.run(main())
+
+
 def test_the_total_per_link_bound_closes_a_link_whose_link_cells_alone_are_within_theirs(provider):
     """CREATED answers are circuit cells: 8 of them plus 3 refusals pass the total of 10 while the
     link cells (3) are far from their own bound (9)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import ipaddress
 import json
 import os
@@ -303,3 +304,35 @@ def test_the_directory_refuses_the_ssrf_url_and_private_addresses_unless_declare
     finally:
         for signal in signals:
             signal.stop()
+
+
+def test_closing_a_link_to_a_peer_that_never_answers_is_bounded(monkeypatch):
+    """A peer that completes the upgrade and then neither reads nor answers the closing handshake
+    cannot hold a link's close (and its socket) for aiohttp's own close timeout, 10 s."""
+    monkeypatch.setattr(wslink, "CLOSE_TIMEOUT", 0.2)
+
+    async def upgrade_then_ignore(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        await writer.drain()
+        held.append(writer)  # never read again, never answer
+
+    async def main():
+        server = await asyncio.start_server(upgrade_then_ignore, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            link = await wslink.dial(LinkAddress.parse(f"ws://127.0.0.1:{port}"), allow_private=True, timeout=5)
+            started = time.monotonic()
+            await link.close()
+            assert time.monotonic() - started < 2.0
+        finally:
+            for writer in held:
+                writer.close()
+            server.close()
+
+    held: list[asyncio.StreamWriter] = []
+    asyncio.run(main())

@@ -246,6 +246,7 @@ class Node:
         if link is None:
             return
         link.closed = True
+        self._drop_queue(link_id, link)
         self._handshakes.forget(link_id)
         if link.peer is not None and self._peer_links.get(link.peer) == link_id:
             del self._peer_links[link.peer]
@@ -812,6 +813,14 @@ class Node:
     def _shed(self, link_id: int, link: _LinkState) -> None:
         """The peer on ``link`` does not read what it makes this node send: drop its queue and close the
         link (at the end of this call, by ``_reap``; the driver closes it on ``CloseLink``)."""
+        self._drop_queue(link_id, link)
+        link.closed = True
+        self.metrics["links_over_queue_bound"] += 1
+        self._events.append(CloseLink(link_id, "the peer let this node's queue for it grow past its bound"))
+        self._closing.append(link_id)
+
+    def _drop_queue(self, link_id: int, link: _LinkState) -> None:
+        """Forget what waits for ``link``, and its share of each circuit's queued count."""
         for handle, cells in link.queue:
             if handle:
                 key = (handle, link_id)
@@ -820,10 +829,6 @@ class Node:
                     del self._queued[key]
         link.queue.clear()
         link.queued_cells = link.link_cells = 0
-        link.closed = True
-        self.metrics["links_over_queue_bound"] += 1
-        self._events.append(CloseLink(link_id, "the peer let this node's queue for it grow past its bound"))
-        self._closing.append(link_id)
 
     async def _reap(self) -> None:
         while self._closing:

@@ -10,6 +10,7 @@ unknown (``None``) to the node, exactly like Tor's client connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -27,6 +28,7 @@ from .resolve import Resolver, resolve
 __all__ = ["LINK_PATH", "WebSocketLink", "accept", "checked_addresses", "dial", "open_link"]
 
 DIAL_TIMEOUT = 10.0  # seconds for a whole dial, unless transport.dial_timeout says otherwise
+CLOSE_TIMEOUT = 5.0  # seconds for the closing handshake before the connection is simply dropped
 # aiohttp refuses a message whose size *reaches* max_msg_size, so allow one byte more than a frame.
 MAX_MESSAGE = MAX_FRAME_SIZE + 1
 
@@ -67,8 +69,13 @@ class WebSocketLink:
         raise LinkClosed("WebSocket link closed")
 
     async def close(self) -> None:
+        """Close within ``CLOSE_TIMEOUT``: a peer that never reads would otherwise hold the closing
+        handshake (and its socket) forever on a full send buffer. After the bound the connection is
+        dropped: the handler returns, or the dialed link's session closes its transport."""
         self._closed.set()
-        await self._ws.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._ws.close()
         if self._session is not None:
             await self._session.close()
 
