@@ -134,11 +134,12 @@ class BrowserNode:
         while True:
             try:
                 async with await self._open_session(self.driver.node.identity) as session:
-                    backoff.reset()
+                    backoff.opened()
                     while True:
                         await session.receive()
             except (ZmeshError, OSError) as exc:
                 log.info("the signaling session closed (%s); signing in again", exc)
+            backoff.closed()
             await asyncio.sleep(backoff.delay())
 
     async def _open_session(self, identity: Identity) -> SignalSession:
@@ -150,6 +151,7 @@ class BrowserNode:
         backoff = Backoff()
         while True:
             await self._home_link.wait_closed()
+            backoff.closed()
             log.warning("the link to this tab's home relay closed; offering the tab again")
             while True:
                 await asyncio.sleep(backoff.delay())
@@ -159,7 +161,7 @@ class BrowserNode:
                 except (ZmeshError, OSError) as exc:  # pyfetch raises OSError when the origin is unreachable
                     log.warning("could not offer this tab again yet: %s", exc)
                     continue
-                backoff.reset()
+                backoff.opened()
                 break
 
     async def _offer_once(self, avoid: PeerId | None = None) -> Descriptor:

@@ -151,12 +151,13 @@ async def keep_signaling(dialer: TransportDialer, open_connector: Callable[[], A
     while True:
         if dialer.rtc is not None:
             await dialer.rtc.wait_closed()
+            backoff.closed()
             closed, dialer.rtc = dialer.rtc, None
             await closed.close()
             log.warning("the signaling session closed; reconnecting")
         await asyncio.sleep(backoff.delay())
         try:
             dialer.rtc = await open_connector()
-            backoff.reset()
+            backoff.opened()
         except ZmeshError as exc:  # whatever a hostile or broken server sends: try again later
             log.info("signaling reconnect failed: %s", exc)
