@@ -82,6 +82,10 @@ class HandshakeQueue(Generic[T]):
                 self._turns.remove(link)
         return out
 
+    def __bool__(self) -> bool:
+        """Whether any CREATE waits (checked per frame, so the common case costs one test)."""
+        return bool(self._turns)
+
     def next_deadline(self) -> float:
         """When ``next_ready`` or ``expired`` may next have something (math.inf: nothing waits)."""
         deadline = math.inf

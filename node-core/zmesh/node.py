@@ -332,8 +332,10 @@ class Node:
                 end += 1
             await self._on_relay_cells(link_id, cell.circ_id, [c.payload for c in cells[index:end]])
             index = end
-        await self._run_handshakes()
-        await self._reap()
+        if self._handshakes:
+            await self._run_handshakes()
+        if self._closing:
+            await self._reap()
 
     def read_pause(self, link_id: int) -> float:
         """Seconds the driver should wait before reading the next frame from ``link_id``: non-zero
@@ -352,8 +354,10 @@ class Node:
                 await self._destroy(circ, DestroyReason.TIMEOUT)
         if now >= self._link_timer:
             await self._check_links(now)
-        await self._run_handshakes()
-        await self._reap()
+        if self._handshakes:
+            await self._run_handshakes()
+        if self._closing:
+            await self._reap()
 
     # ------------------------------------------------------------------ link liveness
 
