@@ -276,3 +276,39 @@ def test_a_relay_reopens_its_signaling_session_when_the_server_comes_back(provid
             await signal.close()
 
     asyncio.run(main())
+
+
+def test_a_cancelled_dial_closes_its_peer_connection(provider):
+    """A dial cancelled while it waits for an answer (its caller gave up) must not leave its
+    peer connection behind."""
+
+    class Recording(AiortcBackend):
+        def __init__(self) -> None:
+            self.closed: list[bool] = []
+
+        def new_peer(self, options, on_candidate):
+            peer, closed = super().new_peer(options, on_candidate), self.closed
+            index = len(closed)
+            closed.append(False)
+            close = peer.close
+
+            async def recorded_close() -> None:
+                closed[index] = True
+                await close()
+
+            peer.close = recorded_close
+            return peer
+
+    async def main():
+        async with connectors(provider, count=1) as ((_, client, dialer, _),):
+            silent = await Identity.generate(provider)  # signed in, but never answers an offer
+            async with await client.connect_ws(silent, provider):
+                dialer.backend = backend = Recording()
+                dial = asyncio.create_task(dialer.dial(silent.peer_id))
+                await wait_until(lambda: bool(dialer._attempts))
+                dial.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await dial
+                assert backend.closed == [True]
+
+    asyncio.run(main())

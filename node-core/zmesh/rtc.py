@@ -271,6 +271,7 @@ class RtcConnector:
         """Offer a link to ``peer``; ``TransportError`` if it refuses, or nothing is open by the deadline."""
         attempt = _Attempt(self, peer, os.urandom(8).hex())
         self._attempts[(peer, attempt.id)] = attempt
+        links = None
         try:
             async with asyncio.timeout(self.options.timeout):
                 sdp = await attempt.rtc.offer(self.options.channels)
@@ -279,11 +280,12 @@ class RtcConnector:
                 await attempt.remote_described()
                 links = await attempt.rtc.open_links()
         except (TimeoutError, SignalError, ProtocolError, LinkClosed, TransportError, ValueError) as exc:
-            await attempt.rtc.close()
             why = "no answer or no ICE connection in time" if isinstance(exc, TimeoutError) else exc
             raise TransportError(f"no WebRTC link to {peer.short()}: {why}") from exc
         finally:
             self._attempts.pop((peer, attempt.id), None)
+            if links is None:  # failed or cancelled: its peer connection goes too
+                await attempt.rtc.close()
         return _compose(self.options.channels, links)
 
     async def _read(self) -> None:
