@@ -23,12 +23,12 @@ from typing import Any
 
 from .building import BuildPolicy, build_around_failures
 from .cells import EndReason
+from .circuit import MAX_HOPS, MIN_HOPS
 from .descriptor import Descriptor
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from .http import http_get, parse_url
 from .identity import PeerId
-from .node import MAX_HOPS, MIN_HOPS
 from .path import PathSelector
 from .transport import check_transport, count_by_transport
 

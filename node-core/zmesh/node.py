@@ -39,7 +39,7 @@ from .cells import (
     parse_relay_body,
     relay_cell_header,
 )
-from .circuit import BuildState, Edge, OriginCircuit, RelayCircuit, RelayInfo, Stream, StreamState
+from .circuit import MAX_HOPS, MIN_HOPS, BuildState, Edge, OriginCircuit, RelayCircuit, RelayInfo, Stream, StreamState
 from .crypto.provider import KEY_SIZE, CryptoProvider
 from .errors import ConfigError, CryptoError, InvalidState, ProtocolError
 from .events import (
@@ -61,7 +61,6 @@ from .identity import Identity, PeerId
 from .relaycrypto import HopCrypto, onion_decrypt, onion_encrypt, recognize, seal, split_bodies
 from .streams import format_target, parse_target
 
-MIN_HOPS, MAX_HOPS = 2, 8
 LINK_AUTH_DOMAIN = b"zmesh-link-auth-v1\x00"
 _INITIATOR_BIT = 0x8000_0000
 

@@ -14,7 +14,6 @@ from .provider import (
     MLKEM768_SEED_SIZE,
     CryptoProvider,
     StreamCipher,
-    default_provider,
 )
 
 __all__ = [
@@ -26,5 +25,4 @@ __all__ = [
     "MLKEM768_SEED_SIZE",
     "CryptoProvider",
     "StreamCipher",
-    "default_provider",
 ]
