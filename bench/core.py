@@ -16,10 +16,10 @@ import time
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from zmesh.cells import CELL_SIZE, RELAY_DATA_SIZE
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.events import LinkNeeded, StreamRequested
 from zmesh.identity import Identity
 from zmesh.memnet import MemoryNetwork, blob_service
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node
 
 MiB = 1024 * 1024

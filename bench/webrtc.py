@@ -41,10 +41,10 @@ from playwright_support import CHROMIUM_ARGS  # noqa: E402
 
 from tests.test_native_mesh import Process  # noqa: E402
 from zmesh.cells import CELL_SIZE  # noqa: E402
-from zmesh.crypto.native import NativeCryptoProvider  # noqa: E402
 from zmesh.errors import LinkClosed  # noqa: E402
 from zmesh.identity import Identity, PeerId  # noqa: E402
 from zmesh.link import Link  # noqa: E402
+from zmesh.native.crypto import NativeCryptoProvider  # noqa: E402
 from zmesh.rtc import RtcConnector, RtcOptions  # noqa: E402
 from zmesh_relay import wslink  # noqa: E402
 from zmesh_relay.rtclink import AiortcBackend  # noqa: E402
@@ -108,9 +108,9 @@ async def drive(link: Link, sizes: list[int], runs: int, millis: int, pings: int
 PAGE_SETUP = """
 import asyncio, json, os, struct, time
 import js
-from zmesh.browser_links import BrowserChannelLink, BrowserTextSocket
-from zmesh.browser_rtc import BrowserRtcBackend
-from zmesh.crypto.webcrypto import WebCryptoProvider
+from zmesh.browser.links import BrowserChannelLink, BrowserTextSocket
+from zmesh.browser.rtc import BrowserRtcBackend
+from zmesh.browser.webcrypto import WebCryptoProvider
 from zmesh.errors import LinkClosed
 from zmesh.identity import Identity, PeerId
 from zmesh.link import Link

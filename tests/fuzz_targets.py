@@ -28,12 +28,12 @@ import msgpack
 
 from zmesh import cells, handshake, http, streams
 from zmesh.cells import CellCommand, RelayCommand
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import DOMAIN, Capabilities, sign_descriptor, verify_descriptor
 from zmesh.encoding import pack_canonical, unpack_canonical
 from zmesh.errors import ProtocolError, ZmeshError
 from zmesh.fec.tetrys import TetrysDecoder, TetrysEncoder
 from zmesh.identity import Identity, PeerId
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.netaddr import LinkAddress
 from zmesh.node import Node
 from zmesh.rtc import _decode as decode_rtc_signal

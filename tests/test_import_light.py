@@ -22,9 +22,8 @@ class Block:
 sys.meta_path.insert(0, Block())
 import zmesh
 # adapters for one runtime: native needs `cryptography`, browser ones need Pyodide's `js`
-native_only = {"zmesh.crypto.native", "zmesh.crypto.webcrypto", "zmesh.browser", "zmesh.browser_links",
-               "zmesh.browser_rtc"}
-names = [m.name for m in pkgutil.walk_packages(zmesh.__path__, "zmesh.") if m.name not in native_only]
+adapters = ("zmesh.native.", "zmesh.browser.")
+names = [m.name for m in pkgutil.walk_packages(zmesh.__path__, "zmesh.") if not m.name.startswith(adapters)]
 for name in names:
     importlib.import_module(name)
 print(" ".join(names))

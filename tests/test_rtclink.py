@@ -13,11 +13,11 @@ import aioice.ice
 import pytest
 from aiohttp import web
 
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import Capabilities, sign_descriptor
 from zmesh.errors import TransportError
 from zmesh.identity import Identity, PeerId
 from zmesh.memnet import MemoryNetwork, echo_service
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.rtc import ChannelOptions, RtcConnector, RtcOptions
 from zmesh.transport import RTC_ADDRESS, TransportDialer
 from zmesh_relay import wslink

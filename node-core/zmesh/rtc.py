@@ -8,7 +8,7 @@ side, so it puts them in the SDP and only sends the end marker). The whole setup
 open channels, has one deadline, so ``transport: auto`` can fall back to WebSocket in bounded time.
 
 The peer-connection machinery is behind ``RtcBackend`` (``zmesh_relay.rtclink`` for aiortc,
-``zmesh.browser_rtc`` for the page); this module is the protocol and the bookkeeping.
+``zmesh.browser.rtc`` for the page); this module is the protocol and the bookkeeping.
 """
 
 from __future__ import annotations

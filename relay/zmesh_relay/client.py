@@ -14,11 +14,11 @@ import time
 from typing import Any
 
 from zmesh.building import build_around_failures
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import Descriptor
 from zmesh.driver import MeshStream, NodeDriver
 from zmesh.errors import CircuitError, StreamError
 from zmesh.identity import Identity, PeerId
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient

@@ -12,10 +12,10 @@ from typing import Any
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import JsException, create_proxy, to_js  # type: ignore[import-not-found]
 
-from .browser_links import BrowserChannelLink
-from .errors import ProtocolError
-from .link import Link
-from .rtc import ChannelOptions, ChannelWaiter, IceCandidate, RtcOptions
+from ..errors import ProtocolError
+from ..link import Link
+from ..rtc import ChannelOptions, ChannelWaiter, IceCandidate, RtcOptions
+from .links import BrowserChannelLink
 
 
 def _js(value: Any) -> Any:
