@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from zmesh.api import MeshOptions, MeshVPN
+from zmesh.aio.api import MeshOptions, MeshVPN
 from zmesh.errors import ConfigError, InvalidState
 from zmesh.memnet import MemoryNetwork, echo_service
 

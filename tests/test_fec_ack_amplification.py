@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import wait_until
+from zmesh.aio.fec import FecLink
 from zmesh.errors import ConfigError, FECError
-from zmesh.fec import Delivered, FecEndpoint, FecLink, RepairBudget, RepairLimits
+from zmesh.fec import Delivered, FecEndpoint, RepairBudget, RepairLimits
 from zmesh.link import memory_link_pair
 
 SYMBOL = 1200

@@ -3,8 +3,8 @@
 import asyncio
 import struct
 
+from zmesh.aio.fec import FecChannelsLink
 from zmesh.cells import BODY_SIZE, CELL_SIZE, CellCommand, encode_cell
-from zmesh.fec.channels import FecChannelsLink
 from zmesh.link import memory_link_pair
 
 

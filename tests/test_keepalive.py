@@ -8,9 +8,9 @@ import time
 import pytest
 
 from tests.conftest import wait_until
-from zmesh.api import MeshVPN
+from zmesh.aio.api import MeshVPN
+from zmesh.aio.driver import NodeDriver
 from zmesh.cells import CellCommand, DestroyReason, encode_cell, parse_frame
-from zmesh.driver import NodeDriver
 from zmesh.errors import ConfigError, LinkClosed
 from zmesh.events import CircuitBuilt, CircuitClosed, CloseLink, LinkNeeded
 from zmesh.identity import Identity

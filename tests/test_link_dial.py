@@ -18,8 +18,8 @@ from collections.abc import Callable
 import pytest
 from aiohttp import web
 
+from zmesh.aio.driver import NodeDriver
 from zmesh.descriptor import Descriptor, sign_descriptor, verify_descriptor
-from zmesh.driver import NodeDriver
 from zmesh.errors import CircuitError, TransportError
 from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from .errors import ConfigError, LinkClosed, TransportError
@@ -35,20 +34,6 @@ class Link(Protocol):
 
     async def close(self) -> None:
         """Close both directions; pending ``recv`` calls raise ``LinkClosed``."""
-
-
-class CloseOnce:
-    """An async close that runs exactly once, however many callers ask (a link closed by its reader,
-    its writer and its owner at once); each waits for that one run, and a waiter being cancelled
-    does not cancel the close half-way."""
-
-    def __init__(self, close: Callable[[], Awaitable[None]]) -> None:
-        self._close, self._task = close, None
-
-    async def __call__(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._close())
-        await asyncio.shield(self._task)
 
 
 class _Pipe:

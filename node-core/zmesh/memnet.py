@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
+from .aio.driver import IncomingStream, NodeDriver, StreamHandler
 from .cells import EndReason
 from .crypto.provider import CryptoProvider
 from .descriptor import Capabilities, Descriptor, sign_descriptor
-from .driver import IncomingStream, NodeDriver, StreamHandler
 from .errors import TransportError
 from .identity import Identity, PeerId
 from .link import Link, memory_link_pair

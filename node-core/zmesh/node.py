@@ -2,7 +2,7 @@
 
 One ``Node`` is every role at once: circuit origin (client), relay (middle hop) and edge (exit or
 destination at a circuit's last hop). It never touches sockets, tasks or timers. A driver
-(``zmesh.driver``) feeds it frames with ``receive_frame``, pulls frames to write with
+(``zmesh.aio.driver``) feeds it frames with ``receive_frame``, pulls frames to write with
 ``take_frame``, drains ``events()``, calls ``handle_timer`` at ``next_deadline()`` and waits
 ``read_pause(link)`` before reading a link's next frame (a CREATE flood waits in the peer's socket).
 Its methods are coroutines only because the crypto provider is (WebCrypto); the driver must call

@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from zmesh.aio.driver import IncomingStream, NodeDriver
 from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
-from zmesh.driver import IncomingStream, NodeDriver
 from zmesh.errors import ZmeshError
 from zmesh.identity import PeerId
 from zmesh.link import Link

@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ConfigError, CryptoError, LinkClosed, ProtocolError, TransportError
-from .fec.channels import FecChannelsLink
-from .identity import PeerId
-from .link import Link
-from .signaling import SignalError, SignalSession
+from ..errors import ConfigError, CryptoError, LinkClosed, ProtocolError, TransportError
+from ..identity import PeerId
+from ..link import Link
+from ..signaling import SignalError, SignalSession
+from .fec import FecChannelsLink
 
 log = logging.getLogger(__name__)
 
