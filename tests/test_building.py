@@ -9,8 +9,8 @@ import pytest
 from zmesh.aio.api import MeshVPN
 from zmesh.aio.building import BuildPolicy, build_around_failures
 from zmesh.errors import CircuitError, ConfigError
-from zmesh.memnet import MemoryNetwork, echo_service
 from zmesh.path import PathSelector
+from zmesh.testing.memnet import MemoryNetwork, echo_service
 
 
 async def mesh_with_dead_relays(provider, dead: int):

@@ -12,7 +12,7 @@ import pytest
 from zmesh.aio.fec import FecLink
 from zmesh.errors import ConfigError, FECError, LinkClosed
 from zmesh.fec import Delivered, FecEndpoint, LostFrames, TetrysEncoder
-from zmesh.link import memory_link_pair
+from zmesh.testing.memlink import memory_link_pair
 
 
 class ChaosLink:
