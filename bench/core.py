@@ -16,11 +16,11 @@ import time
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from zmesh.cells import CELL_SIZE, RELAY_DATA_SIZE
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.events import LinkNeeded, StreamRequested
 from zmesh.identity import Identity
-from zmesh.memnet import MemoryNetwork, blob_service
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node
+from zmesh.testing.memnet import MemoryNetwork, blob_service
 
 MiB = 1024 * 1024
 

@@ -23,9 +23,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zmesh.crypto.native import NativeCryptoProvider  # noqa: E402
 from zmesh.descriptor import Capabilities, sign_descriptor  # noqa: E402
 from zmesh.identity import Identity  # noqa: E402
+from zmesh.native.crypto import NativeCryptoProvider  # noqa: E402
 from zmesh_relay import config  # noqa: E402
 from zmesh_relay.relay import Relay  # noqa: E402
 from zmesh_signal.app import SignalConfig, serving  # noqa: E402

@@ -2,7 +2,7 @@
 (aiortc ↔ aiortc), browser ↔ native (a Chromium tab ↔ aiortc) and browser ↔ browser (two tabs of one
 Chromium), with the WebSocket baseline of each pairing measured in the same run.
 
-Both ends speak through the project's own links (``zmesh.rtc.RtcConnector`` with the aiortc or the
+Both ends speak through the project's own links (``zmesh.aio.rtc.RtcConnector`` with the aiortc or the
 page's backend, ``zmesh_relay.wslink`` and the page's ``BrowserChannelLink``), and run the same
 Python (``respond`` and ``drive`` below, natively and in Pyodide). The driving end asks the far end
 for a burst of frames of random bytes (encrypted cells are incompressible) and measures bytes
@@ -40,12 +40,12 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from playwright_support import CHROMIUM_ARGS  # noqa: E402
 
 from tests.test_native_mesh import Process  # noqa: E402
+from zmesh.aio.rtc import RtcConnector, RtcOptions  # noqa: E402
 from zmesh.cells import CELL_SIZE  # noqa: E402
-from zmesh.crypto.native import NativeCryptoProvider  # noqa: E402
 from zmesh.errors import LinkClosed  # noqa: E402
 from zmesh.identity import Identity, PeerId  # noqa: E402
 from zmesh.link import Link  # noqa: E402
-from zmesh.rtc import RtcConnector, RtcOptions  # noqa: E402
+from zmesh.native.crypto import NativeCryptoProvider  # noqa: E402
 from zmesh_relay import wslink  # noqa: E402
 from zmesh_relay.rtclink import AiortcBackend  # noqa: E402
 from zmesh_signal.client import SignalClient  # noqa: E402
@@ -108,13 +108,13 @@ async def drive(link: Link, sizes: list[int], runs: int, millis: int, pings: int
 PAGE_SETUP = """
 import asyncio, json, os, struct, time
 import js
-from zmesh.browser_links import BrowserChannelLink, BrowserTextSocket
-from zmesh.browser_rtc import BrowserRtcBackend
-from zmesh.crypto.webcrypto import WebCryptoProvider
+from zmesh.browser.links import BrowserChannelLink, BrowserTextSocket
+from zmesh.browser.rtc import BrowserRtcBackend
+from zmesh.browser.webcrypto import WebCryptoProvider
 from zmesh.errors import LinkClosed
 from zmesh.identity import Identity, PeerId
 from zmesh.link import Link
-from zmesh.rtc import RtcConnector, RtcOptions
+from zmesh.aio.rtc import RtcConnector, RtcOptions
 from zmesh.signaling import SignalSession
 from typing import Any
 """ + inspect.getsource(respond) + inspect.getsource(drive) + """

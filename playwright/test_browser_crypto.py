@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zmesh.crypto.selfcheck import CHECKS
+from zmesh.selfcheck import CHECKS
 
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 EXPECTED = sum(len(json.loads((VECTORS / name).read_text())[key]) for name, checks in CHECKS.items()

@@ -13,9 +13,9 @@ from playwright_support import example_page
 
 from tests.conftest import wait_until
 from tests.probed import answer_create, every, is_listed
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import sign_descriptor
 from zmesh.identity import Identity
+from zmesh.native.crypto import NativeCryptoProvider
 
 JOIN = """async () => {
     const { MeshVPN } = await import("/meshvpn.js");

@@ -5,7 +5,7 @@ import hashlib
 
 from playwright_support import JOIN, PAYLOAD, example_page, run_native
 
-from zmesh.http import http_get
+from zmesh.aio.http import http_get
 from zmesh.identity import PeerId
 from zmesh_relay import config
 from zmesh_relay.client import Client

@@ -10,11 +10,11 @@ from conftest import WEB
 from playwright_support import JOIN, PAYLOAD, example_page, run_native
 
 from tests.test_native_mesh import Process, _health
-from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.aio.rtc import RtcConnector, RtcOptions
 from zmesh.descriptor import verify_descriptor
 from zmesh.errors import LinkClosed
 from zmesh.identity import Identity, PeerId
-from zmesh.rtc import RtcConnector, RtcOptions
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh_relay.rtclink import AiortcBackend
 from zmesh_signal.client import SignalClient
 

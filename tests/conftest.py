@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.native.crypto import NativeCryptoProvider
 
 from .private_network import declare_private_test_network, require_private_network
 

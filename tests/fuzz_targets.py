@@ -26,17 +26,18 @@ from typing import Any
 
 import msgpack
 
-from zmesh import cells, handshake, http, streams
+from zmesh import cells, handshake, streams
+from zmesh.aio import http
+from zmesh.aio.rtc import _decode as decode_rtc_signal
 from zmesh.cells import CellCommand, RelayCommand
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import DOMAIN, Capabilities, sign_descriptor, verify_descriptor
 from zmesh.encoding import pack_canonical, unpack_canonical
 from zmesh.errors import ProtocolError, ZmeshError
 from zmesh.fec.tetrys import TetrysDecoder, TetrysEncoder
 from zmesh.identity import Identity, PeerId
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.netaddr import LinkAddress
 from zmesh.node import Node
-from zmesh.rtc import _decode as decode_rtc_signal
 from zmesh.signaling import parse_server_message
 from zmesh_relay import config, socks5
 from zmesh_relay.keys import KEY_FILE, load_or_create_identity

@@ -22,11 +22,11 @@ from zmesh.errors import CircuitError, ConfigError
 from zmesh.events import CloseLink
 from zmesh.handshake import CREATE_SIZE, client_start
 from zmesh.identity import Identity
-from zmesh.memnet import MemoryNetwork
 from zmesh.node import Node, NodeLimits
+from zmesh.testing.memnet import MemoryNetwork
+from zmesh.testing.wire import FakeClock
 
 from .conftest import wait_until
-from .test_keepalive import FakeClock
 
 PEER_BIT = 0x8000_0000  # circuit ids a dialer picks carry its initiator bit
 

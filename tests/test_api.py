@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from zmesh.api import MeshOptions, MeshVPN
+from zmesh.aio.api import MeshOptions, MeshVPN
 from zmesh.errors import ConfigError, InvalidState
-from zmesh.memnet import MemoryNetwork, echo_service
+from zmesh.testing.memnet import MemoryNetwork, echo_service
 
 
 @pytest.mark.parametrize("options, key", [

@@ -1,8 +1,7 @@
 """Reconnect backoff (zmesh.backoff): jittered growth, and only a session that stayed up resets it."""
 
 from zmesh.backoff import Backoff
-
-from .test_keepalive import FakeClock
+from zmesh.testing.wire import FakeClock
 
 
 def bounds(backoff: Backoff, count: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""Circuit builds route around hops that fail (zmesh.building), in an in-memory mesh whose
+"""Circuit builds route around hops that fail (zmesh.aio.building), in an in-memory mesh whose
 directory lists many relays that cannot be reached."""
 
 import asyncio
@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
-from zmesh.api import MeshVPN
-from zmesh.building import BuildPolicy, build_around_failures
+from zmesh.aio.api import MeshVPN
+from zmesh.aio.building import BuildPolicy, build_around_failures
 from zmesh.errors import CircuitError, ConfigError
-from zmesh.memnet import MemoryNetwork, echo_service
 from zmesh.path import PathSelector
+from zmesh.testing.memnet import MemoryNetwork, echo_service
 
 
 async def mesh_with_dead_relays(provider, dead: int):

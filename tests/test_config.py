@@ -2,8 +2,8 @@
 
 import pytest
 
+from zmesh.aio.rtc import ChannelOptions
 from zmesh.errors import ConfigError
-from zmesh.rtc import ChannelOptions
 from zmesh_relay.config import load, rtc_options
 
 

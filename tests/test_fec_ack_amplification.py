@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import wait_until
+from zmesh.aio.fec import FecLink
 from zmesh.errors import ConfigError, FECError
-from zmesh.fec import Delivered, FecEndpoint, FecLink, RepairBudget, RepairLimits
-from zmesh.link import memory_link_pair
+from zmesh.fec import Delivered, FecEndpoint, RepairBudget, RepairLimits
+from zmesh.testing.memlink import memory_link_pair
 
 SYMBOL = 1200
 REPAIR_BYTES = SYMBOL + 15  # one repair packet

@@ -3,9 +3,9 @@
 import asyncio
 import struct
 
+from zmesh.aio.fec import FecChannelsLink
 from zmesh.cells import BODY_SIZE, CELL_SIZE, CellCommand, encode_cell
-from zmesh.fec.channels import FecChannelsLink
-from zmesh.link import memory_link_pair
+from zmesh.testing.memlink import memory_link_pair
 
 
 def _cell(command: CellCommand, seq: int) -> bytes:

@@ -9,9 +9,10 @@ import struct
 
 import pytest
 
+from zmesh.aio.fec import FecLink
 from zmesh.errors import ConfigError, FECError, LinkClosed
-from zmesh.fec import Delivered, FecEndpoint, FecLink, LostFrames, TetrysEncoder
-from zmesh.link import memory_link_pair
+from zmesh.fec import Delivered, FecEndpoint, LostFrames, TetrysEncoder
+from zmesh.testing.memlink import memory_link_pair
 
 
 class ChaosLink:

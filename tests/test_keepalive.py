@@ -8,26 +8,19 @@ import time
 import pytest
 
 from tests.conftest import wait_until
-from zmesh.api import MeshVPN
+from zmesh.aio.api import MeshVPN
+from zmesh.aio.driver import NodeDriver
 from zmesh.cells import CellCommand, DestroyReason, encode_cell, parse_frame
-from zmesh.driver import NodeDriver
 from zmesh.errors import ConfigError, LinkClosed
-from zmesh.events import CircuitBuilt, CircuitClosed, CloseLink, LinkNeeded
+from zmesh.events import CircuitBuilt, CircuitClosed, CloseLink
 from zmesh.identity import Identity
-from zmesh.link import memory_link_pair
-from zmesh.memnet import MemoryNetwork, echo_service
 from zmesh.node import Node, NodeLimits
 from zmesh.path import PathSelector
+from zmesh.testing.memlink import memory_link_pair
+from zmesh.testing.memnet import MemoryNetwork, echo_service
+from zmesh.testing.wire import FakeClock, Wire
 
 SHORT = NodeLimits(keepalive_interval=0.1, dead_after=0.5)  # for real time: small, yet far above loop hiccups
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def one_link(provider):
@@ -151,52 +144,6 @@ def test_a_late_timer_pings_before_it_gives_up(provider):
         assert isinstance(node.events()[0], CloseLink)
 
     asyncio.run(main())
-
-
-class Wire:
-    """Sans-IO nodes joined by hand on one fake clock: ``pump`` moves frames and opens the links
-    nodes ask for; a node in ``silent`` still receives but everything it writes is lost (a peer
-    that hung without closing its links)."""
-
-    def __init__(self) -> None:
-        self.clock = FakeClock()
-        self.nodes = {}
-        self.ends = {}  # (node, link) -> (far node, far link)
-        self.events = {}
-        self.silent = set()
-
-    async def add(self, provider, **kwargs):
-        node = Node(await Identity.generate(provider), provider, self.clock, **kwargs)
-        self.nodes[node.identity.peer_id] = node
-        self.events[node] = []
-        return node
-
-    async def connect(self, dialer, listener):
-        near = await dialer.link_opened(listener.identity.peer_id, initiator=True)
-        far = await listener.link_opened(None, initiator=False)
-        self.ends[(dialer, near)], self.ends[(listener, far)] = (listener, far), (dialer, near)
-
-    async def pump(self):
-        moved = True
-        while moved:
-            moved = False
-            for node in list(self.nodes.values()):
-                for event in node.events():
-                    self.events[node].append(event)
-                    if isinstance(event, LinkNeeded):
-                        await self.connect(node, self.nodes[event.peer])
-                for link in node.links_with_output():
-                    moved = True
-                    frame = node.take_frame(link)
-                    far = self.ends.get((node, link))
-                    if far is not None and node not in self.silent:
-                        await far[0].receive_frame(far[1], frame)
-
-    async def advance(self, to):
-        self.clock.now = to
-        for node in self.nodes.values():
-            await node.handle_timer(to)
-        await self.pump()
 
 
 def test_a_circuit_over_a_silent_peer_closes_naming_it(provider):

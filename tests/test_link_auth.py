@@ -8,8 +8,8 @@ from tests.conftest import wait_until
 from zmesh.cells import CellCommand, encode_cell, parse_cell
 from zmesh.errors import LinkClosed
 from zmesh.identity import PeerId
-from zmesh.link import memory_link_pair
-from zmesh.memnet import MemoryNetwork, echo_service
+from zmesh.testing.memlink import memory_link_pair
+from zmesh.testing.memnet import MemoryNetwork, echo_service
 
 
 def test_an_unreachable_node_relays_over_the_link_it_opened(provider):

@@ -18,11 +18,11 @@ from collections.abc import Callable
 import pytest
 from aiohttp import web
 
-from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.aio.driver import NodeDriver
 from zmesh.descriptor import Descriptor, sign_descriptor, verify_descriptor
-from zmesh.driver import NodeDriver
 from zmesh.errors import CircuitError, TransportError
 from zmesh.identity import Identity, PeerId
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.netaddr import LinkAddress
 from zmesh.node import Node
 from zmesh_relay import wslink

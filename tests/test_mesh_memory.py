@@ -12,8 +12,8 @@ from zmesh.cells import CELL_SIZE, CellCommand, DestroyReason, encode_cell
 from zmesh.errors import CircuitError, ConfigError, StreamError
 from zmesh.events import CircuitClosed
 from zmesh.flow import CIRCUIT_WINDOW, STREAM_WINDOW
-from zmesh.memnet import MemoryNetwork, blob_service, echo_service
 from zmesh.node import Node
+from zmesh.testing.memnet import MemoryNetwork, blob_service, echo_service
 
 MiB = 1024 * 1024
 
@@ -272,7 +272,7 @@ def test_hostile_peer_does_not_break_a_relay(provider, garbage):
         net, client, path = await make_mesh(provider, 3, echo_service)
         try:
             relay = net.drivers[path[0].peer_id]
-            from zmesh.link import memory_link_pair
+            from zmesh.testing.memlink import memory_link_pair
 
             hostile, theirs = memory_link_pair()
             await relay.add_link(theirs, None, initiator=False)

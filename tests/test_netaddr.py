@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from zmesh.aio.transport import TransportDialer
 from zmesh.descriptor import DOMAIN, Capabilities, sign_descriptor, verify_descriptor
 from zmesh.encoding import pack_canonical
 from zmesh.errors import ConfigError, ProtocolError, TransportError
@@ -18,7 +19,6 @@ from zmesh.netaddr import (
     page_allows_private,
     refusal,
 )
-from zmesh.transport import TransportDialer
 
 SSRF = "ws://127.0.0.1:{port}/admin/reboot?confirm=yes"
 ip = ipaddress.ip_address

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from zmesh.cells import BODY_SIZE, MAX_CELLS_PER_FRAME, CellCommand, encode_cell, fragments, parse_frame
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.handshake import CREATE_SIZE
 from zmesh.identity import Identity
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import NodeLimits
 from zmesh_relay.keys import load_or_create_identity
 from zmesh_relay.socks5 import socks5_connect

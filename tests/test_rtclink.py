@@ -13,13 +13,13 @@ import aioice.ice
 import pytest
 from aiohttp import web
 
-from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.aio.rtc import ChannelOptions, RtcConnector, RtcOptions
+from zmesh.aio.transport import RTC_ADDRESS, TransportDialer
 from zmesh.descriptor import Capabilities, sign_descriptor
 from zmesh.errors import TransportError
 from zmesh.identity import Identity, PeerId
-from zmesh.memnet import MemoryNetwork, echo_service
-from zmesh.rtc import ChannelOptions, RtcConnector, RtcOptions
-from zmesh.transport import RTC_ADDRESS, TransportDialer
+from zmesh.native.crypto import NativeCryptoProvider
+from zmesh.testing.memnet import MemoryNetwork, echo_service
 from zmesh_relay import wslink
 from zmesh_relay.config import load
 from zmesh_relay.directory import Directory

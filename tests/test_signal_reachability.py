@@ -24,9 +24,9 @@ import aiohttp
 from tests.conftest import wait_until
 from tests.probed import every, is_listed, nothing_pending
 from tests.test_native_mesh import Process, _http_server, fetch, start_mesh
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import Capabilities, sign_descriptor, verify_descriptor
 from zmesh.identity import Identity, PeerId
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh_relay.socks5 import socks5_connect
 
 PROVIDER = NativeCryptoProvider()

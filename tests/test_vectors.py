@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from zmesh.crypto.selfcheck import CHECKS, check_vectors
 from zmesh.errors import CryptoError
+from zmesh.selfcheck import CHECKS, check_vectors
 
 VECTORS = Path(__file__).parent / "vectors"
 

@@ -1,6 +1,7 @@
 """Prepare what the page loads, all served from this origin (the CDN is never contacted).
 
-web/build/ gets: the zmesh core as a zip (unpacked into Pyodide's site-packages), the msgpack
+web/build/ gets: the zmesh core as a zip (unpacked into Pyodide's site-packages; the pure core,
+``aio/`` and ``browser/``, without ``native/`` and ``testing/``, which a tab never imports), the msgpack
 Pyodide wheel and the pure-Python kyber-py wheel from PyPI, the shared test vectors, and
 manifest.json naming them. Run by
 ``make setup``; idempotent.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "web" / "build"
+NOT_IN_PAGE = {"native", "testing"}  # subpackages of zmesh the page leaves out
 PYODIDE_PLATFORM = ["--platform", "pyemscripten_2026_0_wasm32", "--python-version", "3.14",
                     "--implementation", "cp", "--abi", "cp314"]
 
@@ -33,7 +35,9 @@ def main() -> None:
     core = BUILD / "zmesh-core.zip"
     with zipfile.ZipFile(core, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted((ROOT / "node-core" / "zmesh").rglob("*.py")):
-            archive.write(path, path.relative_to(ROOT / "node-core"))
+            relative = path.relative_to(ROOT / "node-core")
+            if relative.parts[1] not in NOT_IN_PAGE:
+                archive.write(path, relative)
     vectors = BUILD / "vectors"
     shutil.rmtree(vectors, ignore_errors=True)
     shutil.copytree(ROOT / "tests" / "vectors", vectors, ignore=shutil.ignore_patterns("*.py", "*.md"))

@@ -119,7 +119,7 @@ export class MeshVPN {
     try {
       runtime ??= bootZmesh();
       const { pyodide } = await runtime;
-      const openMesh = pyodide.runPython("from zmesh.browser import open_mesh; open_mesh");
+      const openMesh = pyodide.runPython("from zmesh.browser.tab import open_mesh; open_mesh");
       toBytes ??= pyodide.runPython("lambda array: array.to_bytes()");
       const claim = this.options.identity === "ephemeral" ? null : await claimSavedIdentity();
       const { identity, ...rest } = this.options;

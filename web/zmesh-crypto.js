@@ -1,4 +1,4 @@
-// WebCrypto primitives for zmesh's Python WebCryptoProvider (node-core/zmesh/crypto/webcrypto.py).
+// WebCrypto primitives for zmesh's Python WebCryptoProvider (node-core/zmesh/browser/webcrypto.py).
 // Every function takes and returns Uint8Array, so one call crosses the Pyodide bridge per operation
 // (or per batch of cells, for AES-CTR). Private keys are raw bytes, as in the native provider.
 const subtle = crypto.subtle;

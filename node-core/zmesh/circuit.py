@@ -24,6 +24,7 @@ from .handshake import ClientHandshake
 from .identity import OnionKeys, PeerId
 from .relaycrypto import HopCrypto
 
+MIN_HOPS, MAX_HOPS = 2, 8  # how long a circuit may be, for whoever builds or chooses one
 MAX_HANDSHAKE_PAYLOAD = 4096
 
 

@@ -2,7 +2,7 @@
 
 One ``Node`` is every role at once: circuit origin (client), relay (middle hop) and edge (exit or
 destination at a circuit's last hop). It never touches sockets, tasks or timers. A driver
-(``zmesh.driver``) feeds it frames with ``receive_frame``, pulls frames to write with
+(``zmesh.aio.driver``) feeds it frames with ``receive_frame``, pulls frames to write with
 ``take_frame``, drains ``events()``, calls ``handle_timer`` at ``next_deadline()`` and waits
 ``read_pause(link)`` before reading a link's next frame (a CREATE flood waits in the peer's socket).
 Its methods are coroutines only because the crypto provider is (WebCrypto); the driver must call
@@ -39,7 +39,7 @@ from .cells import (
     parse_relay_body,
     relay_cell_header,
 )
-from .circuit import BuildState, Edge, OriginCircuit, RelayCircuit, RelayInfo, Stream, StreamState
+from .circuit import MAX_HOPS, MIN_HOPS, BuildState, Edge, OriginCircuit, RelayCircuit, RelayInfo, Stream, StreamState
 from .crypto.provider import KEY_SIZE, CryptoProvider
 from .errors import ConfigError, CryptoError, InvalidState, ProtocolError
 from .events import (
@@ -61,7 +61,6 @@ from .identity import Identity, PeerId
 from .relaycrypto import HopCrypto, onion_decrypt, onion_encrypt, recognize, seal, split_bodies
 from .streams import format_target, parse_target
 
-MIN_HOPS, MAX_HOPS = 2, 8
 LINK_AUTH_DOMAIN = b"zmesh-link-auth-v1\x00"
 _INITIATOR_BIT = 0x8000_0000
 

@@ -17,10 +17,10 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .circuit import MAX_HOPS, MIN_HOPS
 from .descriptor import Descriptor
 from .errors import CircuitError, ConfigError
 from .identity import PeerId
-from .node import MAX_HOPS, MIN_HOPS
 
 
 @dataclass(frozen=True, slots=True)

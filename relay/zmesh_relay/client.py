@@ -2,7 +2,7 @@
 
 Circuits are kept per SOCKS credential pair (stream isolation, like Tor's IsolateSOCKSAuth):
 connections with different username/password never share a circuit. A circuit that dies is
-rebuilt on the next connection; builds route around the hops that fail (``zmesh.building``).
+rebuilt on the next connection; builds route around the hops that fail (``zmesh.aio.building``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import random
 import time
 from typing import Any
 
-from zmesh.building import build_around_failures
-from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.aio.building import build_around_failures
+from zmesh.aio.driver import MeshStream, NodeDriver
 from zmesh.descriptor import Descriptor
-from zmesh.driver import MeshStream, NodeDriver
 from zmesh.errors import CircuitError, StreamError
 from zmesh.identity import Identity, PeerId
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient

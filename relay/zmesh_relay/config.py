@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
+from zmesh.aio.transport import check_redial_after, check_transport
 from zmesh.errors import ConfigError
 from zmesh.node import NodeLimits
-from zmesh.rtc import ChannelOptions, IceServer, RtcOptions
-from zmesh.transport import check_redial_after, check_transport
 
 from .socks5 import SocksLimits
 

@@ -18,12 +18,12 @@ from typing import Any
 
 from aiohttp import web
 
-from zmesh.crypto.native import NativeCryptoProvider
+from zmesh.aio.driver import IncomingStream, NodeDriver
 from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
-from zmesh.driver import IncomingStream, NodeDriver
 from zmesh.errors import ZmeshError
 from zmesh.identity import PeerId
 from zmesh.link import Link
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
 from zmesh_signal.app import http_error
 from zmesh_signal.client import SignalClient

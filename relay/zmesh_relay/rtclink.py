@@ -1,6 +1,6 @@
-"""WebRTC DataChannel links for native nodes: the aiortc backend of ``zmesh.rtc``.
+"""WebRTC DataChannel links for native nodes: the aiortc backend of ``zmesh.aio.rtc``.
 
-The signaling protocol (signed offers, answers and candidates, one deadline) is ``zmesh.rtc``'s,
+The signaling protocol (signed offers, answers and candidates, one deadline) is ``zmesh.aio.rtc``'s,
 shared with the page; here are only the aiortc peer connection and the DataChannel ``Link``.
 """
 
@@ -19,10 +19,11 @@ from aiortc import (
 )
 from aiortc.sdp import candidate_from_sdp
 
+from zmesh.aio.link import CloseOnce
+from zmesh.aio.rtc import ChannelOptions, ChannelWaiter, IceCandidate, RtcOptions
 from zmesh.cells import MAX_FRAME_SIZE
 from zmesh.errors import LinkClosed, ProtocolError
-from zmesh.link import CloseOnce, Link
-from zmesh.rtc import ChannelOptions, ChannelWaiter, IceCandidate, RtcOptions
+from zmesh.link import Link
 
 HIGH_WATER = 1 << 20
 
@@ -78,7 +79,7 @@ class RtcLink:
 
 
 class AiortcPeer:
-    """``zmesh.rtc.RtcPeer`` on aiortc. aiortc gathers every candidate before it describes its
+    """``zmesh.aio.rtc.RtcPeer`` on aiortc. aiortc gathers every candidate before it describes its
     side, so they go out inside the SDP and only the end marker is trickled."""
 
     def __init__(self, options: RtcOptions, on_candidate: Callable[[IceCandidate], None]) -> None:
@@ -154,7 +155,7 @@ class AiortcPeer:
 
 
 class AiortcBackend:
-    """``zmesh.rtc.RtcBackend`` for native nodes."""
+    """``zmesh.aio.rtc.RtcBackend`` for native nodes."""
 
     def new_peer(self, options: RtcOptions, on_candidate: Callable[[IceCandidate], None]) -> AiortcPeer:
         return AiortcPeer(options, on_candidate)

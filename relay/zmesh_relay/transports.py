@@ -12,13 +12,13 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from zmesh.aio.rtc import LinkHandler, RtcConnector
+from zmesh.aio.transport import RTC_ADDRESS, TransportDialer, count_by_transport, keep_signaling
 from zmesh.crypto.provider import CryptoProvider
 from zmesh.errors import ZmeshError
 from zmesh.identity import Identity
 from zmesh.link import Link
 from zmesh.netaddr import LinkAddress
-from zmesh.rtc import LinkHandler, RtcConnector
-from zmesh.transport import RTC_ADDRESS, TransportDialer, count_by_transport, keep_signaling
 from zmesh_signal.client import SignalClient
 
 from . import wslink

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.descriptor import DEFAULT_LIFETIME, MAX_DESCRIPTOR_SIZE, Descriptor, verify_descriptor
 from zmesh.errors import ConfigError, CryptoError, ProtocolError, TransportError
 from zmesh.identity import PeerId
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.netaddr import descriptor_refusal
 
 from .directory import FLAGS, Directory, Stored

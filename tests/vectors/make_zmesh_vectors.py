@@ -16,9 +16,9 @@ from pathlib import Path
 from kyber_py.ml_kem import ML_KEM_768
 
 from zmesh.cells import RelayCommand, encode_relay_body
-from zmesh.crypto.native import NativeCryptoProvider
 from zmesh.handshake import ClientHandshake, client_finish, server_respond
 from zmesh.identity import Identity
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.relaycrypto import HopCrypto, onion_encrypt
 
 HERE = Path(__file__).parent

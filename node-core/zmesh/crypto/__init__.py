@@ -1,8 +1,9 @@
 """Crypto for the core, behind one interface so the same protocol code runs natively and in a tab.
 
-``CryptoProvider`` (in ``provider``) is what the core calls. ``native`` implements it on the
-``cryptography`` package; the browser adapter implements it on WebCrypto. Neither is imported here:
-importing ``zmesh`` must not pull in a native library.
+``CryptoProvider`` (in ``provider``) is what the core calls; callers pass one in. Get the native one
+(on the ``cryptography`` package) from ``zmesh.native.crypto``, the tab's (on WebCrypto) from
+``zmesh.browser.webcrypto``. Neither is imported here: importing ``zmesh`` must not pull in a
+native library, and the interface does not depend on its implementations.
 """
 
 from .provider import (
@@ -14,7 +15,6 @@ from .provider import (
     MLKEM768_SEED_SIZE,
     CryptoProvider,
     StreamCipher,
-    default_provider,
 )
 
 __all__ = [
@@ -26,5 +26,4 @@ __all__ = [
     "MLKEM768_SEED_SIZE",
     "CryptoProvider",
     "StreamCipher",
-    "default_provider",
 ]

@@ -81,25 +81,3 @@ class CryptoProvider(Protocol):
     def random_bytes(self, n: int) -> bytes:
         """CSPRNG output; synchronous in every runtime."""
 
-
-_default: CryptoProvider | None = None
-
-
-def default_provider() -> CryptoProvider:
-    """The provider for this runtime: WebCrypto under Pyodide, ``cryptography`` elsewhere.
-
-    Imported lazily so that ``import zmesh`` stays free of native dependencies.
-    """
-    global _default
-    if _default is None:
-        import sys
-
-        if sys.platform == "emscripten":
-            from .webcrypto import WebCryptoProvider  # type: ignore[import-not-found]
-
-            _default = WebCryptoProvider()
-        else:
-            from .native import NativeCryptoProvider
-
-            _default = NativeCryptoProvider()
-    return _default

@@ -1,4 +1,4 @@
-"""The page's WebRTC backend for ``zmesh.rtc`` (imported only under Pyodide).
+"""The page's WebRTC backend for ``zmesh.aio.rtc`` (imported only under Pyodide).
 
 Python drives the browser's own ``RTCPeerConnection`` through Pyodide's FFI: the page trickles
 its ICE candidates as it finds them, and each DataChannel becomes a ``BrowserChannelLink``.
@@ -12,10 +12,10 @@ from typing import Any
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import JsException, create_proxy, to_js  # type: ignore[import-not-found]
 
-from .browser_links import BrowserChannelLink
-from .errors import ProtocolError
-from .link import Link
-from .rtc import ChannelOptions, ChannelWaiter, IceCandidate, RtcOptions
+from ..aio.rtc import ChannelOptions, ChannelWaiter, IceCandidate, RtcOptions
+from ..errors import ProtocolError
+from ..link import Link
+from .links import BrowserChannelLink
 
 
 def _js(value: Any) -> Any:
@@ -34,7 +34,7 @@ def _channel_init(options: ChannelOptions) -> Any:
 
 
 class BrowserRtcPeer:
-    """``zmesh.rtc.RtcPeer`` on the page's ``RTCPeerConnection``."""
+    """``zmesh.aio.rtc.RtcPeer`` on the page's ``RTCPeerConnection``."""
 
     def __init__(self, options: RtcOptions, on_candidate: Callable[[IceCandidate], None]) -> None:
         servers = [{k: v for k, v in (("urls", list(s.urls)), ("username", s.username),

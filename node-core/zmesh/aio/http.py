@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from ..errors import ConfigError, ProtocolError
 from .driver import MeshStream
-from .errors import ConfigError, ProtocolError
 
 MAX_RESPONSE = 64 << 20
 

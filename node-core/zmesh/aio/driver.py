@@ -14,10 +14,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from .cells import DestroyReason, EndReason
-from .circuit import RelayInfo
-from .errors import CircuitError, InvalidState, LinkClosed, StreamError, TransportError, ZmeshError
-from .events import (
+from ..cells import DestroyReason, EndReason
+from ..circuit import RelayInfo
+from ..errors import CircuitError, InvalidState, LinkClosed, StreamError, TransportError, ZmeshError
+from ..events import (
     CircuitBuilt,
     CircuitClosed,
     CloseLink,
@@ -30,9 +30,9 @@ from .events import (
     StreamRequested,
     StreamWritable,
 )
-from .identity import PeerId
-from .link import Link
-from .node import Node
+from ..identity import PeerId
+from ..link import Link
+from ..node import Node
 
 log = logging.getLogger(__name__)
 

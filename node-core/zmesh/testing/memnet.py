@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import time
 
-from .cells import EndReason
-from .crypto.provider import CryptoProvider
-from .descriptor import Capabilities, Descriptor, sign_descriptor
-from .driver import IncomingStream, NodeDriver, StreamHandler
-from .errors import TransportError
-from .identity import Identity, PeerId
-from .link import Link, memory_link_pair
-from .node import Node, NodeLimits
+from ..aio.driver import IncomingStream, NodeDriver, StreamHandler
+from ..cells import EndReason
+from ..crypto.provider import CryptoProvider
+from ..descriptor import Capabilities, Descriptor, sign_descriptor
+from ..errors import TransportError
+from ..identity import Identity, PeerId
+from ..link import Link
+from ..node import Node, NodeLimits
+from .memlink import memory_link_pair
 
 
 class MemoryNetwork:

@@ -8,7 +8,7 @@ side, so it puts them in the SDP and only sends the end marker). The whole setup
 open channels, has one deadline, so ``transport: auto`` can fall back to WebSocket in bounded time.
 
 The peer-connection machinery is behind ``RtcBackend`` (``zmesh_relay.rtclink`` for aiortc,
-``zmesh.browser_rtc`` for the page); this module is the protocol and the bookkeeping.
+``zmesh.browser.rtc`` for the page); this module is the protocol and the bookkeeping.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ConfigError, CryptoError, LinkClosed, ProtocolError, TransportError
-from .fec.channels import FecChannelsLink
-from .identity import PeerId
-from .link import Link
-from .signaling import SignalError, SignalSession
+from ..errors import ConfigError, CryptoError, LinkClosed, ProtocolError, TransportError
+from ..identity import PeerId
+from ..link import Link
+from ..signaling import SignalError, SignalSession
+from .fec import FecChannelsLink
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import CryptoError
-from .provider import (
+from ..crypto.provider import (
     AES_KEY_SIZE,
     ED25519_SIG_SIZE,
     KEY_SIZE,
@@ -22,6 +21,7 @@ from .provider import (
     MLKEM768_EK_SIZE,
     MLKEM768_SEED_SIZE,
 )
+from ..errors import CryptoError
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw

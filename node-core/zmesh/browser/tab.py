@@ -1,6 +1,6 @@
 """The tab's node (imported only under Pyodide) and ``open_mesh``, which ``web/meshvpn.js`` calls.
 
-Its links are DataChannels (``browser_rtc``) or WebSockets (``browser_links``), chosen per link by
+Its links are DataChannels (``browser.rtc``) or WebSockets (``browser.links``), chosen per link by
 the same ``TransportDialer`` native nodes use.
 """
 
@@ -17,21 +17,21 @@ import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 from pyodide.http import pyfetch  # type: ignore[import-not-found]
 
-from .backoff import Backoff
-from .browser_links import BrowserChannelLink, BrowserTextSocket
-from .browser_rtc import BrowserRtcBackend
-from .crypto.webcrypto import WebCryptoProvider
-from .descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
-from .driver import NodeDriver
-from .encoding import decode_base64
-from .errors import ConfigError, CryptoError, ProtocolError, TransportError, ZmeshError
-from .identity import Identity, PeerId
-from .link import Link
-from .netaddr import LinkAddress, page_allows_private
-from .node import Node
-from .rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcConnector, RtcOptions
-from .signaling import SignalSession
-from .transport import RTC_ADDRESS, TransportDialer, keep_signaling
+from ..aio.driver import NodeDriver
+from ..aio.rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcConnector, RtcOptions
+from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
+from ..backoff import Backoff
+from ..descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
+from ..encoding import decode_base64
+from ..errors import ConfigError, CryptoError, ProtocolError, TransportError, ZmeshError
+from ..identity import Identity, PeerId
+from ..link import Link
+from ..netaddr import LinkAddress, page_allows_private
+from ..node import Node
+from ..signaling import SignalSession
+from .links import BrowserChannelLink, BrowserTextSocket
+from .rtc import BrowserRtcBackend
+from .webcrypto import WebCryptoProvider
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class BrowserNode:
 
 async def open_mesh(options: Any) -> Any:
     """Called by ``web/meshvpn.js``: start the tab's node and return a connected ``MeshVPN``."""
-    from .api import MeshVPN
+    from ..aio.api import MeshVPN
 
     settings = options.to_py() if hasattr(options, "to_py") else dict(options)
     destination = settings.pop("destination", None)

@@ -17,12 +17,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from .backoff import Backoff
-from .descriptor import Descriptor
-from .errors import ConfigError, TransportError, ZmeshError
-from .identity import PeerId
-from .link import Link
-from .netaddr import LinkAddress
+from ..backoff import Backoff
+from ..descriptor import Descriptor
+from ..errors import ConfigError, TransportError, ZmeshError
+from ..identity import PeerId
+from ..link import Link
+from ..netaddr import LinkAddress
 from .rtc import RtcConnector
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def takes_webrtc(descriptor: Descriptor) -> bool:
 
 class TransportDialer:
     """A ``NodeDriver`` dialer. ``mode`` is read at each dial, so a changed setting applies to the
-    next link; ``rtc`` (a ``zmesh.rtc.RtcConnector``) is None while this node has no WebRTC (then
+    next link; ``rtc`` (a ``zmesh.aio.rtc.RtcConnector``) is None while this node has no WebRTC (then
     ``auto`` means WebSocket).
 
     With ``auto`` a tab tries WebRTC first. A native node (``websocket_first``) tries WebSocket

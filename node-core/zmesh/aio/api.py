@@ -21,15 +21,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..cells import EndReason
+from ..circuit import MAX_HOPS, MIN_HOPS
+from ..descriptor import Descriptor
+from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
+from ..identity import PeerId
+from ..path import PathSelector
 from .building import BuildPolicy, build_around_failures
-from .cells import EndReason
-from .descriptor import Descriptor
 from .driver import IncomingStream, MeshStream, NodeDriver
-from .errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from .http import http_get, parse_url
-from .identity import PeerId
-from .node import MAX_HOPS, MIN_HOPS
-from .path import PathSelector
 from .transport import check_transport, count_by_transport
 
 MESSAGE_PORT = 1

@@ -15,11 +15,11 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
-from .descriptor import Descriptor
+from ..descriptor import Descriptor
+from ..errors import CircuitError, ConfigError
+from ..identity import PeerId
+from ..path import PathSelector
 from .driver import NodeDriver
-from .errors import CircuitError, ConfigError
-from .identity import PeerId
-from .path import PathSelector
 
 log = logging.getLogger(__name__)
 

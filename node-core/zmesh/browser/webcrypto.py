@@ -15,8 +15,15 @@ import os
 import zmesh_js_crypto as js  # type: ignore[import-not-found]  # registered by the page
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
+from ..crypto.provider import (
+    AES_KEY_SIZE,
+    ED25519_SIG_SIZE,
+    KEY_SIZE,
+    MLKEM768_CT_SIZE,
+    MLKEM768_EK_SIZE,
+    MLKEM768_SEED_SIZE,
+)
 from ..errors import CryptoError
-from .provider import AES_KEY_SIZE, ED25519_SIG_SIZE, KEY_SIZE, MLKEM768_CT_SIZE, MLKEM768_EK_SIZE, MLKEM768_SEED_SIZE
 
 
 def _need(value: bytes, size: int, what: str) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..cells import BODY_SIZE
-from ..encoding import pack_canonical
-from ..handshake import ClientHandshake, HopKeys, client_finish, server_respond
-from ..identity import Identity
-from ..relaycrypto import HopCrypto, onion_encrypt
-from .provider import CryptoProvider
+from .cells import BODY_SIZE
+from .crypto.provider import CryptoProvider
+from .encoding import pack_canonical
+from .handshake import ClientHandshake, HopKeys, client_finish, server_respond
+from .identity import Identity
+from .relaycrypto import HopCrypto, onion_encrypt
 
 Check = Callable[[CryptoProvider, dict[str, Any]], Awaitable[bool]]
 

@@ -14,8 +14,8 @@ from typing import Any
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
 
-from .cells import MAX_FRAME_SIZE
-from .errors import LinkClosed, TransportError
+from ..cells import MAX_FRAME_SIZE
+from ..errors import LinkClosed, TransportError
 
 HIGH_WATER = 1 << 20  # bytes the browser may hold in a socket's send buffer before we wait
 MAX_QUEUED_SIGNALS = 256  # signaling messages received and not yet handled
