@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import wait_until
 from zmesh.cells import DestroyReason, EndReason
-from zmesh.errors import CircuitError, StreamError
+from zmesh.errors import CircuitError, StreamError, TransportError
 from zmesh.identity import PeerId
 from zmesh.testing.memnet import MemoryNetwork, echo_service
 from zmesh.testing.wire import FakeClock
@@ -19,9 +19,10 @@ from zmesh_relay.socks5 import (
     HOST_UNREACHABLE,
     NOT_ALLOWED,
     TTL_EXPIRED,
+    Socks5Server,
     reply_for,
+    socks5_connect,
 )
-from zmesh_relay.splice import _abnormal
 
 SOCKS_REPLY = {EndReason.EXIT_POLICY: NOT_ALLOWED, EndReason.RESOLVE_FAILED: HOST_UNREACHABLE,
                EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED}
@@ -42,41 +43,64 @@ def test_every_end_reason_has_its_socks_reply_and_exit_reason(reason):
     assert end_reason_for(exc) is (reason if reason in TARGET_REASONS else EndReason.MISC)
 
 
-def test_a_refused_stream_reaches_socks_as_its_reply_code(provider):
+async def socks_over(client, circuit, opened=None):
+    """A real SOCKS front whose CONNECTs open streams on ``circuit`` of a memory-network client
+    (appended to ``opened``)."""
+    async def open_stream(host, port, isolation):
+        stream = await client.open_stream(circuit, host, port)
+        if opened is not None:
+            opened.append(stream)
+        return stream
+
+    server = Socks5Server(open_stream)
+    return server, await server.start("127.0.0.1", 0)
+
+
+def test_a_refused_stream_reaches_the_socks_application_as_its_reply_code(provider):
     async def refuse(request):
         await request.reject(EndReason.CONNECT_REFUSED)
 
     async def main():
         net, client, path = await mesh(provider, refuse)
+        circuit = await client.build_circuit(path)
+        with pytest.raises(StreamError) as info:
+            await client.open_stream(circuit, "refusing.test", 80)
+        server, port = await socks_over(client, circuit)
         try:
-            circuit = await client.build_circuit(path)
-            with pytest.raises(StreamError) as info:
-                await client.open_stream(circuit, "refusing.test", 80)
+            with pytest.raises(TransportError, match="0x05"):  # connection refused
+                await socks5_connect("127.0.0.1", port, "refusing.test", 80)
         finally:
+            await server.close()
             await net.close()
         assert info.value.reason is EndReason.CONNECT_REFUSED and "connect refused" in str(info.value)
-        assert reply_for(info.value) == CONNECTION_REFUSED
 
     asyncio.run(main())
 
 
-def test_a_destroyed_circuit_ends_its_stream_with_the_enum_and_resets_the_application(provider):
+def test_a_destroyed_circuit_resets_the_socks_application(provider):
     async def main():
         net, client, path = await mesh(provider, echo_service)
+        circuit = await client.build_circuit(path)
+        opened = []
+        server, port = await socks_over(client, circuit, opened)
         try:
-            circuit = await client.build_circuit(path)
-            stream = await client.open_stream(circuit, "echo.test", 7)
-            reading = asyncio.ensure_future(stream.read())
-            await net.drivers[path[0].peer_id].destroy_circuit(next(iter(net.drivers[path[0].peer_id].node.circuits())))
-            with pytest.raises(StreamError) as info:
-                await asyncio.wait_for(reading, 10)
-            splice_side = asyncio.ensure_future(stream.read())
-            await asyncio.gather(splice_side, return_exceptions=True)
+            reader, writer = await socks5_connect("127.0.0.1", port, "echo.test", 7)
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+            (stream,) = opened
+            entry = net.drivers[path[0].peer_id]
+            await entry.destroy_circuit(next(iter(entry.node.circuits())))
+            with pytest.raises(ConnectionResetError):  # a reset, never a FIN that looks like a whole answer
+                await asyncio.wait_for(reader.read(), 10)
+            writer.close()
         finally:
+            await server.close()
             await net.close()
-        assert info.value.reason is EndReason.DESTROYED and "destroyed" in str(info.value)
-        assert reply_for(info.value) == GENERAL_FAILURE and end_reason_for(info.value) is EndReason.MISC
-        assert _abnormal(splice_side)  # splice turns it into a TCP reset, never a FIN
+        assert stream.ended is EndReason.DESTROYED
+        with pytest.raises(StreamError) as info:
+            await stream.read()
+        assert info.value.reason is EndReason.DESTROYED and reply_for(info.value) == GENERAL_FAILURE
+        assert end_reason_for(info.value) is EndReason.MISC  # an exit never echoes DESTROYED
 
     asyncio.run(main())
 
