@@ -33,6 +33,7 @@ from ..events import (
 from ..identity import PeerId
 from ..link import Link
 from ..node import Node
+from .tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class NodeDriver:
         self._lock = asyncio.Lock()
         self._links: dict[int, Link] = {}
         self._output: dict[int, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = OwnedTasks("node driver")
         self._building: dict[int, asyncio.Future] = {}
         self._opening: dict[tuple[int, int], asyncio.Future] = {}
         self._streams: dict[tuple[int, int], MeshStream] = {}
@@ -164,7 +165,7 @@ class NodeDriver:
         self._timer_changed = asyncio.Event()
         self._closed = False
         self.on_event: Callable[[Event], None] | None = None
-        self._spawn(self._timer_loop())
+        self._tasks.spawn(self._timer_loop())
 
     # ---------------------------------------------------------------- links
 
@@ -177,8 +178,8 @@ class NodeDriver:
             return link_id
 
         link_id = await self._call(opened)
-        self._spawn(self._read_loop(link_id, link))
-        self._spawn(self._write_loop(link_id, link))
+        self._tasks.spawn(self._read_loop(link_id, link))
+        self._tasks.spawn(self._write_loop(link_id, link))
         return link_id
 
     async def connect(self, peer: PeerId, *, authenticated: bool = False, timeout: float = 10.0) -> int:
@@ -324,11 +325,11 @@ class NodeDriver:
                 if future is not None and not future.done():
                     future.set_result(None)
             case LinkNeeded(peer):
-                self._spawn(self._dial(peer))
+                self._tasks.spawn(self._dial(peer))
             case CloseLink(link_id, _):
                 link = self._links.get(link_id)
                 if link is not None:
-                    self._spawn(self._drop_link(link_id, link))
+                    self._tasks.spawn(self._drop_link(link_id, link))
             case CircuitBuilt(circuit, _, _):
                 future = self._building.pop(circuit, None)
                 if future is not None and not future.done():
@@ -355,7 +356,7 @@ class NodeDriver:
                 if stream is not None:
                     stream._end(reason)
             case StreamRequested():
-                self._spawn(self._handle_incoming(IncomingStream(self, event)))
+                self._tasks.spawn(self._handle_incoming(IncomingStream(self, event)))
 
     async def _handle_incoming(self, request: IncomingStream) -> None:
         if self.stream_handler is None:
@@ -383,17 +384,9 @@ class NodeDriver:
             if deadline is not None and time.monotonic() >= deadline:
                 await self._call(self.node.handle_timer, time.monotonic())
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def close(self) -> None:
         """Stop every task and close every link."""
         self._closed = True
         for link in list(self._links.values()):
             await link.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import js  # type: ignore[import-not-found]
@@ -19,6 +18,7 @@ from pyodide.http import pyfetch  # type: ignore[import-not-found]
 
 from ..aio.driver import NodeDriver
 from ..aio.rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcConnector, RtcOptions
+from ..aio.tasks import OwnedTasks
 from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from ..backoff import Backoff
 from ..descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
@@ -51,7 +51,7 @@ class BrowserNode:
         self._home_link: Any = None
         self._published = 0
         self._cursor: str | None = None  # of the last directory answer, for fetching only changes
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = OwnedTasks("browser node")
 
     @classmethod
     async def start(cls, saved_identity: bytes | None = None) -> BrowserNode:
@@ -109,7 +109,7 @@ class BrowserNode:
             return RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
 
         self.dialer.rtc = await open_connector()
-        self._spawn(keep_signaling(self.dialer, open_connector))
+        self._tasks.spawn(keep_signaling(self.dialer, open_connector))
 
     async def _inbound(self, link: Link, _signalled_by: PeerId) -> None:
         # Anonymous like any inbound link; a relay extending circuits to us proves itself over it.
@@ -121,9 +121,9 @@ class BrowserNode:
         when this tab answers WebRTC offers, directly over DataChannels. If the home link dies the
         tab offers itself again, through another relay when it can."""
         if self.dialer.rtc is None:  # the directory lists a tab only while it is signed in
-            self._spawn(self._keep_signed_in())
+            self._tasks.spawn(self._keep_signed_in())
         descriptor = await self._offer_once()
-        self._spawn(self._keep_home())
+        self._tasks.spawn(self._keep_home())
         return descriptor
 
     async def _keep_signed_in(self) -> None:
@@ -186,10 +186,15 @@ class BrowserNode:
     async def _lookup(self, peer: PeerId) -> Descriptor | None:
         return self.relays.get(peer)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def close(self) -> None:
+        """Leave the mesh: stop the background tasks (signaling supervisor, sign-in, home keeper)
+        first so none reopens what follows, then close the WebRTC connector with its signaling
+        session, and the driver with every link."""
+        await self._tasks.close()
+        if self.dialer.rtc is not None:
+            await self.dialer.rtc.close()
+            self.dialer.rtc = None
+        await self.driver.close()
 
 
 async def open_mesh(options: Any) -> Any:
