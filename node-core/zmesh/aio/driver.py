@@ -161,6 +161,7 @@ class NodeDriver:
         self._streams: dict[tuple[int, int], MeshStream] = {}
         self._confirmations: dict[int, asyncio.Future] = {}
         self._authenticated: set[int] = set()  # links whose listener accepted our proof
+        self._link_peers: dict[int, PeerId] = {}  # who is on each link, where the transport says
         self._dial_errors: dict[PeerId, str] = {}  # why the last link to a peer failed, for the circuit's error
         self._timer_changed = asyncio.Event()
         self._closed = False
@@ -175,6 +176,8 @@ class NodeDriver:
             link_id = await self.node.link_opened(peer, initiator=initiator)
             self._links[link_id] = link
             self._output[link_id] = asyncio.Event()
+            if peer is not None:
+                self._link_peers[link_id] = peer
             return link_id
 
         link_id = await self._call(opened)
@@ -201,6 +204,12 @@ class NodeDriver:
 
     def links(self) -> dict[int, Link]:
         return dict(self._links)
+
+    def rtt_to(self, peer: PeerId) -> float | None:
+        """The last PING→PONG round trip (s) on a link this node has to ``peer``, if one was measured."""
+        rtts = [rtt for link_id, linked in self._link_peers.items()
+                if linked == peer and (rtt := self.node.link_rtt(link_id)) is not None]
+        return min(rtts, default=None)
 
     async def _read_loop(self, link_id: int, link: Link) -> None:
         try:
@@ -233,6 +242,7 @@ class NodeDriver:
         if self._links.pop(link_id, None) is None:
             return
         self._output.pop(link_id, None)
+        self._link_peers.pop(link_id, None)
         self._authenticated.discard(link_id)
         await link.close()
         if not self._closed:
@@ -255,7 +265,11 @@ class NodeDriver:
 
     async def build_circuit(self, path: list[RelayInfo]) -> int:
         """Build a circuit; return its handle once built, or raise ``CircuitError``."""
-        future = asyncio.get_running_loop().create_future()
+        return (await self.build(path)).circuit
+
+    async def build(self, path: list[RelayInfo]) -> CircuitBuilt:
+        """``build_circuit``, answering with how long the build took (for path selection)."""
+        future: asyncio.Future[CircuitBuilt] = asyncio.get_running_loop().create_future()
         async with self._lock:
             handle = await self.node.build_circuit(path)
             self._building[handle] = future
@@ -333,7 +347,7 @@ class NodeDriver:
             case CircuitBuilt(circuit, _, _):
                 future = self._building.pop(circuit, None)
                 if future is not None and not future.done():
-                    future.set_result(circuit)
+                    future.set_result(event)
             case CircuitClosed(circuit, reason, _, failed_peer):
                 future = self._building.pop(circuit, None)
                 dial_error = self._dial_errors.pop(failed_peer, None) if failed_peer else None
