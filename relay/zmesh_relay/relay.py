@@ -84,7 +84,7 @@ class Relay:
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.link_url = f"ws://{host}:{bound}{wslink.LINK_PATH}"
         await self._publish()
-        await self._await_listed()
+        await self._await_listed(self.config["relay.listing_wait"])
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
         log.info("relay %s listening on %s%s", identity.peer_id.short(), self.link_url,
                  " (exit)" if self.exit_policy else "")
@@ -100,7 +100,7 @@ class Relay:
             exit_ports=self.exit_policy.summary_ports() if self.exit_policy else ())
         await self.signal.publish(self.descriptor.raw)
 
-    async def _await_listed(self, timeout: float = 30.0) -> None:
+    async def _await_listed(self, timeout: float) -> None:
         """Wait (up to ``timeout`` s) until the signal server lists this relay: it probes the link
         address first, so a relay is not announced as ready before clients can find it."""
         deadline = time.monotonic() + timeout
