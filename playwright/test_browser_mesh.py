@@ -1,6 +1,7 @@
 """Browser tabs in the mesh, with real Chromium and real `zmesh` processes: a tab fetches 5 MiB
 through 3 native relays (issue 4 b), a native client routes through a tab (d), tab-to-tab messages (c)."""
 
+import asyncio
 import hashlib
 
 from playwright_support import JOIN, PAYLOAD, example_page, run_native
@@ -96,3 +97,38 @@ def test_tab_to_tab_messages_arrive_in_order(browser, mesh):
     assert received == messages
     tab_a.close()
     tab_b.close()
+
+
+def test_a_closed_tab_node_leaves_no_task_link_or_listing(browser, mesh):
+    """Issue 10: ``BrowserNode.close()`` stops the tab's tasks and closes its links and signaling.
+    Seen from the tab (no task owned, no link, no signaling session) and from the directory (a tab
+    is listed only while signed in, so it drops out)."""
+    url, _ = mesh
+    page = example_page(browser, url)
+    tab_id = PeerId.from_text(page.evaluate(JOIN, {"hops": 3}))
+    before, after = page.evaluate("""async () => {
+        const vpn = window.vpn._vpn;
+        const node = vpn.driver.dialer._websocket.__self__;  // the BrowserNode behind this MeshVPN
+        const seen = () => ({ stats: window.vpn.getStats(), tab: node._tasks.__len__(),
+                              driver: vpn.driver._tasks.__len__() });
+        const before = seen();
+        await node.close();
+        return [before, seen()];
+    }""")
+    assert before["stats"]["links"] >= 1 and before["stats"]["transport"]["signaling"] and before["tab"] >= 2
+    assert after["stats"]["links"] == 0 and not after["stats"]["transport"]["signaling"]
+    assert after["tab"] == 0 and after["driver"] == 0
+
+    async def listed() -> bool:
+        client = Client({**config.load(env={}), "signaling.url": url, "client.socks": "127.0.0.1:0"})
+        try:
+            for _ in range(100):
+                if tab_id not in {d.peer_id for d in await client.directory.relays(refresh=True)}:
+                    return False
+                await asyncio.sleep(0.1)
+            return True
+        finally:
+            await client.signal.close()
+
+    assert not run_native(listed())
+    page.close()

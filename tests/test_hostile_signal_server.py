@@ -161,7 +161,8 @@ def test_zmesh_keeps_retrying_against_a_hostile_server(tmp_path, command: str) -
         async with hostile(openings) as (server, url):
             args = (["relay", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "relay")] if command == "relay"
                     else ["client", "--socks", "127.0.0.1:0"])
-            process = await asyncio.to_thread(Process, *args, "--signal", url)
+            # A hostile server never lists the relay: do not make it wait the default 30 s to say ready.
+            process = await asyncio.to_thread(Process, *args, "--signal", url, env={"ZMESH_RELAY_LISTING_WAIT": "1"})
             try:
                 await wait_until(lambda: server.sockets >= len(openings) + 1 or process.proc.poll() is not None,
                                  timeout=30)

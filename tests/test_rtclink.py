@@ -16,13 +16,13 @@ from aiohttp import web
 from zmesh.aio.rtc import ChannelOptions, RtcConnector, RtcOptions
 from zmesh.aio.transport import RTC_ADDRESS, TransportDialer
 from zmesh.descriptor import Capabilities, sign_descriptor
+from zmesh.directory_view import DirectoryView
 from zmesh.errors import TransportError
 from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.testing.memnet import MemoryNetwork, echo_service
 from zmesh_relay import wslink
 from zmesh_relay.config import load
-from zmesh_relay.directory import Directory
 from zmesh_relay.rtclink import AiortcBackend
 from zmesh_relay.transports import NativeTransports
 from zmesh_signal.app import SignalConfig, serving
@@ -257,8 +257,8 @@ def test_a_relay_reopens_its_signaling_session_when_the_server_comes_back(provid
             url = f"http://127.0.0.1:{port}"
             cfg = load(env={}, flags={"signaling.url": url})
             signal = SignalClient(url)
-            transports = NativeTransports(cfg, signal, Directory(signal, provider), identity, provider,
-                                          on_inbound=collect)
+            transports = NativeTransports(cfg, signal, DirectoryView(signal.relay_updates, provider), identity,
+                                          provider, on_inbound=collect)
             await transports.start()
             assert transports.dialer.stats["signaling"]
         try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from zmesh.crypto.provider import CheckedProvider
 from zmesh.errors import CryptoError
 from zmesh.selfcheck import CHECKS, check_vectors
 
@@ -61,3 +62,26 @@ def test_bad_key_sizes_are_crypto_errors(provider):
     with pytest.raises(CryptoError):
         run(provider.x25519(bytes(range(32)), bytes(32)))  # low-order point
     assert not run(provider.ed25519_verify(bytes(31), bytes(64), b"m"))
+
+
+BAD_ARGUMENTS = [
+    ("x25519_public", (bytes(31),)), ("x25519", (bytes(32), bytes(33))), ("ed25519_public", ("x" * 32,)),
+    ("ed25519_sign", (bytes(33), b"m")), ("mlkem768_public", (bytes(63),)), ("mlkem768_encapsulate", (bytes(1183),)),
+    ("mlkem768_decapsulate", (bytes(64), bytes(1087))), ("hkdf_sha256", (b"k", b"", b"", 0)),
+    ("hkdf_sha256", (b"k", b"", b"", 8161)), ("aes256_gcm_encrypt", (bytes(32), bytes(11), b"p")),
+    ("aes256_gcm_decrypt", (bytes(31), bytes(12), b"c")),
+]
+
+
+@pytest.mark.parametrize(("method", "args"), BAD_ARGUMENTS)
+def test_the_shared_checks_refuse_bad_arguments_before_any_primitive(method, args):
+    """Issue 10: the argument checks live once, in ``CheckedProvider``, for both providers. The bare
+    base has no primitives (each raises ``NotImplementedError``), so a ``CryptoError`` here comes
+    from the checks alone, before any primitive could run."""
+    checked = CheckedProvider()
+    with pytest.raises(CryptoError):
+        run(getattr(checked, method)(*args))
+    with pytest.raises(CryptoError):
+        checked.aes256_ctr_stream(bytes(32), bytes(15))
+    assert not run(checked.ed25519_verify(bytes(32), bytes(63), b"m"))
+

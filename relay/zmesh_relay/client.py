@@ -17,6 +17,7 @@ from zmesh.aio.building import build_around_failures
 from zmesh.aio.driver import MeshStream, NodeDriver
 from zmesh.cells import EndReason
 from zmesh.descriptor import Descriptor
+from zmesh.directory_view import DirectoryView
 from zmesh.errors import CircuitError, StreamError
 from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider
@@ -25,7 +26,6 @@ from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
 from .config import socks_limits, split_host_port
-from .directory import Directory
 from .socks5 import Socks5Server
 from .transports import NativeTransports
 
@@ -37,7 +37,7 @@ class Client:
         self.config = config
         self.provider = NativeCryptoProvider()
         self.signal = SignalClient(config["signaling.url"])
-        self.directory = Directory(self.signal, self.provider)
+        self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.selector = PathSelector()
         self.driver: NodeDriver | None = None
         self.transports: NativeTransports | None = None

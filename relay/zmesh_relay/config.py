@@ -111,6 +111,12 @@ def _dial_timeout(value: float) -> float:
     return value
 
 
+def _listing_wait(value: float) -> float:
+    if not 0 <= value <= 300:
+        raise ValueError("must be 0..300 seconds")
+    return value
+
+
 def _positive(value: int) -> int:
     if value < 1:
         raise ConfigError(f"must be at least 1, got {value}")
@@ -148,6 +154,8 @@ SETTINGS: dict[str, Setting] = {
     "relay.exit": Setting(bool, False, None, "act as an exit"),
     "relay.country": Setting(str, "", _country, "advertised country code"),
     "relay.bandwidth": Setting(int, 10_000_000, None, "advertised bandwidth, bytes/s"),
+    "relay.listing_wait": Setting(float, 30.0, _listing_wait,
+                                  "seconds to wait for the directory to list this relay before it reports ready"),
     "relay.max_links": Setting(int, _NODE.max_links, _at_least_one,
                                "links held (both directions) beyond which inbound ones are refused"),
     "relay.max_links_per_address": Setting(int, 32, _at_least_one, "WebSocket links one remote address may hold"),

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from zmesh.aio.driver import IncomingStream, NodeDriver
 from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
+from zmesh.directory_view import DirectoryView
 from zmesh.errors import ZmeshError
 from zmesh.identity import PeerId
 from zmesh.link import Link
@@ -31,7 +32,6 @@ from zmesh_signal.client import SignalClient
 from . import wslink
 from .address_slots import AddressSlots
 from .config import split_host_port
-from .directory import Directory
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
 from .keys import load_or_create_identity
 from .splice import splice
@@ -48,7 +48,7 @@ class Relay:
         self.provider = NativeCryptoProvider()
         self.exit_policy = ExitPolicy.from_rules(config["security.exit_allow"]) if config["relay.exit"] else None
         self.signal = SignalClient(config["signaling.url"])
-        self.directory = Directory(self.signal, self.provider)
+        self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.driver: NodeDriver | None = None
         self.transports: NativeTransports | None = None
         self.link_url = ""
@@ -84,7 +84,7 @@ class Relay:
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.link_url = f"ws://{host}:{bound}{wslink.LINK_PATH}"
         await self._publish()
-        await self._await_listed()
+        await self._await_listed(self.config["relay.listing_wait"])
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
         log.info("relay %s listening on %s%s", identity.peer_id.short(), self.link_url,
                  " (exit)" if self.exit_policy else "")
@@ -100,7 +100,7 @@ class Relay:
             exit_ports=self.exit_policy.summary_ports() if self.exit_policy else ())
         await self.signal.publish(self.descriptor.raw)
 
-    async def _await_listed(self, timeout: float = 30.0) -> None:
+    async def _await_listed(self, timeout: float) -> None:
         """Wait (up to ``timeout`` s) until the signal server lists this relay: it probes the link
         address first, so a relay is not announced as ready before clients can find it."""
         deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ from typing import Any
 from zmesh.aio.rtc import LinkHandler, RtcConnector
 from zmesh.aio.transport import RTC_ADDRESS, TransportDialer, count_by_transport, keep_signaling
 from zmesh.crypto.provider import CryptoProvider
+from zmesh.directory_view import DirectoryView
 from zmesh.errors import ZmeshError
 from zmesh.identity import Identity
 from zmesh.link import Link
@@ -23,7 +24,6 @@ from zmesh_signal.client import SignalClient
 
 from . import wslink
 from .config import rtc_options
-from .directory import Directory
 from .rtclink import AiortcBackend
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class NativeTransports:
     """Dials links for a ``NodeDriver`` (``dialer``) and, with ``on_inbound``, answers WebRTC offers."""
 
-    def __init__(self, config: dict[str, Any], signal: SignalClient, directory: Directory,
+    def __init__(self, config: dict[str, Any], signal: SignalClient, directory: DirectoryView,
                  identity: Identity, provider: CryptoProvider, on_inbound: LinkHandler | None = None) -> None:
         self.config, self._signal, self._identity, self._provider = config, signal, identity, provider
         self._on_inbound = on_inbound

@@ -8,31 +8,19 @@ every relayed message is verified against its sender's PeerId before it is hande
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from zmesh.crypto.provider import CryptoProvider
-from zmesh.encoding import decode_base64
-from zmesh.errors import ConfigError, LinkClosed, ProtocolError, TransportError
-from zmesh.identity import Identity, PeerId
+from zmesh.directory_view import RelayUpdate
+from zmesh.errors import LinkClosed, ProtocolError, TransportError
+from zmesh.identity import Identity
 from zmesh.signaling import SignalError, SignalSession
 
 from .ws import WsLimits
 
 __all__ = ["RelayUpdate", "SignalClient", "SignalError", "SignalSession"]
-
-
-@dataclass(frozen=True, slots=True)
-class RelayUpdate:
-    """One answer of ``GET /v1/relays``: raw descriptors (to verify), PeerIds to drop, the cursor
-    for the next fetch, and whether ``relays`` is the whole listing (then forget the rest)."""
-
-    relays: list[bytes]
-    removed: list[PeerId]
-    cursor: str
-    full: bool
 
 
 class _AiohttpText:
@@ -112,17 +100,7 @@ class SignalClient:
         """What changed since ``since`` (a cursor from the previous answer), or the whole listing
         without one; the answer comes gzip-compressed."""
         params = {k: v for k, v in (("since", since), ("flag", flag), ("country", country)) if v}
-        answer = await self._request("GET", "/v1/relays", params=params)
-        listed, removed, cursor = answer.get("relays"), answer.get("removed", []), answer.get("cursor", "")
-        if (not isinstance(listed, list) or not isinstance(removed, list) or not isinstance(cursor, str)
-                or not all(isinstance(item, str) for item in removed)):
-            raise ProtocolError("the signal server's relay list is malformed")
-        try:
-            gone = [PeerId.from_text(text) for text in removed]
-        except ConfigError as exc:
-            raise ProtocolError("the signal server's relay list names a malformed PeerId") from exc
-        return RelayUpdate([decode_base64(item, "a descriptor in the signal server's relay list") for item in listed],
-                           gone, cursor, answer.get("full", True) is not False)
+        return RelayUpdate.from_answer(await self._request("GET", "/v1/relays", params=params))
 
     async def connect_ws(self, identity: Identity, provider: CryptoProvider) -> SignalSession:
         """Open the signaling WebSocket and prove ``identity``'s PeerId to the server."""

@@ -30,6 +30,7 @@ from ..path import PathSelector
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .http import http_get, parse_url
+from .tasks import OwnedTasks
 from .transport import check_transport, count_by_transport
 
 MESSAGE_PORT = 1
@@ -100,7 +101,7 @@ class MeshVPN:
         self._message_stream: MeshStream | None = None
         self._streams: list[MeshStream] = []
         self._retired_in = self._retired_out = 0  # bytes of streams no longer open
-        self._readers: set[asyncio.Task] = set()
+        self._readers = OwnedTasks("MeshVPN message readers")
         driver.stream_handler = self._serve_messages_then(driver.stream_handler)
 
     @property
@@ -136,7 +137,7 @@ class MeshVPN:
                                                               policy=self.build_policy, pinned=pinned)
             if destination is not None:
                 self._message_stream = await self.driver.open_stream(self._circuit, "", MESSAGE_PORT)
-                self._spawn_reader(self._message_stream)
+                self._readers.spawn(self._read_messages(self._message_stream))
         except ZmeshError as exc:
             await self._emit("error", exc)
             raise
@@ -216,17 +217,12 @@ class MeshVPN:
     def _serve_messages_then(self, fallback: Callable | None) -> Callable:
         async def handler(request: IncomingStream) -> None:
             if request.host == "" and request.port == MESSAGE_PORT:
-                self._spawn_reader(await request.accept())
+                self._readers.spawn(self._read_messages(await request.accept()))
             elif fallback is not None:
                 await fallback(request)
             else:
                 await request.reject(EndReason.EXIT_POLICY)
         return handler
-
-    def _spawn_reader(self, stream: MeshStream) -> None:
-        task = asyncio.get_running_loop().create_task(self._read_messages(stream))
-        self._readers.add(task)
-        task.add_done_callback(self._readers.discard)
 
     async def _read_messages(self, stream: MeshStream) -> None:
         try:
@@ -251,6 +247,4 @@ class MeshVPN:
 
     async def close(self) -> None:
         await self.disconnect()
-        for task in list(self._readers):
-            task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
+        await self._readers.close()

@@ -5,6 +5,9 @@ clients' time), so a fixed handful of attempts is not enough. Each failed build 
 that failed (``CircuitError.failed_peer``); that hop is left out of the next path, and building goes
 on while the directory still offers a path, within ``max_attempts`` and a total ``deadline``. The
 error at the end says which bound stopped it and what the last failure was.
+
+Every outcome is fed to the ``PathSelector``, so the next path draws on what was measured: the hop
+that failed, and for a built circuit each hop's latency (see ``_latencies_ms``).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
 
     ``pinned`` hops (a chosen entry, a destination) cannot be routed around: a failure there is
     final. ``choose`` raising ``CircuitError`` (no path without the excluded hops) ends the search.
-    Outcomes are fed to ``selector``. Returns ``(circuit, path)``."""
+    Outcomes and measured latencies are fed to ``selector``. Returns ``(circuit, path)``."""
     policy = policy or BuildPolicy()
     started = clock()
     avoid: set[PeerId] = set()
@@ -64,7 +67,7 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
                 raise
             raise _gave_up(failure, "no path is left without the relays that failed", avoid) from None
         try:
-            circuit = await driver.build_circuit(path)
+            built = await driver.build(path)
         except CircuitError as exc:
             failure, peer = exc, exc.failed_peer
             if peer is None:
@@ -76,11 +79,22 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
             avoid.add(peer)
             log.info("circuit build failed at %s… (%s); retrying without it", peer.short(), exc)
             continue
-        for relay in path:
-            selector.record(relay.peer_id, ok=True)
-        return circuit, path
+        for relay, latency_ms in zip(path, _latencies_ms(driver, path, built.build_seconds), strict=True):
+            selector.record(relay.peer_id, ok=True, latency_ms=latency_ms)
+        return built.circuit, path
     assert failure is not None
     raise _gave_up(failure, f"{policy.max_attempts} attempts failed", avoid)
+
+
+def _latencies_ms(driver: NodeDriver, path: list[Descriptor], build_seconds: float) -> list[float]:
+    """A latency sample per hop of a built circuit. Building ``n`` hops takes ``n(n+1)/2`` link round
+    trips (hop ``i``'s answer crosses ``i`` links), so the build time over that count is the mean
+    round trip per link of this path; the first hop gets its own link's measured PING→PONG round
+    trip instead, where the node has one. A slow relay thus drags down the paths it is on."""
+    hops = len(path)
+    per_link = 1000.0 * build_seconds / (hops * (hops + 1) / 2)
+    first = driver.rtt_to(path[0].peer_id)
+    return [per_link if first is None else 1000.0 * first] + [per_link] * (hops - 1)
 
 
 def _gave_up(last: CircuitError, why: str, avoided: set[PeerId]) -> CircuitError:

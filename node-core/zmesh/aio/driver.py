@@ -33,6 +33,7 @@ from ..events import (
 from ..identity import PeerId
 from ..link import Link
 from ..node import Node
+from .tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -155,17 +156,18 @@ class NodeDriver:
         self._lock = asyncio.Lock()
         self._links: dict[int, Link] = {}
         self._output: dict[int, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = OwnedTasks("node driver")
         self._building: dict[int, asyncio.Future] = {}
         self._opening: dict[tuple[int, int], asyncio.Future] = {}
         self._streams: dict[tuple[int, int], MeshStream] = {}
         self._confirmations: dict[int, asyncio.Future] = {}
         self._authenticated: set[int] = set()  # links whose listener accepted our proof
+        self._link_peers: dict[int, PeerId] = {}  # who is on each link, where the transport says
         self._dial_errors: dict[PeerId, str] = {}  # why the last link to a peer failed, for the circuit's error
         self._timer_changed = asyncio.Event()
         self._closed = False
         self.on_event: Callable[[Event], None] | None = None
-        self._spawn(self._timer_loop())
+        self._tasks.spawn(self._timer_loop())
 
     # ---------------------------------------------------------------- links
 
@@ -175,11 +177,13 @@ class NodeDriver:
             link_id = await self.node.link_opened(peer, initiator=initiator)
             self._links[link_id] = link
             self._output[link_id] = asyncio.Event()
+            if peer is not None:
+                self._link_peers[link_id] = peer
             return link_id
 
         link_id = await self._call(opened)
-        self._spawn(self._read_loop(link_id, link))
-        self._spawn(self._write_loop(link_id, link))
+        self._tasks.spawn(self._read_loop(link_id, link))
+        self._tasks.spawn(self._write_loop(link_id, link))
         return link_id
 
     async def connect(self, peer: PeerId, *, authenticated: bool = False, timeout: float = 10.0) -> int:
@@ -201,6 +205,12 @@ class NodeDriver:
 
     def links(self) -> dict[int, Link]:
         return dict(self._links)
+
+    def rtt_to(self, peer: PeerId) -> float | None:
+        """The last PING→PONG round trip (s) on a link this node has to ``peer``, if one was measured."""
+        rtts = [rtt for link_id, linked in self._link_peers.items()
+                if linked == peer and (rtt := self.node.link_rtt(link_id)) is not None]
+        return min(rtts, default=None)
 
     async def _read_loop(self, link_id: int, link: Link) -> None:
         try:
@@ -233,6 +243,7 @@ class NodeDriver:
         if self._links.pop(link_id, None) is None:
             return
         self._output.pop(link_id, None)
+        self._link_peers.pop(link_id, None)
         self._authenticated.discard(link_id)
         await link.close()
         if not self._closed:
@@ -255,7 +266,11 @@ class NodeDriver:
 
     async def build_circuit(self, path: list[RelayInfo]) -> int:
         """Build a circuit; return its handle once built, or raise ``CircuitError``."""
-        future = asyncio.get_running_loop().create_future()
+        return (await self.build(path)).circuit
+
+    async def build(self, path: list[RelayInfo]) -> CircuitBuilt:
+        """``build_circuit``, answering with how long the build took (for path selection)."""
+        future: asyncio.Future[CircuitBuilt] = asyncio.get_running_loop().create_future()
         async with self._lock:
             handle = await self.node.build_circuit(path)
             self._building[handle] = future
@@ -355,15 +370,15 @@ class NodeDriver:
                 if future is not None and not future.done():
                     future.set_result(None)
             case LinkNeeded(peer):
-                self._spawn(self._dial(peer))
+                self._tasks.spawn(self._dial(peer))
             case CloseLink(link_id, _):
                 link = self._links.get(link_id)
                 if link is not None:
-                    self._spawn(self._drop_link(link_id, link))
+                    self._tasks.spawn(self._drop_link(link_id, link))
             case CircuitBuilt(circuit, _, _):
                 future = self._building.pop(circuit, None)
                 if future is not None and not future.done():
-                    future.set_result(circuit)
+                    future.set_result(event)
             case CircuitClosed(circuit, reason, _, failed_peer):
                 future = self._building.pop(circuit, None)
                 dial_error = self._dial_errors.pop(failed_peer, None) if failed_peer else None
@@ -384,7 +399,7 @@ class NodeDriver:
                 if stream is not None:
                     stream._end(reason)
             case StreamRequested():
-                self._spawn(self._handle_incoming(IncomingStream(self, event)))
+                self._tasks.spawn(self._handle_incoming(IncomingStream(self, event)))
 
     async def _handle_incoming(self, request: IncomingStream) -> None:
         if self.stream_handler is None:
@@ -413,17 +428,9 @@ class NodeDriver:
             if deadline is not None and (now := clock()) >= deadline:
                 await self._call(self.node.handle_timer, now)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def close(self) -> None:
         """Stop every task and close every link."""
         self._closed = True
         for link in list(self._links.values()):
             await link.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()

@@ -28,6 +28,7 @@ from ..identity import PeerId
 from ..link import Link
 from ..signaling import SignalError, SignalSession
 from .fec import FecChannelsLink
+from .tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ class RtcConnector:
         self.rejected = 0  # forged, malformed, unexpected or refused signaling messages
         self._attempts: dict[tuple[PeerId, str], _Attempt] = {}
         self._incoming = 0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = OwnedTasks("WebRTC connector")
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def dial(self, peer: PeerId) -> Link:
@@ -318,7 +319,7 @@ class RtcConnector:
                 raise ProtocolError("offer refused")
             self._incoming += 1
             attempt = self._attempts[(sender, message["id"])] = _Attempt(self, sender, message["id"])
-            self._spawn(self._answer(attempt, message))
+            self._tasks.spawn(self._answer(attempt, message))
         elif attempt is None:
             raise ProtocolError(f"a WebRTC {kind} for no attempt of ours")
         elif kind == "answer":
@@ -352,12 +353,7 @@ class RtcConnector:
         async def send() -> None:
             with contextlib.suppress(LinkClosed, TransportError):
                 await self.signal.send(peer, payload)
-        self._spawn(send())
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(send())
 
     async def wait_closed(self) -> None:
         """Return once the signaling session has closed: no link can be set up any more."""
@@ -366,9 +362,8 @@ class RtcConnector:
     async def close(self) -> None:
         """Stop answering and dialing, and close the signaling session (the connector owns it)."""
         self._reader.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(self._reader, *self._tasks, return_exceptions=True)
+        await asyncio.gather(self._reader, return_exceptions=True)
+        await self._tasks.close()
         await self.signal.close()
 
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict
 
 import js  # type: ignore[import-not-found]
@@ -19,11 +19,12 @@ from pyodide.http import pyfetch  # type: ignore[import-not-found]
 
 from ..aio.driver import NodeDriver
 from ..aio.rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcConnector, RtcOptions
+from ..aio.tasks import OwnedTasks
 from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from ..backoff import Backoff
-from ..descriptor import Capabilities, Descriptor, sign_descriptor, verify_descriptor
-from ..encoding import decode_base64
-from ..errors import CircuitError, ConfigError, CryptoError, ProtocolError, StreamError, TransportError, ZmeshError
+from ..descriptor import Capabilities, Descriptor, sign_descriptor
+from ..directory_view import DirectoryView, RelayUpdate
+from ..errors import CircuitError, ConfigError, ProtocolError, StreamError, TransportError, ZmeshError
 from ..identity import Identity, PeerId
 from ..link import Link
 from ..netaddr import LinkAddress, page_allows_private
@@ -36,6 +37,18 @@ from .webcrypto import WebCryptoProvider
 log = logging.getLogger(__name__)
 
 
+async def _fetch_relays(cursor: str | None) -> RelayUpdate:
+    """The relay list from this page's own origin: whole without a cursor, else what changed since."""
+    response = await pyfetch("/v1/relays" + (f"?since={cursor}" if cursor else ""))
+    if response.status != 200:
+        raise TransportError(f"the directory answered {response.status}")
+    try:
+        answer = await response.json()
+    except ValueError as exc:
+        raise ProtocolError("the directory's relay list is not JSON") from exc
+    return RelayUpdate.from_answer(answer)
+
+
 class BrowserNode:
     """The tab's node: identity, WebCrypto, a directory view from the signal server, a driver, and
     links over WebRTC (DataChannels, signalled through this page's origin) or WebSocket."""
@@ -43,15 +56,14 @@ class BrowserNode:
     def __init__(self, identity: Identity, provider: WebCryptoProvider, *, allow_private: bool = False) -> None:
         self.provider = provider
         self.allow_private = allow_private  # dial non-public link addresses: see ``netaddr.page_allows_private``
-        self.relays: dict[PeerId, Descriptor] = {}
-        self.dialer = TransportDialer(self._lookup, websocket=self._dial_websocket, rtc=None,
+        self.directory = DirectoryView(_fetch_relays, provider)
+        self.dialer = TransportDialer(self.directory.find, websocket=self._dial_websocket, rtc=None,
                                       mode=lambda: "auto")
         self.driver = NodeDriver(Node(identity, provider, time.monotonic), dialer=self.dialer)
         self.home: PeerId | None = None  # the relay this tab is reachable ``via``
         self._home_link: Any = None
         self._published = 0
-        self._cursor: str | None = None  # of the last directory answer, for fetching only changes
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = OwnedTasks("browser node")
 
     @classmethod
     async def start(cls, saved_identity: bytes | None = None) -> BrowserNode:
@@ -72,31 +84,6 @@ class BrowserNode:
         address.check(allow_private=self.allow_private)
         return await BrowserChannelLink.dial(address.url)
 
-    def refreshed_relays(self) -> list[Descriptor]:
-        """The directory as last fetched (``MeshVPN`` reads it synchronously)."""
-        return list(self.relays.values())
-
-    async def refresh(self) -> list[Descriptor]:
-        """Fetch and verify the relay list from this page's own origin: whole the first time, then
-        only what changed since the cursor of the last answer (docs/signaling.md)."""
-        query = f"?since={self._cursor}" if self._cursor else ""
-        response = await pyfetch("/v1/relays" + query)
-        answer = await response.json()
-        fresh = {} if answer.get("full", True) else dict(self.relays)
-        for text in answer.get("removed", []):
-            try:
-                fresh.pop(PeerId.from_text(text), None)
-            except ConfigError:
-                continue
-        for item in answer["relays"]:
-            try:
-                raw = decode_base64(item, "a descriptor in the relay list")
-                descriptor = await verify_descriptor(self.provider, raw, now=time.time())
-            except (ProtocolError, CryptoError):
-                continue
-            fresh[descriptor.peer_id] = descriptor
-        self.relays, self._cursor = fresh, answer.get("cursor") or None
-        return list(fresh.values())
 
     async def start_webrtc(self, options: RtcOptions, *, accept: bool) -> None:
         """Open the signaling socket on this page's origin, to dial DataChannels and, with
@@ -109,7 +96,7 @@ class BrowserNode:
             return RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
 
         self.dialer.rtc = await open_connector()
-        self._spawn(keep_signaling(self.dialer, open_connector))
+        self._tasks.spawn(keep_signaling(self.dialer, open_connector))
 
     async def _inbound(self, link: Link, _signalled_by: PeerId) -> None:
         # Anonymous like any inbound link; a relay extending circuits to us proves itself over it.
@@ -121,9 +108,9 @@ class BrowserNode:
         when this tab answers WebRTC offers, directly over DataChannels. If the home link dies the
         tab offers itself again, through another relay when it can."""
         if self.dialer.rtc is None:  # the directory lists a tab only while it is signed in
-            self._spawn(self._keep_signed_in())
+            self._tasks.spawn(self._keep_signed_in())
         descriptor = await self._offer_once()
-        self._spawn(self._keep_home())
+        self._tasks.spawn(self._keep_home())
         return descriptor
 
     async def _keep_signed_in(self) -> None:
@@ -156,7 +143,7 @@ class BrowserNode:
             while True:
                 await asyncio.sleep(backoff.delay())
                 try:
-                    await self.refresh()
+                    await self.directory.refresh()
                     await self._offer_once(avoid=self.home)
                 except (ZmeshError, OSError) as exc:  # pyfetch raises OSError when the origin is unreachable
                     log.warning("could not offer this tab again yet: %s", exc)
@@ -165,7 +152,7 @@ class BrowserNode:
                 break
 
     async def _offer_once(self, avoid: PeerId | None = None) -> Descriptor:
-        homes = [d for d in self.relays.values() if d.addresses.get("ws")]
+        homes = [d for d in self.directory.live() if d.addresses.get("ws")]
         homes = [d for d in homes if d.peer_id != avoid] or homes
         if not homes:
             raise TransportError("no relay to offer this tab through")
@@ -183,13 +170,15 @@ class BrowserNode:
             raise TransportError(f"the directory refused this tab's descriptor ({response.status})")
         return descriptor
 
-    async def _lookup(self, peer: PeerId) -> Descriptor | None:
-        return self.relays.get(peer)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def close(self) -> None:
+        """Leave the mesh: stop the background tasks (signaling supervisor, sign-in, home keeper)
+        first so none reopens what follows, then close the WebRTC connector with its signaling
+        session, and the driver with every link."""
+        await self._tasks.close()
+        if self.dialer.rtc is not None:
+            await self.dialer.rtc.close()
+            self.dialer.rtc = None
+        await self.driver.close()
 
 
 class ErrorInfo(TypedDict):
@@ -227,11 +216,11 @@ async def open_mesh(options: Any) -> Any:
                         for s in settings.pop("ice_servers", []))
     timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
     node = await BrowserNode.start(bytes(saved) if saved is not None else None)
-    vpn = MeshVPN(node.driver, node.refreshed_relays, **settings)
+    vpn = MeshVPN(node.driver, node.directory.live, **settings)
     channels = (ChannelOptions(), *((FEC_CHANNEL,) if vpn.options.enable_fec else ()))
     rtc = RtcOptions(ice_servers, timeout, channels, ice_policy)
     node.dialer.mode = lambda: vpn.options.transport
-    await node.refresh()
+    await node.directory.refresh()
     if vpn.options.transport != "websocket":
         try:
             await node.start_webrtc(rtc, accept=relay)

@@ -15,20 +15,8 @@ import os
 import zmesh_js_crypto as js  # type: ignore[import-not-found]  # registered by the page
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
-from ..crypto.provider import (
-    AES_KEY_SIZE,
-    ED25519_SIG_SIZE,
-    KEY_SIZE,
-    MLKEM768_CT_SIZE,
-    MLKEM768_EK_SIZE,
-    MLKEM768_SEED_SIZE,
-)
+from ..crypto.provider import KEY_SIZE, CheckedProvider
 from ..errors import CryptoError
-
-
-def _need(value: bytes, size: int, what: str) -> None:
-    if len(value) != size:
-        raise CryptoError(f"{what} must be {size} bytes")
 
 
 def _b(proxy) -> bytes:  # noqa: ANN001 - a JS Uint8Array proxy
@@ -76,8 +64,9 @@ class _WebCryptoKem:
         return _b(await js.mlkemDecapsulate(to_js(seed), to_js(ciphertext)))
 
 
-class WebCryptoProvider:
-    """``mlkem``: "webcrypto", "kyber-py", or None to use WebCrypto where the browser has it."""
+class WebCryptoProvider(CheckedProvider):
+    """``mlkem``: "webcrypto", "kyber-py", or None to use WebCrypto where the browser has it.
+    ``CheckedProvider`` checks every argument before a primitive here runs."""
 
     name = "webcrypto"
 
@@ -97,80 +86,54 @@ class WebCryptoProvider:
         private = os.urandom(KEY_SIZE)
         return private, await self.x25519_public(private)
 
-    async def x25519_public(self, private: bytes) -> bytes:
-        _need(private, KEY_SIZE, "X25519 private key")
+    async def _x25519_public(self, private: bytes) -> bytes:
         return _b(await js.x25519Public(to_js(private)))
 
-    async def x25519(self, private: bytes, peer_public: bytes) -> bytes:
-        _need(private, KEY_SIZE, "X25519 private key")
-        _need(peer_public, KEY_SIZE, "X25519 public key")
+    async def _x25519(self, private: bytes, peer_public: bytes) -> bytes:
         try:
-            shared = _b(await js.x25519(to_js(private), to_js(peer_public)))
+            return _b(await js.x25519(to_js(private), to_js(peer_public)))
         except Exception as exc:  # WebCrypto rejects low-order points with an OperationError
             raise CryptoError("X25519 peer key is a low-order point") from exc
-        if shared == bytes(KEY_SIZE):
-            raise CryptoError("X25519 peer key is a low-order point")
-        return shared
 
     async def ed25519_generate(self) -> tuple[bytes, bytes]:
         private = os.urandom(KEY_SIZE)
         return private, await self.ed25519_public(private)
 
-    async def ed25519_public(self, private: bytes) -> bytes:
-        _need(private, KEY_SIZE, "Ed25519 private key")
+    async def _ed25519_public(self, private: bytes) -> bytes:
         return _b(await js.ed25519Public(to_js(private)))
 
-    async def ed25519_sign(self, private: bytes, message: bytes) -> bytes:
-        _need(private, KEY_SIZE, "Ed25519 private key")
+    async def _ed25519_sign(self, private: bytes, message: bytes) -> bytes:
         return _b(await js.ed25519Sign(to_js(private), to_js(message)))
 
-    async def ed25519_verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
-        if len(public) != KEY_SIZE or len(signature) != ED25519_SIG_SIZE:
-            return False
+    async def _ed25519_verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
         return bool(await js.ed25519Verify(to_js(public), to_js(signature), to_js(message)))
 
-    async def mlkem768_generate(self) -> tuple[bytes, bytes]:
-        seed = os.urandom(MLKEM768_SEED_SIZE)
-        return seed, await self.mlkem768_public(seed)
-
-    async def mlkem768_public(self, seed: bytes) -> bytes:
-        _need(seed, MLKEM768_SEED_SIZE, "ML-KEM-768 seed")
+    async def _mlkem768_public(self, seed: bytes) -> bytes:
         return await (await self._mlkem()).public(seed)
 
-    async def mlkem768_encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
-        _need(public, MLKEM768_EK_SIZE, "ML-KEM-768 encapsulation key")
+    async def _mlkem768_encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
         try:
             return await (await self._mlkem()).encapsulate(public)
         except Exception as exc:  # the FIPS 203 modulus check failed
             raise CryptoError("ML-KEM-768 encapsulation key is malformed") from exc
 
-    async def mlkem768_decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes:
-        _need(seed, MLKEM768_SEED_SIZE, "ML-KEM-768 seed")
-        _need(ciphertext, MLKEM768_CT_SIZE, "ML-KEM-768 ciphertext")
+    async def _mlkem768_decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes:
         return await (await self._mlkem()).decapsulate(seed, ciphertext)
 
-    async def hkdf_sha256(self, ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
-        if not 0 < length <= 255 * 32:
-            raise CryptoError("HKDF-SHA256 output length must be in 1..8160")
+    async def _hkdf_sha256(self, ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
         # RFC 5869: an absent salt is HashLen zero bytes (WebCrypto wants it explicit).
         return _b(await js.hkdf(to_js(ikm), to_js(salt or bytes(32)), to_js(info), length))
 
-    async def aes256_gcm_encrypt(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
-        _need(key, AES_KEY_SIZE, "AES-256 key")
-        _need(nonce, 12, "AES-GCM nonce")
+    async def _aes256_gcm_encrypt(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return _b(await js.aesGcmEncrypt(to_js(key), to_js(nonce), to_js(plaintext), to_js(aad)))
 
-    async def aes256_gcm_decrypt(self, key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes = b"") -> bytes:
-        _need(key, AES_KEY_SIZE, "AES-256 key")
-        _need(nonce, 12, "AES-GCM nonce")
+    async def _aes256_gcm_decrypt(self, key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         result = await js.aesGcmDecrypt(to_js(key), to_js(nonce), to_js(ciphertext), to_js(aad))
         if result is None:
             raise CryptoError("AES-GCM authentication failed")
         return _b(result)
 
-    def aes256_ctr_stream(self, key: bytes, iv: bytes) -> _CtrStream:
-        _need(key, AES_KEY_SIZE, "AES-256 key")
-        _need(iv, 16, "AES-CTR initial counter block")
+    def _aes256_ctr_stream(self, key: bytes, iv: bytes) -> _CtrStream:
         return _CtrStream(key, iv)
 
     def random_bytes(self, n: int) -> bytes:
