@@ -42,17 +42,21 @@ def test_fetch_rejects_when_the_target_resets_or_the_circuit_dies_mid_download(b
     page.evaluate(JOIN, {"hops": 3, "relay": False})
     big = f"http://127.0.0.1:{target.server_address[1]}/big"
     crashed = page.evaluate("""(url) => window.vpn.fetch(url).then(
-        (result) => ({ ok: true, size: result.body.length }), (err) => ({ ok: false, message: err.message }))""",
+        (result) => ({ ok: true, size: result.body.length }),
+        (err) => ({ ok: false, message: err.message, name: err.name, type: err.type, code: err.code }))""",
         f"http://127.0.0.1:{target.server_address[1]}/reset")  # the target resets after 2 MiB
     assert not crashed["ok"], f"fetch resolved with {crashed['size']} bytes of a reset answer"
     assert "StreamError" in crashed["message"] and "abnormally" in crashed["message"], crashed
+    # The exit's END reason reaches JS as the enum's name, not parsed out of the message.
+    assert (crashed["name"], crashed["type"], crashed["code"]) == ("MeshError", "StreamError", "MISC"), crashed
     target.gate.set()
     assert page.evaluate("async (url) => (await window.vpn.fetch(url)).body.length", big) == BIG  # whole
     target.gate.clear()
     target.paused.clear()
     path = page.evaluate("""(url) => {
         window.done = window.vpn.fetch(url).then(
-            (result) => ({ ok: true, size: result.body.length }), (err) => ({ ok: false, message: err.message }));
+            (result) => ({ ok: true, size: result.body.length }),
+            (err) => ({ ok: false, message: err.message, code: err.code }));
         return window.vpn.getStats().path;
     }""", big)
     assert target.paused.wait(60), "the download did not start"
@@ -63,4 +67,5 @@ def test_fetch_rejects_when_the_target_resets_or_the_circuit_dies_mid_download(b
     outcome = page.evaluate("window.done")
     assert not outcome["ok"], f"fetch resolved with {outcome['size']} of {BIG} bytes"
     assert "StreamError" in outcome["message"] and "fetch" in outcome["message"], outcome
+    assert outcome["code"] == "DESTROYED", outcome  # the circuit under the stream went
     page.close()

@@ -176,7 +176,7 @@ def test_circuits_beyond_the_global_cap_fail_with_resource_limit(provider):
             await client.build_circuit(path)
             with pytest.raises(CircuitError) as info:
                 await client.build_circuit(path)
-            assert info.value.reason == "resource_limit" and CREATE_SIZE > BODY_SIZE  # one refusal per CREATE
+            assert info.value.reason is DestroyReason.RESOURCE_LIMIT and CREATE_SIZE > BODY_SIZE  # one per CREATE
             assert middle.node.metrics["create_refused_full"] == 1 and len(middle.node.circuits()) == 1
         finally:
             await net.close()

@@ -10,6 +10,7 @@ import pytest
 
 from zmesh.aio.api import MeshVPN
 from zmesh.aio.building import BuildPolicy, build_around_failures
+from zmesh.cells import DestroyReason
 from zmesh.descriptor import Capabilities, sign_descriptor
 from zmesh.errors import CircuitError, ConfigError
 from zmesh.events import CircuitBuilt
@@ -141,7 +142,7 @@ class TimedDriver:
     async def build(self, path):
         for relay in path:
             if relay.peer_id in self.failing:
-                raise CircuitError("timed out", "timeout", relay.peer_id)
+                raise CircuitError("timed out", DestroyReason.TIMEOUT, relay.peer_id)
         self.built += 1
         return CircuitBuilt(self.built, tuple(r.peer_id for r in path), sum(self.delays[r.peer_id] for r in path))
 

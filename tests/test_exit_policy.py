@@ -230,7 +230,7 @@ def test_resolution_failure_is_a_resolve_failed_stream_error(failure):
 
     with pytest.raises(StreamError) as info:
         asyncio.run(resolve_and_check(ExitPolicy(), "nowhere.invalid", 80, resolver=broken))
-    assert info.value.reason == "resolve_failed"
+    assert info.value.reason is EndReason.RESOLVE_FAILED
     assert end_reason_for(info.value) == EndReason.RESOLVE_FAILED
 
 
@@ -287,7 +287,7 @@ def test_connection_refused_and_timeout_become_stream_errors(monkeypatch):
         policy = ExitPolicy.from_rules([f"127.0.0.1/32:{port}"])
         with pytest.raises(StreamError) as info:
             await open_exit_connection(policy, "127.0.0.1", port)
-        assert info.value.reason == "connect_refused"
+        assert info.value.reason is EndReason.CONNECT_REFUSED
         assert end_reason_for(info.value) == EndReason.CONNECT_REFUSED
 
         async def never_connects(host, port):
@@ -296,7 +296,7 @@ def test_connection_refused_and_timeout_become_stream_errors(monkeypatch):
         monkeypatch.setattr(exit_policy.asyncio, "open_connection", never_connects)
         with pytest.raises(StreamError) as info:
             await open_exit_connection(policy, "127.0.0.1", port, timeout=0.01)
-        assert info.value.reason == "timeout"
+        assert info.value.reason is EndReason.TIMEOUT
         assert end_reason_for(info.value) == EndReason.TIMEOUT
 
     asyncio.run(main())
@@ -308,15 +308,17 @@ def test_a_resolver_that_hangs_is_cut_off_by_the_timeout():
 
     with pytest.raises(StreamError) as info:
         asyncio.run(open_exit_connection(ExitPolicy(), "slow.example", 80, timeout=0.01, resolver=hangs))
-    assert info.value.reason == "resolve_failed"
+    assert info.value.reason is EndReason.RESOLVE_FAILED
 
 
 @pytest.mark.parametrize("exc, reason", [
-    (ExitPolicyError("no"), EndReason.EXIT_POLICY), (StreamError("x", "exit_policy"), EndReason.EXIT_POLICY),
-    (StreamError("x", "resolve_failed"), EndReason.RESOLVE_FAILED),
-    (StreamError("x", "connect_refused"), EndReason.CONNECT_REFUSED),
-    (StreamError("x", "timeout"), EndReason.TIMEOUT), (TimeoutError(), EndReason.TIMEOUT),
-    (StreamError("x", "destroyed"), EndReason.MISC), (CircuitError("x"), EndReason.MISC),
+    (ExitPolicyError("no"), EndReason.EXIT_POLICY), (StreamError("x", EndReason.EXIT_POLICY), EndReason.EXIT_POLICY),
+    (StreamError("x", EndReason.RESOLVE_FAILED), EndReason.RESOLVE_FAILED),
+    (StreamError("x", EndReason.CONNECT_REFUSED), EndReason.CONNECT_REFUSED),
+    (StreamError("x", EndReason.TIMEOUT), EndReason.TIMEOUT), (TimeoutError(), EndReason.TIMEOUT),
+    (StreamError("x", EndReason.DESTROYED), EndReason.MISC),
+    (StreamError("x", EndReason.PROTOCOL), EndReason.MISC), (StreamError("x", EndReason.DONE), EndReason.MISC),
+    (CircuitError("x"), EndReason.MISC),
     (RuntimeError("bug"), EndReason.MISC),
 ])
 def test_end_reasons(exc, reason):

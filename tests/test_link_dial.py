@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from zmesh.aio.driver import NodeDriver
+from zmesh.cells import DestroyReason
 from zmesh.descriptor import Descriptor, sign_descriptor, verify_descriptor
 from zmesh.errors import CircuitError, TransportError
 from zmesh.identity import Identity, PeerId
@@ -129,7 +130,7 @@ async def extend_fails(driver: NodeDriver, relay: Descriptor, target: Descriptor
     """EXTEND from ``relay`` to ``target`` must fail cleanly, naming ``target``."""
     with pytest.raises(CircuitError) as info:
         await driver.build_circuit([relay, target])
-    assert (info.value.reason, info.value.failed_peer) == ("connect_failed", target.peer_id)
+    assert (info.value.reason, info.value.failed_peer) == (DestroyReason.CONNECT_FAILED, target.peer_id)
 
 
 def test_tarpit_link_addresses_cost_a_relay_no_descriptor_after_the_dial_deadline(provider, tmp_path):

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests.conftest import wait_until
-from zmesh.cells import CELL_SIZE, CellCommand, DestroyReason, encode_cell
+from zmesh.cells import CELL_SIZE, CellCommand, DestroyReason, EndReason, encode_cell
 from zmesh.errors import CircuitError, ConfigError, StreamError
 from zmesh.events import CircuitClosed
 from zmesh.flow import CIRCUIT_WINDOW, STREAM_WINDOW
@@ -230,7 +230,7 @@ def test_unreachable_relay_fails_the_build_with_a_reason(provider):
             gone = net.drivers.pop(path[1].peer_id)  # the middle relay vanished from the network
             with pytest.raises(CircuitError) as info:
                 await asyncio.wait_for(client.build_circuit(path), 10)
-            assert info.value.reason == "connect_failed" and info.value.failed_peer == path[1].peer_id
+            assert info.value.reason is DestroyReason.CONNECT_FAILED and info.value.failed_peer == path[1].peer_id
         finally:
             await net.close()
             await gone.close()
@@ -299,7 +299,7 @@ def test_exit_without_handler_refuses_streams(provider):
             circuit = await client.build_circuit(path)
             with pytest.raises(StreamError) as info:
                 await client.open_stream(circuit, "example.org", 80)
-            assert info.value.reason == "exit_policy"
+            assert info.value.reason is EndReason.EXIT_POLICY
         finally:
             await net.close()
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from zmesh.cells import EndReason
+from zmesh.cells import DestroyReason, EndReason
 from zmesh.errors import CircuitError, ConfigError, ExitPolicyError, InvalidState, StreamError, TransportError
 from zmesh_relay.socks5 import Socks5Server, SocksLimits, socks5_connect
 
@@ -58,9 +58,9 @@ def test_targets_and_isolation_reach_open_stream():
 
 
 @pytest.mark.parametrize("error, code", [
-    (ExitPolicyError("no"), "0x02"), (StreamError("x", "resolve_failed"), "0x04"),
-    (StreamError("x", "connect_refused"), "0x05"), (StreamError("x", "timeout"), "0x06"),
-    (CircuitError("x", "timeout"), "0x01"), (InvalidState("too many streams"), "0x01"),
+    (ExitPolicyError("no"), "0x02"), (StreamError("x", EndReason.RESOLVE_FAILED), "0x04"),
+    (StreamError("x", EndReason.CONNECT_REFUSED), "0x05"), (StreamError("x", EndReason.TIMEOUT), "0x06"),
+    (CircuitError("x", DestroyReason.TIMEOUT), "0x01"), (InvalidState("too many streams"), "0x01"),
     (ConfigError("bad target"), "0x01"),
 ])
 def test_failures_map_to_reply_codes(error, code, caplog):
@@ -278,7 +278,7 @@ def test_an_abnormal_end_resets_the_application_a_normal_one_is_a_fin():
             if self.answer:
                 answer, self.answer = self.answer, b""
                 return answer
-            raise StreamError("the circuit carrying this stream was destroyed", "destroyed")
+            raise StreamError("the circuit carrying this stream was destroyed", EndReason.DESTROYED)
 
     async def main():
         for stream, outcome in ((Dying(b"part of it"), ConnectionResetError), (AnswerStream(b"all"), b"all")):
@@ -318,7 +318,7 @@ def test_an_application_that_resets_before_its_reply_costs_no_traceback(caplog):
 
     async def open_stream(host, port, isolation):
         await gone.wait()
-        raise StreamError("x", "connect_refused")
+        raise StreamError("x", EndReason.CONNECT_REFUSED)
 
     async def main():
         server, port = await serve(open_stream)

@@ -50,11 +50,30 @@ export interface FetchResult {
   body: Uint8Array;
 }
 
+/** How MeshVPN's promises reject when the mesh refuses or breaks something. `code` is stable:
+ *  the name of the circuit's DESTROY reason or the stream's END reason (zmesh.cells DestroyReason /
+ *  EndReason), for code that must tell a refused connection from a dead circuit without reading
+ *  the message. */
+export class MeshError extends Error {
+  readonly name: "MeshError";
+  /** The zmesh error class: "StreamError", "CircuitError", "ConfigError", "TransportError", ... */
+  readonly type: string;
+  /** null for errors without a reason (a bad option, no usable relays). */
+  readonly code: StreamEndCode | CircuitDestroyCode | null;
+}
+
+/** Why a stream ended abnormally ("DESTROYED": the circuit under it went). */
+export type StreamEndCode = "MISC" | "RESOLVE_FAILED" | "CONNECT_REFUSED" | "EXIT_POLICY" | "DESTROYED"
+  | "TIMEOUT" | "PROTOCOL" | "DONE";
+/** Why a circuit failed to build or was torn down. */
+export type CircuitDestroyCode = "NONE" | "PROTOCOL" | "INTERNAL" | "REQUESTED" | "TIMEOUT" | "CONNECT_FAILED"
+  | "RESOURCE_LIMIT" | "LINK_CLOSED" | "TAMPERED";
+
 type Events = {
   message: (data: Uint8Array) => void;
   connect: (stats: MeshStats) => void;
   disconnect: (info: object) => void;
-  error: (error: Error) => void;
+  error: (error: MeshError | Error) => void;
 };
 
 export class MeshVPN {
@@ -62,14 +81,16 @@ export class MeshVPN {
   constructor(options?: Partial<MeshOptions>);
   /** This tab's PeerId (56 base32 characters) once connected. */
   readonly peerId: string | null;
-  /** Boots the in-tab node (Pyodide), joins the mesh and builds a circuit. */
+  /** Boots the in-tab node (Pyodide), joins the mesh and builds a circuit (rejects with a MeshError
+   *  when no circuit could be built: `code` names the last DESTROY reason, null if too few relays). */
   connect(options?: Partial<MeshOptions>): Promise<void>;
   disconnect(): Promise<void>;
-  /** GET an http:// URL through the circuit's exit. Rejects with an Error if the stream ends
+  /** GET an http:// URL through the circuit's exit. Rejects with a MeshError if the stream ends
    *  abnormally (circuit destroyed, exit error): a truncated body is never returned as complete. */
   fetch(url: string): Promise<FetchResult>;
-  /** A TCP-like stream to host:port through the exit (resolved there). `read()` resolves null at
-   *  a normal end and rejects with an Error at an abnormal one. */
+  /** A TCP-like stream to host:port through the exit (resolved there); rejects with a MeshError if
+   *  the exit refuses it (`code` "CONNECT_REFUSED", "EXIT_POLICY", ...). `read()` resolves null at
+   *  a normal end and rejects with a MeshError at an abnormal one. */
   openStream(host: string, port: number): Promise<{
     read(): Promise<Uint8Array | null>; write(data: Uint8Array): Promise<void>; close(): Promise<void>;
   }>;

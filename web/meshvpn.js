@@ -11,11 +11,41 @@ const EXITS = ["direct", "cloudflare"];
 const TRANSPORTS = ["auto", "webrtc", "websocket"];
 let runtime = null;
 let toBytes = null;  // Uint8Array -> Python bytes, set once the runtime is up
+let settle = null;  // zmesh.browser.tab.settle, set once the runtime is up
 
-// A Python exception reaches JS as a PythonError whose message is the whole traceback; its last
-// line ("zmesh.errors.StreamError: the stream ended abnormally (misc)") is what a caller can use.
+/** A zmesh error: `type` is its Python class ("StreamError", "CircuitError", ...), `code` the name
+ * of its reason ("CONNECT_REFUSED", "DESTROYED", "TIMEOUT", ...) or null when it has none. */
+export class MeshError extends Error {
+  constructor(what, info) {
+    super(`${what}: ${info.type}: ${info.message}`);
+    this.name = "MeshError";
+    this.type = info.type;
+    this.code = info.code ?? null;
+  }
+}
+
+// Any other Python exception (a bug, an OSError) reaches JS as a PythonError whose message is the
+// whole traceback; its last line is what a caller can use.
 function lastLine(err) {
   return String(err && err.message).split("\n").filter(Boolean).pop();
+}
+
+// Call a Python coroutine method through tab.settle, which hands a ZmeshError back as data: it is
+// thrown here as a MeshError carrying the reason's name, never parsed out of a message.
+async function call(what, method, ...args) {
+  let outcome;
+  try {
+    outcome = await settle(method, ...args);
+  } catch (err) {
+    throw new Error(`${what}: ${lastLine(err)}`);
+  }
+  const value = outcome.get(0);
+  const failure = outcome.get(1);
+  outcome.destroy();
+  if (failure === undefined) return value;
+  const info = failure.toJs({ dict_converter: Object.fromEntries });
+  failure.destroy();
+  throw new MeshError(what, info);
 }
 
 function pyBytes(data) {
@@ -120,12 +150,13 @@ export class MeshVPN {
       runtime ??= bootZmesh();
       const { pyodide } = await runtime;
       const openMesh = pyodide.runPython("from zmesh.browser.tab import open_mesh; open_mesh");
+      settle ??= pyodide.runPython("from zmesh.browser.tab import settle; settle");
       toBytes ??= pyodide.runPython("lambda array: array.to_bytes()");
       const claim = this.options.identity === "ephemeral" ? null : await claimSavedIdentity();
       const { identity, ...rest } = this.options;
       const settings = { ...rest, saved_identity: claim && claim.saved ? claim.saved : undefined };
       if (settings.saved_identity === undefined) delete settings.saved_identity;
-      this._vpn = await openMesh(pyodide.toPy(settings));
+      this._vpn = await call("could not join the mesh", openMesh, pyodide.toPy(settings));
       this.peerId = this._vpn.peer_id.text;
       if (claim) {
         const secret = this._vpn.driver.node.identity.to_bytes();
@@ -139,8 +170,9 @@ export class MeshVPN {
       });
       this._emit("connect", this.getStats());
     } catch (err) {
-      this._emit("error", err);
-      throw new Error(`could not join the mesh: ${lastLine(err)}`);
+      const error = err instanceof MeshError ? err : new Error(`could not join the mesh: ${lastLine(err)}`);
+      this._emit("error", error);
+      throw error;
     }
   }
 
@@ -149,14 +181,10 @@ export class MeshVPN {
     return this._vpn;
   }
 
-  /** Rejects if the stream ends abnormally (circuit destroyed, the exit's error), never a short body. */
+  /** Rejects with a MeshError if the stream ends abnormally (circuit destroyed, the exit's error),
+   * never a short body. */
   async fetch(url) {
-    let result;
-    try {
-      result = await this._require().fetch(url);
-    } catch (err) {
-      throw new Error(`fetch ${url} failed: ${lastLine(err)}`);
-    }
+    const result = await call(`fetch ${url} failed`, this._require().fetch, url);
     const [status, body] = result.toJs();
     result.destroy();
     return { status, body: new Uint8Array(body) };
@@ -165,20 +193,15 @@ export class MeshVPN {
   /** A TCP-like stream to host:port, connected by the exit: read() resolves null at a normal end
    * and rejects at an abnormal one (the circuit destroyed, the far side's error). */
   async openStream(host, port) {
-    const stream = await this._require().open_stream(host, port);
+    const stream = await call(`stream to ${host}:${port} refused`, this._require().open_stream, host, port);
     return {
       async read() {
-        let data;
-        try {
-          data = await stream.read();
-        } catch (err) {
-          throw new Error(`stream read failed: ${lastLine(err)}`);
-        }
+        const data = await call("stream read failed", stream.read);
         const bytes = data.toJs ? data.toJs() : data;
         if (data.destroy) data.destroy();
         return bytes.length ? new Uint8Array(bytes) : null;
       },
-      write: (bytes) => stream.write(pyBytes(bytes)),
+      write: (bytes) => call("stream write failed", stream.write, pyBytes(bytes)),
       close: () => stream.close(),
     };
   }

@@ -7,8 +7,8 @@ and the message says what to do about it. Who is at fault is visible in the clas
     ├── ProtocolError        a peer sent bytes that break the wire protocol (malformed, oversized,
     │                        out of state); the core turns these into a closed circuit or link
     ├── CryptoError          a signature, MAC or digest did not verify, or a key has the wrong size
-    ├── CircuitError         a circuit could not be built or was torn down (carries ``reason``)
-    ├── StreamError          a stream was refused or ended abnormally (carries ``reason``)
+    ├── CircuitError         a circuit could not be built or was torn down (``reason``: a DestroyReason)
+    ├── StreamError          a stream was refused or ended abnormally (``reason``: an EndReason)
     ├── ConfigError          a setting or argument is out of range (names the bad key)
     ├── TransportError       a link could not be opened or broke
     │   └── LinkClosed       the link is closed; nothing more will arrive
@@ -18,6 +18,13 @@ and the message says what to do about it. Who is at fault is visible in the clas
 """
 
 from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # cells and identity import this module
+    from .cells import DestroyReason, EndReason
+    from .identity import PeerId
 
 
 class ZmeshError(Exception):
@@ -32,20 +39,27 @@ class CryptoError(ZmeshError):
     """A cryptographic check failed or a key/signature had the wrong shape."""
 
 
-class CircuitError(ZmeshError):
-    """A circuit failed to build or was destroyed. ``failed_peer`` names the hop that did not
-    answer, when known, so a client can avoid it next time."""
+def reason_words(reason: Enum) -> str:
+    """A reason as a message says it: ``EndReason.CONNECT_REFUSED`` → ``"connect refused"``."""
+    return reason.name.replace("_", " ").lower()
 
-    def __init__(self, message: str, reason: str = "failed", failed_peer: object = None) -> None:
+
+class CircuitError(ZmeshError):
+    """A circuit failed to build or was destroyed. ``reason`` is the DESTROY's reason, or None when
+    no circuit got as far as one (no usable relays, every attempt failed on the way);
+    ``failed_peer`` names the hop that did not answer, when known, so a client can avoid it next time."""
+
+    def __init__(self, message: str, reason: DestroyReason | None = None, failed_peer: PeerId | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.failed_peer = failed_peer
 
 
 class StreamError(ZmeshError):
-    """A stream was refused by the exit or closed abnormally."""
+    """A stream was refused by the exit or closed abnormally; ``reason`` is the END's reason
+    (``EndReason.DESTROYED`` when the circuit under it went)."""
 
-    def __init__(self, message: str, reason: str = "failed") -> None:
+    def __init__(self, message: str, reason: EndReason) -> None:
         super().__init__(message)
         self.reason = reason
 

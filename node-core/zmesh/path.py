@@ -96,7 +96,7 @@ class PathSelector:
                 raise ConfigError("a destination reached through its relay cannot also have a chosen entry")
             entry = next((r for r in pool if r.peer_id.text in destination.addresses.get("via", ())), None)
             if entry is None:
-                raise CircuitError("the destination's relay is not in the directory", "no_relays")
+                raise CircuitError("the destination's relay is not in the directory")
             chosen = [entry, destination]
             for _ in range(hops - 2):
                 rest = [r for r in pool if all(r.peer_id != c.peer_id for c in chosen)]
@@ -122,7 +122,7 @@ class PathSelector:
     def _draw(self, candidates: list[Descriptor], chosen: list[Descriptor], max_bw: int,
               rng: random.Random, what: str) -> Descriptor:
         if not candidates:
-            raise CircuitError(f"not enough usable relays to pick a {what}", "no_relays")
+            raise CircuitError(f"not enough usable relays to pick a {what}")
         scores = [self.score(r, chosen, max_bw) for r in candidates]
         return rng.choices(candidates, weights=scores, k=1)[0]
 

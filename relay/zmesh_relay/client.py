@@ -15,6 +15,7 @@ from typing import Any
 
 from zmesh.aio.building import build_around_failures
 from zmesh.aio.driver import MeshStream, NodeDriver
+from zmesh.cells import EndReason
 from zmesh.descriptor import Descriptor
 from zmesh.directory_view import DirectoryView
 from zmesh.errors import CircuitError, StreamError
@@ -68,10 +69,10 @@ class Client:
             try:
                 return await self.driver.open_stream(circuit, host, port)
             except StreamError as exc:
-                if exc.reason != "destroyed":
+                if exc.reason is not EndReason.DESTROYED:
                     raise
                 self._circuits.pop(isolation, None)  # the circuit died under us: build another
-        raise CircuitError("circuits keep failing; the mesh may be unreachable", "unstable")
+        raise CircuitError("circuits keep failing; the mesh may be unreachable")
 
     async def _circuit_for(self, isolation: object, port: int) -> int:
         assert self.driver is not None

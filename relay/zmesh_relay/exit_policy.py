@@ -119,7 +119,7 @@ async def resolve_and_check(policy: ExitPolicy, host: str, port: int, *,
     try:
         addresses = await resolve(host, port, resolver)
     except OSError as exc:
-        raise StreamError(str(exc), "resolve_failed") from exc
+        raise StreamError(str(exc), EndReason.RESOLVE_FAILED) from exc
     for address in addresses:
         policy.check(address, port)
     return addresses
@@ -134,23 +134,25 @@ async def open_exit_connection(policy: ExitPolicy, host: str, port: int, *, time
     try:
         addresses = await asyncio.wait_for(resolve_and_check(policy, host, port, resolver=resolver), timeout)
     except TimeoutError as exc:
-        raise StreamError(f"resolving {host!r} timed out", "resolve_failed") from exc
+        raise StreamError(f"resolving {host!r} timed out", EndReason.RESOLVE_FAILED) from exc
     failure: StreamError | None = None
     for address in addresses:
         try:
             return await asyncio.wait_for(asyncio.open_connection(str(address), port), timeout)
         except TimeoutError as exc:
-            failure = StreamError(f"connecting to {address} port {port} timed out", "timeout")
+            failure = StreamError(f"connecting to {address} port {port} timed out", EndReason.TIMEOUT)
             failure.__cause__ = exc
         except OSError as exc:
-            failure = StreamError(f"{address} port {port} refused the connection", "connect_refused")
+            failure = StreamError(f"{address} port {port} refused the connection", EndReason.CONNECT_REFUSED)
             failure.__cause__ = exc
     assert failure is not None  # resolve_and_check returns at least one address
     raise failure
 
 
-_END_REASONS = {"exit_policy": EndReason.EXIT_POLICY, "resolve_failed": EndReason.RESOLVE_FAILED,
-                "connect_refused": EndReason.CONNECT_REFUSED, "timeout": EndReason.TIMEOUT}
+# What an exit may tell the client about its target; any other reason (a DESTROYED from under it, a
+# PROTOCOL) says nothing about the target and goes out as MISC.
+_TARGET_REASONS = frozenset({EndReason.EXIT_POLICY, EndReason.RESOLVE_FAILED, EndReason.CONNECT_REFUSED,
+                             EndReason.TIMEOUT})
 
 
 def end_reason_for(exc: BaseException) -> EndReason:
@@ -158,7 +160,7 @@ def end_reason_for(exc: BaseException) -> EndReason:
     if isinstance(exc, ExitPolicyError):
         return EndReason.EXIT_POLICY
     if isinstance(exc, StreamError):
-        return _END_REASONS.get(exc.reason, EndReason.MISC)
+        return exc.reason if exc.reason in _TARGET_REASONS else EndReason.MISC
     if isinstance(exc, TimeoutError):
         return EndReason.TIMEOUT
     return EndReason.MISC

@@ -26,6 +26,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from zmesh.cells import EndReason
 from zmesh.errors import ConfigError, ExitPolicyError, StreamError, TransportError, ZmeshError
 from zmesh.streams import format_target
 
@@ -40,8 +41,8 @@ CONNECT = 0x01
 ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 0x01, 0x03, 0x04
 SUCCEEDED, GENERAL_FAILURE, NOT_ALLOWED, HOST_UNREACHABLE = 0x00, 0x01, 0x02, 0x04
 CONNECTION_REFUSED, TTL_EXPIRED, COMMAND_NOT_SUPPORTED, ADDRESS_NOT_SUPPORTED = 0x05, 0x06, 0x07, 0x08
-_STREAM_REPLIES = {"exit_policy": NOT_ALLOWED, "resolve_failed": HOST_UNREACHABLE,
-                   "connect_refused": CONNECTION_REFUSED, "timeout": TTL_EXPIRED}
+_STREAM_REPLIES = {EndReason.EXIT_POLICY: NOT_ALLOWED, EndReason.RESOLVE_FAILED: HOST_UNREACHABLE,
+                   EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class _Refused(Exception):
 
 
 def reply_for(exc: Exception) -> int:
+    """The reply code for a failed CONNECT: the exit's END reason where SOCKS has a code for it."""
     if isinstance(exc, ExitPolicyError):
         return NOT_ALLOWED
     if isinstance(exc, StreamError):

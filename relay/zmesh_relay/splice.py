@@ -53,7 +53,7 @@ def _abnormal(task: asyncio.Task) -> bool:
     if not task.done() or task.cancelled() or task.exception() is None:
         return False
     exc = task.exception()
-    return not (isinstance(exc, StreamError) and exc.reason == EndReason.DONE.name.lower())
+    return not (isinstance(exc, StreamError) and exc.reason is EndReason.DONE)
 
 
 async def splice(stream: StreamLike, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,

@@ -70,14 +70,14 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
             built = await driver.build(path)
         except CircuitError as exc:
             failure, peer = exc, exc.failed_peer
-            if not isinstance(peer, PeerId):
-                log.info("circuit build failed (%s); retrying on another path", exc.reason)
+            if peer is None:
+                log.info("circuit build failed (%s); retrying on another path", exc)
                 continue
             selector.record(peer, ok=False)
             if peer in pinned:
                 raise
             avoid.add(peer)
-            log.info("circuit build failed at %s… (%s); retrying without it", peer.short(), exc.reason)
+            log.info("circuit build failed at %s… (%s); retrying without it", peer.short(), exc)
             continue
         for relay, latency_ms in zip(path, _latencies_ms(driver, path, built.build_seconds), strict=True):
             selector.record(relay.peer_id, ok=True, latency_ms=latency_ms)

@@ -2,21 +2,21 @@
 
 It owns every task it starts (one reader and one writer per link, one timer, dials and stream
 handlers) and cancels them in ``close``. All calls into the node go through one lock, because the
-node's coroutines may suspend on the crypto provider and it must see one input at a time.
+node's coroutines may suspend on the crypto provider and it must see one input at a time. Timers
+run on the node's own clock (``node.clock``), so a node on a fake clock is driven by that clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from ..cells import DestroyReason, EndReason
 from ..circuit import RelayInfo
-from ..errors import CircuitError, InvalidState, LinkClosed, StreamError, TransportError, ZmeshError
+from ..errors import CircuitError, InvalidState, LinkClosed, StreamError, TransportError, ZmeshError, reason_words
 from ..events import (
     CircuitBuilt,
     CircuitClosed,
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 Dialer = Callable[[PeerId], Awaitable[Link]]
 StreamHandler = Callable[["IncomingStream"], Awaitable[None]]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class MeshStream:
@@ -64,6 +66,9 @@ class MeshStream:
         self._readable.set()
         self._writable.set()
 
+    def _wake_writer(self) -> None:
+        self._writable.set()
+
     async def read(self) -> bytes:
         """Return whatever data has arrived (waiting for some); ``b""`` once the stream ended (END DONE).
 
@@ -72,11 +77,10 @@ class MeshStream:
         for a complete one (a close-delimited HTTP body, say)."""
         while not self._chunks:
             if self.ended is not None:
-                if self.ended == EndReason.DESTROYED:
-                    raise StreamError("the circuit carrying this stream was destroyed", "destroyed")
-                if self.ended != EndReason.DONE:
-                    reason = self.ended.name.lower()
-                    raise StreamError(f"the stream ended abnormally ({reason.replace('_', ' ')})", reason)
+                if self.ended is EndReason.DESTROYED:
+                    raise StreamError("the circuit carrying this stream was destroyed", self.ended)
+                if self.ended is not EndReason.DONE:
+                    raise StreamError(f"the stream ended abnormally ({reason_words(self.ended)})", self.ended)
                 return b""
             self._readable.clear()
             await self._readable.wait()
@@ -84,7 +88,7 @@ class MeshStream:
         data = b"".join(self._chunks)
         self._chunks.clear()
         self.bytes_in += len(data)
-        await self._driver._call(self._driver.node.consume, self.circuit, self.stream_id, cells)
+        await self._driver.consume(self.circuit, self.stream_id, cells)
         return data
 
     async def read_exactly(self, size: int) -> bytes:
@@ -107,10 +111,9 @@ class MeshStream:
         view = memoryview(data)
         while view:
             if self.ended is not None:
-                raise StreamError(f"stream ended ({self.ended.name.lower()})", self.ended.name.lower())
+                raise StreamError(f"stream ended ({reason_words(self.ended)})", self.ended)
             self._writable.clear()
-            taken = await self._driver._call(self._driver.node.send, self.circuit, self.stream_id,
-                                             bytes(view[:256 * 1024]))
+            taken = await self._driver.send(self.circuit, self.stream_id, bytes(view[:256 * 1024]))
             self.bytes_out += taken
             view = view[taken:]
             if view and not taken:
@@ -120,8 +123,8 @@ class MeshStream:
         """End the stream (END to the far side); a pending ``read`` returns ``b""``."""
         if self.ended is None:
             self._end(reason)
-            await self._driver._call(self._driver.node.end_stream, self.circuit, self.stream_id, reason)
-        self._driver._streams.pop((self.circuit, self.stream_id), None)
+            await self._driver.end_stream(self.circuit, self.stream_id, reason)
+        self._driver.forget_stream(self.circuit, self.stream_id)
 
 
 class IncomingStream:
@@ -135,12 +138,10 @@ class IncomingStream:
         self.port = event.port
 
     async def accept(self) -> MeshStream:
-        stream = self._driver._register_stream(self.circuit, self.stream_id)
-        await self._driver._call(self._driver.node.accept_stream, self.circuit, self.stream_id)
-        return stream
+        return await self._driver.accept_stream(self.circuit, self.stream_id)
 
     async def reject(self, reason: EndReason) -> None:
-        await self._driver._call(self._driver.node.end_stream, self.circuit, self.stream_id, reason)
+        await self._driver.end_stream(self.circuit, self.stream_id, reason)
 
 
 class NodeDriver:
@@ -294,6 +295,35 @@ class NodeDriver:
     async def destroy_circuit(self, circuit: int) -> None:
         await self._call(self.node.destroy_circuit, circuit, DestroyReason.REQUESTED)
 
+    # The surface MeshStream and IncomingStream use: each is one node call under the lock.
+
+    async def accept_stream(self, circuit: int, stream_id: int) -> MeshStream:
+        """Accept a BEGIN that reached this node (CONNECTED to the far side)."""
+        stream = self._register_stream(circuit, stream_id)
+        await self._call(self.node.accept_stream, circuit, stream_id)
+        return stream
+
+    async def send(self, circuit: int, stream_id: int, data: bytes) -> int:
+        """Queue what the stream's windows allow of ``data``; return how many bytes were taken."""
+        return await self._call(self.node.send, circuit, stream_id, data)
+
+    async def consume(self, circuit: int, stream_id: int, cells: int) -> None:
+        """Tell the node the application has read ``cells`` DATA cells (SENDMEs follow)."""
+        await self._call(self.node.consume, circuit, stream_id, cells)
+
+    async def end_stream(self, circuit: int, stream_id: int, reason: EndReason) -> None:
+        """Send END with ``reason`` (also how a BEGIN is refused)."""
+        await self._call(self.node.end_stream, circuit, stream_id, reason)
+
+    def forget_stream(self, circuit: int, stream_id: int) -> None:
+        """Stop delivering to a stream the application closed."""
+        self._streams.pop((circuit, stream_id), None)
+
+    def clock_moved(self) -> None:
+        """Re-read the node's clock now rather than at the next planned deadline: for a test that
+        moves a fake clock (a real monotonic clock needs no telling)."""
+        self._timer_changed.set()
+
     def _register_stream(self, circuit: int, stream_id: int) -> MeshStream:
         stream = MeshStream(self, circuit, stream_id)
         self._streams[(circuit, stream_id)] = stream
@@ -301,7 +331,8 @@ class NodeDriver:
 
     # ---------------------------------------------------------------- plumbing
 
-    async def _call(self, method: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, method: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one node method under the lock, then hand out its events and wake the writers."""
         if self._closed:
             raise InvalidState("the node driver is closed")
         async with self._lock:
@@ -332,7 +363,7 @@ class NodeDriver:
             case StreamWritable(circuit, stream_id):
                 stream = self._streams.get((circuit, stream_id))
                 if stream is not None:
-                    stream._writable.set()
+                    stream._wake_writer()
             case LinkAuthenticated(link_id):
                 self._authenticated.add(link_id)
                 future = self._confirmations.get(link_id)
@@ -355,8 +386,7 @@ class NodeDriver:
                     at = f" at {failed_peer.short()}…" if failed_peer else ""
                     because = f" ({dial_error})" if dial_error else ""
                     future.set_exception(CircuitError(
-                        f"circuit failed to build{at}: {reason.name.lower().replace('_', ' ')}{because}",
-                        reason.name.lower(), failed_peer))
+                        f"circuit failed to build{at}: {reason_words(reason)}{because}", reason, failed_peer))
             case StreamConnected(circuit, stream_id):
                 future = self._opening.pop((circuit, stream_id), None)
                 if future is not None and not future.done():
@@ -364,8 +394,7 @@ class NodeDriver:
             case StreamEnded(circuit, stream_id, reason):
                 future = self._opening.pop((circuit, stream_id), None)
                 if future is not None and not future.done():
-                    future.set_exception(StreamError(
-                        f"stream refused: {reason.name.lower().replace('_', ' ')}", reason.name.lower()))
+                    future.set_exception(StreamError(f"stream refused: {reason_words(reason)}", reason))
                 stream = self._streams.pop((circuit, stream_id), None)
                 if stream is not None:
                     stream._end(reason)
@@ -379,24 +408,25 @@ class NodeDriver:
         try:
             await self.stream_handler(request)
         except (ZmeshError, OSError):  # the handler's target failed: end the stream, keep the node
-            await self._call(self.node.end_stream, request.circuit, request.stream_id, EndReason.MISC)
+            await request.reject(EndReason.MISC)
 
     async def _timer_loop(self) -> None:
-        # A call_later wake-up rather than asyncio.wait_for: on Python 3.11 wait_for can swallow a
-        # cancellation that races with its timeout, which would leave close() waiting forever.
-        loop = asyncio.get_running_loop()
+        # Deadlines are on the node's clock; only the sleep until one is in loop time. A call_later
+        # wake-up rather than asyncio.wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that races with its timeout, which would leave close() waiting forever.
+        loop, clock = asyncio.get_running_loop(), self.node.clock
         while True:
             self._timer_changed.clear()
             deadline = self.node.next_deadline()
             alarm = None if deadline is None else loop.call_later(
-                max(0.0, deadline - time.monotonic()), self._timer_changed.set)
+                max(0.0, deadline - clock()), self._timer_changed.set)
             try:
                 await self._timer_changed.wait()
             finally:
                 if alarm is not None:
                     alarm.cancel()
-            if deadline is not None and time.monotonic() >= deadline:
-                await self._call(self.node.handle_timer, time.monotonic())
+            if deadline is not None and (now := clock()) >= deadline:
+                await self._call(self.node.handle_timer, now)
 
     async def close(self) -> None:
         """Stop every task and close every link."""

@@ -10,7 +10,8 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypedDict
 
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
@@ -23,7 +24,7 @@ from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from ..backoff import Backoff
 from ..descriptor import Capabilities, Descriptor, sign_descriptor
 from ..directory_view import DirectoryView, RelayUpdate
-from ..errors import ConfigError, ProtocolError, TransportError, ZmeshError
+from ..errors import CircuitError, ConfigError, ProtocolError, StreamError, TransportError, ZmeshError
 from ..identity import Identity, PeerId
 from ..link import Link
 from ..netaddr import LinkAddress, page_allows_private
@@ -178,6 +179,29 @@ class BrowserNode:
             await self.dialer.rtc.close()
             self.dialer.rtc = None
         await self.driver.close()
+
+
+class ErrorInfo(TypedDict):
+    """A ``ZmeshError`` as the page's ``MeshError`` carries it (see ``web/meshvpn.d.ts``)."""
+
+    type: str  # the class: "StreamError", "CircuitError", "ConfigError", ...
+    message: str
+    code: str | None  # the reason's name ("CONNECT_REFUSED", "DESTROYED", ...); None without a reason
+
+
+def error_info(exc: ZmeshError) -> ErrorInfo:
+    """The error as data: its reason travels as the enum member's name, never parsed from a message."""
+    reason = exc.reason if isinstance(exc, CircuitError | StreamError) else None
+    return {"type": type(exc).__name__, "message": str(exc), "code": None if reason is None else reason.name}
+
+
+async def settle(method: Callable[..., Awaitable[Any]], *args: Any) -> tuple[Any, ErrorInfo | None]:
+    """Run one call for ``web/meshvpn.js``: ``(result, None)``, or ``(None, error_info)`` when it
+    raises a ``ZmeshError``, so JS gets the reason as data rather than a traceback's last line."""
+    try:
+        return await method(*args), None
+    except ZmeshError as exc:
+        return None, error_info(exc)
 
 
 async def open_mesh(options: Any) -> Any:

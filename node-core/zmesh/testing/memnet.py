@@ -7,6 +7,7 @@ two of them. Real deployments use the WebSocket/WebRTC adapters instead.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from ..aio.driver import IncomingStream, NodeDriver, StreamHandler
 from ..cells import EndReason
@@ -20,11 +21,13 @@ from .memlink import memory_link_pair
 
 
 class MemoryNetwork:
-    """Nodes reachable by PeerId over bounded in-memory links."""
+    """Nodes reachable by PeerId over bounded in-memory links, all on ``clock`` (a test passes a
+    ``FakeClock`` and tells each driver ``clock_moved`` when it moves it)."""
 
     def __init__(self, provider: CryptoProvider, *, link_capacity: int = 256 * 1024,
-                 limits: NodeLimits | None = None) -> None:
+                 limits: NodeLimits | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.provider = provider
+        self.clock = clock
         self.link_capacity = link_capacity
         self.limits = limits
         self.drivers: dict[PeerId, NodeDriver] = {}
@@ -37,7 +40,7 @@ class MemoryNetwork:
         """A node; ``reachable=False`` makes one that can only dial out (a browser tab): others reach
         it over the links it opened, once it has authenticated them."""
         identity = await Identity.generate(self.provider)
-        node = Node(identity, self.provider, time.monotonic, accept_circuits=accept_circuits, limits=self.limits)
+        node = Node(identity, self.provider, self.clock, accept_circuits=accept_circuits, limits=self.limits)
         driver = NodeDriver(node, dialer=lambda peer, me=identity.peer_id: self._dial(me, peer),
                             stream_handler=stream_handler)
         self.drivers[identity.peer_id] = driver
