@@ -36,6 +36,7 @@ __all__ = ["LINK_AUTH_DOMAIN", "Node", "NodeLimits"]
 
 _Circuit = OriginCircuit | RelayCircuit
 _RELAY_COMMANDS = frozenset(RelayCommand)
+_NONE: dict = {}
 
 
 class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
@@ -74,7 +75,11 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
             max_pending=limits.max_pending_handshakes_per_link, max_delay=limits.handshake_queue_delay)
         self._closing: list[int] = []  # links over their queue bound, closed at the end of the call
         self._cell_handlers = {key: getattr(self, name) for key, name in CELL_TABLE.items()}
-        self._relay_handlers = {key: getattr(self, name) for key, name in RELAY_TABLE.items()}
+        # by state, then command: a state names its role (BuildState or RelayState), and two small
+        # lookups cost a third of one on a three-enum key, once per relay message
+        self._relay_handlers: dict[object, dict[object, Callable]] = {}
+        for (_role, state, command), name in RELAY_TABLE.items():
+            self._relay_handlers.setdefault(state, {})[command] = getattr(self, name)
 
     def events(self) -> list[Event]:
         """Hand over (and forget) the events produced since the last call."""
@@ -194,7 +199,7 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
         """A recognised relay message from the circuit's far end (``inner``: from an origin's hop
         before the last), to its handler; an unknown command is counted and dropped."""
         handler = None if inner and msg.command not in INNER_HOP else \
-            self._relay_handlers.get((circ.role, circ.state, msg.command))
+            self._relay_handlers.get(circ.state, _NONE).get(msg.command)
         if handler is not None:
             await handler(circ, msg)
         elif msg.command in _RELAY_COMMANDS:
