@@ -9,7 +9,9 @@ Its methods are coroutines only because the crypto provider is (WebCrypto); the 
 them one at a time.
 
 Peer input never raises out of ``receive_frame``: a malformed frame closes the link, a bad cell on a
-circuit destroys that circuit (DESTROY both ways), and the metrics count what happened.
+circuit destroys that circuit (DESTROY both ways), and the metrics count what happened. A mistake of
+our own (``InvalidState`` from an encoder, or any other exception) does raise: it is not the peer's
+fault and must not pass for one.
 """
 
 from __future__ import annotations
