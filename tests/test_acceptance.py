@@ -8,10 +8,19 @@ import asyncio
 import pytest
 
 from zmesh import origin
-from zmesh.cells import RELAY_DATA_SIZE, DestroyReason, RelayCommand, encode_relay_body, fragments
+from zmesh.cells import (
+    RELAY_DATA_SIZE,
+    DestroyReason,
+    RelayCommand,
+    encode_relay_body,
+    fragments,
+    relay_cells,
+    split_bodies,
+)
 from zmesh.circuit import RelayState
 from zmesh.errors import InvalidState
 from zmesh.events import CircuitBuilt, CircuitClosed, StreamConnected, StreamData, StreamRequested
+from zmesh.relaycrypto import onion_encrypt
 from zmesh.testing.wire import Wire
 
 UNKNOWN = 0x7E  # a relay command byte no RelayCommand has (a newer peer's)
@@ -51,6 +60,23 @@ def test_an_exit_drops_an_unknown_relay_command_and_keeps_the_circuit_and_its_st
         await client.send(circuit, stream, b"still here")
         await wire.pump()
         assert [e.data for e in wire.events[exit_] if isinstance(e, StreamData)] == [b"still here"]
+
+    asyncio.run(main())
+
+
+def test_a_middle_relay_drops_an_unknown_relay_command_meant_for_it(provider):
+    async def main():
+        wire, client, exit_, circuit, stream, exit_circuit = await open_stream(provider)
+        middle = next(n for n in wire.nodes.values() if n not in (client, exit_))
+        circ = client._circuits[circuit]
+        data = await onion_encrypt(circ.hops, 0, [encode_relay_body(UNKNOWN, 0, b"")])  # for hop 0
+        client._enqueue(circ.link, circ.handle, relay_cells(circ.circ_id, split_bodies(data)))
+        await wire.pump()
+        assert middle.metrics["relay_unknown_commands"] == 1
+        assert middle._circuits[next(iter(middle._circuits))].state == RelayState.FORWARDING
+        await client.send(circuit, stream, b"through")
+        await wire.pump()
+        assert [e.data for e in wire.events[exit_] if isinstance(e, StreamData)] == [b"through"]
 
     asyncio.run(main())
 

@@ -37,7 +37,6 @@ from .relaying import RelayRole
 __all__ = ["LINK_AUTH_DOMAIN", "Node", "NodeLimits"]
 
 _Circuit = OriginCircuit | RelayCircuit
-_RELAY_COMMANDS = frozenset(RelayCommand)
 _NONE: dict = {}
 
 
@@ -192,10 +191,12 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
             return
         circ, side = route
         handler = self._cell_handlers.get((circ.role, circ.state, side, cell.command))
-        if handler is None:
-            await self._guarded(circ, self._refused(refuse(circ.role, circ.state, cell.command, f" from {side.value}")))
-        else:
-            await self._guarded(circ, handler(circ, arg))
+        await self._guarded(circ, handler(circ, arg) if handler else self._refuse_cell(circ, side, cell.command))
+
+    @staticmethod
+    async def _refuse_cell(circ: _Circuit, side: Side, command: CellCommand) -> None:
+        """A cell no table entry takes: refused like any peer fault (inside ``_guarded``)."""
+        raise refuse(circ.role, circ.state, command, f" from {side.value}")
 
     async def _dispatch(self, circ: _Circuit, msg: RelayMessage, inner: bool = False) -> None:
         """A recognised relay message from the circuit's far end (``inner``: from an origin's hop
@@ -204,14 +205,10 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
             self._relay_handlers.get(circ.state, _NONE).get(msg.command)
         if handler is not None:
             await handler(circ, msg)
-        elif msg.command in _RELAY_COMMANDS:
+        elif isinstance(msg.command, RelayCommand):  # known, but not here: a peer fault
             raise refuse(circ.role, circ.state, msg.command, " from a hop before the last" if inner else "")
-        else:
+        else:  # a newer peer's command (cells.parse_relay_body): forward compatible
             self.metrics["relay_unknown_commands"] += 1
-
-    @staticmethod
-    async def _refused(error: ProtocolError) -> None:
-        raise error
 
     async def _when_linked(self, circ: _Circuit, peer: PeerId) -> None:
         link_id = self._peer_links.get(peer)
