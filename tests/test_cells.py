@@ -21,8 +21,32 @@ from zmesh.cells import (
     parse_cell,
     parse_frame,
     parse_relay_body,
+    relay_cells,
 )
-from zmesh.errors import ProtocolError
+from zmesh.errors import InvalidState, ProtocolError
+
+
+def test_an_unknown_relay_command_parses_as_an_int_for_the_receiver_to_drop():
+    msg = parse_relay_body(bytes(encode_relay_body(0x7E, 3, b"new")))
+    assert (msg.command, type(msg.command), msg.stream_id, msg.data) == (0x7E, int, 3, b"new")
+
+
+@pytest.mark.parametrize("encode", [
+    lambda: encode_cell(CellCommand.RELAY, 5, bytes(BODY_SIZE - 1)),
+    lambda: encode_cell(CellCommand.CREATE, 5, bytes(BODY_SIZE + 1)),
+    lambda: encode_relay_body(RelayCommand.DATA, 1, bytes(RELAY_DATA_SIZE + 1)),
+    lambda: relay_cells(5, [bytes(BODY_SIZE), bytes(BODY_SIZE - 1)]),
+])
+def test_encoders_raise_invalid_state_for_our_own_misuse(encode):
+    """What an encoder is given comes from this node: a bad argument is our bug, not a peer's."""
+    with pytest.raises(InvalidState):
+        encode()
+
+
+def test_relay_cells_put_the_clear_header_on_each_whole_body():
+    cells = relay_cells(9, [bytes([1]) * BODY_SIZE, bytes([2]) * BODY_SIZE])
+    assert [(c.command, c.circ_id, c.payload[0]) for c in parse_frame(b"".join(cells))] == [
+        (CellCommand.RELAY, 9, 1), (CellCommand.RELAY, 9, 2)]
 
 
 @pytest.mark.parametrize("command", [c for c in CellCommand if c != CellCommand.RELAY])

@@ -14,7 +14,8 @@ length sit in the *encrypted* relay header inside the body::
     recognized:u16=0  relay_command:u8  flags:u8  stream_id:u16  length:u16  digest:8 bytes
 
 A frame is 1..``MAX_CELLS_PER_FRAME`` cells back to back. The parser checks lengths first, never
-allocates on a peer's say-so, and raises only ``ProtocolError``.
+allocates on a peer's say-so, and raises only ``ProtocolError``. The encoders raise ``InvalidState``:
+what they are given comes from this node, so a bad argument is our bug, never the peer's fault.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from .errors import ProtocolError
+from .errors import InvalidState, ProtocolError
 
 VERSION = 1
 CELL_SIZE = 1024
@@ -112,17 +113,27 @@ def encode_cell(command: CellCommand, circ_id: int, payload: bytes = b"", flags:
     """A link cell. RELAY cells pass their full ``BODY_SIZE`` body as ``payload``."""
     if command == CellCommand.RELAY:
         if len(payload) != BODY_SIZE:
-            raise ValueError("a RELAY cell body must be exactly BODY_SIZE bytes")
+            raise InvalidState("a RELAY cell body must be exactly BODY_SIZE bytes")
         return _HEADER.pack(VERSION, command, circ_id, 0, 0, 0) + payload
     if len(payload) > BODY_SIZE:
-        raise ValueError(f"link cell payload is limited to {BODY_SIZE} bytes")
+        raise InvalidState(f"link cell payload is limited to {BODY_SIZE} bytes")
     return (_HEADER.pack(VERSION, command, circ_id, 0, len(payload), flags) + payload
             + _ZERO_BODY[len(payload):])
 
 
-def relay_cell_header(circ_id: int) -> bytes:
-    """The clear header of a RELAY cell: what a relay rewrites when it forwards a body."""
-    return _HEADER.pack(VERSION, CellCommand.RELAY, circ_id, 0, 0, 0)
+def relay_cells(circ_id: int, bodies: list[bytes]) -> list[bytes]:
+    """The one place relay bodies become RELAY cells: each whole (encrypted) body gets the clear
+    header for ``circ_id``, which is all a relay rewrites when it forwards a body."""
+    header = _HEADER.pack(VERSION, CellCommand.RELAY, circ_id, 0, 0, 0)
+    cells = [header + body for body in bodies]
+    if any(len(cell) != CELL_SIZE for cell in cells):
+        raise InvalidState(f"a RELAY cell body must be exactly {BODY_SIZE} bytes")
+    return cells
+
+
+def split_bodies(data: bytes) -> list[bytes]:
+    """Whole bodies back to back, one by one (what a layer of relay crypto is applied to)."""
+    return [data[i:i + BODY_SIZE] for i in range(0, len(data), BODY_SIZE)]
 
 
 def parse_cell(raw: bytes | memoryview) -> Cell:
@@ -175,9 +186,12 @@ def parse_frame(frame: bytes, max_cells: int = MAX_CELLS_PER_FRAME) -> list[Cell
 
 
 class RelayMessage(NamedTuple):
-    """A decrypted, recognised relay body (a NamedTuple for the same reason as ``Cell``)."""
+    """A decrypted, recognised relay body (a NamedTuple for the same reason as ``Cell``).
 
-    command: RelayCommand
+    ``command`` is a plain int when it is no ``RelayCommand`` this version knows: a newer peer's
+    command, which the receiver counts and drops (zmesh.acceptance) rather than failing the circuit."""
+
+    command: RelayCommand | int
     stream_id: int
     data: bytes
     flags: int = 0
@@ -186,7 +200,7 @@ class RelayMessage(NamedTuple):
 def encode_relay_body(command: RelayCommand, stream_id: int, data: bytes, flags: int = 0) -> bytearray:
     """A plaintext relay body with a zero digest (the sender's hop crypto fills it in)."""
     if len(data) > RELAY_DATA_SIZE:
-        raise ValueError(f"relay data is limited to {RELAY_DATA_SIZE} bytes per cell")
+        raise InvalidState(f"relay data is limited to {RELAY_DATA_SIZE} bytes per cell")
     body = bytearray(BODY_SIZE)
     _RELAY_HEADER.pack_into(body, 0, 0, command, flags, stream_id, len(data), _ZERO_DIGEST)
     body[RELAY_HEADER_SIZE:RELAY_HEADER_SIZE + len(data)] = data
@@ -195,18 +209,18 @@ def encode_relay_body(command: RelayCommand, stream_id: int, data: bytes, flags:
 
 def parse_relay_body(body: bytes) -> RelayMessage:
     """Parse a body whose digest already verified: it came from the far end of our own circuit,
-    so a bad field here means a buggy or hostile endpoint — still a ``ProtocolError``."""
+    so a bad field here means a buggy or hostile endpoint — still a ``ProtocolError``. An unknown
+    command byte is not one: it comes back as an int, for the receiver to drop."""
     if len(body) != BODY_SIZE:
         raise ProtocolError(f"relay body must be {BODY_SIZE} bytes, got {len(body)}")
     _recognized, command, flags, stream_id, length, _digest = _RELAY_HEADER.unpack_from(body)
-    if command not in _RELAY_COMMANDS:
-        raise ProtocolError(f"unknown relay command {command}")
     if length > RELAY_DATA_SIZE or flags & ~FLAG_MORE:
         raise ProtocolError("relay length or flags out of range")
     end = RELAY_HEADER_SIZE + length
     if body[end:] != _ZERO_BODY[end:]:
         raise ProtocolError("relay cell padding must be zero")
-    return RelayMessage(RelayCommand(command), stream_id, bytes(body[RELAY_HEADER_SIZE:end]), flags)
+    return RelayMessage(RelayCommand(command) if command in _RELAY_COMMANDS else command, stream_id,
+                        bytes(body[RELAY_HEADER_SIZE:end]), flags)
 
 
 def fragments(payload: bytes, chunk: int) -> list[tuple[bytes, int]]:

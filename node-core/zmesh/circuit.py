@@ -1,8 +1,11 @@
 """Per-circuit state held by a node: origin circuits (ours) and relay circuits (through us).
 
-Plain data: all transitions live in ``node.Node``. An ``Edge`` is what either end of a circuit keeps
-for streams and circuit-level flow control: the client at the origin, the exit or destination at
-the last hop.
+Each circuit names its ``role`` and its ``state`` (enums), which is all ``zmesh.acceptance`` needs
+to say what it may receive, and knows its own ends (``ends``) and how to wrap what it sends
+towards its other end (``wrap``). The transitions live with the role that makes them: the client in
+``zmesh.origin``, relays in ``zmesh.relaying``, streams at either end in ``zmesh.edge``. An ``Edge``
+is what either end of a circuit keeps for streams and circuit-level flow control: the client at
+the origin, the exit or destination at the last hop.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .flow import (
 )
 from .handshake import ClientHandshake
 from .identity import OnionKeys, PeerId
-from .relaycrypto import HopCrypto
+from .relaycrypto import HopCrypto, edge_seal, onion_encrypt
 
 MIN_HOPS, MAX_HOPS = 2, 8  # how long a circuit may be, for whoever builds or chooses one
 MAX_HANDSHAKE_PAYLOAD = 4096
@@ -33,6 +36,19 @@ class RelayInfo(Protocol):
 
     peer_id: PeerId
     onion_keys: OnionKeys
+
+
+class Role(Enum):
+    ORIGIN = "origin"  # this node built the circuit
+    RELAY = "relay"  # a hop of someone else's circuit (a middle, or the last hop: exit, destination)
+
+
+class Side(Enum):
+    """Which end of a circuit a (link, circuit id) route reaches."""
+
+    ORIGIN = "origin"  # an origin circuit's only link, towards its first hop
+    PREV = "prev"  # a relay circuit's link towards the origin
+    NEXT = "next"  # a relay circuit's link towards the next hop, once extended
 
 
 class StreamState(Enum):
@@ -57,9 +73,22 @@ class Edge:
 
 
 class BuildState(Enum):
-    WAITING_LINK = "waiting-link"
-    BUILDING = "building"
-    OPEN = "open"
+    """An origin circuit's state."""
+
+    WAITING_LINK = "waiting-link"  # no link to the first hop yet
+    BUILDING = "building"  # CREATE or an EXTEND sent, waiting for CREATED / EXTENDED
+    OPEN = "open"  # every hop answered: streams may be opened
+
+
+class RelayState(Enum):
+    """A relay circuit's state, from the first CREATE piece to forwarding."""
+
+    AWAITING_CREATE = "awaiting-create"  # CREATE pieces arriving
+    HANDSHAKE_QUEUED = "handshake-queued"  # the whole CREATE waits its turn (zmesh.admission)
+    OPEN = "open"  # CREATED sent: this is the circuit's last hop, and may be extended or used
+    EDGE = "edge"  # the last hop with streams: the circuit's exit or destination
+    EXTENDING = "extending"  # EXTEND received: linking to the next hop and waiting for its CREATED
+    FORWARDING = "forwarding"  # EXTENDED sent: cells pass through both ways
 
 
 @dataclass(slots=True, eq=False)
@@ -76,6 +105,14 @@ class OriginCircuit:
     reply: Reassembler = field(default_factory=lambda: Reassembler(MAX_HANDSHAKE_PAYLOAD))
     edge: Edge = field(default_factory=Edge)
     next_stream_id: int = 1
+    role = Role.ORIGIN
+
+    def ends(self) -> list[tuple[int, int]]:
+        return [(self.link, self.circ_id)]
+
+    async def wrap(self, bodies: list[bytearray]) -> tuple[int, int, bytes]:
+        """Seal and onion-encrypt bodies for the last established hop: (link, circuit id, data)."""
+        return self.link, self.circ_id, await onion_encrypt(self.hops, len(self.hops) - 1, bodies)
 
 
 @dataclass(slots=True, eq=False)
@@ -88,9 +125,17 @@ class RelayCircuit:
     create: Reassembler = field(default_factory=lambda: Reassembler(MAX_HANDSHAKE_PAYLOAD))
     extend: Reassembler = field(default_factory=lambda: Reassembler(MAX_HANDSHAKE_PAYLOAD))
     created: Reassembler = field(default_factory=lambda: Reassembler(MAX_HANDSHAKE_PAYLOAD))
-    extend_target: PeerId | None = None
-    extend_payload: bytes = b""
-    deadline: float | None = None
+    state: RelayState = RelayState.AWAITING_CREATE
+    extend_payload: bytes = b""  # the CREATE to send the next hop, while EXTENDING
     next_link: int = -1
     next_circ: int = 0
     edge: Edge | None = None
+    role = Role.RELAY
+
+    def ends(self) -> list[tuple[int, int]]:
+        return [(self.prev_link, self.prev_circ), (self.next_link, self.next_circ)]
+
+    async def wrap(self, bodies: list[bytearray]) -> tuple[int, int, bytes]:
+        """Seal bodies this last hop sends the origin: (link, circuit id, data)."""
+        assert self.hop is not None
+        return self.prev_link, self.prev_circ, await edge_seal(self.hop, bodies)

@@ -28,12 +28,12 @@ class SendWindow:
     def take(self, cells: int) -> None:
         self.value -= cells
 
-    def on_sendme(self) -> bool:
-        """Apply a SENDME; return True if the window just reopened."""
+    def on_sendme(self) -> None:
+        """Apply a SENDME. One that would open the window past its start acknowledges cells that
+        were never sent: a peer fault (as in Tor), so ``ProtocolError``."""
         if self.value + self.increment > self.start:
             raise ProtocolError("SENDME for data that was never sent")
         self.value += self.increment
-        return self.value == self.increment
 
 
 class ReceiveWindow:

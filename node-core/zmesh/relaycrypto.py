@@ -10,6 +10,10 @@ Because the keystream and the digest both run over the whole circuit history, a 
 dropped, replayed or reordered cell makes the digest fail at its destination; the circuit is then
 torn down (Tor's "tor1" relay crypto, with AES-256 and SHA-256 instead of AES-128 and SHA-1).
 Keystreams continue across calls, so a whole batch of cells costs one provider call per layer.
+
+Every layer operation lives here: the origin's ``onion_encrypt``/``onion_decrypt``, a relay's
+``relay_forward``/``relay_backward`` and an edge's ``edge_seal``; ``cells.relay_cells`` then turns
+the result into RELAY cells.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from .cells import BODY_SIZE, DIGEST_SLICE
+from .cells import BODY_SIZE, DIGEST_SLICE, split_bodies
 
 if TYPE_CHECKING:
     from .crypto.provider import CryptoProvider
@@ -58,10 +62,6 @@ def recognize(running: hashlib._Hash, body: bytes) -> hashlib._Hash | None:
     return candidate
 
 
-def split_bodies(data: bytes) -> list[bytes]:
-    return [data[i:i + BODY_SIZE] for i in range(0, len(data), BODY_SIZE)]
-
-
 async def onion_encrypt(hops: list[HopCrypto], target: int, bodies: list[bytearray]) -> bytes:
     """Seal ``bodies`` for hop ``target`` and wrap them in the layers of hops target..0."""
     running = hops[target].forward_digest
@@ -96,3 +96,28 @@ async def onion_decrypt(hops: list[HopCrypto], data: bytes) -> list[tuple[int, b
                 result[position] = (index, body)
         pending, data = still, b"".join(rest)
     return None if pending else result  # type: ignore[return-value]
+
+
+async def relay_forward(hop: HopCrypto, bodies: list[bytes]) -> list[tuple[bool, bytes]]:
+    """Peel this relay's layer off forward bodies: each comes back as (for this hop?, body).
+
+    Recognition runs in order, since each recognised body advances the running digest."""
+    result = []
+    for body in split_bodies(await hop.forward.apply(b"".join(bodies))):
+        state = recognize(hop.forward_digest, body)
+        if state is not None:
+            hop.forward_digest = state
+        result.append((state is not None, body))
+    return result
+
+
+async def relay_backward(hop: HopCrypto, bodies: list[bytes]) -> bytes:
+    """Add this relay's layer to backward bodies on their way to the origin."""
+    return await hop.backward.apply(b"".join(bodies))
+
+
+async def edge_seal(hop: HopCrypto, bodies: list[bytearray]) -> bytes:
+    """Seal bodies this hop originates (an exit's or destination's answers, EXTENDED) for the origin."""
+    for body in bodies:
+        seal(hop.backward_digest, body)
+    return await hop.backward.apply(b"".join(bodies))
