@@ -107,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--signal", dest="signaling.url", metavar="URL")
     relay.add_argument("--listen", dest="relay.listen", metavar="HOST:PORT")
     relay.add_argument("--data-dir", dest="relay.data_dir", metavar="DIR")
+    relay.add_argument("--advertise", dest="relay.advertise", metavar="URL")
+    relay.add_argument("--tls-cert", dest="relay.tls_cert", metavar="PEM")
+    relay.add_argument("--tls-key", dest="relay.tls_key", metavar="PEM")
     relay.add_argument("--exit", dest="relay.exit", action="store_const", const=True)
     relay.add_argument("--exit-allow", dest="security.exit_allow", action="append", metavar="CIDR:PORTS",
                        help="let the exit reach an otherwise refused range, e.g. 127.0.0.1/32:8000-8100")

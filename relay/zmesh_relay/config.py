@@ -19,7 +19,8 @@ from typing import Any
 
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
-from zmesh.errors import ConfigError
+from zmesh.errors import ConfigError, ProtocolError
+from zmesh.netaddr import LinkAddress
 from zmesh.node import NodeLimits
 
 from .exit_policy import ExitRule
@@ -126,6 +127,15 @@ def _positive(value: int) -> int:
     return value
 
 
+def _link_address(value: str) -> str:
+    if value:
+        try:
+            LinkAddress.parse(value)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from exc
+    return value
+
+
 def _build_timeout(value: float) -> float:
     if not 0 < value <= 600:
         raise ValueError("must be more than 0 and at most 600 seconds")
@@ -167,6 +177,11 @@ SETTINGS: dict[str, Setting] = {
     "signaling.web_root": Setting(str, "", None, "folder served at / (default: the repository's web/)"),
     "signaling.max_relays_per_source": Setting(int, 8, _positive, "peers one address may publish to `zmesh signal`"),
     "relay.listen": Setting(str, "127.0.0.1:0", _host_port, "where a relay accepts links"),
+    "relay.advertise": Setting(str, "", _link_address,
+                               "the link address to publish, e.g. wss://relay.example.org/v1/link (default: "
+                               "the listening one; needed on 0.0.0.0 or behind a TLS proxy)"),
+    "relay.tls_cert": Setting(str, "", None, "PEM certificate (chain) to serve links over TLS; published pinned"),
+    "relay.tls_key": Setting(str, "", None, "PEM private key of relay.tls_cert"),
     "relay.data_dir": Setting(str, "~/.zmesh/relay", None, "identity key folder (created 0700, key 0600)"),
     "relay.exit": Setting(bool, False, None, "act as an exit"),
     "relay.country": Setting(str, "", _country, "advertised country code"),
