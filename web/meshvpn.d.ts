@@ -47,6 +47,8 @@ export interface MeshStats {
 
 export interface FetchResult {
   status: number;
+  /** Header names lower-cased; a repeated header's values joined with ", ". */
+  headers: Record<string, string>;
   body: Uint8Array;
 }
 

@@ -185,9 +185,13 @@ export class MeshVPN {
    * never a short body. */
   async fetch(url) {
     const result = await call(`fetch ${url} failed`, this._require().fetch, url);
-    const [status, body] = result.toJs();
+    const { headers, body } = result;  // proxies of the Python dict and bytes: copy, then free
+    const response = { status: result.status, headers: headers.toJs({ dict_converter: Object.fromEntries }),
+                       body: new Uint8Array(body.toJs()) };
+    headers.destroy();
+    body.destroy();
     result.destroy();
-    return { status, body: new Uint8Array(body) };
+    return response;
   }
 
   /** A TCP-like stream to host:port, connected by the exit: read() resolves null at a normal end

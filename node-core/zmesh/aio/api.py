@@ -29,7 +29,7 @@ from ..identity import PeerId
 from ..path import PathSelector
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
-from .http import http_get, parse_url
+from .http import HttpResponse, http_get, parse_url
 from .tasks import OwnedTasks
 from .transport import check_transport, count_by_transport
 
@@ -155,8 +155,9 @@ class MeshVPN:
         self._streams.append(stream)
         return stream
 
-    async def fetch(self, url: str) -> tuple[int, bytes]:
-        """GET an ``http://`` URL through the circuit's exit; return ``(status, body)``."""
+    async def fetch(self, url: str) -> HttpResponse:
+        """GET an ``http://`` URL through the circuit's exit; the response has ``status``,
+        ``headers`` and ``body``."""
         host, port, path = parse_url(url)
         stream = await self.open_stream(host, port)
         try:
