@@ -19,6 +19,7 @@ from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
 from zmesh.errors import ConfigError
 from zmesh.node import NodeLimits
+from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
 
 from .socks5 import SocksLimits
 
@@ -162,6 +163,10 @@ SETTINGS: dict[str, Setting] = {
     "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
     "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
                                     "circuit handshakes per second per link"),
+    "relay.onion_key_lifetime": Setting(float, float(DEFAULT_ONION_KEY_LIFETIME), None,
+                                        "seconds between onion key rotations"),
+    "relay.onion_key_grace": Setting(float, float(DEFAULT_ONION_KEY_GRACE), None,
+                                     "seconds a replaced onion key still answers CREATEs (old descriptors)"),
     "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
     "network.allow_private_addresses": Setting(bool, False, None,
                                                "a private test network: dial loopback/private/link-local relays"),
@@ -227,6 +232,10 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = _coerce(name, value, "command line")
+    try:  # the two bound each other, so they are checked together
+        check_schedule(values["relay.onion_key_lifetime"], values["relay.onion_key_grace"])
+    except ConfigError as exc:
+        raise ConfigError(f"relay.{exc}") from exc
     return values
 
 

@@ -216,7 +216,7 @@ async def open_mesh(options: Any) -> Any:
                         for s in settings.pop("ice_servers", []))
     timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
     node = await BrowserNode.start(bytes(saved) if saved is not None else None)
-    vpn = MeshVPN(node.driver, node.directory.live, **settings)
+    vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, **settings)
     channels = (ChannelOptions(), *((FEC_CHANNEL,) if vpn.options.enable_fec else ()))
     rtc = RtcOptions(ice_servers, timeout, channels, ice_policy)
     node.dialer.mode = lambda: vpn.options.transport
