@@ -255,3 +255,74 @@ def test_an_onion_key_rotation_during_a_circuit_build_does_not_fail_that_build(p
             await net.close()
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def test_real_relays_rotate_and_a_client_holding_the_old_descriptors_still_builds(tmp_path, provider):
+    """Three `zmesh relay`s rotating every 2 s (grace 30 s) and a `zmesh client`. The client fetches
+    the directory for its first circuit; once every relay has published a new onion key since, a
+    second SOCKS credential makes it build a second circuit on the descriptors it still holds (its
+    view is refetched only after 30 s or a failure): that build succeeds at once, with no failure
+    and no refetch, on retired keys."""
+    from zmesh.directory_view import DirectoryView
+    from zmesh_relay.socks5 import socks5_connect
+    from zmesh_signal.client import SignalClient
+
+    from .test_native_mesh import Process, _http_server
+
+    files, files_port = _http_server()
+    processes = [Process("signal", "--listen", "127.0.0.1:0")]
+    url = processes[0].address[0]
+
+    async def fetch_through(socks: tuple[str, int], username: str) -> bytes:
+        reader, writer = await socks5_connect(*socks, "127.0.0.1", files_port, username=username, password="x")
+        writer.write(b"GET /small HTTP/1.0\r\nHost: test\r\n\r\n")
+        await writer.drain()
+        response = await reader.read()
+        writer.close()
+        return response
+
+    async def main(socks: tuple[str, int]) -> None:
+        signal = SignalClient(url)
+        view = DirectoryView(signal.relay_updates, provider, max_age=0)
+        latest: dict = {}
+
+        async def poll() -> None:
+            while True:
+                latest.update({d.peer_id: d.onion_keys for d in await view.refresh()})
+                await asyncio.sleep(0.05)
+
+        try:
+            assert (await fetch_through(socks, "first")).endswith(b"small page")  # the client's fetch
+            taken = {d.peer_id: d.onion_keys for d in await view.refresh()}
+            assert len(taken) == 3
+            poller = asyncio.get_running_loop().create_task(poll())
+            try:
+                await wait_until(lambda: all(latest.get(peer, keys) != keys for peer, keys in taken.items()), 20)
+            finally:
+                poller.cancel()
+            assert (await asyncio.wait_for(fetch_through(socks, "second"), 30)).endswith(b"small page")
+        finally:
+            await signal.close()
+
+    try:
+        for n in (1, 2, 3):
+            exit_ = ["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if n == 3 else []
+            processes.append(Process("relay", "--signal", url, "--listen", f"127.{n}.0.1:0",
+                                     "--data-dir", str(tmp_path / f"r{n}"), "--onion-key-lifetime", "2",
+                                     "--onion-key-grace", "30", *exit_))
+        processes.append(Process("client", "--signal", url, "--socks", "127.0.0.1:0"))
+        host, port = processes[-1].address[0].rsplit(":", 1)
+        asyncio.run(main((host, int(port))))
+        for n in (1, 2, 3):
+            assert stat.S_IMODE((tmp_path / f"r{n}" / ONION_FILE).stat().st_mode) == 0o600
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        files.shutdown()
+    client_log = processes[-1].proc.stderr.read()
+    assert "circuit build failed" not in client_log, client_log[-2000:]
+    relay_logs = [process.proc.stderr.read() for process in processes[1:4]]
+    assert all("rotated the onion keys" in log for log in relay_logs)

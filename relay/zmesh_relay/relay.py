@@ -103,8 +103,10 @@ class Relay:
         caps = Capabilities(relay=True, exit=self.exit_policy is not None,
                             country=self.config["relay.country"] or None,
                             bandwidth=self.config["relay.bandwidth"])
+        # strictly newer than the last one (the directory refuses a replay), even within a second
+        now = max(int(time.time()), self.descriptor.published + 1 if self.descriptor else 0)
         self.descriptor = await sign_descriptor(
-            self.provider, self.driver.node.identity, now=int(time.time()),
+            self.provider, self.driver.node.identity, now=now,
             addresses={"ws": (self.link_url,), **self.transports.addresses()}, capabilities=caps,
             exit_ports=self.exit_policy.summary_ports() if self.exit_policy else (),
             onion=self.onion_ring.current.public)
