@@ -112,21 +112,21 @@ async def sign_descriptor(provider: CryptoProvider, identity: Identity, *, now: 
                           addresses: dict[str, tuple[str, ...]] | None = None,
                           capabilities: Capabilities | None = None,
                           exit_ports: tuple[tuple[int, int], ...] = (),
-                          lifetime: int = DEFAULT_LIFETIME) -> Descriptor:
-    """Build and sign a descriptor for ``identity`` valid from ``now`` for ``lifetime`` seconds."""
+                          lifetime: int = DEFAULT_LIFETIME, onion: OnionKeys | None = None) -> Descriptor:
+    """Build and sign a descriptor for ``identity`` valid from ``now`` for ``lifetime`` seconds.
+    ``onion``: the onion keys to publish (a rotating node's current set; default the identity's)."""
+    onion = onion or identity.onion_keys
     if not 60 <= lifetime <= MAX_LIFETIME:
         raise ConfigError(f"descriptor lifetime must be 60..{MAX_LIFETIME} seconds")
     caps = capabilities or Capabilities()
     addresses = _check_addresses({k: list(v) for k, v in (addresses or {}).items()})
     exit_ports = _check_ports([list(r) for r in exit_ports])
-    body = pack_canonical(_body(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports,
-                                identity.onion_keys))
+    body = pack_canonical(_body(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports, onion))
     signature = await provider.ed25519_sign(identity.signing_key, DOMAIN + body)
     raw = pack_canonical([body, signature])
     if len(raw) > MAX_DESCRIPTOR_SIZE:
         raise ConfigError("descriptor too large: publish fewer addresses or port ranges")
-    return Descriptor(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports,
-                      identity.onion_keys, raw)
+    return Descriptor(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports, onion, raw)
 
 
 def _parse_body(body: bytes) -> Descriptor:

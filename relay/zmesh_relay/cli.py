@@ -118,6 +118,8 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--max-links-per-address", dest="relay.max_links_per_address", type=int, metavar="N")
     relay.add_argument("--max-circuits", dest="relay.max_circuits", type=int, metavar="N")
     relay.add_argument("--handshake-rate", dest="relay.handshake_rate", type=float, metavar="PER_S")
+    relay.add_argument("--onion-key-lifetime", dest="relay.onion_key_lifetime", type=float, metavar="SECONDS")
+    relay.add_argument("--onion-key-grace", dest="relay.onion_key_grace", type=float, metavar="SECONDS")
 
     client = commands.add_parser("client", help="run a SOCKS5 client")
     client.add_argument("--signal", dest="signaling.url", metavar="URL")

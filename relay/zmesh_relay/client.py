@@ -82,9 +82,8 @@ class Client:
             if circuit is not None and circuit in self.driver.node.circuits():
                 return circuit
 
-            async def choose(avoid: frozenset[PeerId], attempt: int) -> list[Descriptor]:
-                # One refetch after the first failure, not one per attempt: the list may be large.
-                relays = await self.directory.relays(refresh=attempt == 1)
+            async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+                relays = await self.directory.relays(refresh=refetch)
                 return self.selector.select(relays, hops=self.config["core.hops"], port=port,
                                             exclude=avoid, rng=self._rng)
 

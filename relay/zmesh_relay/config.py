@@ -22,6 +22,7 @@ from zmesh.aio.transport import check_redial_after, check_transport
 from zmesh.errors import ConfigError, ProtocolError
 from zmesh.netaddr import LinkAddress
 from zmesh.node import NodeLimits
+from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
 
 from .exit_policy import ExitRule
 from .socks5 import SocksLimits
@@ -194,6 +195,10 @@ SETTINGS: dict[str, Setting] = {
     "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
     "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
                                     "circuit handshakes per second per link"),
+    "relay.onion_key_lifetime": Setting(float, float(DEFAULT_ONION_KEY_LIFETIME), None,
+                                        "seconds between onion key rotations"),
+    "relay.onion_key_grace": Setting(float, float(DEFAULT_ONION_KEY_GRACE), None,
+                                     "seconds a replaced onion key still answers CREATEs (old descriptors)"),
     "security.exit_allow": Setting(list, [], _exit_rules,
                                    "CIDR:PORTS rules an exit may reach despite the default deny"),
     "network.allow_private_addresses": Setting(bool, False, None,
@@ -260,6 +265,10 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = _coerce(name, value, "command line")
+    try:  # the two bound each other, so they are checked together
+        check_schedule(values["relay.onion_key_lifetime"], values["relay.onion_key_grace"])
+    except ConfigError as exc:
+        raise ConfigError(f"relay.{exc}") from exc
     return values
 
 

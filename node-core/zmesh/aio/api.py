@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -88,10 +88,14 @@ class MeshVPN:
     """Connect to the mesh, open streams through exits, exchange messages with other nodes."""
 
     def __init__(self, driver: NodeDriver, directory: Callable[[], Iterable[Descriptor]], *,
+                 refresh: Callable[[], Awaitable[object]] | None = None,
                  selector: PathSelector | None = None, build_policy: BuildPolicy | None = None,
                  inbox_size: int = 256, **options: Any) -> None:
+        """``directory()`` lists the relays; ``refresh()``, if given, refetches that list (once, after
+        a build failed: see ``zmesh.aio.building``)."""
         self.driver = driver
         self.directory = directory
+        self.refresh = refresh
         self.selector = selector or PathSelector()
         self.build_policy = build_policy or BuildPolicy()
         self.options = MeshOptions().updated(**options)
@@ -123,12 +127,14 @@ class MeshVPN:
             self.update_config(**options)
         if self._circuit is not None:
             await self.disconnect()
-        relays = list(self.directory())
         try:
-            target = None if destination is None else self._find(relays, destination, "destination")
-            entry = None if self.options.entry is None else self._find(relays, self.options.entry, "entry")
+            relays, target, entry = self._listing(destination)
 
-            def choose(avoid: frozenset[PeerId], _attempt: int) -> list[Descriptor]:
+            async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+                nonlocal relays, target, entry
+                if refetch and self.refresh is not None:
+                    await self.refresh()
+                    relays, target, entry = self._listing(destination)
                 return self.selector.select(relays, hops=self.options.hops, country=self.options.country,
                                             destination=target, entry=entry, exclude=avoid | {self.peer_id})
 
@@ -200,6 +206,14 @@ class MeshVPN:
         self.options = self.options.updated(**options)
 
     # ---------------------------------------------------------------- internals
+
+    def _listing(self, destination: PeerId | str | None
+                 ) -> tuple[list[Descriptor], Descriptor | None, Descriptor | None]:
+        """The relays, and the destination's and chosen entry's descriptors among them."""
+        relays = list(self.directory())
+        target = None if destination is None else self._find(relays, destination, "destination")
+        entry = None if self.options.entry is None else self._find(relays, self.options.entry, "entry")
+        return relays, target, entry
 
     @staticmethod
     def _find(relays: list[Descriptor], peer: PeerId | str, what: str) -> Descriptor:

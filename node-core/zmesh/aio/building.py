@@ -8,6 +8,11 @@ error at the end says which bound stopped it and what the last failure was.
 
 Every outcome is fed to the ``PathSelector``, so the next path draws on what was measured: the hop
 that failed, and for a built circuit each hop's latency (see ``_latencies_ms``).
+
+After the first failure the directory is refetched, once (``choose``'s ``refetch``): a stale list is
+a likely cause. A hop that refused the build because its onion key is outdated (it rotated and the
+grace period for the key our descriptor names is over, ``zmesh.onionkeys``) is not at fault before
+that refetch: it is neither recorded nor avoided, and the next attempt gets its new descriptor.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
+from ..cells import DestroyReason
 from ..descriptor import Descriptor
 from ..errors import CircuitError, ConfigError
 from ..identity import PeerId
@@ -26,7 +32,8 @@ from .driver import NodeDriver
 
 log = logging.getLogger(__name__)
 
-ChoosePath = Callable[[frozenset[PeerId], int], "list[Descriptor] | Awaitable[list[Descriptor]]"]
+# choose(excluded, refetch): a path without the excluded hops, from a refetched directory if refetch
+ChoosePath = Callable[[frozenset[PeerId], bool], "list[Descriptor] | Awaitable[list[Descriptor]]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +54,7 @@ class BuildPolicy:
 async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector: PathSelector, *,
                                 policy: BuildPolicy | None = None, pinned: Collection[PeerId] = (),
                                 clock: Callable[[], float] = time.monotonic) -> tuple[int, list[Descriptor]]:
-    """Build a circuit on ``choose(excluded, attempt)``'s path, excluding each hop that failed.
+    """Build a circuit on ``choose(excluded, refetch)``'s path, excluding each hop that failed.
 
     ``pinned`` hops (a chosen entry, a destination) cannot be routed around: a failure there is
     final. ``choose`` raising ``CircuitError`` (no path without the excluded hops) ends the search.
@@ -56,11 +63,14 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
     started = clock()
     avoid: set[PeerId] = set()
     failure: CircuitError | None = None
-    for attempt in range(policy.max_attempts):
+    refetched = False
+    for _ in range(policy.max_attempts):
         if failure is not None and clock() - started >= policy.deadline:
             raise _gave_up(failure, f"the {policy.deadline:g} s build deadline passed", avoid)
+        refetch = failure is not None and not refetched
+        refetched |= refetch
         try:
-            chosen = choose(frozenset(avoid), attempt)
+            chosen = choose(frozenset(avoid), refetch)
             path = await chosen if inspect.isawaitable(chosen) else chosen
         except CircuitError:
             if failure is None:
@@ -72,6 +82,9 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
             failure, peer = exc, exc.failed_peer
             if peer is None:
                 log.info("circuit build failed (%s); retrying on another path", exc)
+                continue
+            if exc.reason is DestroyReason.ONION_KEY_OUTDATED and not refetched:
+                log.info("circuit build failed at %s… (onion key outdated); refetching the directory", peer.short())
                 continue
             selector.record(peer, ok=False)
             if peer in pinned:
