@@ -86,7 +86,8 @@ class Client:
                 # One refetch after the first failure, not one per attempt: the list may be large.
                 relays = await self.directory.relays(refresh=attempt == 1)
                 return self.selector.select(relays, hops=self.config["core.hops"], port=port,
-                                            exclude=avoid, rng=self._rng)
+                                            exclude=avoid, exclude_countries=self.config["path.exclude_countries"],
+                                            rng=self._rng)
 
             circuit, _ = await build_around_failures(self.driver, choose, self.selector)
             self._circuits[isolation] = circuit

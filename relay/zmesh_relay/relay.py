@@ -97,7 +97,8 @@ class Relay:
         self.descriptor = await sign_descriptor(
             self.provider, self.driver.node.identity, now=int(time.time()),
             addresses={"ws": (self.link_url,), **self.transports.addresses()}, capabilities=caps,
-            exit_ports=self.exit_policy.summary_ports() if self.exit_policy else ())
+            exit_ports=self.exit_policy.summary_ports() if self.exit_policy else (),
+            family=self.config["relay.family"])
         await self.signal.publish(self.descriptor.raw)
 
     async def _await_listed(self, timeout: float) -> None:
