@@ -10,7 +10,11 @@ import ipaddress
 import os
 from pathlib import Path
 
+import pytest
+
+from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.netaddr import LinkAddress
+from zmesh_relay.keys import load_or_create_identity
 from zmesh_relay.socks5 import socks5_connect
 
 from .test_native_mesh import Process, _http_server
@@ -53,13 +57,19 @@ def _listening(relay: Process) -> Endpoint:
     return ipaddress.IPv4Address(link.host), link.port
 
 
-def _start(tmp_path: Path, hosts: list[str], files_port: int) -> list[Process]:
-    """Signal server, one relay per host (the last an exit to ``files_port``), then the client."""
+def _start(tmp_path: Path, hosts: list[str], files_port: int, *, family: tuple[int, ...] = ()) -> list[Process]:
+    """Signal server, one relay per host (the last an exit to ``files_port``; the relays numbered in
+    ``family`` declare each other with ``--family``), then the client."""
+    identities = [asyncio.run(load_or_create_identity(NativeCryptoProvider(), tmp_path / f"r{index}"))
+                  for index in range(len(hosts))]
     processes = [Process("signal", "--listen", "127.0.0.1:0")]
     url = processes[0].address[0]
     try:
         for index, host in enumerate(hosts):
             extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if index == len(hosts) - 1 else []
+            if index in family:
+                extra += [arg for other in family if other != index
+                          for arg in ("--family", identities[other].peer_id.text)]
             processes.append(Process("relay", "--signal", url, "--listen", f"{host}:0",
                                      "--data-dir", str(tmp_path / f"r{index}"), *extra))
         processes.append(Process("client", "--signal", url, "--socks", "127.0.0.1:0"))
@@ -82,11 +92,16 @@ async def _get(socks: str, port: int, isolation: str) -> bytes:
         writer.close()
 
 
-def test_circuits_built_through_socks_never_hold_two_relays_of_one_slash16(tmp_path):
-    """Four relays, A and B in 127.5/16: of the six orders of two middles before the exit, two pair
-    A with B, so 12 circuits drawn without the rule would pair them with probability 99 %."""
+@pytest.mark.parametrize("kept_apart_by", ["one /16", "a mutual --family"])
+def test_circuits_built_through_socks_never_hold_two_relays_of_one_network_or_family(tmp_path, kept_apart_by):
+    """Four relays, A and B in 127.5/16 (or in /16s of their own but one declared family): of the
+    six orders of two middles before the exit, two pair A with B, so 12 circuits drawn without the
+    rule would pair them with probability 99 %."""
     files, files_port = _http_server()
-    processes = _start(tmp_path, ["127.5.0.1", "127.5.0.2", "127.6.0.1", "127.7.0.1"], files_port)
+    if kept_apart_by == "one /16":
+        processes = _start(tmp_path, ["127.5.0.1", "127.5.0.2", "127.6.0.1", "127.7.0.1"], files_port)
+    else:
+        processes = _start(tmp_path, ["127.5.0.1", "127.8.0.1", "127.6.0.1", "127.7.0.1"], files_port, family=(0, 1))
     relays, client = processes[1:-1], processes[-1]
     try:
         async def twelve_circuits() -> list[bytes]:
@@ -96,9 +111,9 @@ def test_circuits_built_through_socks_never_hold_two_relays_of_one_slash16(tmp_p
         a, b, c, exit_ = relays
         dialed = {relay.proc.pid: _dialed(relay.proc.pid) for relay in relays}
         assert _listening(b) not in dialed[a.proc.pid] and _listening(a) not in dialed[b.proc.pid], \
-            "a circuit ran through both relays of 127.5/16"
+            f"a circuit ran through both relays of {kept_apart_by}"
         # the measurement sees relay-to-relay links: every circuit's middle dialed the exit, and C
-        # (in every path, as only it is outside 127.5/16 besides the exit) is linked to A or B
+        # (in every path, as the only middle that may join A or B) is linked to A or B
         assert any(_listening(exit_) in dialed[relay.proc.pid] for relay in (a, b, c))
         assert ({_listening(a), _listening(b)} & dialed[c.proc.pid]
                 or _listening(c) in dialed[a.proc.pid] | dialed[b.proc.pid])
