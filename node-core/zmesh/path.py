@@ -139,8 +139,9 @@ class PathSelector:
         """Choose ``hops`` relays. With ``destination`` the path ends at that node instead of an
         exit; with ``entry`` it starts at that node (a first hop the user chose, like Tor's
         EntryNodes). Both obey the diversity rules with the hops drawn around them. Relays whose
-        declared country is in ``exclude_countries`` are never drawn. Raises ``ConfigError`` for a
-        bad hop count and ``CircuitError`` if the relays (or the rules) leave no path."""
+        declared country is in ``exclude_countries`` are never drawn (a chosen entry, a destination
+        and a tab destination's own relay are given, not drawn). Raises ``ConfigError`` for a bad
+        hop count and ``CircuitError`` if the relays (or the rules) leave no path."""
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ConfigError(f"hops must be {MIN_HOPS}..{MAX_HOPS}, got {hops}")
         rng = rng or random.SystemRandom()
