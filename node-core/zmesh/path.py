@@ -33,6 +33,7 @@ from .identity import PeerId
 from .netaddr import IPV4_DIVERSITY_PREFIX, IPV6_DIVERSITY_PREFIX, LinkAddress, diversity_network
 
 DRAW_ATTEMPTS = 8
+MAX_CACHED_NETWORKS = 65_536  # address sets whose networks a selector remembers (parsing dominates a draw)
 SAME_NETWORK = f"same IPv4 /{IPV4_DIVERSITY_PREFIX} or IPv6 /{IPV6_DIVERSITY_PREFIX} as another hop"
 SAME_FAMILY = "a mutual family with another hop"
 EXCLUDED_COUNTRY = "exclude_countries"
@@ -71,8 +72,12 @@ class PeerStats:
 def networks(relay: Descriptor) -> frozenset[str]:
     """The networks of ``relay``'s ``ws`` link addresses (the ones anyone dials; a verified
     descriptor's are well-formed, an unparsable one could not be dialed and counts for nothing)."""
+    return _networks_of(relay.addresses.get("ws", ()))
+
+
+def _networks_of(addresses: tuple[str, ...]) -> frozenset[str]:
     out = set()
-    for text in relay.addresses.get("ws", ()):
+    for text in addresses:
         try:
             out.add(diversity_network(LinkAddress.parse(text).host))
         except ProtocolError:
@@ -82,10 +87,11 @@ def networks(relay: Descriptor) -> frozenset[str]:
 
 @dataclass(slots=True)
 class _Rules:
-    """The hard rules for one selection; each relay's networks are worked out once."""
+    """The hard rules for one selection. ``networks`` maps ws address sets to their networks; the
+    selector keeps it between selections, as a directory changes little from one to the next."""
 
     banned_countries: frozenset[str]
-    _networks: dict[PeerId, frozenset[str]] = field(default_factory=dict)
+    networks: dict[tuple[str, ...], frozenset[str]]
 
     def conflict(self, a: Descriptor, b: Descriptor) -> str | None:
         """The rule that keeps ``a`` and ``b`` out of one path, or None if they may share it."""
@@ -102,9 +108,12 @@ class _Rules:
         return next((rule for rule in (self.conflict(relay, other) for other in chosen) if rule), None)
 
     def _of(self, relay: Descriptor) -> frozenset[str]:
-        found = self._networks.get(relay.peer_id)
+        addresses = relay.addresses.get("ws", ())
+        found = self.networks.get(addresses)
         if found is None:
-            found = self._networks[relay.peer_id] = networks(relay)
+            if len(self.networks) >= MAX_CACHED_NETWORKS:
+                self.networks.clear()
+            found = self.networks[addresses] = _networks_of(addresses)
         return found
 
 
@@ -113,6 +122,7 @@ class PathSelector:
     weights: PathWeights = field(default_factory=PathWeights)
     stats: dict[PeerId, PeerStats] = field(default_factory=dict)
     latency_scale_ms: float = 100.0
+    _networks: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict, repr=False)
 
     def record(self, peer: PeerId, *, ok: bool, latency_ms: float | None = None) -> None:
         """Feed a circuit outcome or a measured RTT back into future choices."""
@@ -145,7 +155,7 @@ class PathSelector:
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ConfigError(f"hops must be {MIN_HOPS}..{MAX_HOPS}, got {hops}")
         rng = rng or random.SystemRandom()
-        rules = _Rules(frozenset(code.upper() for code in exclude_countries))
+        rules = _Rules(frozenset(code.upper() for code in exclude_countries), self._networks)
         excluded = set(exclude) | ({entry.peer_id} if entry is not None else set())
         relays = list(relays)
         # Nodes reachable only through another relay (browser tabs: `via` addresses) are never
