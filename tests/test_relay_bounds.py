@@ -24,6 +24,7 @@ from zmesh_relay.keys import load_or_create_identity, load_or_create_onion_ring
 from zmesh_relay.socks5 import socks5_connect
 
 from .conftest import wait_until
+from .private_network import relay_listen
 from .test_native_mesh import Process, _health, _http_server, start_mesh
 
 MiB = 1024 * 1024
@@ -57,7 +58,7 @@ def _client_frame(payload: bytes) -> bytes:
 
 def test_unread_pings_leave_the_relay_bounded_and_cost_the_flooder_its_link(tmp_path):
     signal = Process("signal", "--listen", "127.0.0.1:0")
-    relay = Process("relay", "--signal", signal.address[0], "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path))
+    relay = Process("relay", "--signal", signal.address[0], "--listen", relay_listen(1), "--data-dir", str(tmp_path))
     try:
         pid, url = relay.proc.pid, relay.address[0]
         before = _vm_kib(pid, "VmHWM")  # the peak so far: what the flood adds is measured against it
@@ -93,7 +94,7 @@ def test_unread_pings_leave_the_relay_bounded_and_cost_the_flooder_its_link(tmp_
 
 def test_the_listener_caps_links_per_source_address_and_in_all(tmp_path):
     signal = Process("signal", "--listen", "127.0.0.1:0")
-    relay = Process("relay", "--signal", signal.address[0], "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+    relay = Process("relay", "--signal", signal.address[0], "--listen", relay_listen(1), "--data-dir", str(tmp_path),
                     "--max-links", "3", "--max-links-per-address", "2")
     url = relay.address[0]
 

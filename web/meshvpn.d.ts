@@ -7,6 +7,8 @@ export interface MeshOptions {
   exit: "direct" | "cloudflare";
   /** Two-letter country code the exit should be in. */
   country?: string;
+  /** Two-letter country codes whose relays (by the country they declare) no hop may be in. */
+  excludeCountries?: string[];
   /** Give this tab's WebRTC links a second, unordered DataChannel without retransmissions that
    *  carries the circuits' cells under Tetrys forward error correction (read when the tab joins). */
   enableFEC?: boolean;

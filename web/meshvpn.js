@@ -114,6 +114,10 @@ function validate(options) {
       case "identity":
         if (!["persistent", "ephemeral"].includes(value)) throw new TypeError("identity must be 'persistent' or 'ephemeral'");
         out.identity = value; break;
+      case "excludeCountries":
+        if (!Array.isArray(value) || !value.every((c) => typeof c === "string" && /^[A-Za-z]{2}$/.test(c)))
+          throw new TypeError("excludeCountries must be an array of two-letter country codes");
+        out.exclude_countries = value.map((c) => c.toUpperCase()); break;
       case "entry":
         if (typeof value !== "string") throw new TypeError("entry must be a PeerId string");
         out.entry = value; break;

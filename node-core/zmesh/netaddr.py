@@ -92,6 +92,26 @@ def _carried_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Ad
     return None
 
 
+IPV4_DIVERSITY_PREFIX = 16
+IPV6_DIVERSITY_PREFIX = 32
+
+
+def diversity_network(host: str) -> str:
+    """The network a link host counts as for path diversity: its IPv4 /16 or IPv6 /32 (an IPv4
+    address carried in IPv6 counts as that IPv4 address, loopback included: 127.1.0.1 and 127.2.0.1
+    are two networks). A DNS name is not resolved here (the pure core has no resolver), so it is a
+    network of its own, named by itself: two relays publishing one name share it."""
+    address = _parse_ip(host.strip("[]"))
+    if address is None:
+        return f"name:{host.lower().removesuffix('.')}"
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = _carried_ipv4(address)
+        if carried is not None:
+            address = carried[1]
+    prefix = IPV4_DIVERSITY_PREFIX if address.version == 4 else IPV6_DIVERSITY_PREFIX
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
 def classify(address: IPAddress) -> tuple[str, bool] | None:
     """``(reason, local)`` if ``address`` is not public unicast, None if it is."""
     if isinstance(address, ipaddress.IPv6Address):

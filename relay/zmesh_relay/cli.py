@@ -114,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--exit-allow", dest="security.exit_allow", action="append", metavar="CIDR:PORTS",
                        help="let the exit reach an otherwise refused range, e.g. 127.0.0.1/32:8000-8100")
     relay.add_argument("--country", dest="relay.country", metavar="CC")
+    relay.add_argument("--family", dest="relay.family", action="append", metavar="PEERID",
+                       help="another relay of the same operator (repeatable); honoured when it lists this one too")
     relay.add_argument("--max-links", dest="relay.max_links", type=int, metavar="N")
     relay.add_argument("--max-links-per-address", dest="relay.max_links_per_address", type=int, metavar="N")
     relay.add_argument("--max-circuits", dest="relay.max_circuits", type=int, metavar="N")
@@ -125,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
     client.add_argument("--hops", dest="core.hops", type=int)
+    client.add_argument("--exclude-country", dest="path.exclude_countries", action="append", metavar="CC",
+                        help="never use relays that declare this country (repeatable)")
     client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")
     client.add_argument("--socks-handshake-timeout", dest="socks.handshake_timeout", metavar="SECONDS")
     client.add_argument("--socks-half-close-timeout", dest="socks.half_close_timeout", metavar="SECONDS")

@@ -85,7 +85,8 @@ class Client:
             async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
                 relays = await self.directory.relays(refresh=refetch)
                 return self.selector.select(relays, hops=self.config["core.hops"], port=port,
-                                            exclude=avoid, rng=self._rng)
+                                            exclude=avoid, exclude_countries=self.config["path.exclude_countries"],
+                                            rng=self._rng)
 
             circuit, _ = await build_around_failures(self.driver, choose, self.selector)
             self._circuits[isolation] = circuit

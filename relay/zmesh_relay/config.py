@@ -19,7 +19,9 @@ from typing import Any
 
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
+from zmesh.descriptor import MAX_FAMILY
 from zmesh.errors import ConfigError, ProtocolError
+from zmesh.identity import PeerId
 from zmesh.netaddr import LinkAddress
 from zmesh.node import NodeLimits
 from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
@@ -51,6 +53,24 @@ def _country(value: str) -> str:
     if value and (len(value) != 2 or not value.isascii() or not value.isalpha()):
         raise ValueError("must be a two-letter country code or empty")
     return value.upper()
+
+
+def _countries(value: list) -> tuple[str, ...]:
+    if not all(isinstance(code, str) and code for code in value):
+        raise ValueError("each entry must be a two-letter country code")
+    return tuple(_country(code) for code in value)
+
+
+def _family(value: list) -> tuple[PeerId, ...]:
+    """The operator's other relays, as PeerId text (each of them must list this relay too)."""
+    if len(value) > MAX_FAMILY:
+        raise ValueError(f"at most {MAX_FAMILY} relays")
+    if not all(isinstance(text, str) for text in value):
+        raise ValueError("each entry must be PeerId text")
+    family = tuple(PeerId.from_text(text) for text in value)
+    if len(set(family)) != len(family):
+        raise ValueError("a PeerId is listed twice")
+    return family
 
 
 def _level(value: str) -> str:
@@ -187,6 +207,9 @@ SETTINGS: dict[str, Setting] = {
     "relay.exit": Setting(bool, False, None, "act as an exit"),
     "relay.country": Setting(str, "", _country, "advertised country code"),
     "relay.bandwidth": Setting(int, 10_000_000, _at_least_one, "advertised bandwidth, bytes/s"),
+    "relay.family": Setting(list, [], _family,
+                            f"PeerIds of the operator's other relays (at most {MAX_FAMILY}); honoured when they "
+                            "list this one too: no circuit then holds two of them"),
     "relay.listing_wait": Setting(float, 30.0, _listing_wait,
                                   "seconds to wait for the directory to list this relay before it reports ready"),
     "relay.max_links": Setting(int, _NODE.max_links, _at_least_one,
@@ -204,6 +227,7 @@ SETTINGS: dict[str, Setting] = {
     "network.allow_private_addresses": Setting(bool, False, None,
                                                "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
+    "path.exclude_countries": Setting(list, [], _countries, "country codes whose relays circuits never use"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),
@@ -280,6 +304,8 @@ def describe(config: dict[str, Any]) -> list[str]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, PeerId):
+        return value.text
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if fields.get("credential") is not None:

@@ -111,7 +111,7 @@ class Relay:
             self.provider, self.driver.node.identity, now=now,
             addresses={"ws": (self.link_url,), **self.transports.addresses()}, capabilities=caps,
             exit_ports=self.exit_policy.summary_ports() if self.exit_policy else (),
-            onion=self.onion_ring.current.public)
+            onion=self.onion_ring.current.public, family=self.config["relay.family"])
         await self.signal.publish(self.descriptor.raw)
 
     async def _await_listed(self, timeout: float) -> None:

@@ -38,6 +38,7 @@ MAX_MESSAGE_SIZE = 1 << 20
 _LENGTH = struct.Struct(">I")
 EVENTS = ("message", "connect", "disconnect", "error")
 EXITS = ("direct", "cloudflare")
+MAX_EXCLUDED_COUNTRIES = 256  # more than there are ISO 3166 codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class MeshOptions:
     enable_fec: bool = False  # the tab's WebRTC links get a lossy channel with FEC (read when it joins)
     transport: str = "auto"
     entry: str | None = None  # PeerId of the first hop of every circuit (else drawn like the rest)
+    exclude_countries: tuple[str, ...] = ()  # two-letter codes: relays declaring one are never drawn
 
     def __post_init__(self) -> None:
         if not isinstance(self.hops, int) or not MIN_HOPS <= self.hops <= MAX_HOPS:
@@ -71,6 +73,12 @@ class MeshOptions:
                 raise ConfigError(f"entry must be a PeerId: {exc}") from exc
         if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
             raise ConfigError(f"country must be a two-letter code, got {self.country!r}")
+        codes = self.exclude_countries
+        if (isinstance(codes, str) or not isinstance(codes, (list, tuple)) or len(codes) > MAX_EXCLUDED_COUNTRIES
+                or not all(isinstance(c, str) and len(c) == 2 and c.isascii() and c.isalpha() for c in codes)):
+            raise ConfigError(f"exclude_countries must be a list of at most {MAX_EXCLUDED_COUNTRIES} two-letter "
+                              f"codes, got {codes!r:.80}")
+        object.__setattr__(self, "exclude_countries", tuple(c.upper() for c in codes))
         if not isinstance(self.enable_fec, bool):
             raise ConfigError("enable_fec must be true or false")
         if self.enable_fec and self.transport == "websocket":
@@ -136,7 +144,8 @@ class MeshVPN:
                     await self.refresh()
                     relays, target, entry = self._listing(destination)
                 return self.selector.select(relays, hops=self.options.hops, country=self.options.country,
-                                            destination=target, entry=entry, exclude=avoid | {self.peer_id})
+                                            destination=target, entry=entry, exclude=avoid | {self.peer_id},
+                                            exclude_countries=self.options.exclude_countries)
 
             pinned = {hop.peer_id for hop in (target, entry) if hop is not None}
             self._circuit, path = await build_around_failures(self.driver, choose, self.selector,
