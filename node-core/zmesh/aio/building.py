@@ -7,7 +7,8 @@ on while the directory still offers a path, within ``max_attempts`` and a total 
 error at the end says which bound stopped it and what the last failure was.
 
 Every outcome is fed to the ``PathSelector``, so the next path draws on what was measured: the hop
-that failed, and for a built circuit each hop's latency (see ``_latencies_ms``).
+that failed, and for a built circuit each hop's latency (see ``_latencies_ms``). ``first_hop`` hears
+whether each build got through its first hop, which is what entry guards count (``zmesh.guards``).
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ class BuildPolicy:
 
 async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector: PathSelector, *,
                                 policy: BuildPolicy | None = None, pinned: Collection[PeerId] = (),
+                                first_hop: Callable[[PeerId, bool], None] | None = None,
                                 clock: Callable[[], float] = time.monotonic) -> tuple[int, list[Descriptor]]:
     """Build a circuit on ``choose(excluded, attempt)``'s path, excluding each hop that failed.
 
     ``pinned`` hops (a chosen entry, a destination) cannot be routed around: a failure there is
     final. ``choose`` raising ``CircuitError`` (no path without the excluded hops) ends the search.
-    Outcomes and measured latencies are fed to ``selector``. Returns ``(circuit, path)``."""
+    Outcomes and measured latencies are fed to ``selector``; ``first_hop(peer, ok)`` is told when a
+    build failed at its first hop (``False``) or was built (``True``). Returns ``(circuit, path)``."""
     policy = policy or BuildPolicy()
     started = clock()
     avoid: set[PeerId] = set()
@@ -74,6 +77,8 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
                 log.info("circuit build failed (%s); retrying on another path", exc)
                 continue
             selector.record(peer, ok=False)
+            if first_hop is not None and peer == path[0].peer_id:
+                first_hop(peer, False)
             if peer in pinned:
                 raise
             avoid.add(peer)
@@ -81,6 +86,8 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
             continue
         for relay, latency_ms in zip(path, _latencies_ms(driver, path, built.build_seconds), strict=True):
             selector.record(relay.peer_id, ok=True, latency_ms=latency_ms)
+        if first_hop is not None:
+            first_hop(path[0].peer_id, True)
         return built.circuit, path
     assert failure is not None
     raise _gave_up(failure, f"{policy.max_attempts} attempts failed", avoid)
