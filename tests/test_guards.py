@@ -167,48 +167,47 @@ def test_a_failed_guard_hands_over_to_the_next_in_the_sample_and_is_retried_on_s
     assert guards.primary() == [first, second]  # failures never change the sample
 
 
+def run_circuits(guards: GuardManager, clock: Clock, relays, minutes: range, down) -> tuple[list, int]:
+    """A circuit at each of ``minutes``; its first hop fails while ``down(minute)`` and it is the
+    first primary guard. Returns the entry of each circuit and how many failed."""
+    first, entries, failures = guards.primary()[0], [], 0
+    for minute in minutes:
+        clock.now = NOW + minute * MINUTE
+        entry = guards.select(PathSelector(), relays, rng=random.Random(minute))[0].peer_id
+        failed = entry == first and down(minute)
+        entries.append(entry)
+        failures += failed
+        guards.first_hop(entry, not failed)
+    return entries, failures
+
+
 def test_an_attacker_toggling_a_guard_moves_the_client_only_within_its_primary_guards(relays):
     """For 2 days the attacker knocks the first guard offline every other 5 minutes (576 toggles)
     while a circuit is built every minute (2880 builds): the client only ever enters at its two
     primary guards, the sample never changes, and the guard is tried while down at most once per
-    retry interval — the schedule's bound, not the attacker's choice."""
+    outage (then it waits 10 minutes) — the schedule's bound, not the attacker's choice."""
     listening, _, _ = relays
     clock = Clock()
-    guards, selector = manager(clock), PathSelector()
+    guards = manager(clock)
     guards.update(listening)
-    sample, (first, second) = guards.sample(), guards.primary()
-    entries, tried_while_down, switches, previous = set(), 0, 0, None
-    for minute in range(2 * 24 * 60):
-        clock.now = NOW + minute * MINUTE
-        down = (minute // 5) % 2 == 1
-        entry = guards.select(selector, listening, rng=random.Random(minute))[0].peer_id
-        entries.add(entry)
-        switches += previous is not None and entry != previous
-        previous = entry
-        failed = down and entry == first
-        tried_while_down += failed
-        guards.first_hop(entry, not failed)
-    assert entries == {first, second} and guards.sample() == sample
-    # Down for half of each 10 minutes: each outage costs at most one failed attempt (then the
-    # 10-minute wait), so at most one switch away and one back per outage.
+    sample, primary = guards.sample(), guards.primary()
+    entries, failures = run_circuits(guards, clock, listening, range(2 * 24 * 60), lambda m: (m // 5) % 2 == 1)
+    switches = sum(a != b for a, b in zip(entries, entries[1:], strict=False))
     outages = 2 * 24 * 60 // 10
-    assert tried_while_down <= outages and switches <= 2 * outages
+    assert set(entries) == set(primary) and guards.sample() == sample and guards.primary() == primary
+    assert failures <= outages and switches <= 2 * outages
 
 
 def test_a_guard_down_for_good_is_retried_ever_more_rarely(relays):
     listening, _, _ = relays
     clock = Clock()
-    guards, selector = manager(clock), PathSelector()
+    guards = manager(clock)
     guards.update(listening)
-    first, second = guards.primary()
-    attempts = 0
-    for minute in range(0, 7 * 24 * 60, 5):  # a circuit every 5 minutes for 7 days
-        clock.now = NOW + minute * MINUTE
-        entry = guards.select(selector, listening, rng=random.Random(minute))[0].peer_id
-        attempts += entry == first
-        guards.first_hop(entry, entry != first)
+    primary = guards.primary()
+    entries, failures = run_circuits(guards, clock, listening, range(0, 7 * 24 * 60, 5), lambda _: True)
     # 36 tries in the first 6 h (every 10 min), 60 until 96 h (every 90 min), 18 until 7 days (4 h).
-    assert attempts <= 36 + 60 + 18 + 1 and first in guards.sample() and guards.primary() == [first, second]
+    assert failures == entries.count(primary[0]) <= 36 + 60 + 18 + 1
+    assert set(entries) == set(primary) and guards.primary() == primary
 
 
 def test_when_every_guard_waits_out_a_retry_all_are_tried_again_from_the_top(relays):
