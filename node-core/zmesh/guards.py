@@ -9,7 +9,8 @@ The **sample** is an ordered list of at most ``sample_size`` relays, drawn unifo
 (never weighted by the bandwidth a relay advertises about itself, which a hostile relay would
 inflate) from listed, listening relays that are not browser tabs. It persists across restarts
 (``to_bytes`` / ``from_bytes``). Each guard lives a random 30–60 days, then leaves the sample; one
-that the directory stops listing leaves after 20 days unlisted. Nothing else removes a guard.
+that the directory stops listing leaves after 20 days unlisted. Nothing else removes a guard
+(bar a ``sample_size`` lowered below what a saved sample holds: its tail is dropped).
 
 The **primary guards** are the first ``primary`` listed guards of the sample. A circuit enters at
 the first *usable* one: listed, and not waiting out a retry. A build that fails at its first hop
@@ -131,12 +132,13 @@ class GuardManager:
                 guard.unlisted_since = now
         self._sample = [g for g in self._sample if now < g.expires_at and (
             g.unlisted_since is None or now - g.unlisted_since < self.params.remove_unlisted_after)]
-        sampled = {g.peer_id for g in self._sample}
-        eligible = [r for r in listed.values() if r.peer_id not in sampled]
-        self._rng.shuffle(eligible)
-        for relay in eligible[:self.params.sample_size - len(self._sample)]:
-            lifetime = self._rng.uniform(self.params.min_lifetime, self.params.max_lifetime)
-            self._sample.append(Guard(relay.peer_id, now, now + lifetime))
+        room = self.params.sample_size - len(self._sample)
+        if room > 0:
+            sampled = {g.peer_id for g in self._sample}
+            eligible = [r for r in listed.values() if r.peer_id not in sampled]
+            for relay in self._rng.sample(eligible, min(room, len(eligible))):
+                lifetime = self._rng.uniform(self.params.min_lifetime, self.params.max_lifetime)
+                self._sample.append(Guard(relay.peer_id, now, now + lifetime))
         if self.on_change is not None and self._persisted() != before:
             self.on_change(self.to_bytes())
 
