@@ -34,6 +34,7 @@ from .address_slots import AddressSlots
 from .config import split_host_port
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
 from .keys import load_or_create_identity
+from .linkaddress import load_tls, published_address
 from .splice import splice
 from .transports import NativeTransports
 
@@ -47,6 +48,7 @@ class Relay:
         self.config = config
         self.provider = NativeCryptoProvider()
         self.exit_policy = ExitPolicy.from_rules(config["security.exit_allow"]) if config["relay.exit"] else None
+        self.tls = load_tls(config["relay.tls_cert"], config["relay.tls_key"])
         self.signal = SignalClient(config["signaling.url"])
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.driver: NodeDriver | None = None
@@ -79,10 +81,10 @@ class Relay:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = split_host_port(self.config["relay.listen"])
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.tls.context if self.tls else None)
         await site.start()
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.link_url = f"ws://{host}:{bound}{wslink.LINK_PATH}"
+        self.link_url = str(published_address(host, bound, advertise=self.config["relay.advertise"], tls=self.tls))
         await self._publish()
         await self._await_listed(self.config["relay.listing_wait"])
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())

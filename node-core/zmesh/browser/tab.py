@@ -83,6 +83,12 @@ class BrowserNode:
     async def _dial_websocket(self, address: LinkAddress) -> Link:
         # The browser resolves names itself, so only literals and localhost names can be checked here.
         address.check(allow_private=self.allow_private)
+        if address.pin is not None:
+            # A browser checks certificates against its authorities only; a pin it cannot check.
+            raise TransportError(f"{address.url} is pinned to a certificate a browser cannot check; "
+                                 "this relay is reached over WebRTC")
+        if address.scheme == "ws" and js.location.protocol == "https:":
+            raise TransportError(f"a page served over HTTPS cannot open {address.url} (mixed content)")
         return await BrowserChannelLink.dial(address.url)
 
 
