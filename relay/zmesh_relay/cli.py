@@ -122,8 +122,7 @@ def parser() -> argparse.ArgumentParser:
     client = commands.add_parser("client", help="run a SOCKS5 client")
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
-    client.add_argument("--data-dir", dest="client.data_dir", metavar="DIR",
-                        help="keep the entry guards here, so a restart uses the same ones")
+    client.add_argument("--data-dir", dest="client.data_dir", metavar="DIR")
     client.add_argument("--hops", dest="core.hops", type=int)
     client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")
     client.add_argument("--socks-handshake-timeout", dest="socks.handshake_timeout", metavar="SECONDS")
