@@ -124,8 +124,10 @@ def mesh(tmp_path_factory):
         refused.shutdown()
 
 
-async def fetch(socks: tuple[str, int], host: str, port: int, path: str) -> bytes:
-    reader, writer = await socks5_connect(socks[0], socks[1], host, port)
+async def fetch(socks: tuple[str, int], host: str, port: int, path: str, *, username: str | None = None) -> bytes:
+    """GET ``path`` through the SOCKS proxy; a ``username`` (password "x") picks the circuit."""
+    reader, writer = await socks5_connect(socks[0], socks[1], host, port, username=username,
+                                          password=None if username is None else "x")
     writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
     response = await reader.read()

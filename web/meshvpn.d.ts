@@ -21,11 +21,12 @@ export interface MeshOptions {
   icePolicy?: "all" | "relay";
   /** Seconds a WebRTC link may take to open before 'auto' falls back (default 10). */
   webrtcTimeout?: number;
-  /** 'persistent' (default): keep this tab's key in IndexedDB so a reload keeps its PeerId. */
+  /** 'persistent' (default): keep this tab's key and entry guards in IndexedDB so a reload keeps its PeerId
+   *  and guards; 'ephemeral': a fresh key and guards held in memory only. */
   identity?: "persistent" | "ephemeral";
   /** Offer this tab as a relay for others (default true). */
   relay?: boolean;
-  /** PeerId of the first hop of every circuit (e.g. a friend's tab); otherwise drawn like the rest. */
+  /** PeerId of the first hop of every circuit (e.g. a friend's tab); otherwise the tab's entry guard. */
   entry?: string;
   /** Another node's PeerId: `send`/`receive` then carry messages end to end to it. */
   destination?: string;
@@ -37,6 +38,8 @@ export interface MeshStats {
   circuit?: number | null;
   /** PeerIds of the circuit's hops, first to last. */
   path?: string[];
+  /** PeerIds of the primary entry guards, preferred first (kept in IndexedDB with a persistent identity). */
+  guards?: string[];
   bytes_in?: number;
   bytes_out?: number;
   links?: number;

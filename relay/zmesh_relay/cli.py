@@ -126,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
     client = commands.add_parser("client", help="run a SOCKS5 client")
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
+    client.add_argument("--data-dir", dest="client.data_dir", metavar="DIR")
     client.add_argument("--hops", dest="core.hops", type=int)
     client.add_argument("--exclude-country", dest="path.exclude_countries", action="append", metavar="CC",
                         help="never use relays that declare this country (repeatable)")

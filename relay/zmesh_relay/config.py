@@ -228,6 +228,8 @@ SETTINGS: dict[str, Setting] = {
                                                "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
     "path.exclude_countries": Setting(list, [], _countries, "country codes whose relays circuits never use"),
+    "client.data_dir": Setting(str, "", None, "folder keeping the entry guards so a restart uses the same ones "
+                                              "(0700, file 0600); empty: memory only"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),

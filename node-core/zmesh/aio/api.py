@@ -25,8 +25,9 @@ from ..cells import EndReason
 from ..circuit import MAX_HOPS, MIN_HOPS
 from ..descriptor import Descriptor
 from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
+from ..guards import GuardManager
 from ..identity import PeerId
-from ..path import PathSelector
+from ..path import PathSelector, listens
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .http import HttpResponse, http_get, parse_url
@@ -93,18 +94,21 @@ class MeshOptions:
 
 
 class MeshVPN:
-    """Connect to the mesh, open streams through exits, exchange messages with other nodes."""
+    """Connect to the mesh, open streams through exits, exchange messages with other nodes.
+    With ``guards``, circuits enter at its entry guards unless an ``entry`` is chosen or the
+    destination is reached through its relay (that relay is then the path's fixed second-to-last hop)."""
 
     def __init__(self, driver: NodeDriver, directory: Callable[[], Iterable[Descriptor]], *,
                  refresh: Callable[[], Awaitable[object]] | None = None,
                  selector: PathSelector | None = None, build_policy: BuildPolicy | None = None,
-                 inbox_size: int = 256, **options: Any) -> None:
+                 guards: GuardManager | None = None, inbox_size: int = 256, **options: Any) -> None:
         """``directory()`` lists the relays; ``refresh()``, if given, refetches that list (once, after
         a build failed: see ``zmesh.aio.building``)."""
         self.driver = driver
         self.directory = directory
         self.refresh = refresh
         self.selector = selector or PathSelector()
+        self.guards = guards
         self.build_policy = build_policy or BuildPolicy()
         self.options = MeshOptions().updated(**options)
         self._handlers: dict[str, list[Callable[[Any], Any]]] = {name: [] for name in EVENTS}
@@ -137,19 +141,23 @@ class MeshVPN:
             await self.disconnect()
         try:
             relays, target, entry = self._listing(destination)
+            guards = self.guards if entry is None and (target is None or listens(target)) else None
 
             async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
                 nonlocal relays, target, entry
                 if refetch and self.refresh is not None:
                     await self.refresh()
                     relays, target, entry = self._listing(destination)
-                return self.selector.select(relays, hops=self.options.hops, country=self.options.country,
-                                            destination=target, entry=entry, exclude=avoid | {self.peer_id},
-                                            exclude_countries=self.options.exclude_countries)
+                path = {"hops": self.options.hops, "country": self.options.country, "destination": target,
+                        "exclude": avoid | {self.peer_id}, "exclude_countries": self.options.exclude_countries}
+                if guards is not None:
+                    return guards.select(self.selector, relays, **path)
+                return self.selector.select(relays, entry=entry, **path)
 
             pinned = {hop.peer_id for hop in (target, entry) if hop is not None}
-            self._circuit, path = await build_around_failures(self.driver, choose, self.selector,
-                                                              policy=self.build_policy, pinned=pinned)
+            self._circuit, path = await build_around_failures(
+                self.driver, choose, self.selector, policy=self.build_policy, pinned=pinned,
+                first_hop=None if guards is None else guards.first_hop)
             if destination is not None:
                 self._message_stream = await self.driver.open_stream(self._circuit, "", MESSAGE_PORT)
                 self._readers.spawn(self._read_messages(self._message_stream))
@@ -201,6 +209,7 @@ class MeshVPN:
             "connected": self.connected,
             "circuit": self._circuit,
             "path": [p.text for p in self.driver.node.circuit_path(self._circuit)] if self.connected else [],
+            "guards": [p.text for p in self.guards.primary()] if self.guards is not None else [],
             "bytes_in": self._retired_in + sum(s.bytes_in for s in streams),
             "bytes_out": self._retired_out + sum(s.bytes_out for s in streams),
             "links": len(self.driver.links()),

@@ -7,7 +7,8 @@ on while the directory still offers a path, within ``max_attempts`` and a total 
 error at the end says which bound stopped it and what the last failure was.
 
 Every outcome is fed to the ``PathSelector``, so the next path draws on what was measured: the hop
-that failed, and for a built circuit each hop's latency (see ``_latencies_ms``).
+that failed, and for a built circuit each hop's latency (see ``_latencies_ms``). ``first_hop`` hears
+whether each build got through its first hop, which is what entry guards count (``zmesh.guards``).
 
 After the first failure the directory is refetched, once (``choose``'s ``refetch``): a stale list is
 a likely cause. A hop that refused the build because its onion key is outdated (it rotated and the
@@ -53,12 +54,14 @@ class BuildPolicy:
 
 async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector: PathSelector, *,
                                 policy: BuildPolicy | None = None, pinned: Collection[PeerId] = (),
+                                first_hop: Callable[[PeerId, bool], None] | None = None,
                                 clock: Callable[[], float] = time.monotonic) -> tuple[int, list[Descriptor]]:
     """Build a circuit on ``choose(excluded, refetch)``'s path, excluding each hop that failed.
 
     ``pinned`` hops (a chosen entry, a destination) cannot be routed around: a failure there is
     final. ``choose`` raising ``CircuitError`` (no path without the excluded hops) ends the search.
-    Outcomes and measured latencies are fed to ``selector``. Returns ``(circuit, path)``."""
+    Outcomes and measured latencies are fed to ``selector``; ``first_hop(peer, ok)`` is told when a
+    build failed at its first hop (``False``) or was built (``True``). Returns ``(circuit, path)``."""
     policy = policy or BuildPolicy()
     started = clock()
     avoid: set[PeerId] = set()
@@ -87,6 +90,8 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
                 log.info("circuit build failed at %s… (onion key outdated); refetching the directory", peer.short())
                 continue
             selector.record(peer, ok=False)
+            if first_hop is not None and peer == path[0].peer_id:
+                first_hop(peer, False)
             if peer in pinned:
                 raise
             avoid.add(peer)
@@ -94,6 +99,8 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
             continue
         for relay, latency_ms in zip(path, _latencies_ms(driver, path, built.build_seconds), strict=True):
             selector.record(relay.peer_id, ok=True, latency_ms=latency_ms)
+        if first_hop is not None:
+            first_hop(path[0].peer_id, True)
         return built.circuit, path
     assert failure is not None
     raise _gave_up(failure, f"{policy.max_attempts} attempts failed", avoid)

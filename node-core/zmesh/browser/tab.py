@@ -25,6 +25,7 @@ from ..backoff import Backoff
 from ..descriptor import Capabilities, Descriptor, sign_descriptor
 from ..directory_view import DirectoryView, RelayUpdate
 from ..errors import CircuitError, ConfigError, ProtocolError, StreamError, TransportError, ZmeshError
+from ..guards import GuardManager
 from ..identity import Identity, PeerId
 from ..link import Link
 from ..netaddr import LinkAddress, page_allows_private
@@ -229,6 +230,22 @@ async def settle(method: Callable[..., Awaitable[Any]], *args: Any) -> tuple[Any
         return None, error_info(exc)
 
 
+def tab_guards(saved: bytes | None, save: Callable[[Any], Any] | None) -> GuardManager:
+    """The tab's entry guards: from the state ``web/meshvpn.js`` keeps in IndexedDB beside the
+    identity, handed back to ``save`` (a JS function) on every change. Unlike the native client, a
+    corrupt saved state is replaced by a fresh sample, as a corrupt saved identity is: a page has
+    no one to ask to move a file away, and refusing would lock the tab out until its site data is cleared."""
+    on_change = None if save is None else (lambda state: save(to_js(state)))
+    rng = random.SystemRandom()
+    if saved:
+        try:
+            return GuardManager.from_bytes(saved, what="the tab's saved guard state", clock=time.time, rng=rng,
+                                           on_change=on_change)
+        except ConfigError as exc:
+            log.warning("%s; starting with a fresh guard sample", exc)
+    return GuardManager(clock=time.time, rng=rng, on_change=on_change)
+
+
 async def open_mesh(options: Any) -> Any:
     """Called by ``web/meshvpn.js``: start the tab's node and return a connected ``MeshVPN``."""
     from ..aio.api import MeshVPN
@@ -236,12 +253,14 @@ async def open_mesh(options: Any) -> Any:
     settings = options.to_py() if hasattr(options, "to_py") else dict(options)
     destination = settings.pop("destination", None)
     saved = settings.pop("saved_identity", None)
+    saved_guards, save_guards = settings.pop("saved_guards", None), settings.pop("save_guards", None)
     relay = settings.pop("relay", True)
     ice_servers = tuple(IceServer(tuple(s["urls"]), s.get("username"), s.get("credential"))
                         for s in settings.pop("ice_servers", []))
     timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
     node = await BrowserNode.start(bytes(saved) if saved is not None else None)
-    vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, **settings)
+    guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
+    vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, **settings)
     channels = (ChannelOptions(), *((FEC_CHANNEL,) if vpn.options.enable_fec else ()))
     rtc = RtcOptions(ice_servers, timeout, channels, ice_policy)
     node.dialer.mode = lambda: vpn.options.transport
