@@ -8,6 +8,8 @@ start, and an error names the bad key and where it came from.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -17,6 +19,7 @@ from typing import Any
 
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
+from zmesh.circuit_plan import CircuitPolicy
 from zmesh.errors import ConfigError
 from zmesh.node import NodeLimits
 
@@ -105,6 +108,17 @@ def _socks_limit(field: str) -> Callable[[Any], Any]:
     return lambda value: getattr(SocksLimits(**{field: value}), field)  # SocksLimits owns the rules
 
 
+_CIRCUITS = CircuitPolicy()
+
+
+def _circuit_policy(field: str) -> Callable[[Any], Any]:
+    return lambda value: getattr(CircuitPolicy(**{field: value}), field)  # CircuitPolicy owns the rules
+
+
+def _optional_host_port(value: str) -> str:
+    return _host_port(value) if value else value
+
+
 def _dial_timeout(value: float) -> float:
     if not 0 < value <= 300:
         raise ValueError("must be more than 0 and at most 300 seconds")
@@ -166,6 +180,14 @@ SETTINGS: dict[str, Setting] = {
     "network.allow_private_addresses": Setting(bool, False, None,
                                                "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
+    "client.max_circuit_dirtiness": Setting(float, _CIRCUITS.max_dirtiness, _circuit_policy("max_dirtiness"),
+                                            "seconds a circuit takes new streams after its first"),
+    "client.isolate_destination": Setting(bool, False, None, "a circuit per destination host as well"),
+    "client.circuit_pool": Setting(int, _CIRCUITS.pool_size, _circuit_policy("pool_size"),
+                                   "clean circuits kept built for new streams (0: none)"),
+    "client.control": Setting(str, "", _optional_host_port, "control port HOST:PORT (docs/control.md); empty: off"),
+    "client.control_allow_remote": Setting(bool, False, None,
+                                           "let the control port listen on a non-loopback address"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),
@@ -233,6 +255,38 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
 def socks_limits(config: dict[str, Any]) -> SocksLimits:
     return SocksLimits(config["socks.max_connections"], config["socks.handshake_timeout"],
                        config["socks.half_close_timeout"])
+
+
+def circuit_policy(config: dict[str, Any]) -> CircuitPolicy:
+    return CircuitPolicy(config["client.max_circuit_dirtiness"], config["client.circuit_pool"],
+                         isolate_destination=config["client.isolate_destination"])
+
+
+def control_address(config: dict[str, Any]) -> tuple[str, int] | None:
+    """Where the control port listens (None: off). It shows circuit paths to anyone who can reach
+    it, so a non-loopback address needs ``client.control_allow_remote``, and gets a warning."""
+    if not config["client.control"]:
+        return None
+    host, port = split_host_port(config["client.control"])
+    if not _loopback(host):
+        if not config["client.control_allow_remote"]:
+            raise ConfigError(f"client.control = {config['client.control']!r} is not a loopback address; the "
+                              "control port has no authentication and shows circuit paths, so it listens on "
+                              "loopback only (set client.control_allow_remote / --control-allow-remote to "
+                              "allow it anyway)")
+        logging.getLogger(__name__).warning(
+            "the control port listens on a non-loopback address: anyone who can reach it sees this "
+            "client's circuit paths")
+    return host, port
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name could resolve anywhere
 
 
 def rtc_options(config: dict[str, Any]) -> RtcOptions:
