@@ -52,6 +52,10 @@ class CircuitPolicy:
         if not isinstance(self.isolate_destination, bool):
             raise ConfigError("isolate_destination must be true or false")
 
+    def past_dirtiness(self, dirty_since: float | None, now: float) -> bool:
+        """Whether a circuit dirty since ``dirty_since`` (None: still clean) may take no new stream."""
+        return dirty_since is not None and now - dirty_since >= self.max_dirtiness
+
 
 @dataclass(frozen=True, slots=True)
 class IsolationKey:
@@ -127,8 +131,7 @@ class CircuitPlan:
 
     def expired(self, circuit: PlannedCircuit) -> bool:
         """Whether the circuit has been dirty too long to take new streams."""
-        return circuit.dirty_since is not None and \
-            self.clock() - circuit.dirty_since >= self.policy.max_dirtiness
+        return self.policy.past_dirtiness(circuit.dirty_since, self.clock())
 
     # ---------------------------------------------------------------- streams
 
