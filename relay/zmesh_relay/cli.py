@@ -84,7 +84,9 @@ async def cmd_client(cfg: dict[str, Any]) -> None:
         host, _ = settings.split_host_port(cfg["client.socks"])
         ready("socks", f"{host}:{client.socks_port}")
         if client.control_address is not None:
-            ready("control", f"{client.control_address[0]}:{client.control_port}")
+            control_host = client.control_address[0]
+            ready("control", f"[{control_host}]:{client.control_port}" if ":" in control_host
+                  else f"{control_host}:{client.control_port}")
 
     await run_until_signalled(start, client.stop)
 
