@@ -75,7 +75,7 @@ def test_isolation_keys_separate_credentials_and_optionally_destinations_and_hid
 
 
 def test_pool_circuits_are_claimed_by_the_first_stream_and_counted_for_refill():
-    circuits, _ = plan(pool_size=2, pool_builds=2)
+    circuits, clock = plan(pool_size=2, pool_builds=2, refill_delay=1.0)
     assert circuits.pool_wanted() == 2
     circuits.pool_building = 2
     assert circuits.pool_wanted() == 0  # builds in flight count
@@ -87,7 +87,9 @@ def test_pool_circuits_are_claimed_by_the_first_stream_and_counted_for_refill():
     claimed = circuits.attach(key, 80)
     assert claimed.handle == 1 and claimed.isolation == key and claimed.purpose == "general"
     assert claimed.dirty_since is not None and claimed.streams == 1
-    assert circuits.pool_wanted() == 1
+    assert circuits.pool_wanted() == 0 and circuits.next_deadline() == clock.now + 1.0  # the claimer goes first
+    clock.now += 1.0
+    assert circuits.pool_wanted() == 1 and circuits.next_deadline() is None
     assert circuits.attach(circuits.key_for((b"u", b"p"), "x"), 80) is None  # the exit of 2 refuses port 80
 
 
@@ -110,7 +112,8 @@ def test_snapshot_is_the_control_port_schema():
 
 
 @pytest.mark.parametrize("bad", [{"max_dirtiness": 0}, {"max_dirtiness": True}, {"pool_size": -1},
-                                 {"pool_size": 33}, {"pool_builds": 0}, {"isolate_destination": "yes"}])
+                                 {"pool_size": 33}, {"pool_builds": 0}, {"isolate_destination": "yes"},
+                                 {"refill_delay": -1}, {"refill_delay": 61}])
 def test_policy_limits_are_validated(bad):
     with pytest.raises(ConfigError):
         CircuitPolicy(**bad)

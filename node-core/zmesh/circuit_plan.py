@@ -8,7 +8,9 @@ IsolateSOCKSAuth / IsolateDestAddr and preemptive circuits:
   it is closed once it has none left (``detach`` says so, ``expired_idle`` finds those left idle).
 - every circuit in use carries one ``IsolationKey``; a stream goes only on a circuit with its key.
 - ``pool_size`` *clean* circuits (no stream, no key yet) are kept built; a stream whose key has no
-  usable circuit claims one and gives it its key, so it does not wait for a build.
+  usable circuit claims one and gives it its key, so it does not wait for a build. The pool is
+  refilled ``refill_delay`` seconds after a claim, not at once: the build's handshakes would compete
+  for the CPU with the stream that just claimed a circuit.
 - a key's circuit ends at an exit no other key's live circuit uses, where the pool or the
   directory offers one (``exits_in_use``): a preference, not a rule, since small meshes have few exits.
 
@@ -39,6 +41,7 @@ class CircuitPolicy:
     pool_size: int = 2
     pool_builds: int = 2
     isolate_destination: bool = False
+    refill_delay: float = 1.0  # after a claim, so the refill's handshakes do not slow the claiming stream
 
     def __post_init__(self) -> None:
         if isinstance(self.max_dirtiness, bool) or not isinstance(self.max_dirtiness, int | float) \
@@ -51,6 +54,9 @@ class CircuitPolicy:
             raise ConfigError(f"pool_builds must be 1..8, got {self.pool_builds!r}")
         if not isinstance(self.isolate_destination, bool):
             raise ConfigError("isolate_destination must be true or false")
+        if isinstance(self.refill_delay, bool) or not isinstance(self.refill_delay, int | float) \
+                or not 0 <= self.refill_delay <= 60:
+            raise ConfigError(f"refill_delay must be 0..60 seconds, got {self.refill_delay!r}")
 
     def past_dirtiness(self, dirty_since: float | None, now: float) -> bool:
         """Whether a circuit dirty since ``dirty_since`` (None: still clean) may take no new stream."""
@@ -94,6 +100,7 @@ class CircuitPlan:
         self._secret = secret or secrets.token_bytes(32)  # per run: descriptions do not link runs
         self._circuits: dict[int, PlannedCircuit] = {}
         self.pool_building = 0  # pool builds in flight, counted by the adapter
+        self._refill_at = 0.0  # no pool build before this: a pool circuit was just claimed
 
     def key_for(self, credentials: tuple[bytes, bytes] | None, host: str) -> IsolationKey:
         """The key of a stream with these SOCKS credentials (None: no authentication) to ``host``
@@ -145,6 +152,8 @@ class CircuitPlan:
             clean = [c for c in self._circuits.values() if c.isolation is None and c.allows_port(port)]
             busy = self.exits_in_use(key)
             usable = [c for c in clean if c.path[-1] not in busy] or clean  # a fresh exit if the pool has one
+            if usable:
+                self._refill_at = self.clock() + self.policy.refill_delay
         if not usable:
             return None
         circuit = max(usable, key=lambda c: c.created)  # the newest: it stays usable the longest
@@ -181,14 +190,19 @@ class CircuitPlan:
         return done
 
     def next_deadline(self) -> float | None:
-        """When ``expired_idle`` next has something to return (a circuit whose streams all ended)."""
-        return min((c.dirty_since + self.policy.max_dirtiness for c in self._circuits.values()
-                    if c.streams == 0 and c.dirty_since is not None), default=None)
+        """When ``expired_idle`` or ``pool_wanted`` next has something new to say."""
+        deadlines = [c.dirty_since + self.policy.max_dirtiness for c in self._circuits.values()
+                     if c.streams == 0 and c.dirty_since is not None]
+        if self._refill_at > self.clock():
+            deadlines.append(self._refill_at)
+        return min(deadlines, default=None)
 
     # ---------------------------------------------------------------- pool and view
 
     def pool_wanted(self) -> int:
-        """How many more pool builds to start now."""
+        """How many more pool builds to start now (none within ``refill_delay`` of a claim)."""
+        if self.clock() < self._refill_at:
+            return 0
         clean = sum(1 for c in self._circuits.values() if c.isolation is None)
         missing = self.policy.pool_size - clean - self.pool_building
         return max(0, min(missing, self.policy.pool_builds - self.pool_building))

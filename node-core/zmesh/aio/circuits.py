@@ -95,11 +95,13 @@ class CircuitManager:
             try:
                 stream = await self.driver.open_stream(circuit, host, port)
             except BaseException as exc:
+                self._changed.set()
                 await self._detached(circuit)
                 if not (isinstance(exc, StreamError) and exc.reason is EndReason.DESTROYED):
                     raise
                 self.plan.forget(circuit)  # the circuit died under us: build another
                 continue
+            self._changed.set()  # a pool circuit may have been claimed: plan its refill
             return TrackedStream(stream, functools.partial(self._detached, circuit))
         raise CircuitError("circuits keep failing; the mesh may be unreachable")
 
@@ -108,7 +110,6 @@ class CircuitManager:
             self.plan.keep_only(set(self.driver.node.circuits()))
             circuit = self.plan.attach(key, port)
             if circuit is not None:
-                self._changed.set()  # a pool circuit may have been claimed
                 return circuit.handle
             pending = self._pending.get(key.digest)
             if pending is not None:  # one build per key at a time; then try again
