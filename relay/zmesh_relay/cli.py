@@ -1,4 +1,4 @@
-"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``demo`` and ``status``.
+"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``demo``, ``status`` and ``config --check``.
 
 Each long-running command prints one line ``zmesh-ready <what> <address>`` on stdout once it is
 serving (scripts and tests wait for it), logs to stderr, and stops cleanly on SIGINT/SIGTERM. A
@@ -147,33 +147,50 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")
     client.add_argument("--socks-handshake-timeout", dest="socks.handshake_timeout", metavar="SECONDS")
     client.add_argument("--socks-half-close-timeout", dest="socks.half_close_timeout", metavar="SECONDS")
-    client.add_argument("--max-circuit-dirtiness", dest="client.max_circuit_dirtiness", metavar="SECONDS",
-                        help="seconds a circuit takes new streams after its first (default 600)")
-    client.add_argument("--isolate-destination", dest="client.isolate_destination", action="store_const",
-                        const=True, help="a circuit per destination host as well as per SOCKS credentials")
-    client.add_argument("--circuit-pool", dest="client.circuit_pool", metavar="N",
-                        help="clean circuits kept built (default 2, 0 disables)")
-    client.add_argument("--control", dest="client.control", metavar="HOST:PORT",
-                        help="serve the control port (loopback only; see docs/control.md)")
+    client.add_argument("--max-circuit-dirtiness", dest="client.max_circuit_dirtiness", metavar="SECONDS")
+    client.add_argument("--isolate-destination", dest="client.isolate_destination", action="store_const", const=True)
+    client.add_argument("--circuit-pool", dest="client.circuit_pool", metavar="N")
+    client.add_argument("--control", dest="client.control", metavar="HOST:PORT")
     client.add_argument("--control-allow-remote", dest="client.control_allow_remote", action="store_const",
-                        const=True, help="let --control listen on a non-loopback address")
+                        const=True)
 
     status = commands.add_parser("status", help="show a running client's circuits (its control port)")
     status.add_argument("--control", dest="client.control", metavar="HOST:PORT")
 
     demo = commands.add_parser("demo", help="run a whole local mesh and a test site")
-    demo.add_argument("--relays", type=int, default=4)
+    demo.add_argument("--relays", type=int, default=4, help="relays in the demo mesh, the last one an exit")
+
+    check = commands.add_parser("config", help="validate a zmesh.toml and print the effective settings")
+    check.add_argument("--check", metavar="FILE", required=True,
+                       help="the file to validate (with the environment's ZMESH_* on top)")
+
+    _help_from_settings(root)
     return root
+
+
+def _help_from_settings(root: argparse.ArgumentParser) -> None:
+    """A flag that sets a setting and has no help of its own says what the setting says, so the
+    CLI and ``zmesh.example.toml`` describe a setting in the same words."""
+    for action in root._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _help_from_settings(command)
+        elif action.help is None and action.dest in settings.SETTINGS:
+            action.help = settings.SETTINGS[action.dest].help
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     command, config_file, relays = args.pop("command"), args.pop("config"), args.pop("relays", 4)
+    config_file = args.pop("check", None) or config_file
     try:
         cfg = settings.load(config_file, flags=args)
     except ConfigError as exc:
         print(f"zmesh: {exc}", file=sys.stderr)
         return 2
+    if command == "config":
+        print("\n".join(settings.describe(cfg)))
+        return 0
     logging.basicConfig(level=cfg["metrics.log_level"], stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {"signal": lambda: cmd_signal(cfg), "relay": lambda: cmd_relay(cfg),

@@ -8,7 +8,9 @@ start, and an error names the bad key and where it came from.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import json
 import logging
 import os
 import tomllib
@@ -23,6 +25,7 @@ from zmesh.circuit_plan import CircuitPolicy
 from zmesh.errors import ConfigError
 from zmesh.node import NodeLimits
 
+from .exit_policy import ExitRule
 from .socks5 import SocksLimits
 
 
@@ -137,6 +140,20 @@ def _positive(value: int) -> int:
     return value
 
 
+def _build_timeout(value: float) -> float:
+    if not 0 < value <= 600:
+        raise ValueError("must be more than 0 and at most 600 seconds")
+    return value
+
+
+def _exit_rules(value: list) -> list:
+    for rule in value:
+        if not isinstance(rule, str):
+            raise ValueError("each rule is a CIDR:PORTS string")
+        ExitRule.parse(rule)  # the exit policy owns its grammar
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: type
@@ -149,7 +166,7 @@ _NODE = NodeLimits()  # the core's defaults are the relay's
 
 SETTINGS: dict[str, Setting] = {
     "core.hops": Setting(int, 3, _hops, "relays per circuit"),
-    "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
+    "core.build_timeout": Setting(float, 30.0, _build_timeout, "seconds to build one circuit"),
     "transport.kind": Setting(str, "auto", _transport, "auto (WebRTC, else WebSocket), webrtc, websocket"),
     "transport.webrtc_timeout": Setting(float, 10.0, _webrtc_timeout, "seconds for WebRTC to open before a fallback"),
     "transport.dial_timeout": Setting(float, 10.0, _dial_timeout,
@@ -167,7 +184,7 @@ SETTINGS: dict[str, Setting] = {
     "relay.data_dir": Setting(str, "~/.zmesh/relay", None, "identity key folder (created 0700, key 0600)"),
     "relay.exit": Setting(bool, False, None, "act as an exit"),
     "relay.country": Setting(str, "", _country, "advertised country code"),
-    "relay.bandwidth": Setting(int, 10_000_000, None, "advertised bandwidth, bytes/s"),
+    "relay.bandwidth": Setting(int, 10_000_000, _at_least_one, "advertised bandwidth, bytes/s"),
     "relay.listing_wait": Setting(float, 30.0, _listing_wait,
                                   "seconds to wait for the directory to list this relay before it reports ready"),
     "relay.max_links": Setting(int, _NODE.max_links, _at_least_one,
@@ -176,7 +193,8 @@ SETTINGS: dict[str, Setting] = {
     "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
     "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
                                     "circuit handshakes per second per link"),
-    "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
+    "security.exit_allow": Setting(list, [], _exit_rules,
+                                   "CIDR:PORTS rules an exit may reach despite the default deny"),
     "network.allow_private_addresses": Setting(bool, False, None,
                                                "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
@@ -250,6 +268,24 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
         if value is not None:
             values[name] = _coerce(name, value, "command line")
     return values
+
+
+def describe(config: dict[str, Any]) -> list[str]:
+    """The effective settings as ``name = value`` lines (JSON values), secrets masked: what
+    ``zmesh config --check`` prints, so an operator sees what a file, the environment and the
+    defaults add up to."""
+    return [f"{name} = {json.dumps(_plain(config[name]))}" for name in SETTINGS]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if fields.get("credential") is not None:
+            fields["credential"] = "(set)"
+        return fields
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def socks_limits(config: dict[str, Any]) -> SocksLimits:
