@@ -6,6 +6,9 @@
     await vpn.connect(destination=peer_id)       # a circuit whose last hop is that node
     await vpn.send(b"hello"); reply = await vpn.receive()
 
+An exit circuit takes new streams for ``CircuitPolicy.max_dirtiness`` seconds (10 min) after its
+first, then ``open_stream`` moves on to a fresh one, as ``zmesh client`` does (``docs/control.md``).
+
 Messages to a destination travel on a stream to the destination's message service (empty host,
 port ``MESSAGE_PORT``), each framed as a 4-byte big-endian length and the bytes. The node wiring
 (links, directory) is supplied by the caller: memory links in tests, real transports natively and
