@@ -117,4 +117,38 @@ def test_excluded_countries_are_normalised_and_kept_out_of_the_path(provider):
             await vpn.disconnect()
         await net.close()
 
+
+def test_a_circuit_dirty_past_the_limit_is_replaced_before_a_new_stream_and_closed_after_its_last(provider):
+    """Issue 11: MeshVPN does not reuse one circuit forever. On a fake clock: after
+    ``max_dirtiness`` seconds of use the next stream goes on a new circuit; the open stream keeps
+    its circuit until it ends, and that circuit is closed then."""
+    from zmesh.circuit_plan import CircuitPolicy
+
+    async def main():
+        net = MemoryNetwork(provider)
+        for index in range(4):
+            await net.add_node(exit=index == 3, stream_handler=echo_service if index == 3 else None)
+        now = [0.0]
+        alice = MeshVPN(await net.add_node(), lambda: list(net.descriptors.values()),
+                        circuit_policy=CircuitPolicy(max_dirtiness=60), clock=lambda: now[0])
+        try:
+            await alice.connect(hops=3)
+            first = await alice.open_stream("echo.test", 7)
+            old = alice.get_stats()["circuit"]
+            now[0] += 59
+            await (await alice.open_stream("echo.test", 7)).close()
+            assert alice.get_stats()["circuit"] == old  # not yet past the limit
+            now[0] += 1
+            second = await alice.open_stream("echo.test", 7)
+            assert second.circuit != old == first.circuit
+            assert set(alice.driver.node.circuits()) == {old, second.circuit}  # the old one still carries `first`
+            await first.write(b"still here")
+            assert await asyncio.wait_for(first.read(), 10) == b"still here"
+            await first.close()
+            await (await alice.open_stream("echo.test", 7)).close()
+            assert alice.driver.node.circuits() == [second.circuit]  # closed once its last stream ended
+        finally:
+            await alice.close()
+            await net.close()
+
     asyncio.run(main())

@@ -13,6 +13,7 @@ import pytest
 from zmesh.aio.rtc import ChannelOptions
 from zmesh.errors import ConfigError
 from zmesh.identity import PeerId
+from zmesh_relay import config
 from zmesh_relay.cli import parser
 from zmesh_relay.config import SETTINGS, describe, load, rtc_options
 
@@ -108,6 +109,27 @@ def test_family_and_excluded_countries_from_flags_env_and_cli():
     assert load(env={}, flags={"path.exclude_countries": args["path.exclude_countries"]})["path.exclude_countries"] \
         == ("US", "FR")
     assert load(env={})["relay.family"] == () and load(env={})["path.exclude_countries"] == ()
+
+
+@pytest.mark.parametrize("address, allowed", [("127.0.0.1:0", True), ("127.9.0.1:9051", True), ("[::1]:0", True),
+                                              ("localhost:0", True), ("0.0.0.0:0", False), ("10.99.0.1:1", False),
+                                              ("[::]:0", False), ("example.org:9051", False)])
+def test_the_control_port_is_loopback_only_unless_allowed(address, allowed):
+    cfg = config.load(env={}, flags={"client.control": address})
+    if allowed:
+        assert config.control_address(cfg) is not None
+    else:
+        with pytest.raises(ConfigError, match="not a loopback address.*control-allow-remote"):
+            config.control_address(cfg)
+        remote = config.load(env={}, flags={"client.control": address, "client.control_allow_remote": True})
+        assert config.control_address(remote) == config.split_host_port(address)
+
+
+def test_circuit_settings_are_validated_by_the_policy():
+    assert config.circuit_policy(config.load(env={})).max_dirtiness == 600 == 10 * 60
+    for flags in ({"client.max_circuit_dirtiness": "0"}, {"client.circuit_pool": "-1"}, {"client.control": "nope"}):
+        with pytest.raises(ConfigError, match=next(iter(flags))):
+            config.load(env={}, flags=flags)
 
 
 ROOT = Path(__file__).resolve().parents[1]

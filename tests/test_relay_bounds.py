@@ -181,7 +181,9 @@ async def _fetch_seconds(socks: tuple[str, int], port: int, isolation: str) -> f
 
 def test_a_create_flood_on_every_relay_keeps_fresh_circuit_fetches_within_3x_of_idle(tmp_path, env=None):
     files, files_port = _http_server()
-    processes, _ = start_mesh(tmp_path, files_port, relays=3, exits=1, env=env)
+    # No circuit pool: every fetch below must build its own circuit, idle and flooded alike.
+    processes, _ = start_mesh(tmp_path, files_port, relays=3, exits=1,
+                              env={**(env or {}), "ZMESH_CLIENT_CIRCUIT_POOL": "0"})
     relays, (host, port) = processes[1:-1], processes[-1].address[0].rsplit(":", 1)
     socks = (host, int(port))
 

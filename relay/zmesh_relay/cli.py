@@ -1,7 +1,9 @@
-"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``demo`` and ``config --check``.
+"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``demo``, ``status`` and ``config --check``.
 
 Each long-running command prints one line ``zmesh-ready <what> <address>`` on stdout once it is
-serving (scripts and tests wait for it), logs to stderr, and stops cleanly on SIGINT/SIGTERM.
+serving (scripts and tests wait for it), logs to stderr, and stops cleanly on SIGINT/SIGTERM. A
+client with a control port prints a second line, ``zmesh-ready control HOST:PORT``, after its
+``socks`` line. ``status`` prints a client's control port (``docs/control.md``) as a table.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from zmesh.errors import ConfigError, ZmeshError
+from zmesh.errors import ConfigError, TransportError, ZmeshError
 
 from . import config as settings
 
@@ -81,8 +83,30 @@ async def cmd_client(cfg: dict[str, Any]) -> None:
         await client.start()
         host, _ = settings.split_host_port(cfg["client.socks"])
         ready("socks", f"{host}:{client.socks_port}")
+        if client.control_address is not None:
+            control_host = client.control_address[0]
+            ready("control", f"[{control_host}]:{client.control_port}" if ":" in control_host
+                  else f"{control_host}:{client.control_port}")
 
     await run_until_signalled(start, client.stop)
+
+
+async def cmd_status(cfg: dict[str, Any]) -> None:
+    import aiohttp
+
+    from .status import circuits_table
+
+    if not cfg["client.control"]:
+        raise ConfigError("zmesh status needs --control HOST:PORT (the client's control port)")
+    url = f"http://{cfg['client.control']}/v1/circuits"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
+                session.get(url) as response:
+            response.raise_for_status()
+            document = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise TransportError(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
+    print(circuits_table(document))
 
 
 async def cmd_demo(cfg: dict[str, Any], relays: int) -> None:
@@ -133,6 +157,15 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")
     client.add_argument("--socks-handshake-timeout", dest="socks.handshake_timeout", metavar="SECONDS")
     client.add_argument("--socks-half-close-timeout", dest="socks.half_close_timeout", metavar="SECONDS")
+    client.add_argument("--max-circuit-dirtiness", dest="client.max_circuit_dirtiness", metavar="SECONDS")
+    client.add_argument("--isolate-destination", dest="client.isolate_destination", action="store_const", const=True)
+    client.add_argument("--circuit-pool", dest="client.circuit_pool", metavar="N")
+    client.add_argument("--control", dest="client.control", metavar="HOST:PORT")
+    client.add_argument("--control-allow-remote", dest="client.control_allow_remote", action="store_const",
+                        const=True)
+
+    status = commands.add_parser("status", help="show a running client's circuits (its control port)")
+    status.add_argument("--control", dest="client.control", metavar="HOST:PORT")
 
     demo = commands.add_parser("demo", help="run a whole local mesh and a test site")
     demo.add_argument("--relays", type=int, default=4, help="relays in the demo mesh, the last one an exit")
@@ -171,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg["metrics.log_level"], stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {"signal": lambda: cmd_signal(cfg), "relay": lambda: cmd_relay(cfg),
-               "client": lambda: cmd_client(cfg), "demo": lambda: cmd_demo(cfg, relays)}
+               "client": lambda: cmd_client(cfg), "demo": lambda: cmd_demo(cfg, relays),
+               "status": lambda: cmd_status(cfg)}
     try:
         asyncio.run(runners[command]())
     except ZmeshError as exc:

@@ -9,7 +9,9 @@ start, and an error names the bad key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import logging
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -19,6 +21,7 @@ from typing import Any
 
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
+from zmesh.circuit_plan import CircuitPolicy
 from zmesh.descriptor import MAX_FAMILY
 from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
@@ -130,6 +133,17 @@ def _socks_limit(field: str) -> Callable[[Any], Any]:
     return lambda value: getattr(SocksLimits(**{field: value}), field)  # SocksLimits owns the rules
 
 
+_CIRCUITS = CircuitPolicy()
+
+
+def _circuit_policy(field: str) -> Callable[[Any], Any]:
+    return lambda value: getattr(CircuitPolicy(**{field: value}), field)  # CircuitPolicy owns the rules
+
+
+def _optional_host_port(value: str) -> str:
+    return _host_port(value) if value else value
+
+
 def _dial_timeout(value: float) -> float:
     if not 0 < value <= 300:
         raise ValueError("must be more than 0 and at most 300 seconds")
@@ -230,6 +244,14 @@ SETTINGS: dict[str, Setting] = {
     "path.exclude_countries": Setting(list, [], _countries, "country codes whose relays circuits never use"),
     "client.data_dir": Setting(str, "", None, "folder keeping the entry guards so a restart uses the same ones "
                                               "(0700, file 0600); empty: memory only"),
+    "client.max_circuit_dirtiness": Setting(float, _CIRCUITS.max_dirtiness, _circuit_policy("max_dirtiness"),
+                                            "seconds a circuit takes new streams after its first"),
+    "client.isolate_destination": Setting(bool, False, None, "a circuit per destination host as well"),
+    "client.circuit_pool": Setting(int, _CIRCUITS.pool_size, _circuit_policy("pool_size"),
+                                   "clean circuits kept built for new streams (0: none)"),
+    "client.control": Setting(str, "", _optional_host_port, "control port HOST:PORT (docs/control.md); empty: off"),
+    "client.control_allow_remote": Setting(bool, False, None,
+                                           "let the control port listen on a non-loopback address"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),
@@ -321,6 +343,38 @@ def _plain(value: Any) -> Any:
 def socks_limits(config: dict[str, Any]) -> SocksLimits:
     return SocksLimits(config["socks.max_connections"], config["socks.handshake_timeout"],
                        config["socks.half_close_timeout"])
+
+
+def circuit_policy(config: dict[str, Any]) -> CircuitPolicy:
+    return CircuitPolicy(config["client.max_circuit_dirtiness"], config["client.circuit_pool"],
+                         isolate_destination=config["client.isolate_destination"])
+
+
+def control_address(config: dict[str, Any]) -> tuple[str, int] | None:
+    """Where the control port listens (None: off). It shows circuit paths to anyone who can reach
+    it, so a non-loopback address needs ``client.control_allow_remote``, and gets a warning."""
+    if not config["client.control"]:
+        return None
+    host, port = split_host_port(config["client.control"])
+    if not _loopback(host):
+        if not config["client.control_allow_remote"]:
+            raise ConfigError(f"client.control = {config['client.control']!r} is not a loopback address; the "
+                              "control port has no authentication and shows circuit paths, so it listens on "
+                              "loopback only (set client.control_allow_remote / --control-allow-remote to "
+                              "allow it anyway)")
+        logging.getLogger(__name__).warning(
+            "the control port listens on a non-loopback address: anyone who can reach it sees this "
+            "client's circuit paths")
+    return host, port
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name could resolve anywhere
 
 
 def rtc_options(config: dict[str, Any]) -> RtcOptions:

@@ -34,7 +34,8 @@ from .splice import StreamLike, splice
 
 log = logging.getLogger(__name__)
 
-OpenStream = Callable[[str, int, object], Awaitable[StreamLike]]
+Credentials = tuple[bytes, bytes]  # RFC 1929 username and password
+OpenStream = Callable[[str, int, Credentials | None], Awaitable[StreamLike]]
 
 NO_AUTH, USER_PASS, NO_ACCEPTABLE = 0x00, 0x02, 0xFF
 CONNECT = 0x01
@@ -168,12 +169,12 @@ class Socks5Server:
                      on_half_close=lambda: self._mark(task, idle=True))
 
     async def _handshake(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> tuple[str, int, object]:
+                         writer: asyncio.StreamWriter) -> tuple[str, int, Credentials | None]:
         version, count = await reader.readexactly(2)
         if version != 5:
             raise ValueError("not SOCKS5")
         methods = await reader.readexactly(count)
-        isolation: object = None
+        isolation: Credentials | None = None
         if USER_PASS in methods:
             writer.write(bytes([5, USER_PASS]))
             await writer.drain()

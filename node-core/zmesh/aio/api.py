@@ -6,6 +6,9 @@
     await vpn.connect(destination=peer_id)       # a circuit whose last hop is that node
     await vpn.send(b"hello"); reply = await vpn.receive()
 
+An exit circuit takes new streams for ``CircuitPolicy.max_dirtiness`` seconds (10 min) after its
+first, then ``open_stream`` moves on to a fresh one, as ``zmesh client`` does (``docs/control.md``).
+
 Messages to a destination travel on a stream to the destination's message service (empty host,
 port ``MESSAGE_PORT``), each framed as a 4-byte big-endian length and the bytes. The node wiring
 (links, directory) is supplied by the caller: memory links in tests, real transports natively and
@@ -17,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..cells import EndReason
 from ..circuit import MAX_HOPS, MIN_HOPS
+from ..circuit_plan import CircuitPolicy
 from ..descriptor import Descriptor
 from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from ..guards import GuardManager
@@ -101,10 +106,13 @@ class MeshVPN:
     def __init__(self, driver: NodeDriver, directory: Callable[[], Iterable[Descriptor]], *,
                  refresh: Callable[[], Awaitable[object]] | None = None,
                  selector: PathSelector | None = None, build_policy: BuildPolicy | None = None,
-                 guards: GuardManager | None = None, inbox_size: int = 256, **options: Any) -> None:
+                 guards: GuardManager | None = None, circuit_policy: CircuitPolicy | None = None,
+                 clock: Callable[[], float] = time.monotonic, inbox_size: int = 256, **options: Any) -> None:
         """``directory()`` lists the relays; ``refresh()``, if given, refetches that list (once, after
         a build failed: see ``zmesh.aio.building``)."""
         self.driver = driver
+        self.circuit_policy = circuit_policy or CircuitPolicy()  # its max_dirtiness; no pool here
+        self._clock = clock
         self.directory = directory
         self.refresh = refresh
         self.selector = selector or PathSelector()
@@ -114,6 +122,8 @@ class MeshVPN:
         self._handlers: dict[str, list[Callable[[Any], Any]]] = {name: [] for name in EVENTS}
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue(inbox_size)
         self._circuit: int | None = None
+        self._dirty_since: float | None = None  # the current circuit's first stream (circuit_policy)
+        self._retiring: set[int] = set()  # replaced circuits, closed once their streams have ended
         self._message_stream: MeshStream | None = None
         self._streams: list[MeshStream] = []
         self._retired_in = self._retired_out = 0  # bytes of streams no longer open
@@ -140,24 +150,7 @@ class MeshVPN:
         if self._circuit is not None:
             await self.disconnect()
         try:
-            relays, target, entry = self._listing(destination)
-            guards = self.guards if entry is None and (target is None or listens(target)) else None
-
-            async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
-                nonlocal relays, target, entry
-                if refetch and self.refresh is not None:
-                    await self.refresh()
-                    relays, target, entry = self._listing(destination)
-                path = {"hops": self.options.hops, "country": self.options.country, "destination": target,
-                        "exclude": avoid | {self.peer_id}, "exclude_countries": self.options.exclude_countries}
-                if guards is not None:
-                    return guards.select(self.selector, relays, **path)
-                return self.selector.select(relays, entry=entry, **path)
-
-            pinned = {hop.peer_id for hop in (target, entry) if hop is not None}
-            self._circuit, path = await build_around_failures(
-                self.driver, choose, self.selector, policy=self.build_policy, pinned=pinned,
-                first_hop=None if guards is None else guards.first_hop)
+            self._circuit, path = await self._build(destination)
             if destination is not None:
                 self._message_stream = await self.driver.open_stream(self._circuit, "", MESSAGE_PORT)
                 self._readers.spawn(self._read_messages(self._message_stream))
@@ -166,16 +159,51 @@ class MeshVPN:
             raise
         await self._emit("connect", {"circuit": self._circuit, "path": [p.peer_id.text for p in path]})
 
+    async def _build(self, destination: PeerId | str | None) -> tuple[int, list[Descriptor]]:
+        relays, target, entry = self._listing(destination)
+        guards = self.guards if entry is None and (target is None or listens(target)) else None
+
+        async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+            nonlocal relays, target, entry
+            if refetch and self.refresh is not None:
+                await self.refresh()
+                relays, target, entry = self._listing(destination)
+            path = {"hops": self.options.hops, "country": self.options.country, "destination": target,
+                    "exclude": avoid | {self.peer_id}, "exclude_countries": self.options.exclude_countries}
+            if guards is not None:
+                return guards.select(self.selector, relays, **path)
+            return self.selector.select(relays, entry=entry, **path)
+
+        pinned = {hop.peer_id for hop in (target, entry) if hop is not None}
+        built = await build_around_failures(self.driver, choose, self.selector, policy=self.build_policy,
+                                            pinned=pinned, first_hop=None if guards is None else guards.first_hop)
+        self._dirty_since = None
+        return built
+
     async def disconnect(self) -> None:
         circuit, self._circuit, self._message_stream = self._circuit, None, None
+        retiring, self._retiring = self._retiring, set()
+        for old in retiring:
+            await self.driver.destroy_circuit(old)
         if circuit is not None:
             await self.driver.destroy_circuit(circuit)
             await self._emit("disconnect", {"circuit": circuit})
 
     async def open_stream(self, host: str, port: int) -> MeshStream:
-        """A TCP-like stream to ``host:port``, resolved and connected by the exit."""
-        stream = await self.driver.open_stream(self._require_circuit(), host, port)
+        """A TCP-like stream to ``host:port``, resolved and connected by the exit. An exit circuit
+        that has carried streams for ``circuit_policy.max_dirtiness`` seconds is replaced first (the
+        old one is closed once its streams have ended), so what a user does over hours is not
+        linkable at one exit."""
+        circuit = self._require_circuit()
+        if self._message_stream is None and self.circuit_policy.past_dirtiness(self._dirty_since, self._clock()):
+            self._circuit, _ = await self._build(None)
+            self._retiring.add(circuit)
+            circuit = self._circuit
+        if self._dirty_since is None:
+            self._dirty_since = self._clock()
+        stream = await self.driver.open_stream(circuit, host, port)
         self._streams.append(stream)
+        await self._close_retired()
         return stream
 
     async def fetch(self, url: str) -> HttpResponse:
@@ -186,9 +214,8 @@ class MeshVPN:
         try:
             return await http_get(stream, host, path)
         finally:
-            self._streams.remove(stream)
-            self._retired_in += stream.bytes_in
-            self._retired_out += stream.bytes_out
+            await stream.close()
+            await self._close_retired()
 
     async def send(self, data: bytes) -> None:
         """Send one message to the connected destination."""
@@ -246,6 +273,18 @@ class MeshVPN:
             raise InvalidState("not connected: call connect() first")
         assert self._circuit is not None
         return self._circuit
+
+    async def _close_retired(self) -> None:
+        """Forget streams that ended (keeping their byte counts) and close replaced circuits that
+        carry none any more."""
+        for stream in [s for s in self._streams if s.ended is not None]:
+            self._streams.remove(stream)
+            self._retired_in += stream.bytes_in
+            self._retired_out += stream.bytes_out
+        busy = {s.circuit for s in self._streams}
+        for old in [c for c in self._retiring if c not in busy]:
+            self._retiring.discard(old)
+            await self.driver.destroy_circuit(old)
 
     def _serve_messages_then(self, fallback: Callable | None) -> Callable:
         async def handler(request: IncomingStream) -> None:
