@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .circuit import MAX_HOPS, MIN_HOPS
-from .descriptor import Descriptor
-from .errors import CircuitError, ConfigError
+from .descriptor import EXIT_KINDS, Descriptor
+from .errors import CircuitError, ConfigError, ExitPolicyError
 from .identity import PeerId
 
 
@@ -76,12 +76,14 @@ class PathSelector:
                 + w.diversity * diversity)
 
     def select(self, relays: Iterable[Descriptor], *, hops: int = 3, port: int | None = None,
-               country: str | None = None, exit_required: bool = True,
+               country: str | None = None, exit_kind: str | None = None, exit_required: bool = True,
                exclude: Iterable[PeerId] = (), destination: Descriptor | None = None,
                entry: Descriptor | None = None, rng: random.Random | None = None) -> list[Descriptor]:
         """Choose ``hops`` relays. With ``destination`` the path ends at that node instead of an
         exit; with ``entry`` it starts at that node (a first hop the user chose, like Tor's
-        EntryNodes). Raises ``ConfigError`` for a bad hop count and ``CircuitError`` if too few relays."""
+        EntryNodes). Raises ``ConfigError`` for a bad hop count, ``CircuitError`` if too few relays
+        (or no exit of that ``exit_kind`` and ``country``) and ``ExitPolicyError`` if no such exit
+        accepts ``port``: then no circuit is worth building."""
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ConfigError(f"hops must be {MIN_HOPS}..{MAX_HOPS}, got {hops}")
         rng = rng or random.SystemRandom()
@@ -105,9 +107,7 @@ class PathSelector:
         if destination is not None:
             last = destination
         else:
-            exits = [r for r in pool if not exit_required or (
-                r.capabilities.exit and (port is None or r.allows_port(port))
-                and (country is None or r.capabilities.country == country.upper()))]
+            exits = eligible_exits(pool, port=port, country=country, kind=exit_kind) if exit_required else pool
             last = self._draw(exits, [], max_bw, rng, "exit")
         chosen = [last]
         for _ in range(hops - 1 - (entry is not None)):
@@ -125,6 +125,23 @@ class PathSelector:
             raise CircuitError(f"not enough usable relays to pick a {what}")
         scores = [self.score(r, chosen, max_bw) for r in candidates]
         return rng.choices(candidates, weights=scores, k=1)[0]
+
+
+def eligible_exits(relays: Iterable[Descriptor], *, port: int | None = None, country: str | None = None,
+                   kind: str | None = None) -> list[Descriptor]:
+    """The exits of ``relays`` of that ``kind`` (``EXIT_KINDS``) and ``country`` whose published port
+    summary admits ``port`` (each constraint None: any). The error says which constraint no exit meets."""
+    if kind is not None and kind not in EXIT_KINDS:
+        raise ConfigError(f"exit kind must be one of {EXIT_KINDS}, got {kind!r}")
+    exits = [r for r in relays if r.capabilities.exit and kind in (None, r.capabilities.exit_kind)
+             and (country is None or r.capabilities.country == country.upper())]
+    wanted = " ".join(part for part in (kind, "exit", country and f"in country {country.upper()}") if part)
+    if not exits and (kind is not None or country is not None):
+        raise CircuitError(f"no {wanted} is in the directory (relays declare their country and kind themselves)")
+    accepting = [r for r in exits if port is None or r.allows_port(port)]
+    if exits and not accepting:
+        raise ExitPolicyError(f"no {wanted} accepts port {port}: their published exit policies refuse it")
+    return accepting
 
 
 def listens(relay: Descriptor) -> bool:
