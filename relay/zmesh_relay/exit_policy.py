@@ -211,7 +211,9 @@ class ExitPolicy:
 
     def _summarise(self) -> PortRanges:
         everywhere = [rule for rule in self.rules if rule.network is None]
-        cuts = sorted({1, 65536} | {edge for rule in everywhere for low, high in rule.ports for edge in (low, high + 1)})
+        # Between two consecutive cuts every port meets the same first * rule.
+        cuts = sorted({1, 65536} | {edge for rule in everywhere for low, high in rule.ports
+                                    for edge in (low, high + 1)})
         ranges: list[tuple[int, int]] = []
         for low, after in zip(cuts, cuts[1:], strict=False):
             if not next(rule for rule in everywhere if _in(low, rule.ports)).accept:
