@@ -1,7 +1,10 @@
 """``zmesh client``: a SOCKS5 front that carries each connection over a circuit.
 
 Circuits are kept per SOCKS credential pair (stream isolation, like Tor's IsolateSOCKSAuth):
-connections with different username/password never share a circuit. A circuit that dies is
+connections with different username/password never share a circuit. A connection takes a circuit
+whose exit's published policy admits its port, built for it if none does; a port no exit admits
+is refused at once (SOCKS 0x02) without building anything. ``client.exit_kind`` and
+``client.exit_country`` narrow the exits drawn (docs/exits.md). A circuit that dies is
 rebuilt on the next connection; builds route around the hops that fail (``zmesh.aio.building``).
 """
 
@@ -31,6 +34,9 @@ from .transports import NativeTransports
 
 log = logging.getLogger(__name__)
 
+# Circuits one isolation keeps: a port its exits refuse needs another exit, so more than one.
+MAX_CIRCUITS_PER_ISOLATION = 4
+
 
 class Client:
     def __init__(self, config: dict[str, Any]) -> None:
@@ -43,7 +49,8 @@ class Client:
         self.transports: NativeTransports | None = None
         self.socks: Socks5Server | None = None
         self.socks_port = 0
-        self._circuits: dict[object, int] = {}
+        # isolation → its circuits, oldest first, each with its exit (whose summary says which ports it takes)
+        self._circuits: dict[object, list[tuple[int, Descriptor]]] = {}
         self._building: dict[object, asyncio.Lock] = {}
         self._rng = random.SystemRandom()
 
@@ -71,26 +78,39 @@ class Client:
             except StreamError as exc:
                 if exc.reason is not EndReason.DESTROYED:
                     raise
-                self._circuits.pop(isolation, None)  # the circuit died under us: build another
+                self._forget(isolation, circuit)  # the circuit died under us: build another
         raise CircuitError("circuits keep failing; the mesh may be unreachable")
 
     async def _circuit_for(self, isolation: object, port: int) -> int:
+        """A live circuit of this isolation whose exit takes ``port``, else a new one. At most
+        ``MAX_CIRCUITS_PER_ISOLATION`` are kept: a new one beyond that destroys the oldest."""
         assert self.driver is not None
         lock = self._building.setdefault(isolation, asyncio.Lock())
         async with lock:
-            circuit = self._circuits.get(isolation)
-            if circuit is not None and circuit in self.driver.node.circuits():
-                return circuit
+            alive = set(self.driver.node.circuits())
+            kept = [(circuit, exit_) for circuit, exit_ in self._circuits.get(isolation, []) if circuit in alive]
+            for circuit, exit_ in kept:
+                if exit_.allows_port(port):
+                    self._circuits[isolation] = kept
+                    return circuit
 
             async def choose(avoid: frozenset[PeerId], attempt: int) -> list[Descriptor]:
                 # One refetch after the first failure, not one per attempt: the list may be large.
                 relays = await self.directory.relays(refresh=attempt == 1)
                 return self.selector.select(relays, hops=self.config["core.hops"], port=port,
+                                            country=self.config["client.exit_country"] or None,
+                                            exit_kind=self.config["client.exit_kind"] or None,
                                             exclude=avoid, rng=self._rng)
 
-            circuit, _ = await build_around_failures(self.driver, choose, self.selector)
-            self._circuits[isolation] = circuit
+            circuit, path = await build_around_failures(self.driver, choose, self.selector)
+            kept.append((circuit, path[-1]))
+            while len(kept) > MAX_CIRCUITS_PER_ISOLATION:
+                await self.driver.destroy_circuit(kept.pop(0)[0])
+            self._circuits[isolation] = kept
             return circuit
+
+    def _forget(self, isolation: object, circuit: int) -> None:
+        self._circuits[isolation] = [kept for kept in self._circuits.get(isolation, []) if kept[0] != circuit]
 
     async def stop(self) -> None:
         if self.socks is not None:

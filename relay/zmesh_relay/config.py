@@ -17,10 +17,13 @@ from typing import Any
 
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
+from zmesh.descriptor import EXIT_KINDS
 from zmesh.errors import ConfigError
 from zmesh.node import NodeLimits
 
+from .exit_policy import ExitRule, PolicyRule
 from .socks5 import SocksLimits
+from .upstream import Upstream
 
 
 def _host_port(value: str) -> str:
@@ -46,6 +49,28 @@ def _country(value: str) -> str:
     if value and (len(value) != 2 or not value.isascii() or not value.isalpha()):
         raise ValueError("must be a two-letter country code or empty")
     return value.upper()
+
+
+def _exit_policy(value: list) -> list:
+    for rule in value:
+        PolicyRule.parse(rule if isinstance(rule, str) else "")  # the exit owns the grammar (docs/exits.md)
+    return value
+
+
+def _exit_allow(value: list) -> list:
+    for rule in value:
+        ExitRule.parse(rule if isinstance(rule, str) else "")
+    return value
+
+
+def _upstream(value: str) -> str:
+    return str(Upstream.parse(value)) if value else ""
+
+
+def _exit_kind(value: str) -> str:
+    if value and value not in EXIT_KINDS:
+        raise ValueError(f"must be one of {', '.join(EXIT_KINDS)} or empty (any)")
+    return value
 
 
 def _level(value: str) -> str:
@@ -129,6 +154,7 @@ class Setting:
     default: Any
     check: Callable[[Any], Any] | None = None
     help: str = ""
+    separator: str = ","  # between the items of a list given as one string (the environment)
 
 
 _NODE = NodeLimits()  # the core's defaults are the relay's
@@ -162,10 +188,17 @@ SETTINGS: dict[str, Setting] = {
     "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
     "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
                                     "circuit handshakes per second per link"),
-    "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
+    "security.exit_allow": Setting(list, [], _exit_allow,
+                                   "CIDR:PORTS rules an exit may reach despite the default deny"),
+    "exit.policy": Setting(list, [], _exit_policy, "accept|reject ADDRESS:PORTS rules before the default policy, "
+                           "first match wins (docs/exits.md); ';' between rules in the environment", separator=";"),
+    "exit.upstream": Setting(str, "", _upstream, "http://HOST:PORT: reach targets through this HTTP CONNECT proxy"),
     "network.allow_private_addresses": Setting(bool, False, None,
                                                "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
+    "client.exit_kind": Setting(str, "", _exit_kind, "use only exits of this kind: direct or proxy (empty: any)"),
+    "client.exit_country": Setting(str, "", _country,
+                                   "use only exits declaring this two-letter country (self-declared, unmeasured)"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),
@@ -185,7 +218,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 raise ValueError("expected true or false")
             value = lowered in ("1", "true", "yes", "on")
         elif setting.kind is list and isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            value = [part.strip() for part in value.split(setting.separator) if part.strip()]
         elif setting.kind in (int, float) and isinstance(value, str):
             value = setting.kind(value)
         if setting.kind is float and isinstance(value, int) and not isinstance(value, bool):

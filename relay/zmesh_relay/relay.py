@@ -4,7 +4,8 @@ It accepts WebSocket links on ``/v1/link`` and WebRTC offers through the signal 
 the relays clients EXTEND to (``transport.kind``: WebRTC first, WebSocket as fallback),
 publishes its signed descriptor to the signal server and refreshes it before it expires.
 As an exit it resolves and checks every target against its ``ExitPolicy`` *at the exit* before
-connecting. On stop it DESTROYs its circuits and lets the descriptor expire.
+connecting, directly or through its ``exit.upstream`` HTTP CONNECT proxy (a ``proxy`` exit).
+On stop it DESTROYs its circuits and lets the descriptor expire.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aiohttp import web
 from zmesh.aio.driver import IncomingStream, NodeDriver
 from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from zmesh.directory_view import DirectoryView
-from zmesh.errors import ZmeshError
+from zmesh.errors import ConfigError, ZmeshError
 from zmesh.identity import PeerId
 from zmesh.link import Link
 from zmesh.native.crypto import NativeCryptoProvider
@@ -36,6 +37,7 @@ from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
 from .keys import load_or_create_identity
 from .splice import splice
 from .transports import NativeTransports
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,11 @@ class Relay:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.provider = NativeCryptoProvider()
-        self.exit_policy = ExitPolicy.from_rules(config["security.exit_allow"]) if config["relay.exit"] else None
+        self.exit_policy = ExitPolicy.from_rules(config["security.exit_allow"], policy=config["exit.policy"]
+                                                 ) if config["relay.exit"] else None
+        self.upstream = Upstream.parse(config["exit.upstream"]) if config["exit.upstream"] else None
+        if self.upstream is not None and self.exit_policy is None:
+            raise ConfigError("exit.upstream (--exit-upstream) is set but this relay is no exit; add --exit")
         self.signal = SignalClient(config["signaling.url"])
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.driver: NodeDriver | None = None
@@ -87,13 +93,14 @@ class Relay:
         await self._await_listed(self.config["relay.listing_wait"])
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
         log.info("relay %s listening on %s%s", identity.peer_id.short(), self.link_url,
-                 " (exit)" if self.exit_policy else "")
+                 "" if not self.exit_policy else " (exit)" if not self.upstream else f" (exit through {self.upstream})")
 
     async def _publish(self) -> None:
         assert self.driver is not None and self.transports is not None
         caps = Capabilities(relay=True, exit=self.exit_policy is not None,
                             country=self.config["relay.country"] or None,
-                            bandwidth=self.config["relay.bandwidth"])
+                            bandwidth=self.config["relay.bandwidth"],
+                            exit_kind="direct" if self.upstream is None else "proxy")
         self.descriptor = await sign_descriptor(
             self.provider, self.driver.node.identity, now=int(time.time()),
             addresses={"ws": (self.link_url,), **self.transports.addresses()}, capabilities=caps,
@@ -156,7 +163,8 @@ class Relay:
     async def _exit(self, request: IncomingStream) -> None:
         assert self.exit_policy is not None
         try:
-            reader, writer = await open_exit_connection(self.exit_policy, request.host, request.port)
+            reader, writer = await open_exit_connection(self.exit_policy, request.host, request.port,
+                                                        upstream=self.upstream)
         except ZmeshError as exc:
             log.debug("exit refused a stream: %s", exc)
             await request.reject(end_reason_for(exc))
