@@ -23,7 +23,7 @@ from typing import Any
 
 from ..cells import EndReason
 from ..circuit import MAX_HOPS, MIN_HOPS
-from ..descriptor import Descriptor
+from ..descriptor import EXIT_KINDS, Descriptor
 from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from ..identity import PeerId
 from ..path import PathSelector
@@ -37,7 +37,11 @@ MESSAGE_PORT = 1
 MAX_MESSAGE_SIZE = 1 << 20
 _LENGTH = struct.Struct(">I")
 EVENTS = ("message", "connect", "disconnect", "error")
-EXITS = ("direct", "cloudflare")
+# The exit kinds a circuit may end at (``zmesh.descriptor.EXIT_KINDS``). "cloudflare", the design's name,
+# is an alias of "proxy": any relay that exits through an upstream HTTP CONNECT proxy, whoever runs
+# the proxy; nothing here talks to, or prefers, one vendor.
+EXIT_ALIASES = {"cloudflare": "proxy"}
+EXITS = (*EXIT_KINDS, *EXIT_ALIASES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,7 @@ class MeshOptions:
     """
 
     hops: int = 3
-    exit: str = "direct"
+    exit: str = "direct"  # "direct" or "proxy" (alias "cloudflare"): how the circuit's exit reaches targets
     country: str | None = None
     enable_fec: bool = False  # the tab's WebRTC links get a lossy channel with FEC (read when it joins)
     transport: str = "auto"
@@ -60,9 +64,7 @@ class MeshOptions:
             raise ConfigError(f"hops must be an integer {MIN_HOPS}..{MAX_HOPS}, got {self.hops!r}")
         if self.exit not in EXITS:
             raise ConfigError(f"exit must be one of {EXITS}, got {self.exit!r}")
-        if self.exit == "cloudflare":
-            raise ConfigError("exit='cloudflare' (exiting through an upstream HTTP proxy) is not available "
-                              "yet; use exit='direct'")
+        object.__setattr__(self, "exit", EXIT_ALIASES.get(self.exit, self.exit))  # the kind, as descriptors say it
         check_transport(self.transport)
         if self.entry is not None:
             try:
@@ -130,7 +132,8 @@ class MeshVPN:
 
             def choose(avoid: frozenset[PeerId], _attempt: int) -> list[Descriptor]:
                 return self.selector.select(relays, hops=self.options.hops, country=self.options.country,
-                                            destination=target, entry=entry, exclude=avoid | {self.peer_id})
+                                            exit_kind=self.options.exit, destination=target, entry=entry,
+                                            exclude=avoid | {self.peer_id})
 
             pinned = {hop.peer_id for hop in (target, entry) if hop is not None}
             self._circuit, path = await build_around_failures(self.driver, choose, self.selector,
