@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINTED := node-core relay signaling tests playwright bench web/build_assets.py
 
-.PHONY: setup web-assets test lint bench demo clean
+.PHONY: setup web-assets test lint bench demo image container-test clean
 
 setup: $(STAMP) web-assets
 
@@ -47,6 +47,14 @@ bench: setup
 
 demo: setup
 	$(VENV)/bin/zmesh demo
+
+# The one container image of every role (deploy/Dockerfile; needs the page's assets, hence setup).
+image: setup
+	podman build -f deploy/Dockerfile -t localhost/zmesh:latest .
+
+# Builds the image and runs deploy/compose.yaml end to end (installs podman with apt when missing).
+container-test: setup
+	deploy/container-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info node-core/*.egg-info web/build web/node_modules

@@ -1,4 +1,4 @@
-"""The ``zmesh`` command: ``signal``, ``relay``, ``client`` and ``demo``.
+"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``demo`` and ``config --check``.
 
 Each long-running command prints one line ``zmesh-ready <what> <address>`` on stdout once it is
 serving (scripts and tests wait for it), logs to stderr, and stops cleanly on SIGINT/SIGTERM.
@@ -135,18 +135,39 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--socks-half-close-timeout", dest="socks.half_close_timeout", metavar="SECONDS")
 
     demo = commands.add_parser("demo", help="run a whole local mesh and a test site")
-    demo.add_argument("--relays", type=int, default=4)
+    demo.add_argument("--relays", type=int, default=4, help="relays in the demo mesh, the last one an exit")
+
+    check = commands.add_parser("config", help="validate a zmesh.toml and print the effective settings")
+    check.add_argument("--check", metavar="FILE", required=True,
+                       help="the file to validate (with the environment's ZMESH_* on top)")
+
+    _help_from_settings(root)
     return root
+
+
+def _help_from_settings(root: argparse.ArgumentParser) -> None:
+    """A flag that sets a setting and has no help of its own says what the setting says, so the
+    CLI and ``zmesh.example.toml`` describe a setting in the same words."""
+    for action in root._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _help_from_settings(command)
+        elif action.help is None and action.dest in settings.SETTINGS:
+            action.help = settings.SETTINGS[action.dest].help
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     command, config_file, relays = args.pop("command"), args.pop("config"), args.pop("relays", 4)
+    config_file = args.pop("check", None) or config_file
     try:
         cfg = settings.load(config_file, flags=args)
     except ConfigError as exc:
         print(f"zmesh: {exc}", file=sys.stderr)
         return 2
+    if command == "config":
+        print("\n".join(settings.describe(cfg)))
+        return 0
     logging.basicConfig(level=cfg["metrics.log_level"], stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {"signal": lambda: cmd_signal(cfg), "relay": lambda: cmd_relay(cfg),

@@ -8,6 +8,8 @@ start, and an error names the bad key and where it came from.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -49,18 +51,6 @@ def _country(value: str) -> str:
     if value and (len(value) != 2 or not value.isascii() or not value.isalpha()):
         raise ValueError("must be a two-letter country code or empty")
     return value.upper()
-
-
-def _exit_policy(value: list) -> list:
-    for rule in value:
-        PolicyRule.parse(rule if isinstance(rule, str) else "")  # the exit owns the grammar (docs/exits.md)
-    return value
-
-
-def _exit_allow(value: list) -> list:
-    for rule in value:
-        ExitRule.parse(rule if isinstance(rule, str) else "")
-    return value
 
 
 def _upstream(value: str) -> str:
@@ -148,6 +138,28 @@ def _positive(value: int) -> int:
     return value
 
 
+def _build_timeout(value: float) -> float:
+    if not 0 < value <= 600:
+        raise ValueError("must be more than 0 and at most 600 seconds")
+    return value
+
+
+def _exit_rules(value: list) -> list:
+    for rule in value:
+        if not isinstance(rule, str):
+            raise ValueError("each rule is a CIDR:PORTS string")
+        ExitRule.parse(rule)  # the exit policy owns its grammar
+    return value
+
+
+def _exit_policy(value: list) -> list:
+    for rule in value:
+        if not isinstance(rule, str):
+            raise ValueError("each rule is an 'accept|reject ADDRESS:PORTS' string")
+        PolicyRule.parse(rule)  # the exit policy owns its grammar (docs/exits.md)
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: type
@@ -161,7 +173,7 @@ _NODE = NodeLimits()  # the core's defaults are the relay's
 
 SETTINGS: dict[str, Setting] = {
     "core.hops": Setting(int, 3, _hops, "relays per circuit"),
-    "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
+    "core.build_timeout": Setting(float, 30.0, _build_timeout, "seconds to build one circuit"),
     "transport.kind": Setting(str, "auto", _transport, "auto (WebRTC, else WebSocket), webrtc, websocket"),
     "transport.webrtc_timeout": Setting(float, 10.0, _webrtc_timeout, "seconds for WebRTC to open before a fallback"),
     "transport.dial_timeout": Setting(float, 10.0, _dial_timeout,
@@ -179,7 +191,7 @@ SETTINGS: dict[str, Setting] = {
     "relay.data_dir": Setting(str, "~/.zmesh/relay", None, "identity key folder (created 0700, key 0600)"),
     "relay.exit": Setting(bool, False, None, "act as an exit"),
     "relay.country": Setting(str, "", _country, "advertised country code"),
-    "relay.bandwidth": Setting(int, 10_000_000, None, "advertised bandwidth, bytes/s"),
+    "relay.bandwidth": Setting(int, 10_000_000, _at_least_one, "advertised bandwidth, bytes/s"),
     "relay.listing_wait": Setting(float, 30.0, _listing_wait,
                                   "seconds to wait for the directory to list this relay before it reports ready"),
     "relay.max_links": Setting(int, _NODE.max_links, _at_least_one,
@@ -188,7 +200,7 @@ SETTINGS: dict[str, Setting] = {
     "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
     "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
                                     "circuit handshakes per second per link"),
-    "security.exit_allow": Setting(list, [], _exit_allow,
+    "security.exit_allow": Setting(list, [], _exit_rules,
                                    "CIDR:PORTS rules an exit may reach despite the default deny"),
     "exit.policy": Setting(list, [], _exit_policy, "accept|reject ADDRESS:PORTS rules before the default policy, "
                            "first match wins (docs/exits.md); ';' between rules in the environment", separator=";"),
@@ -261,6 +273,24 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
         if value is not None:
             values[name] = _coerce(name, value, "command line")
     return values
+
+
+def describe(config: dict[str, Any]) -> list[str]:
+    """The effective settings as ``name = value`` lines (JSON values), secrets masked: what
+    ``zmesh config --check`` prints, so an operator sees what a file, the environment and the
+    defaults add up to."""
+    return [f"{name} = {json.dumps(_plain(config[name]))}" for name in SETTINGS]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if fields.get("credential") is not None:
+            fields["credential"] = "(set)"
+        return fields
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def socks_limits(config: dict[str, Any]) -> SocksLimits:
