@@ -5,7 +5,7 @@ import ipaddress
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmesh.cells import EndReason
@@ -186,6 +186,26 @@ def test_a_policy_rule_never_opens_an_address_the_address_layer_refuses():
     with pytest.raises(ExitPolicyError, match="rule 'reject \\*:25' of the default policy"):
         allowed.check(ip("127.0.0.1"), 25)
     ExitPolicy.from_rules(["127.0.0.1/32:*"], policy=["accept *:25"]).check(ip("127.0.0.1"), 25)
+
+
+star_rules = st.lists(st.tuples(st.booleans(), st.integers(1, 400), st.integers(0, 30)), max_size=12).map(
+    lambda rules: [f"{'accept' if accept else 'reject'} *:{low}-{min(low + width, 65535)}"
+                   for accept, low, width in rules])
+
+
+@settings(max_examples=150, deadline=None)
+@given(rules=star_rules)
+def test_the_summary_admits_exactly_the_ports_the_policy_accepts_for_a_public_address(rules):
+    policy = ExitPolicy.from_rules([], policy=rules)
+    summary = policy.summary_ports()
+    assert all(high + 1 < low for (_, high), (low, _) in zip(summary, summary[1:], strict=False))  # merged, sorted
+    for port in [*range(1, 460), 587, 6881, 65535]:
+        try:
+            policy.check(ip("93.184.216.34"), port)
+            accepted = True
+        except ExitPolicyError:
+            accepted = False
+        assert accepted == any(low <= port <= high for low, high in summary), (rules, port)
 
 
 def test_a_policy_that_refuses_everything_publishes_no_ports():

@@ -94,6 +94,8 @@ class Relay:
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
         log.info("relay %s listening on %s%s", identity.peer_id.short(), self.link_url,
                  "" if not self.exit_policy else " (exit)" if not self.upstream else f" (exit through {self.upstream})")
+        if self.exit_policy is not None and not self.exit_policy.summary_ports():
+            log.warning("exit.policy accepts no port for every address (*): no client will choose this exit")
 
     async def _publish(self) -> None:
         assert self.driver is not None and self.transports is not None
