@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.test_native_mesh import ZMESH, Process, _Files, _health, _http_server, fetch
 from zmesh.cells import EndReason
 from zmesh.errors import CircuitError, StreamError, TransportError
@@ -51,10 +52,11 @@ def tinyproxy(tmp_path_factory):
     # No ConnectPort line: CONNECT to any port (the exit's policy is what decides, not the proxy).
     conf.write_text(f'Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 50\nLogFile "{log}"\nLogLevel Info\n')
     proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while "Accepting connections" not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None and time.monotonic() < deadline, f"tinyproxy did not start: {proc.stderr.read()}"
-        time.sleep(0.02)  # polling a file another process writes; no event to wait on
+    def settled() -> bool:
+        return proc.poll() is not None or "Accepting connections" in (log.read_text() if log.exists() else "")
+
+    asyncio.run(wait_until(settled, 10))
+    assert proc.poll() is None, f"tinyproxy did not start: {proc.stderr.read()}"
     yield {"port": port, "log": log}
     if proc.poll() is None:
         proc.terminate()
