@@ -28,7 +28,7 @@ from zmesh.errors import CircuitError, StreamError, TransportError
 from zmesh.identity import PeerId
 from zmesh_relay import config as settings
 from zmesh_relay.client import Client
-from zmesh_relay.socks5 import NETWORK_UNREACHABLE, NOT_ALLOWED, reply_for, socks5_connect
+from zmesh_relay.socks5 import NETWORK_UNREACHABLE, NOT_ALLOWED, Socks5Server, reply_for, socks5_connect
 
 BUILD_TIMEOUT = 30.0  # core.build_timeout's default: a refusal "at once" is a small fraction of it
 
@@ -126,6 +126,13 @@ def test_the_default_policy_refuses_port_25_at_the_exit(exits):
                 await client.driver.open_stream(circuit, "127.0.0.1", 25)
             stream = await client.driver.open_stream(circuit, "127.0.0.1", exits["files_port"])
             await stream.close(EndReason.DONE)
+            # and on the SOCKS wire, a front whose every CONNECT goes down that circuit
+            front = Socks5Server(lambda host, port, _isolation: client.driver.open_stream(circuit, host, port))
+            try:
+                with pytest.raises(TransportError, match="0x02: not allowed by ruleset"):
+                    await socks5_connect("127.0.0.1", await front.start("127.0.0.1", 0), "127.0.0.1", 25)
+            finally:
+                await front.close()
             return refused.value
         finally:
             await client.stop()
