@@ -44,6 +44,7 @@ bench: setup
 	tests/netns-run $(PY) bench/fec.py
 	tests/netns-run $(PY) bench/browser.py
 	tests/netns-run $(PY) bench/webrtc.py
+	tests/netns-run $(PY) bench/wan.py
 
 demo: setup
 	$(VENV)/bin/zmesh demo

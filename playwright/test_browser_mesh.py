@@ -72,8 +72,8 @@ def test_native_client_builds_a_circuit_through_a_tab(browser, mesh):
         finally:
             await client.stop()
 
-    status, body = run_native(through_the_tab())
-    assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
+    response = run_native(through_the_tab())
+    assert response.status == 200 and hashlib.sha256(response.body).digest() == hashlib.sha256(PAYLOAD).digest()
     assert page.evaluate("window.vpn.getStats().metrics.circuits_relayed") >= 1
     page.close()
 

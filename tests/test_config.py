@@ -12,8 +12,11 @@ import pytest
 
 from zmesh.aio.rtc import ChannelOptions
 from zmesh.errors import ConfigError
+from zmesh.identity import PeerId
 from zmesh_relay.cli import parser
 from zmesh_relay.config import SETTINGS, describe, load, rtc_options
+
+PEER, OTHER = PeerId(bytes(range(32))).text, PeerId(bytes(32)).text
 
 
 def test_layers_override_in_order(tmp_path):
@@ -30,6 +33,11 @@ def test_layers_override_in_order(tmp_path):
     ({"flags": {"client.socks": "nowhere"}}, "client.socks"),
     ({"flags": {"signaling.url": "ftp://x"}}, "signaling.url"),
     ({"flags": {"relay.country": "Germany"}}, "relay.country"),
+    ({"flags": {"path.exclude_countries": ["DE", "Germany"]}}, "path.exclude_countries"),
+    ({"env": {"ZMESH_PATH_EXCLUDE_COUNTRIES": "de,1x"}}, "path.exclude_countries"),
+    ({"flags": {"relay.family": ["not-a-peer-id"]}}, "relay.family"),
+    ({"flags": {"relay.family": [PEER, PEER]}}, "relay.family"),
+    ({"flags": {"relay.family": [PEER] * 33}}, "relay.family"),
 ])
 def test_bad_values_name_the_key_and_source(source, key):
     with pytest.raises(ConfigError, match=key):
@@ -89,6 +97,17 @@ def test_relay_bounds_must_be_at_least_one(name):
     defaults = load(env={})
     assert (defaults["relay.max_links"], defaults["relay.max_links_per_address"], defaults["relay.max_circuits"],
             defaults["relay.handshake_rate"]) == (1000, 32, 16384, 100.0)
+
+
+def test_family_and_excluded_countries_from_flags_env_and_cli():
+    cfg = load(env={"ZMESH_PATH_EXCLUDE_COUNTRIES": "de, nl"}, flags={"relay.family": [PEER]})
+    assert cfg["path.exclude_countries"] == ("DE", "NL") and cfg["relay.family"] == (PeerId.from_text(PEER),)
+    args = vars(parser().parse_args(["relay", "--family", PEER, "--family", OTHER]))
+    assert args["relay.family"] == [PEER, OTHER]
+    args = vars(parser().parse_args(["client", "--exclude-country", "us", "--exclude-country", "FR"]))
+    assert load(env={}, flags={"path.exclude_countries": args["path.exclude_countries"]})["path.exclude_countries"] \
+        == ("US", "FR")
+    assert load(env={})["relay.family"] == () and load(env={})["path.exclude_countries"] == ()
 
 
 ROOT = Path(__file__).resolve().parents[1]

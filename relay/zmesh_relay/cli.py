@@ -107,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--signal", dest="signaling.url", metavar="URL")
     relay.add_argument("--listen", dest="relay.listen", metavar="HOST:PORT")
     relay.add_argument("--data-dir", dest="relay.data_dir", metavar="DIR")
+    relay.add_argument("--advertise", dest="relay.advertise", metavar="URL")
+    relay.add_argument("--tls-cert", dest="relay.tls_cert", metavar="PEM")
+    relay.add_argument("--tls-key", dest="relay.tls_key", metavar="PEM")
     relay.add_argument("--exit", dest="relay.exit", action="store_const", const=True)
     relay.add_argument("--exit-allow", dest="security.exit_allow", action="append", metavar="CIDR:PORTS",
                        help="let the exit reach an otherwise refused range, e.g. 127.0.0.1/32:8000-8100")
@@ -117,19 +120,26 @@ def parser() -> argparse.ArgumentParser:
                        help="http://HOST:PORT: reach targets through this HTTP CONNECT proxy (a 'proxy' exit)")
     relay.add_argument("--country", dest="relay.country", metavar="CC",
                        help="two-letter country code to declare (self-declared: nothing checks it yet)")
+    relay.add_argument("--family", dest="relay.family", action="append", metavar="PEERID",
+                       help="another relay of the same operator (repeatable); honoured when it lists this one too")
     relay.add_argument("--max-links", dest="relay.max_links", type=int, metavar="N")
     relay.add_argument("--max-links-per-address", dest="relay.max_links_per_address", type=int, metavar="N")
     relay.add_argument("--max-circuits", dest="relay.max_circuits", type=int, metavar="N")
     relay.add_argument("--handshake-rate", dest="relay.handshake_rate", type=float, metavar="PER_S")
+    relay.add_argument("--onion-key-lifetime", dest="relay.onion_key_lifetime", type=float, metavar="SECONDS")
+    relay.add_argument("--onion-key-grace", dest="relay.onion_key_grace", type=float, metavar="SECONDS")
 
     client = commands.add_parser("client", help="run a SOCKS5 client")
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
+    client.add_argument("--data-dir", dest="client.data_dir", metavar="DIR")
     client.add_argument("--hops", dest="core.hops", type=int)
     client.add_argument("--exit-kind", dest="client.exit_kind", choices=("direct", "proxy"),
                         help="use only exits that connect directly, or only upstream-proxy exits (default: any)")
     client.add_argument("--exit-country", dest="client.exit_country", metavar="CC",
                         help="use only exits declaring this two-letter country (self-declared by relays)")
+    client.add_argument("--exclude-country", dest="path.exclude_countries", action="append", metavar="CC",
+                        help="never use relays that declare this country (repeatable)")
     client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")
     client.add_argument("--socks-handshake-timeout", dest="socks.handshake_timeout", metavar="SECONDS")
     client.add_argument("--socks-half-close-timeout", dest="socks.half_close_timeout", metavar="SECONDS")

@@ -6,6 +6,7 @@ whose exit's published policy admits its port, built for it if none does; a port
 is refused at once (SOCKS 0x02) without building anything. ``client.exit_kind`` and
 ``client.exit_country`` narrow the exits drawn (docs/exits.md). A circuit that dies is
 rebuilt on the next connection; builds route around the hops that fail (``zmesh.aio.building``).
+Every circuit enters at an entry guard (``self.guards``, ``zmesh.guards``), saved in ``client.data_dir``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
 from .config import socks_limits, split_host_port
+from .guard_file import open_guards
 from .socks5 import Socks5Server
 from .transports import NativeTransports
 
@@ -45,6 +47,7 @@ class Client:
         self.signal = SignalClient(config["signaling.url"])
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.selector = PathSelector()
+        self.guards = open_guards(config["client.data_dir"])
         self.driver: NodeDriver | None = None
         self.transports: NativeTransports | None = None
         self.socks: Socks5Server | None = None
@@ -94,15 +97,16 @@ class Client:
                     self._circuits[isolation] = kept
                     return circuit
 
-            async def choose(avoid: frozenset[PeerId], attempt: int) -> list[Descriptor]:
-                # One refetch after the first failure, not one per attempt: the list may be large.
-                relays = await self.directory.relays(refresh=attempt == 1)
-                return self.selector.select(relays, hops=self.config["core.hops"], port=port,
-                                            country=self.config["client.exit_country"] or None,
-                                            exit_kind=self.config["client.exit_kind"] or None,
-                                            exclude=avoid, rng=self._rng)
+            async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+                relays = await self.directory.relays(refresh=refetch)
+                return self.guards.select(self.selector, relays, hops=self.config["core.hops"], port=port,
+                                          country=self.config["client.exit_country"] or None,
+                                          exit_kind=self.config["client.exit_kind"] or None,
+                                          exclude=avoid, exclude_countries=self.config["path.exclude_countries"],
+                                          rng=self._rng)
 
-            circuit, path = await build_around_failures(self.driver, choose, self.selector)
+            circuit, path = await build_around_failures(self.driver, choose, self.selector,
+                                                        first_hop=self.guards.first_hop)
             kept.append((circuit, path[-1]))
             while len(kept) > MAX_CIRCUITS_PER_ISOLATION:
                 await self.driver.destroy_circuit(kept.pop(0)[0])

@@ -19,9 +19,12 @@ from typing import Any
 
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
-from zmesh.descriptor import EXIT_KINDS
-from zmesh.errors import ConfigError
+from zmesh.descriptor import EXIT_KINDS, MAX_FAMILY
+from zmesh.errors import ConfigError, ProtocolError
+from zmesh.identity import PeerId
+from zmesh.netaddr import LinkAddress
 from zmesh.node import NodeLimits
+from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
 
 from .exit_policy import ExitRule, PolicyRule
 from .socks5 import SocksLimits
@@ -61,6 +64,24 @@ def _exit_kind(value: str) -> str:
     if value and value not in EXIT_KINDS:
         raise ValueError(f"must be one of {', '.join(EXIT_KINDS)} or empty (any)")
     return value
+
+
+def _countries(value: list) -> tuple[str, ...]:
+    if not all(isinstance(code, str) and code for code in value):
+        raise ValueError("each entry must be a two-letter country code")
+    return tuple(_country(code) for code in value)
+
+
+def _family(value: list) -> tuple[PeerId, ...]:
+    """The operator's other relays, as PeerId text (each of them must list this relay too)."""
+    if len(value) > MAX_FAMILY:
+        raise ValueError(f"at most {MAX_FAMILY} relays")
+    if not all(isinstance(text, str) for text in value):
+        raise ValueError("each entry must be PeerId text")
+    family = tuple(PeerId.from_text(text) for text in value)
+    if len(set(family)) != len(family):
+        raise ValueError("a PeerId is listed twice")
+    return family
 
 
 def _level(value: str) -> str:
@@ -138,6 +159,15 @@ def _positive(value: int) -> int:
     return value
 
 
+def _link_address(value: str) -> str:
+    if value:
+        try:
+            LinkAddress.parse(value)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from exc
+    return value
+
+
 def _build_timeout(value: float) -> float:
     if not 0 < value <= 600:
         raise ValueError("must be more than 0 and at most 600 seconds")
@@ -188,10 +218,18 @@ SETTINGS: dict[str, Setting] = {
     "signaling.web_root": Setting(str, "", None, "folder served at / (default: the repository's web/)"),
     "signaling.max_relays_per_source": Setting(int, 8, _positive, "peers one address may publish to `zmesh signal`"),
     "relay.listen": Setting(str, "127.0.0.1:0", _host_port, "where a relay accepts links"),
+    "relay.advertise": Setting(str, "", _link_address,
+                               "the link address to publish, e.g. wss://relay.example.org/v1/link (default: "
+                               "the listening one; needed on 0.0.0.0 or behind a TLS proxy)"),
+    "relay.tls_cert": Setting(str, "", None, "PEM certificate (chain) to serve links over TLS; published pinned"),
+    "relay.tls_key": Setting(str, "", None, "PEM private key of relay.tls_cert"),
     "relay.data_dir": Setting(str, "~/.zmesh/relay", None, "identity key folder (created 0700, key 0600)"),
     "relay.exit": Setting(bool, False, None, "act as an exit"),
     "relay.country": Setting(str, "", _country, "advertised country code"),
     "relay.bandwidth": Setting(int, 10_000_000, _at_least_one, "advertised bandwidth, bytes/s"),
+    "relay.family": Setting(list, [], _family,
+                            f"PeerIds of the operator's other relays (at most {MAX_FAMILY}); honoured when they "
+                            "list this one too: no circuit then holds two of them"),
     "relay.listing_wait": Setting(float, 30.0, _listing_wait,
                                   "seconds to wait for the directory to list this relay before it reports ready"),
     "relay.max_links": Setting(int, _NODE.max_links, _at_least_one,
@@ -200,6 +238,10 @@ SETTINGS: dict[str, Setting] = {
     "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
     "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
                                     "circuit handshakes per second per link"),
+    "relay.onion_key_lifetime": Setting(float, float(DEFAULT_ONION_KEY_LIFETIME), None,
+                                        "seconds between onion key rotations"),
+    "relay.onion_key_grace": Setting(float, float(DEFAULT_ONION_KEY_GRACE), None,
+                                     "seconds a replaced onion key still answers CREATEs (old descriptors)"),
     "security.exit_allow": Setting(list, [], _exit_rules,
                                    "CIDR:PORTS rules an exit may reach despite the default deny"),
     "exit.policy": Setting(list, [], _exit_policy, "accept|reject ADDRESS:PORTS rules before the default policy, "
@@ -211,6 +253,9 @@ SETTINGS: dict[str, Setting] = {
     "client.exit_kind": Setting(str, "", _exit_kind, "use only exits of this kind: direct or proxy (empty: any)"),
     "client.exit_country": Setting(str, "", _country,
                                    "use only exits declaring this two-letter country (self-declared, unmeasured)"),
+    "path.exclude_countries": Setting(list, [], _countries, "country codes whose relays circuits never use"),
+    "client.data_dir": Setting(str, "", None, "folder keeping the entry guards so a restart uses the same ones "
+                                              "(0700, file 0600); empty: memory only"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),
@@ -272,6 +317,10 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = _coerce(name, value, "command line")
+    try:  # the two bound each other, so they are checked together
+        check_schedule(values["relay.onion_key_lifetime"], values["relay.onion_key_grace"])
+    except ConfigError as exc:
+        raise ConfigError(f"relay.{exc}") from exc
     return values
 
 
@@ -283,6 +332,8 @@ def describe(config: dict[str, Any]) -> list[str]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, PeerId):
+        return value.text
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if fields.get("credential") is not None:
