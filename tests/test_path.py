@@ -89,6 +89,12 @@ def test_exit_is_chosen_by_kind_and_a_constraint_no_exit_meets_is_named(provider
         PathSelector().select(relays, exit_kind="proxy", port=80)
     with pytest.raises(ConfigError, match="exit kind"):
         PathSelector().select(everyone, exit_kind="cloudflare")
+    # the one exit for a port excluded from this path (a failed hop, the chosen entry) leaves no path
+    # here, but another path (another guard) may use it: a CircuitError, not "no exit accepts"
+    with pytest.raises(CircuitError, match="every exit that would do is excluded"):
+        PathSelector().select(everyone, exit_kind="proxy", port=80, exclude=[proxy.peer_id])
+    with pytest.raises(CircuitError, match="excluded"):
+        PathSelector().select(everyone, exit_kind="proxy", port=80, entry=proxy)
 
 
 def test_too_few_relays_is_a_circuit_error(relays):

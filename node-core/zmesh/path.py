@@ -178,7 +178,7 @@ class PathSelector:
             last = [destination]
         else:
             last = []
-            exits = eligible_exits(pool, port=port, country=country, kind=exit_kind) if exit_required else pool
+            exits = self._exits(relays, pool, port, country, exit_kind) if exit_required else pool
         fixed = first + last
         for index, hop in enumerate(fixed):
             for other in fixed[index + 1:]:
@@ -197,6 +197,19 @@ class PathSelector:
             except CircuitError as exc:
                 error = exc
         raise error
+
+    @staticmethod
+    def _exits(relays: list[Descriptor], pool: list[Descriptor], port: int | None, country: str | None,
+               kind: str | None) -> list[Descriptor]:
+        """``eligible_exits`` of the pool, judged on every *listed* relay when the pool has none: an
+        exit left out of this path (excluded, or the chosen entry) may serve another path, so that is
+        a ``CircuitError`` (no path here), not "no exit accepts the port"."""
+        try:
+            return eligible_exits(pool, port=port, country=country, kind=kind)
+        except (ExitPolicyError, CircuitError):
+            eligible_exits(relays, port=port, country=country, kind=kind)  # raises what the directory lacks
+            raise CircuitError("every exit that would do is excluded from this path "
+                               "(a relay that failed, or the chosen entry)") from None
 
     def _draw(self, pool: list[Descriptor], chosen: Sequence[Descriptor], rules: _Rules, max_bw: int,
               rng: random.Random, what: str) -> Descriptor:
