@@ -9,15 +9,18 @@ LINTED := node-core relay signaling tests playwright bench web/build_assets.py
 
 setup: $(STAMP) web-assets
 
-# Python packages, Debian's chromium (for the real-browser tests; never a downloaded browser) and
-# the npm packages of the page (Pyodide, served from our own origin).
+# Python packages, Debian's chromium (for the real-browser tests; never a downloaded browser),
+# Debian's tinyproxy (the real HTTP CONNECT proxy behind the upstream-proxy exit in tests/test_exits.py)
+# and the npm packages of the page (Pyodide, served from our own origin).
+DEBIAN_PACKAGES := chromium tinyproxy
 $(STAMP): pyproject.toml web/package.json web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[native,dev]'
-	@if ! command -v chromium >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium is missing: run 'sudo apt-get install chromium'"; exit 1; fi; fi
+	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing:$$missing: run 'sudo apt-get install$$missing'"; exit 1; fi; fi
 	cd web && npm ci --no-audit --no-fund --silent
 	touch $(STAMP)
 

@@ -11,7 +11,7 @@ from zmesh.testing.memnet import MemoryNetwork, echo_service
 
 @pytest.mark.parametrize("options, key", [
     ({"hops": 1}, "hops"), ({"hops": 9}, "hops"), ({"hops": "3"}, "hops"),
-    ({"exit": "tor"}, "exit"), ({"exit": "cloudflare"}, "cloudflare"),
+    ({"exit": "tor"}, "exit"), ({"exit": "Cloudflare"}, "exit"),
     ({"enable_fec": True, "transport": "websocket"}, "enable_fec"),
     ({"transport": "carrier-pigeon"}, "transport"), ({"country": "Germany"}, "country"),
     ({"enable_fec": "yes"}, "enable_fec"), ({"colour": "blue"}, "colour"), ({"entry": "nobody"}, "entry"),
@@ -21,6 +21,32 @@ from zmesh.testing.memnet import MemoryNetwork, echo_service
 def test_bad_options_are_config_errors_naming_the_key(options, key):
     with pytest.raises(ConfigError, match=key):
         MeshOptions().updated(**options)
+
+
+def test_exit_proxy_and_its_alias_cloudflare_pick_only_upstream_proxy_exits(provider):
+    assert MeshOptions(exit="cloudflare").exit == "proxy" == MeshOptions().updated(exit="proxy").exit
+
+    async def main():
+        net = MemoryNetwork(provider)
+        for _ in range(3):
+            await net.add_node()
+        direct = await net.add_node(exit=True, stream_handler=echo_service)
+        proxy = await net.add_node(exit=True, exit_kind="proxy", stream_handler=echo_service)
+        vpn = MeshVPN(await net.add_node(), lambda: list(net.descriptors.values()), exit="cloudflare")
+        try:
+            last = set()
+            for _ in range(5):
+                await vpn.connect()
+                last.add(vpn.get_stats()["path"][-1])
+            await vpn.connect(exit="direct")
+            assert vpn.get_stats()["path"][-1] == direct.node.identity.peer_id.text
+            return last, proxy.node.identity.peer_id.text
+        finally:
+            await vpn.close()
+            await net.close()
+
+    last, proxy = asyncio.run(main())
+    assert last == {proxy}
 
 
 async def make(provider, relays=4):

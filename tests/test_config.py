@@ -185,3 +185,15 @@ def _zmesh(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZMESH_")}
     return subprocess.run([sys.executable, "-m", "zmesh_relay.cli", *args], capture_output=True, text=True,
                           env=env, timeout=60)
+
+
+def test_exit_policy_rules_are_checked_at_load_and_split_on_semicolons_in_the_environment():
+    loaded = load(env={"ZMESH_EXIT_POLICY": "accept *:25; reject *:80,443"})
+    assert loaded["exit.policy"] == ["accept *:25", "reject *:80,443"]
+    assert load(flags={"exit.policy": ["reject 10.0.0.0/8:*"]})["exit.policy"] == ["reject 10.0.0.0/8:*"]
+    for bad in ({"ZMESH_EXIT_POLICY": "accept *:25,reject *:80"}, {"ZMESH_EXIT_UPSTREAM": "http://proxy/path"},
+                {"ZMESH_CLIENT_EXIT_KIND": "cloudflare"}, {"ZMESH_CLIENT_EXIT_COUNTRY": "Sweden"}):
+        (variable,) = bad
+        with pytest.raises(ConfigError, match=variable.removeprefix("ZMESH_").lower().replace("_", ".", 1)):
+            load(env=bad)
+    assert load(env={"ZMESH_EXIT_UPSTREAM": "http://127.0.0.1:3128/"})["exit.upstream"] == "http://127.0.0.1:3128"

@@ -5,7 +5,7 @@ import ipaddress
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmesh.cells import EndReason
@@ -15,6 +15,7 @@ from zmesh_relay import exit_policy
 from zmesh_relay.exit_policy import (
     ExitPolicy,
     ExitRule,
+    PolicyRule,
     end_reason_for,
     open_exit_connection,
     resolve_and_check,
@@ -108,10 +109,11 @@ def test_bad_rules_are_config_errors_naming_the_rule(text):
     assert f"exit rule {text!r}" in str(info.value)
 
 
-@given(st.text(max_size=40))
-def test_rule_parsing_raises_only_config_errors(text):
+@pytest.mark.parametrize("parse", [ExitRule.parse, PolicyRule.parse], ids=["exit-allow", "exit.policy"])
+@given(text=st.text(max_size=40))
+def test_rule_parsing_raises_only_config_errors(parse, text):
     try:
-        ExitRule.parse(text)
+        parse(text)
     except ConfigError:
         pass
 
@@ -139,9 +141,97 @@ def test_allow_private_opens_hosts_but_not_unspecified_or_multicast():
             policy.check(ip(address), 80)
 
 
-def test_summary_ports_is_the_full_range():
-    assert ExitPolicy().summary_ports() == ((1, 65535),)
-    assert ExitPolicy.from_rules(["127.0.0.1/32:80"]).summary_ports() == ((1, 65535),)
+DEFAULT_SUMMARY = ((1, 24), (26, 118), (120, 134), (140, 444), (446, 464), (466, 562), (564, 586),
+                   (588, 1213), (1215, 4660), (4667, 6345), (6430, 6698), (6700, 6880), (7000, 65535))
+
+
+def test_default_policy_refuses_mail_and_abuse_prone_ports_and_publishes_the_rest():
+    policy = ExitPolicy()
+    assert policy.summary_ports() == DEFAULT_SUMMARY
+    for port in (25, 119, 135, 139, 445, 465, 563, 587, 1214, 4661, 4666, 6346, 6429, 6699, 6881, 6999):
+        with pytest.raises(ExitPolicyError, match=f"port {port}: rule 'reject \\*:[0-9-]+' of the default policy"):
+            policy.check(ip("8.8.8.8"), port)
+    for port in (1, 24, 26, 80, 443, 464, 466, 586, 588, 6880, 7000, 65535):
+        policy.check(ip("8.8.8.8"), port)
+    assert {str(rule) for rule in exit_policy.DEFAULT_POLICY} >= {"reject *:25", "reject *:6881-6999", "accept *:*"}
+
+
+def test_operator_rules_come_first_and_the_first_match_wins():
+    policy = ExitPolicy.from_rules([], policy=["reject 8.8.0.0/16:*", "accept *:25", "reject *:80,443",
+                                               "accept 1.1.1.1:80", "REJECT [2001:4860::]/32:22"])
+    policy.check(ip("1.1.1.1"), 25)  # accept *:25 before the default reject
+    policy.check(ip("::ffff:1.1.1.1"), 25)
+    with pytest.raises(ExitPolicyError, match="rule 'reject 8.8.0.0/16:\\*' of exit.policy"):
+        policy.check(ip("8.8.8.8"), 25)
+    with pytest.raises(ExitPolicyError, match="reject \\*:80,443"):
+        policy.check(ip("1.1.1.1"), 80)  # the later accept never gets a say
+    with pytest.raises(ExitPolicyError, match=re.escape("reject [2001:4860::]/32:22")):
+        policy.check(ip("2001:4860::8888"), 22)
+    policy.check(ip("2606:4700::1"), 22)
+    with pytest.raises(ExitPolicyError, match="default policy"):
+        policy.check(ip("1.1.1.1"), 587)
+    # the summary follows the * rules only: 25 opened, 80 and 443 closed
+    summary = policy.summary_ports()
+    assert any(low <= 25 <= high for low, high in summary)
+    assert not any(low <= port <= high for low, high in summary for port in (80, 443, 587))
+
+
+def test_a_policy_rule_never_opens_an_address_the_address_layer_refuses():
+    policy = ExitPolicy.from_rules([], policy=["accept *:*", "accept 127.0.0.0/8:*"])
+    with pytest.raises(ExitPolicyError, match="loopback address; to allow it, start the exit with --exit-allow"):
+        policy.check(ip("127.0.0.1"), 8080)
+    # --exit-allow opens the address; the port layer still applies to it
+    allowed = ExitPolicy.from_rules(["127.0.0.1/32:*"])
+    allowed.check(ip("127.0.0.1"), 8080)
+    with pytest.raises(ExitPolicyError, match="rule 'reject \\*:25' of the default policy"):
+        allowed.check(ip("127.0.0.1"), 25)
+    ExitPolicy.from_rules(["127.0.0.1/32:*"], policy=["accept *:25"]).check(ip("127.0.0.1"), 25)
+
+
+star_rules = st.lists(st.tuples(st.booleans(), st.integers(1, 400), st.integers(0, 30)), max_size=12).map(
+    lambda rules: [f"{'accept' if accept else 'reject'} *:{low}-{min(low + width, 65535)}"
+                   for accept, low, width in rules])
+
+
+@settings(max_examples=150, deadline=None)
+@given(rules=star_rules)
+def test_the_summary_admits_exactly_the_ports_the_policy_accepts_for_a_public_address(rules):
+    policy = ExitPolicy.from_rules([], policy=rules)
+    summary = policy.summary_ports()
+    assert all(high + 1 < low for (_, high), (low, _) in zip(summary, summary[1:], strict=False))  # merged, sorted
+    for port in [*range(1, 460), 587, 6881, 65535]:
+        try:
+            policy.check(ip("93.184.216.34"), port)
+            accepted = True
+        except ExitPolicyError:
+            accepted = False
+        assert accepted == any(low <= port <= high for low, high in summary), (rules, port)
+
+
+def test_a_policy_that_refuses_everything_publishes_no_ports():
+    assert ExitPolicy.from_rules([], policy=["reject *:*"]).summary_ports() == ()
+    assert ExitPolicy.from_rules([], policy=["accept *:80", "reject *:*"]).summary_ports() == ((80, 80),)
+
+
+def test_a_summary_too_long_for_a_descriptor_is_refused_at_start():
+    rules = [f"accept *:{port}" for port in range(1000, 1200, 2)] + ["reject *:*"]
+    with pytest.raises(ConfigError, match="separate port ranges"):
+        ExitPolicy.from_rules([], policy=rules)
+
+
+@pytest.mark.parametrize("rule", ["", "accept", "allow *:80", "accept *", "accept *:", "accept *:0",
+                                  "accept *:70000", "accept *:90-80", "accept 10.0.0.0/33:*", "accept ::1:80",
+                                  "accept [::1:80", "reject 10.0.0.1", "accept *:a", "accept **:80",
+                                  "accept 300.1.1.1:80", "accept *:80;reject *:*"])
+def test_bad_policy_rules_are_config_errors_naming_the_rule(rule):
+    with pytest.raises(ConfigError, match="exit policy rule .* is invalid"):
+        PolicyRule.parse(rule)
+
+
+def test_policy_rules_print_as_they_parse():
+    for text in ("accept *:25", "reject 10.0.0.0/8:*", "reject [2001:db8::]/32:80,443", "accept 1.2.3.4/32:1-1024"):
+        assert str(PolicyRule.parse(text)) == text
+        assert str(PolicyRule.parse(str(PolicyRule.parse(text)))) == text
 
 
 addresses = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6),

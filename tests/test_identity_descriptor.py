@@ -65,6 +65,29 @@ def test_descriptor_round_trip(provider, identity):
     assert parsed.allows_port(443) and not parsed.allows_port(22)
 
 
+def test_exit_kind_is_optional_on_the_wire_and_old_descriptors_read_as_direct(provider, identity):
+    direct = sign(provider, identity, capabilities=Capabilities(exit=True))
+    body, _ = msgpack.unpackb(direct.raw)
+    assert set(unpack_canonical(body, max_size=MAX_DESCRIPTOR_SIZE, what="t")["caps"]) == {
+        "relay", "exit", "country", "bandwidth"}  # the bytes an older node signs and reads
+    assert verify(provider, direct.raw).capabilities.exit_kind == "direct"
+    proxy = verify(provider, sign(provider, identity, capabilities=Capabilities(exit=True, exit_kind="proxy")).raw)
+    assert proxy.capabilities.exit_kind == "proxy"
+    with pytest.raises(ConfigError, match="exit kind"):
+        Capabilities(exit=True, exit_kind="cloudflare")  # an alias of the API, never on the wire
+
+
+def test_the_default_exit_policy_summary_fits_a_descriptor_and_says_which_ports(provider, identity):
+    from zmesh_relay.exit_policy import ExitPolicy
+
+    summary = ExitPolicy().summary_ports()
+    parsed = verify(provider, sign(provider, identity, capabilities=Capabilities(exit=True),
+                                   exit_ports=summary).raw)
+    assert parsed.exit_ports == summary
+    assert [port for port in (22, 25, 80, 443, 445, 465, 587, 6881, 8080) if parsed.allows_port(port)] == [
+        22, 80, 443, 8080]
+
+
 def test_forged_signature_is_rejected(provider, identity):
     body, signature = msgpack.unpackb(sign(provider, identity).raw)
     forged = pack_canonical([body, bytes([signature[0] ^ 1]) + signature[1:]])
@@ -103,6 +126,9 @@ def _resigned(provider, identity, mutate):
     (lambda f: f.__setitem__("expires", f["published"] + 10 * 24 * 3600), ProtocolError),
     (lambda f: f.__setitem__("extra", 1), ProtocolError),
     (lambda f: f["caps"].__setitem__("country", "Germany"), ProtocolError),
+    (lambda f: f["caps"].__setitem__("kind", "cloudflare"), ProtocolError),
+    (lambda f: f["caps"].__setitem__("kind", 1), ProtocolError),
+    (lambda f: f["caps"].__setitem__("family", "x"), ProtocolError),
     (lambda f: f.__setitem__("exit_ports", [[443, 80]]), ProtocolError),
     (lambda f: f.__setitem__("addresses", {"ws": ["x" * 300]}), ProtocolError),
     (lambda f: f.__setitem__("family", []), ProtocolError),  # an empty family is left out, not sent

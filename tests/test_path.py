@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmesh.descriptor import Capabilities, sign_descriptor
-from zmesh.errors import CircuitError, ConfigError
+from zmesh.errors import CircuitError, ConfigError, ExitPolicyError
 from zmesh.identity import Identity
-from zmesh.path import PathSelector, PathWeights
+from zmesh.path import PathSelector, PathWeights, eligible_exits
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,36 @@ def test_exit_is_chosen_by_port_and_country(relays):
         path = selector.select(relays, port=22, country="nl", rng=random.Random(seed))
         assert path[-1].allows_port(22) and path[-1].capabilities.country == "NL"
         assert path[-1].peer_id != relays[0].peer_id  # relay 0 only exits to 80/443
+
+
+def test_exit_is_chosen_by_kind_and_a_constraint_no_exit_meets_is_named(provider, relays):
+    async def proxy_exit():
+        return await sign_descriptor(provider, await Identity.generate(provider), now=1_800_000_000,
+                                     addresses={"ws": ("ws://10.99.0.1:9000",)},
+                                     capabilities=Capabilities(exit=True, country="SE", exit_kind="proxy"),
+                                     exit_ports=((80, 80),))
+    proxy = asyncio.run(proxy_exit())
+    everyone = [*relays, proxy]
+    for seed in range(20):
+        assert PathSelector().select(everyone, exit_kind="proxy", rng=random.Random(seed))[-1] == proxy
+        assert PathSelector().select(everyone, exit_kind="direct", rng=random.Random(seed))[-1] != proxy
+    assert eligible_exits(everyone, country="se") == [proxy]
+    with pytest.raises(ExitPolicyError, match="no proxy exit accepts port 443"):
+        PathSelector().select(everyone, exit_kind="proxy", port=443)
+    with pytest.raises(ExitPolicyError, match="no exit in country SE accepts port 22"):
+        PathSelector().select(everyone, country="SE", port=22)
+    with pytest.raises(CircuitError, match="no proxy exit in country NL is in the directory"):
+        PathSelector().select(everyone, exit_kind="proxy", country="NL")
+    with pytest.raises(CircuitError, match="no proxy exit is in the directory"):
+        PathSelector().select(relays, exit_kind="proxy", port=80)
+    with pytest.raises(ConfigError, match="exit kind"):
+        PathSelector().select(everyone, exit_kind="cloudflare")
+    # the one exit for a port excluded from this path (a failed hop, the chosen entry) leaves no path
+    # here, but another path (another guard) may use it: a CircuitError, not "no exit accepts"
+    with pytest.raises(CircuitError, match="every exit that would do is excluded"):
+        PathSelector().select(everyone, exit_kind="proxy", port=80, exclude=[proxy.peer_id])
+    with pytest.raises(CircuitError, match="excluded"):
+        PathSelector().select(everyone, exit_kind="proxy", port=80, entry=proxy)
 
 
 def test_too_few_relays_is_a_circuit_error(relays):

@@ -17,6 +17,7 @@ from zmesh_relay.socks5 import (
     CONNECTION_REFUSED,
     GENERAL_FAILURE,
     HOST_UNREACHABLE,
+    NETWORK_UNREACHABLE,
     NOT_ALLOWED,
     TTL_EXPIRED,
     Socks5Server,
@@ -25,7 +26,8 @@ from zmesh_relay.socks5 import (
 )
 
 SOCKS_REPLY = {EndReason.EXIT_POLICY: NOT_ALLOWED, EndReason.RESOLVE_FAILED: HOST_UNREACHABLE,
-               EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED}
+               EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED,
+               EndReason.UPSTREAM_FAILED: NETWORK_UNREACHABLE}
 TARGET_REASONS = set(SOCKS_REPLY)  # the reasons an exit passes on about its target
 
 

@@ -3,9 +3,13 @@
 export interface MeshOptions {
   /** Relays per circuit (2..8; the design's default is 3). */
   hops: number;
-  /** 'direct': the exit connects to the target. ('cloudflare', exiting through an upstream HTTP proxy, is refused until implemented.) */
-  exit: "direct" | "cloudflare";
-  /** Two-letter country code the exit should be in. */
+  /** How the circuit's exit reaches the target. 'direct' (default): the exit relay connects itself.
+   *  'proxy': an upstream-proxy exit, which forwards through an HTTP CONNECT proxy its operator
+   *  configured (`--exit-upstream`); its policy still applies to the target. 'cloudflare' is a
+   *  documented alias of 'proxy' — any upstream-proxy exit, whoever runs the proxy: no vendor is
+   *  contacted or preferred. Exits declare their kind themselves (docs/exits.md). */
+  exit: "direct" | "proxy" | "cloudflare";
+  /** Two-letter country code the exit should be in, as the exit declares it (not measured yet). */
   country?: string;
   /** Two-letter country codes whose relays (by the country they declare) no hop may be in. */
   excludeCountries?: string[];

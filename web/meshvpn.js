@@ -7,7 +7,8 @@
 //   const { status, body } = await vpn.fetch("http://example.org/");
 import { bootZmesh } from "/boot.mjs";
 
-const EXITS = ["direct", "cloudflare"];
+// "cloudflare" (the design's name) is an alias of "proxy": any upstream-proxy exit, no vendor's.
+const EXITS = ["direct", "proxy", "cloudflare"];
 const TRANSPORTS = ["auto", "webrtc", "websocket"];
 let runtime = null;
 let toBytes = null;  // Uint8Array -> Python bytes, set once the runtime is up

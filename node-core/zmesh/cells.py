@@ -93,6 +93,7 @@ class EndReason(IntEnum):
     DESTROYED = 6
     TIMEOUT = 7
     PROTOCOL = 8
+    UPSTREAM_FAILED = 9  # an upstream-proxy exit's proxy was unreachable or refused the CONNECT
 
 
 _CELL_COMMANDS = frozenset(int(c) for c in CellCommand)

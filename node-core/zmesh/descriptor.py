@@ -32,18 +32,27 @@ _MAX_ADDRESSES = 8
 _MAX_ADDRESS_LEN = 256
 _MAX_PORT_RANGES = 64
 MAX_FAMILY = 32
+# How an exit reaches its targets: itself, or through an upstream HTTP CONNECT proxy.
+EXIT_KINDS = ("direct", "proxy")
+_CAPS = frozenset({"relay", "exit", "country", "bandwidth"})
 
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What a node offers. ``bandwidth`` is its advertised capacity in bytes/s."""
+    """What a node offers. ``bandwidth`` is its advertised capacity in bytes/s; ``exit_kind`` (one of
+    ``EXIT_KINDS``) is on the wire only when not ``direct``, so a direct exit's descriptor is the same
+    bytes as before the field existed and an older descriptor reads as ``direct``. ``country`` and
+    ``exit_kind`` are self-declared: nothing measures them yet."""
 
     relay: bool = True
     exit: bool = False
     country: str | None = None
     bandwidth: int = 0
+    exit_kind: str = "direct"
 
     def __post_init__(self) -> None:
+        if self.exit_kind not in EXIT_KINDS:
+            raise ConfigError(f"exit kind must be one of {EXIT_KINDS}, got {self.exit_kind!r}")
         if self.country is not None and not _COUNTRY.fullmatch(self.country):
             raise ConfigError(f"country must be a two-letter ISO 3166 code like 'DE', got {self.country!r}")
         if not isinstance(self.bandwidth, int) or not 0 <= self.bandwidth < 2**48:
@@ -87,7 +96,7 @@ def _body(peer_id: PeerId, published: int, expires: int, addresses: dict[str, tu
         "expires": expires,
         "addresses": {k: list(v) for k, v in addresses.items()},
         "caps": {"relay": caps.relay, "exit": caps.exit, "country": caps.country or "",
-                 "bandwidth": caps.bandwidth},
+                 "bandwidth": caps.bandwidth, **({} if caps.exit_kind == "direct" else {"kind": caps.exit_kind})},
         "exit_ports": [list(r) for r in exit_ports],
         "onion": {"x25519": onion.x25519, "mlkem768": onion.mlkem768},
     }
@@ -169,7 +178,8 @@ def _parse_body(body: bytes) -> Descriptor:
     if not isinstance(fields, dict) or set(fields) - {"family"} != expected or fields["v"] != 1:
         raise ProtocolError("descriptor body has missing, unknown or versioned-out fields")
     caps, onion = fields["caps"], fields["onion"]
-    if (not isinstance(caps, dict) or set(caps) != {"relay", "exit", "country", "bandwidth"}
+    if (not isinstance(caps, dict) or set(caps) - {"kind"} != _CAPS
+            or not isinstance(caps.get("kind", ""), str)
             or not isinstance(onion, dict) or set(onion) != {"x25519", "mlkem768"}
             or not all(isinstance(caps[k], bool) for k in ("relay", "exit"))
             or not isinstance(caps["country"], str)
@@ -180,7 +190,8 @@ def _parse_body(body: bytes) -> Descriptor:
     if not fields["published"] < fields["expires"] <= fields["published"] + MAX_LIFETIME:
         raise ProtocolError(f"descriptor lifetime must be positive and at most {MAX_LIFETIME} s")
     try:
-        capabilities = Capabilities(caps["relay"], caps["exit"], caps["country"] or None, caps["bandwidth"])
+        capabilities = Capabilities(caps["relay"], caps["exit"], caps["country"] or None, caps["bandwidth"],
+                                    caps.get("kind", "direct"))
     except ConfigError as exc:
         raise ProtocolError(f"descriptor capabilities are invalid: {exc}") from exc
     peer_id = PeerId(fields["id"])

@@ -27,8 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .circuit import MAX_HOPS, MIN_HOPS
-from .descriptor import Descriptor
-from .errors import CircuitError, ConfigError, ProtocolError
+from .descriptor import EXIT_KINDS, Descriptor
+from .errors import CircuitError, ConfigError, ExitPolicyError, ProtocolError
 from .identity import PeerId
 from .netaddr import IPV4_DIVERSITY_PREFIX, IPV6_DIVERSITY_PREFIX, LinkAddress, diversity_network
 
@@ -142,7 +142,7 @@ class PathSelector:
         return w.latency * latency + w.reliability * stats.reliability + w.bandwidth * bandwidth
 
     def select(self, relays: Iterable[Descriptor], *, hops: int = 3, port: int | None = None,
-               country: str | None = None, exit_required: bool = True,
+               country: str | None = None, exit_kind: str | None = None, exit_required: bool = True,
                exclude: Iterable[PeerId] = (), destination: Descriptor | None = None,
                entry: Descriptor | None = None, exclude_countries: Iterable[str] = (),
                rng: random.Random | None = None) -> list[Descriptor]:
@@ -151,7 +151,9 @@ class PathSelector:
         EntryNodes). Both obey the diversity rules with the hops drawn around them. Relays whose
         declared country is in ``exclude_countries`` are never drawn (a chosen entry, a destination
         and a tab destination's own relay are given, not drawn). Raises ``ConfigError`` for a bad
-        hop count and ``CircuitError`` if the relays (or the rules) leave no path."""
+        hop count, ``CircuitError`` if the relays (or the rules) leave no path or no exit is of that
+        ``exit_kind`` and ``country``, and ``ExitPolicyError`` if no such exit accepts ``port``: then
+        no circuit is worth building."""
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ConfigError(f"hops must be {MIN_HOPS}..{MAX_HOPS}, got {hops}")
         rng = rng or random.SystemRandom()
@@ -176,9 +178,7 @@ class PathSelector:
             last = [destination]
         else:
             last = []
-            exits = [r for r in pool if not exit_required or (
-                r.capabilities.exit and (port is None or r.allows_port(port))
-                and (country is None or r.capabilities.country == country.upper()))]
+            exits = self._exits(relays, pool, port, country, exit_kind) if exit_required else pool
         fixed = first + last
         for index, hop in enumerate(fixed):
             for other in fixed[index + 1:]:
@@ -197,6 +197,19 @@ class PathSelector:
             except CircuitError as exc:
                 error = exc
         raise error
+
+    @staticmethod
+    def _exits(relays: list[Descriptor], pool: list[Descriptor], port: int | None, country: str | None,
+               kind: str | None) -> list[Descriptor]:
+        """``eligible_exits`` of the pool, judged on every *listed* relay when the pool has none: an
+        exit left out of this path (excluded, or the chosen entry) may serve another path, so that is
+        a ``CircuitError`` (no path here), not "no exit accepts the port"."""
+        try:
+            return eligible_exits(pool, port=port, country=country, kind=kind)
+        except (ExitPolicyError, CircuitError):
+            eligible_exits(relays, port=port, country=country, kind=kind)  # raises what the directory lacks
+            raise CircuitError("every exit that would do is excluded from this path "
+                               "(a relay that failed, or the chosen entry)") from None
 
     def _draw(self, pool: list[Descriptor], chosen: Sequence[Descriptor], rules: _Rules, max_bw: int,
               rng: random.Random, what: str) -> Descriptor:
@@ -220,6 +233,23 @@ class PathSelector:
             raise CircuitError(f"no {what} left: {sum(removed.values())} relays excluded, {why}")
         scores = [self.score(r, max_bw) for r in candidates]
         return rng.choices(candidates, weights=scores, k=1)[0]
+
+
+def eligible_exits(relays: Iterable[Descriptor], *, port: int | None = None, country: str | None = None,
+                   kind: str | None = None) -> list[Descriptor]:
+    """The exits of ``relays`` of that ``kind`` (``EXIT_KINDS``) and ``country`` whose published port
+    summary admits ``port`` (each constraint None: any). The error says which constraint no exit meets."""
+    if kind is not None and kind not in EXIT_KINDS:
+        raise ConfigError(f"exit kind must be one of {EXIT_KINDS}, got {kind!r}")
+    exits = [r for r in relays if r.capabilities.exit and kind in (None, r.capabilities.exit_kind)
+             and (country is None or r.capabilities.country == country.upper())]
+    wanted = " ".join(part for part in (kind, "exit", country and f"in country {country.upper()}") if part)
+    if not exits and (kind is not None or country is not None):
+        raise CircuitError(f"no {wanted} is in the directory (relays declare their country and kind themselves)")
+    accepting = [r for r in exits if port is None or r.allows_port(port)]
+    if exits and not accepting:
+        raise ExitPolicyError(f"no {wanted} accepts port {port}: their published exit policies refuse it")
+    return accepting
 
 
 def listens(relay: Descriptor) -> bool:

@@ -137,7 +137,13 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--exit", dest="relay.exit", action="store_const", const=True)
     relay.add_argument("--exit-allow", dest="security.exit_allow", action="append", metavar="CIDR:PORTS",
                        help="let the exit reach an otherwise refused range, e.g. 127.0.0.1/32:8000-8100")
-    relay.add_argument("--country", dest="relay.country", metavar="CC")
+    relay.add_argument("--exit-policy", dest="exit.policy", action="append", metavar="RULE",
+                       help="accept|reject ADDRESS:PORTS before the default policy, first match wins "
+                            "(repeatable), e.g. 'accept *:25' or 'reject 10.0.0.0/8:*'; see docs/exits.md")
+    relay.add_argument("--exit-upstream", dest="exit.upstream", metavar="URL",
+                       help="http://HOST:PORT: reach targets through this HTTP CONNECT proxy (a 'proxy' exit)")
+    relay.add_argument("--country", dest="relay.country", metavar="CC",
+                       help="two-letter country code to declare (self-declared: nothing checks it yet)")
     relay.add_argument("--family", dest="relay.family", action="append", metavar="PEERID",
                        help="another relay of the same operator (repeatable); honoured when it lists this one too")
     relay.add_argument("--max-links", dest="relay.max_links", type=int, metavar="N")
@@ -152,6 +158,10 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
     client.add_argument("--data-dir", dest="client.data_dir", metavar="DIR")
     client.add_argument("--hops", dest="core.hops", type=int)
+    client.add_argument("--exit-kind", dest="client.exit_kind", choices=("direct", "proxy"),
+                        help="use only exits that connect directly, or only upstream-proxy exits (default: any)")
+    client.add_argument("--exit-country", dest="client.exit_country", metavar="CC",
+                        help="use only exits declaring this two-letter country (self-declared by relays)")
     client.add_argument("--exclude-country", dest="path.exclude_countries", action="append", metavar="CC",
                         help="never use relays that declare this country (repeatable)")
     client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")

@@ -4,7 +4,10 @@ Which circuit is ``zmesh.aio.circuits``' job: connections with different SOCKS u
 (and, with ``client.isolate_destination``, different hosts) never share a circuit, a circuit takes
 new connections for ``client.max_circuit_dirtiness`` seconds after its first, and a pool of
 ``client.circuit_pool`` clean circuits is kept built. ``client.control`` serves the circuits as
-JSON (``docs/control.md``).
+JSON (``docs/control.md``). A connection takes a circuit whose exit's published
+policy admits its port, built for it if none does; a port no exit admits is refused at once (SOCKS
+0x02) without building anything. ``client.exit_kind`` and ``client.exit_country`` narrow the exits
+drawn (docs/exits.md).
 Every circuit enters at an entry guard (``self.guards``, ``zmesh.guards``), saved in ``client.data_dir``.
 """
 
@@ -33,7 +36,6 @@ from .socks5 import Credentials, Socks5Server
 from .transports import NativeTransports
 
 log = logging.getLogger(__name__)
-
 
 class Client:
     def __init__(self, config: dict[str, Any]) -> None:
@@ -77,6 +79,8 @@ class Client:
     async def _choose(self, port: int | None, avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
         relays = await self.directory.relays(refresh=refetch)
         return self.guards.select(self.selector, relays, hops=self.config["core.hops"], port=port, exclude=avoid,
+                                  country=self.config["client.exit_country"] or None,
+                                  exit_kind=self.config["client.exit_kind"] or None,
                                   exclude_countries=self.config["path.exclude_countries"], rng=self._rng)
 
     async def open_stream(self, host: str, port: int, credentials: Credentials | None) -> TrackedStream:

@@ -22,15 +22,16 @@ from typing import Any
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
 from zmesh.circuit_plan import CircuitPolicy
-from zmesh.descriptor import MAX_FAMILY
+from zmesh.descriptor import EXIT_KINDS, MAX_FAMILY
 from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
 from zmesh.netaddr import LinkAddress
 from zmesh.node import NodeLimits
 from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
 
-from .exit_policy import ExitRule
+from .exit_policy import ExitRule, PolicyRule
 from .socks5 import SocksLimits
+from .upstream import Upstream
 
 
 def _host_port(value: str) -> str:
@@ -56,6 +57,16 @@ def _country(value: str) -> str:
     if value and (len(value) != 2 or not value.isascii() or not value.isalpha()):
         raise ValueError("must be a two-letter country code or empty")
     return value.upper()
+
+
+def _upstream(value: str) -> str:
+    return str(Upstream.parse(value)) if value else ""
+
+
+def _exit_kind(value: str) -> str:
+    if value and value not in EXIT_KINDS:
+        raise ValueError(f"must be one of {', '.join(EXIT_KINDS)} or empty (any)")
+    return value
 
 
 def _countries(value: list) -> tuple[str, ...]:
@@ -185,12 +196,21 @@ def _exit_rules(value: list) -> list:
     return value
 
 
+def _exit_policy(value: list) -> list:
+    for rule in value:
+        if not isinstance(rule, str):
+            raise ValueError("each rule is an 'accept|reject ADDRESS:PORTS' string")
+        PolicyRule.parse(rule)  # the exit policy owns its grammar (docs/exits.md)
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: type
     default: Any
     check: Callable[[Any], Any] | None = None
     help: str = ""
+    separator: str = ","  # between the items of a list given as one string (the environment)
 
 
 _NODE = NodeLimits()  # the core's defaults are the relay's
@@ -238,9 +258,15 @@ SETTINGS: dict[str, Setting] = {
                                      "seconds a replaced onion key still answers CREATEs (old descriptors)"),
     "security.exit_allow": Setting(list, [], _exit_rules,
                                    "CIDR:PORTS rules an exit may reach despite the default deny"),
+    "exit.policy": Setting(list, [], _exit_policy, "accept|reject ADDRESS:PORTS rules before the default policy, "
+                           "first match wins (docs/exits.md); ';' between rules in the environment", separator=";"),
+    "exit.upstream": Setting(str, "", _upstream, "http://HOST:PORT: reach targets through this HTTP CONNECT proxy"),
     "network.allow_private_addresses": Setting(bool, False, None,
                                                "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
+    "client.exit_kind": Setting(str, "", _exit_kind, "use only exits of this kind: direct or proxy (empty: any)"),
+    "client.exit_country": Setting(str, "", _country,
+                                   "use only exits declaring this two-letter country (self-declared, unmeasured)"),
     "path.exclude_countries": Setting(list, [], _countries, "country codes whose relays circuits never use"),
     "client.data_dir": Setting(str, "", None, "folder keeping the entry guards so a restart uses the same ones "
                                               "(0700, file 0600); empty: memory only"),
@@ -271,7 +297,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 raise ValueError("expected true or false")
             value = lowered in ("1", "true", "yes", "on")
         elif setting.kind is list and isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            value = [part.strip() for part in value.split(setting.separator) if part.strip()]
         elif setting.kind in (int, float) and isinstance(value, str):
             value = setting.kind(value)
         if setting.kind is float and isinstance(value, int) and not isinstance(value, bool):

@@ -6,7 +6,8 @@ publishes its signed descriptor to the signal server and refreshes it before it 
 It rotates its onion keys every ``relay.onion_key_lifetime`` (``zmesh.onionkeys``, saved in its data
 dir) and republishes at once, answering for the replaced keys for ``relay.onion_key_grace`` more.
 As an exit it resolves and checks every target against its ``ExitPolicy`` *at the exit* before
-connecting. On stop it DESTROYs its circuits and lets the descriptor expire.
+connecting, directly or through its ``exit.upstream`` HTTP CONNECT proxy (a ``proxy`` exit).
+On stop it DESTROYs its circuits and lets the descriptor expire.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .keys import load_or_create_identity, load_or_create_onion_ring, save_onion
 from .linkaddress import load_tls, published_address
 from .splice import splice
 from .transports import NativeTransports
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,11 @@ class Relay:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.provider = NativeCryptoProvider()
-        self.exit_policy = ExitPolicy.from_rules(config["security.exit_allow"]) if config["relay.exit"] else None
+        self.exit_policy = ExitPolicy.from_rules(config["security.exit_allow"], policy=config["exit.policy"]
+                                                 ) if config["relay.exit"] else None
+        self.upstream = Upstream.parse(config["exit.upstream"]) if config["exit.upstream"] else None
+        if self.upstream is not None and self.exit_policy is None:
+            raise ConfigError("exit.upstream (--exit-upstream) is set but this relay is no exit; add --exit")
         self.tls = load_tls(config["relay.tls_cert"], config["relay.tls_key"])
         self.signal = SignalClient(config["signaling.url"])
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
@@ -98,13 +104,16 @@ class Relay:
         await self._await_listed(self.config["relay.listing_wait"])
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
         log.info("relay %s listening on %s%s", identity.peer_id.short(), self.link_url,
-                 " (exit)" if self.exit_policy else "")
+                 "" if not self.exit_policy else " (exit)" if not self.upstream else f" (exit through {self.upstream})")
+        if self.exit_policy is not None and not self.exit_policy.summary_ports():
+            log.warning("exit.policy accepts no port for every address (*): no client will choose this exit")
 
     async def _publish(self) -> None:
         assert self.driver is not None and self.transports is not None and self.onion_ring is not None
         caps = Capabilities(relay=True, exit=self.exit_policy is not None,
                             country=self.config["relay.country"] or None,
-                            bandwidth=self.config["relay.bandwidth"])
+                            bandwidth=self.config["relay.bandwidth"],
+                            exit_kind="direct" if self.upstream is None else "proxy")
         # strictly newer than the last one (the directory refuses a replay), even within a second
         now = max(int(time.time()), self.descriptor.published + 1 if self.descriptor else 0)
         self.descriptor = await sign_descriptor(
@@ -191,7 +200,8 @@ class Relay:
     async def _exit(self, request: IncomingStream) -> None:
         assert self.exit_policy is not None
         try:
-            reader, writer = await open_exit_connection(self.exit_policy, request.host, request.port)
+            reader, writer = await open_exit_connection(self.exit_policy, request.host, request.port,
+                                                        upstream=self.upstream)
         except ZmeshError as exc:
             log.debug("exit refused a stream: %s", exc)
             await request.reject(end_reason_for(exc))

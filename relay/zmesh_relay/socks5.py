@@ -6,7 +6,9 @@ to the reply codes a SOCKS client understands; every request that gets as far as
 a reply:
 - a name no BEGIN can carry (empty, a space, NUL, ``%``, not valid IDNA, over 255 bytes): 0x04
   host unreachable, since no host can be reached by that name (the mesh is not asked);
-- port 0: 0x02 not allowed, the answer every exit's policy would give;
+- port 0: 0x02 not allowed, the answer every exit's policy would give; so is a port no exit in the
+  directory accepts (``ExitPolicyError`` from path selection: no circuit is built for it);
+- an upstream-proxy exit whose proxy failed (``EndReason.UPSTREAM_FAILED``): 0x03 network unreachable;
 - an address type other than IPv4, name or IPv6: 0x08; a command other than CONNECT: 0x07.
 
 Connections take slots from a table of ``SocksLimits.max_connections``. When it is full, the
@@ -40,10 +42,12 @@ OpenStream = Callable[[str, int, Credentials | None], Awaitable[StreamLike]]
 NO_AUTH, USER_PASS, NO_ACCEPTABLE = 0x00, 0x02, 0xFF
 CONNECT = 0x01
 ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 0x01, 0x03, 0x04
-SUCCEEDED, GENERAL_FAILURE, NOT_ALLOWED, HOST_UNREACHABLE = 0x00, 0x01, 0x02, 0x04
+SUCCEEDED, GENERAL_FAILURE, NOT_ALLOWED, NETWORK_UNREACHABLE, HOST_UNREACHABLE = 0x00, 0x01, 0x02, 0x03, 0x04
 CONNECTION_REFUSED, TTL_EXPIRED, COMMAND_NOT_SUPPORTED, ADDRESS_NOT_SUPPORTED = 0x05, 0x06, 0x07, 0x08
+# An upstream-proxy exit whose proxy failed: the exit's way out is down, whatever the target.
 _STREAM_REPLIES = {EndReason.EXIT_POLICY: NOT_ALLOWED, EndReason.RESOLVE_FAILED: HOST_UNREACHABLE,
-                   EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED}
+                   EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED,
+                   EndReason.UPSTREAM_FAILED: NETWORK_UNREACHABLE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +252,8 @@ async def socks5_connect(proxy_host: str, proxy_port: int, host: str, port: int,
         writer.write(bytes([5, CONNECT, 0]) + target + struct.pack(">H", port))
         reply = await reader.readexactly(10)
         if reply[1] != SUCCEEDED:
-            names = {NOT_ALLOWED: "not allowed by ruleset", HOST_UNREACHABLE: "host unreachable",
+            names = {NOT_ALLOWED: "not allowed by ruleset", NETWORK_UNREACHABLE: "network unreachable",
+                     HOST_UNREACHABLE: "host unreachable",
                      CONNECTION_REFUSED: "connection refused", TTL_EXPIRED: "timed out",
                      COMMAND_NOT_SUPPORTED: "command not supported",
                      ADDRESS_NOT_SUPPORTED: "address type not supported"}

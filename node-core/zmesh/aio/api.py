@@ -28,7 +28,7 @@ from typing import Any
 from ..cells import EndReason
 from ..circuit import MAX_HOPS, MIN_HOPS
 from ..circuit_plan import CircuitPolicy
-from ..descriptor import Descriptor
+from ..descriptor import EXIT_KINDS, Descriptor
 from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from ..guards import GuardManager
 from ..identity import PeerId
@@ -43,7 +43,11 @@ MESSAGE_PORT = 1
 MAX_MESSAGE_SIZE = 1 << 20
 _LENGTH = struct.Struct(">I")
 EVENTS = ("message", "connect", "disconnect", "error")
-EXITS = ("direct", "cloudflare")
+# The exit kinds a circuit may end at (``zmesh.descriptor.EXIT_KINDS``). "cloudflare", the design's name,
+# is an alias of "proxy": any relay that exits through an upstream HTTP CONNECT proxy, whoever runs
+# the proxy; nothing here talks to, or prefers, one vendor.
+EXIT_ALIASES = {"cloudflare": "proxy"}
+EXITS = (*EXIT_KINDS, *EXIT_ALIASES)
 MAX_EXCLUDED_COUNTRIES = 256  # more than there are ISO 3166 codes
 
 
@@ -56,7 +60,7 @@ class MeshOptions:
     """
 
     hops: int = 3
-    exit: str = "direct"
+    exit: str = "direct"  # "direct" or "proxy" (alias "cloudflare"): how the circuit's exit reaches targets
     country: str | None = None
     enable_fec: bool = False  # the tab's WebRTC links get a lossy channel with FEC (read when it joins)
     transport: str = "auto"
@@ -68,9 +72,7 @@ class MeshOptions:
             raise ConfigError(f"hops must be an integer {MIN_HOPS}..{MAX_HOPS}, got {self.hops!r}")
         if self.exit not in EXITS:
             raise ConfigError(f"exit must be one of {EXITS}, got {self.exit!r}")
-        if self.exit == "cloudflare":
-            raise ConfigError("exit='cloudflare' (exiting through an upstream HTTP proxy) is not available "
-                              "yet; use exit='direct'")
+        object.__setattr__(self, "exit", EXIT_ALIASES.get(self.exit, self.exit))  # the kind, as descriptors say it
         check_transport(self.transport)
         if self.entry is not None:
             try:
@@ -168,8 +170,9 @@ class MeshVPN:
             if refetch and self.refresh is not None:
                 await self.refresh()
                 relays, target, entry = self._listing(destination)
-            path = {"hops": self.options.hops, "country": self.options.country, "destination": target,
-                    "exclude": avoid | {self.peer_id}, "exclude_countries": self.options.exclude_countries}
+            path = {"hops": self.options.hops, "country": self.options.country, "exit_kind": self.options.exit,
+                    "destination": target, "exclude": avoid | {self.peer_id},
+                    "exclude_countries": self.options.exclude_countries}
             if guards is not None:
                 return guards.select(self.selector, relays, **path)
             return self.selector.select(relays, entry=entry, **path)

@@ -36,8 +36,9 @@ class MemoryNetwork:
         self.links: list[tuple[PeerId, PeerId, Link, Link]] = []
         self.unreachable: set[PeerId] = set()  # nodes that cannot listen, like browser tabs
 
-    async def add_node(self, *, exit: bool = False, country: str | None = None, reachable: bool = True,
-                       accept_circuits: bool = True, stream_handler: StreamHandler | None = None,
+    async def add_node(self, *, exit: bool = False, country: str | None = None, exit_kind: str = "direct",
+                       reachable: bool = True, accept_circuits: bool = True,
+                       stream_handler: StreamHandler | None = None,
                        onion_ring: OnionKeyRing | None = None) -> NodeDriver:
         """A node; ``reachable=False`` makes one that can only dial out (a browser tab): others reach
         it over the links it opened, once it has authenticated them. ``onion_ring``: onion keys the
@@ -53,7 +54,8 @@ class MemoryNetwork:
         self.descriptors[identity.peer_id] = await sign_descriptor(
             self.provider, identity, now=int(time.time()),
             addresses={"memory": (identity.peer_id.text,)},
-            capabilities=Capabilities(relay=True, exit=exit, country=country, bandwidth=10_000_000),
+            capabilities=Capabilities(relay=True, exit=exit, country=country, bandwidth=10_000_000,
+                                      exit_kind=exit_kind),
             exit_ports=((1, 65535),) if exit else (), onion=node.onion_ring.current.public)
         return driver
 
