@@ -23,11 +23,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A fresh ``redis-server`` on 127.0.0.1; yields its URL, always stops it."""
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A fresh ``redis-server`` on 127.0.0.1 (a free port unless given); yields its URL, always
+    stops it."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is missing: run 'make setup' (it installs Debian's redis-server)"
-    port = _free_port()
+    port = port or _free_port()
     proc = subprocess.Popen([binary, "--save", "", "--appendonly", "no", "--port", str(port),
                              "--bind", "127.0.0.1", "--daemonize", "no", "--loglevel", "notice"],
                             stdout=subprocess.PIPE, text=True)
@@ -40,8 +41,9 @@ def redis_server() -> Iterator[str]:
             raise AssertionError(f"redis-server did not start (exit code {proc.wait()})")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def flush(url: str) -> None:

@@ -1,0 +1,196 @@
+"""Several signal servers on one Redis behave as one (issue 14; docs/signaling.md § Several
+servers): in-process servers on a real ``redis-server``, spoken to over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import redis
+
+from tests.signal_backends import flush, redis_server
+from tests.test_signal_http import get, listed, make_descriptor, post
+from tests.test_signal_ws import closed_with, login, ping_pong, signed_send
+from zmesh.errors import TransportError
+from zmesh.identity import Identity
+from zmesh_signal.app import SignalConfig, serving
+from zmesh_signal.client import SignalClient
+
+STORE = {"verify_reachability": False}  # the descriptors name no address anyone listens on
+
+
+@contextlib.asynccontextmanager
+async def servers(url: str, count: int = 2, **settings) -> AsyncIterator[list[str]]:
+    """``count`` servers on the Redis at ``url``; yields their base URLs."""
+    async with contextlib.AsyncExitStack() as stack:
+        ports = [await stack.enter_async_context(serving(SignalConfig(redis=url, **settings), "127.0.0.1", 0))
+                 for _ in range(count)]
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+
+
+@pytest.fixture
+def shared(redis_url: str) -> str:
+    flush(redis_url)
+    return redis_url
+
+
+def test_a_descriptor_posted_to_one_server_is_listed_by_the_other_and_cursors_carry_over(provider, shared):
+    async def main() -> None:
+        async with servers(shared, **STORE) as (a, b), aiohttp.ClientSession() as session:
+            first = await make_descriptor(provider, relay=True)
+            assert (await post(session, a, first.raw))[0] == 201
+            assert await listed(session, b) == [first.raw]
+            _, answer = await get(session, b, "/v1/relays")
+            second = await make_descriptor(provider, relay=True, exit=True)
+            assert (await post(session, b, second.raw))[0] == 201
+            # B's cursor means the same on A: only the change since, not the whole listing again
+            _, delta = await get(session, a, f"/v1/relays?since={answer['cursor']}")
+            assert delta["full"] is False and delta["removed"] == []
+            assert [base64.b64decode(item) for item in delta["relays"]] == [second.raw]
+            assert (await get(session, a, f"/v1/relays/{second.peer_id.text}"))[0] == 200
+            assert (await post(session, b, first.raw))[0] == 409  # a replay loses on every server
+
+    asyncio.run(main())
+
+
+def test_a_restarted_server_serves_the_directory_at_once(provider, shared):
+    async def main() -> None:
+        async with aiohttp.ClientSession() as session:
+            descriptor = await make_descriptor(provider, relay=True)
+            async with servers(shared, 1, **STORE) as (a,):
+                assert (await post(session, a, descriptor.raw))[0] == 201
+            async with servers(shared, 1, **STORE) as (again,):
+                assert await listed(session, again) == [descriptor.raw]
+                assert (await get(session, again, "/healthz"))[1]["relays"] == 1
+
+    asyncio.run(main())
+
+
+def test_rate_limits_count_across_servers(provider, shared):
+    async def main() -> None:
+        async with servers(shared, post_rate=0.01, post_burst=2, **STORE) as (a, b), \
+                aiohttp.ClientSession() as session:
+            assert (await post(session, a, (await make_descriptor(provider)).raw))[0] == 201
+            assert (await post(session, b, (await make_descriptor(provider)).raw))[0] == 201
+            status, body = await post(session, a, (await make_descriptor(provider)).raw)
+            assert (status, body["error"]) == (429, "rate_limited")
+
+    asyncio.run(main())
+
+
+def test_signed_messages_cross_servers_and_offline_is_the_same_error_everywhere(provider, shared):
+    async def main() -> None:
+        async with servers(shared) as (a, b), aiohttp.ClientSession() as session:
+            alice, bob, nobody = [await Identity.generate(provider) for _ in range(3)]
+            ws_alice = await login(session, f"{a}/v1/ws", provider, alice)
+            ws_bob = await login(session, f"{b}/v1/ws", provider, bob)
+            await ws_alice.send_json(await signed_send(provider, alice, bob, b"offer"))
+            message = await ws_bob.receive_json()
+            assert message["type"] == "message" and message["from"] == alice.peer_id.text
+            await ws_bob.send_json(await signed_send(provider, bob, alice, b"answer"))
+            assert (await ws_alice.receive_json())["from"] == bob.peer_id.text
+            # offline: never connected, or left another server: one error, word for word
+            await ws_alice.send_json(await signed_send(provider, alice, nobody, b"x"))
+            never = await ws_alice.receive_json()
+            await ws_bob.close()
+            await ping_pong(ws_alice)
+            await ws_alice.send_json(await signed_send(provider, alice, bob, b"x"))
+            left = await ws_alice.receive_json()
+            assert never == {**left, "to": nobody.peer_id.text}
+            assert left == {"type": "error", "error": "offline", "detail": "the recipient is not connected",
+                            "to": bob.peer_id.text}
+            await ws_alice.close()
+
+    asyncio.run(main())
+
+
+def test_signing_in_on_another_server_replaces_the_older_socket(provider, shared):
+    async def main() -> None:
+        async with servers(shared) as (a, b), aiohttp.ClientSession() as session:
+            alice, bob = await Identity.generate(provider), await Identity.generate(provider)
+            old = await login(session, f"{a}/v1/ws", provider, alice)
+            new = await login(session, f"{b}/v1/ws", provider, alice)
+            assert await closed_with(old) == 4000
+            ws_bob = await login(session, f"{a}/v1/ws", provider, bob)
+            await ws_bob.send_json(await signed_send(provider, bob, alice, b"still here"))
+            assert (await new.receive_json())["from"] == bob.peer_id.text
+            await new.close()
+            await ws_bob.close()
+
+    asyncio.run(main())
+
+
+def test_a_tab_signed_in_on_one_server_is_listed_by_every_server(provider, shared):
+    async def main() -> None:
+        async with servers(shared) as (a, b), aiohttp.ClientSession() as session:
+            tab = await Identity.generate(provider)
+            descriptor = await make_descriptor(provider, tab, relay=False)
+            ws = await login(session, f"{b}/v1/ws", provider, tab)
+            assert (await post(session, a, descriptor.raw))[0] == 201  # signed in on B, posted to A
+            assert await listed(session, b) == [descriptor.raw]
+            await ws.close()
+            await _until_listing(session, a, [])
+
+    asyncio.run(main())
+
+
+async def _until_listing(session: aiohttp.ClientSession, url: str, expected: list[bytes]) -> None:
+    async with asyncio.timeout(10):
+        while await listed(session, url) != expected:
+            await asyncio.sleep(0.01)
+
+
+def test_an_unreachable_redis_is_a_clear_503_and_degraded_health_until_it_is_back(provider):
+    async def main() -> None:
+        with redis_server() as url:
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            async with servers(url, **STORE) as (a, b), aiohttp.ClientSession() as session:
+                alice, bob = await Identity.generate(provider), await Identity.generate(provider)
+                ws_alice = await login(session, f"{a}/v1/ws", provider, alice)
+                await login(session, f"{b}/v1/ws", provider, bob)
+                descriptor = await make_descriptor(provider, relay=True)
+                with redis.Redis(port=port) as control:
+                    control.shutdown(nosave=True)
+                status, body = await post(session, a, descriptor.raw)
+                assert (status, body["error"]) == (503, "unavailable")
+                assert (await get(session, b, "/v1/relays"))[0] == 503
+                status, health = await get(session, a, "/healthz")
+                assert (status, health["status"]) == (503, "degraded")
+                await ws_alice.send_json(await signed_send(provider, alice, bob, b"lost?"))
+                error = await ws_alice.receive_json()
+                assert (error["error"], error["to"]) == ("unavailable", bob.peer_id.text)  # said, not dropped
+                with redis_server(port):
+                    async with SignalClient(f"{a},{b}") as client:
+                        await _until_ok(session, a)
+                        assert (await client.publish(descriptor.raw))["status"] == "listed"
+                        assert await listed(session, b) == [descriptor.raw]
+
+    asyncio.run(main())
+
+
+async def _until_ok(session: aiohttp.ClientSession, url: str) -> None:
+    async with asyncio.timeout(15):
+        while (await get(session, url, "/healthz"))[0] != 200:
+            await asyncio.sleep(0.05)
+
+
+def test_the_client_hands_over_to_the_next_server_when_one_is_gone(provider, shared):
+    async def main() -> None:
+        async with servers(shared, 1, **STORE) as (b,):
+            async with servers(shared, 1, **STORE) as (a,):
+                pass  # A is gone: its port answers nothing
+            descriptor = await make_descriptor(provider, relay=True)
+            async with SignalClient(f"{a},{b}") as client:
+                with pytest.raises(TransportError, match="cannot reach"):
+                    await client.publish(descriptor.raw)
+                assert client.base_url == b
+                assert (await client.publish(descriptor.raw))["status"] == "listed"
+                identity = await Identity.generate(provider)
+                async with await client.connect_ws(identity, provider):
+                    pass
+
+    asyncio.run(main())
