@@ -6,13 +6,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
+import os
+import signal
+import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 import redis
 
+from tests.conftest import wait_until
 from tests.signal_backends import flush, redis_server
+from tests.test_native_mesh import Process, _health, _http_server, fetch
 from tests.test_signal_http import get, listed, make_descriptor, post
 from tests.test_signal_ws import closed_with, login, ping_pong, signed_send
 from zmesh.errors import TransportError
@@ -194,3 +200,58 @@ def test_the_client_hands_over_to_the_next_server_when_one_is_gone(provider, sha
                     pass
 
     asyncio.run(main())
+
+
+def test_two_zmesh_signal_processes_carry_a_webrtc_mesh_and_survive_losing_one(tmp_path, redis_url):
+    """Real processes: relays registered through A are listed by B; with every link WebRTC, a
+    client on B builds a circuit through relays on A and B (so signaling crosses the servers);
+    after A is killed its relays sign in on B and a new client builds circuits again."""
+    flush(redis_url)
+    files, files_port = _http_server()
+    env = {"ZMESH_TRANSPORT_KIND": "webrtc"}
+    started: list[Process] = []
+
+    def start(*args: str, **kwargs) -> Process:
+        started.append(Process(*args, **kwargs))
+        return started[-1]
+
+    try:
+        a, b = (start("signal", "--listen", "127.0.0.1:0", "--redis", redis_url).address[0] for _ in range(2))
+        homes = [f"{a},{b}", f"{b},{a}", f"{a},{b}"]  # r0 and r2 on A, r1 on B; each knows the other server
+        relays = [start("relay", "--signal", home, "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / f"r{i}"),
+                        *(["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if i == 2 else []), env=env)
+                  for i, home in enumerate(homes)]
+        assert len(_listed(b)) == 3 and _listed(a) == _listed(b)
+        client = start("client", "--signal", b, "--socks", "127.0.0.1:0", env=env)
+        assert _fetch_small(client, files_port) == b"small page"
+        transports = [_health(relay.address[0])["transport"] for relay in relays]
+        assert sum(t["open_links"].get("webrtc", 0) for t in transports) >= 3
+        assert sum(t["open_links"].get("websocket", 0) for t in transports) == 0
+
+        os.kill(started[0].proc.pid, signal.SIGKILL)  # server A dies without a word
+        started[0].proc.wait()
+        asyncio.run(wait_until(lambda: _all_routed_like(redis_url, relays, relays[1]), timeout=60))
+        fresh = start("client", "--signal", b, "--socks", "127.0.0.1:0", env=env)
+        assert _fetch_small(fresh, files_port) == b"small page"
+    finally:
+        for process in reversed(started):
+            process.stop()
+        files.shutdown()
+
+
+def _listed(signal_url: str) -> set[str]:
+    with urllib.request.urlopen(f"{signal_url}/v1/relays", timeout=10) as response:
+        return set(json.load(response)["relays"])
+
+
+def _fetch_small(client: Process, files_port: int) -> bytes:
+    host, port = client.address[0].rsplit(":", 1)
+    return asyncio.run(asyncio.wait_for(fetch((host, int(port)), "127.0.0.1", files_port, "/"), 90))
+
+
+def _all_routed_like(redis_url: str, relays: list[Process], model: Process) -> bool:
+    """Every relay's signaling socket is on the server ``model``'s is on (its route in Redis)."""
+    with redis.Redis.from_url(redis_url) as control:
+        routes = [control.get(f"zmesh:signal:peer:{relay.address[1]}") for relay in relays]
+    return routes[0] is not None and len(set(routes)) == 1 and all(
+        _health(relay.address[0])["transport"]["signaling"] for relay in relays)
