@@ -1,5 +1,6 @@
 """``zmesh signal``: the relay directory, WebSocket signaling between PeerIds and the static files
-of ``web/``, all on one origin and in memory (docs/signaling.md).
+of ``web/``, all on one origin; its state in memory or shared with other servers through Redis
+(``backend.py``, docs/signaling.md).
 
 Nothing a client sends is trusted: descriptors are verified before they are stored (and again by
 whoever fetches them), WebSocket peers prove their PeerId (``ws.py``). Every answer, error or
