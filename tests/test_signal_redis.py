@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -255,3 +256,31 @@ def _all_routed_like(redis_url: str, relays: list[Process], model: Process) -> b
         routes = [control.get(f"zmesh:signal:peer:{relay.address[1]}") for relay in relays]
     return routes[0] is not None and len(set(routes)) == 1 and all(
         _health(relay.address[0])["transport"]["signaling"] for relay in relays)
+
+
+def test_every_key_in_redis_has_a_ttl_or_a_cap(provider, shared):
+    """Listings come and go (expiry moves a fake clock), peers sign in, clients are rate limited:
+    afterwards each key expires by itself or is an index bounded by ``max_descriptors``."""
+    cap, clock = 3, [time.time()]
+
+    async def main() -> None:
+        async with servers(shared, max_descriptors=cap, clock=lambda: clock[0], **STORE) as (a, b), \
+                aiohttp.ClientSession() as session:
+            ws = await login(session, f"{b}/v1/ws", provider, await Identity.generate(provider))
+            for _ in range(4):
+                for _ in range(cap):
+                    descriptor = await make_descriptor(provider, now=clock[0], lifetime=600)
+                    assert (await post(session, a, descriptor.raw))[0] == 201
+                clock[0] += 601  # all of them expire: the next read prunes them into tombstones
+                assert await listed(session, b) == []
+            await ws.close()
+
+    asyncio.run(main())
+    with redis.Redis.from_url(shared) as control:
+        keys = {key.decode(): control.ttl(key) for key in control.scan_iter("zmesh:signal:*")}
+        capped = {f"zmesh:signal:{name}" for name in ("expires", "published", "changed", "removed")}
+        single = {f"zmesh:signal:{name}" for name in ("seq", "horizon", "epoch")}
+        for key, ttl in keys.items():
+            assert ttl > 0 or key in capped | single, key
+        assert all(control.zcard(key) <= cap for key in capped)
+        assert control.zcard("zmesh:signal:removed") == cap  # 12 unlisted, the oldest 9 forgotten
