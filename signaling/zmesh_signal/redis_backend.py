@@ -326,12 +326,17 @@ class RedisBackend(MemoryBackend):
     async def signed_in(self, peer: PeerId) -> None:
         previous = await self._io(self._redis.set(self._route(peer), self.server_id,
                                                   ex=int(self._presence_ttl), get=True))
-        self._local.add(peer)
         self._gone.discard(peer)
         self.directory.set_present(peer, True)
-        await self._publish(self._key("presence"), {"peer": peer.text, "present": True})
-        if previous is not None and previous.decode() != self.server_id:
-            await self._publish(self._channel(previous.decode()), {"kind": "kick", "peer": peer.text})
+        try:
+            await self._publish(self._key("presence"), {"peer": peer.text, "present": True})
+            if previous is not None and previous.decode() != self.server_id:
+                await self._publish(self._channel(previous.decode()), {"kind": "kick", "peer": peer.text})
+        except BackendUnavailable:
+            self._gone.add(peer)  # the socket is refused: take the route back once Redis answers
+            self._wake.set()
+            raise
+        self._local.add(peer)
 
     async def signed_out(self, peer: PeerId) -> None:
         self._local.discard(peer)
