@@ -9,8 +9,9 @@ LINTED := node-core relay signaling tests playwright bench web/build_assets.py
 
 setup: $(STAMP) web-assets
 
-# Python packages, Debian's chromium (for the real-browser tests; never a downloaded browser) and
-# the npm packages of the page (Pyodide, served from our own origin).
+# Python packages, Debian's chromium (for the real-browser tests; never a downloaded browser),
+# Debian's redis-server (the tests start their own, never the system service) and the npm
+# packages of the page (Pyodide, served from our own origin).
 $(STAMP): pyproject.toml web/package.json web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml web/package.json web/package-lock.json
 	@if ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: run 'sudo apt-get install chromium'"; exit 1; fi; fi
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server is missing: run 'sudo apt-get install redis-server'"; exit 1; fi; fi
 	cd web && npm ci --no-audit --no-fund --silent
 	touch $(STAMP)
 

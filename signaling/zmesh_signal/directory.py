@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import secrets
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from zmesh.descriptor import Descriptor
@@ -31,6 +32,7 @@ from zmesh.errors import ConfigError
 from zmesh.identity import PeerId
 
 FLAGS = ("relay", "exit")
+ListingHook = Callable[[PeerId, "Descriptor | None", "Descriptor | None"], None]
 
 
 class Stored(enum.Enum):
@@ -81,7 +83,9 @@ class Directory:
 
     def __init__(self, capacity: int = 10_000, *, max_pending: int = 256, max_per_source: int = 8,
                  reprobe_interval: float = 600.0, max_tombstones: int | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, on_listing: ListingHook | None = None) -> None:
+        """``on_listing(peer, old, new)`` hears every change of the listing (``old`` or ``new``
+        None when ``peer`` is newly listed or unlisted): how a shared backend mirrors it."""
         for name, value in (("capacity", capacity), ("max_pending", max_pending),
                             ("max_per_source", max_per_source)):
             if not isinstance(value, int) or value < 1:
@@ -90,6 +94,7 @@ class Directory:
             raise ConfigError(f"reprobe_interval must be >= 0 seconds, got {reprobe_interval!r}")
         self.capacity, self.max_pending, self.max_per_source = capacity, max_pending, max_per_source
         self.reprobe_interval, self.verify = reprobe_interval, verify
+        self._on_listing = on_listing or (lambda _peer, _old, _new: None)
         self._max_tombstones = max_tombstones or capacity
         self._stored: dict[PeerId, _Entry] = {}
         self._pending: OrderedDict[PeerId, _Entry] = OrderedDict()
@@ -274,7 +279,7 @@ class Directory:
         ``country`` (ISO 3166 alpha-2, upper case)."""
         _check_flag(flag)
         self._purge(now)
-        return [d for d in self._listed.values() if _matches(d, flag, country)]
+        return [d for d in self._listed.values() if matches(d, flag, country)]
 
     def changes(self, now: float, cursor: str | None, *, flag: str | None = None,
                 country: str | None = None) -> Changes:
@@ -291,7 +296,7 @@ class Directory:
         for peer, seq in self._changed.items():
             if seq > since:
                 descriptor = self._listed.get(peer)
-                if descriptor is not None and _matches(descriptor, flag, country):
+                if descriptor is not None and matches(descriptor, flag, country):
                     listed.append(descriptor)
                 else:
                     removed.append(peer)
@@ -332,15 +337,17 @@ class Directory:
 
     def _relist(self, peer: PeerId) -> None:
         """Bring ``_listed`` (and the change log) in line with ``peer``'s entry."""
-        entry = self._stored.get(peer)
+        entry, old = self._stored.get(peer), self._listed.get(peer)
         if self._should_list(peer):
             assert entry is not None
-            if self._listed.get(peer) is not entry.descriptor:
+            if old is not entry.descriptor:
                 self._listed[peer] = entry.descriptor
                 self._note(peer)
-        elif peer in self._listed:
+                self._on_listing(peer, old, entry.descriptor)
+        elif old is not None:
             del self._listed[peer]
             self._note(peer)
+            self._on_listing(peer, old, None)
 
     def _relist_tabs(self) -> None:
         for peer in [p for p in self._stored if not self._is_relay(p)]:
@@ -385,7 +392,7 @@ def _check_flag(flag: str | None) -> None:
         raise ConfigError(f"flag must be one of {', '.join(FLAGS)}, got {flag!r}")
 
 
-def _matches(descriptor: Descriptor, flag: str | None, country: str | None) -> bool:
+def matches(descriptor: Descriptor, flag: str | None, country: str | None) -> bool:
     return ((flag is None or getattr(descriptor.capabilities, flag))
             and (country is None or descriptor.capabilities.country == country))
 
