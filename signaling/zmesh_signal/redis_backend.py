@@ -109,12 +109,83 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', string.format('%
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return tostring(wait)
 """
-# Forget a route only if it is still ours (the peer may have signed in on another server since).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# Routes, each one round trip, atomic. KEYS: the peer's route. ARGV: this server's id, then:
+# sign in (TTL, presence channel, presence message, server channel prefix, kick message): take the
+# route, announce it, and tell the server that held it (if another) to close its older socket;
+_SIGN_IN = """
+local previous = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+if previous and previous ~= ARGV[1] then redis.call('PUBLISH', ARGV[5] .. previous, ARGV[6]) end
+return 1
+"""
+# sign out (presence channel, message): forget the route only if it is still ours (the peer may
+# have signed in on another server since), and announce that;
+_SIGN_OUT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+# forward (server channel prefix, message): publish to the recipient's server; -1 when it has no
+# route or its route is here (so it is offline), else how many servers heard (0: that one is gone).
+_FORWARD = """
+local server = redis.call('GET', KEYS[1])
+if not server or server == ARGV[1] then return -1 end
+return redis.call('PUBLISH', ARGV[2] .. server, ARGV[3])
 """
 
+
+class _Batches:
+    """Calls made by many coroutines at once go to Redis as one pipeline: one round trip and one
+    write per batch instead of per call, so the cost per signed message stays flat as senders
+    multiply (bench/signal.py). One batch is in flight at a time; what arrives meanwhile is the
+    next. Each caller awaits its own answer, so the queue holds at most one call per caller
+    (a socket's reader, an HTTP request); a batch holds at most ``max_batch`` calls."""
+
+    def __init__(self, redis: aioredis.Redis, max_batch: int = 256) -> None:
+        self._redis, self._max = redis, max_batch
+        self._queue: list[tuple[Callable[[Any], Any], asyncio.Future]] = []
+        self._sender: asyncio.Task | None = None
+
+    async def call(self, add: Callable[[Any], Any]) -> Any:
+        """``add(pipeline)`` queues one command; its answer (or its error, raised here)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((add, future))
+        if self._sender is None:
+            self._sender = loop.create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:self._max], self._queue[self._max:]
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for add, _ in batch:
+                            add(pipe)
+                        results = await pipe.execute(raise_on_error=False)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():  # its caller may have been cancelled
+                        if isinstance(result, Exception):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
+        finally:
+            self._sender = None
+
+    async def close(self) -> None:
+        """Stop sending; queued callers get a ``ConnectionError``."""
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(ConnectionError("the signal server is stopping"))
+        self._queue = []
 
 class RedisBackend(MemoryBackend):
     """The listing, rate limits and routes in Redis at ``url`` (``redis://HOST:PORT/DB``)."""
@@ -143,7 +214,7 @@ class RedisBackend(MemoryBackend):
         self.server_id = secrets.token_hex(8)
         self._index = [prefix + name for name in ("expires", "published", "changed", "removed", "seq", "horizon")]
         self._list, self._unlist, self._prune = (self._redis.register_script(s) for s in (_LIST, _UNLIST, _PRUNE))
-        self._take, self._release = self._redis.register_script(_TAKE), self._redis.register_script(_RELEASE)
+        self._batches = _Batches(self._redis)
         self._dirty: dict[PeerId, tuple[Descriptor | None, Descriptor | None]] = {}  # listing changes to write
         self._gone: set[PeerId] = set()  # sign-outs not yet written
         self._local: set[PeerId] = set()  # signed in on this server
@@ -168,6 +239,7 @@ class RedisBackend(MemoryBackend):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self._batches.close()
         try:
             await self._flush()
             if self._local:
@@ -208,7 +280,8 @@ class RedisBackend(MemoryBackend):
 
     async def take(self, kind: str, key: str) -> float:
         rate, burst = self._rates[kind]
-        return float(await self._io(self._take(keys=[self._key(f"rl:{kind}:{key}")], args=[rate, burst])))
+        bucket = self._key(f"rl:{kind}:{key}")
+        return float(await self._io(self._batches.call(lambda pipe: pipe.eval(_TAKE, 1, bucket, rate, burst))))
 
     # ------------------------------------------------------------------ the listing
 
@@ -324,18 +397,17 @@ class RedisBackend(MemoryBackend):
     # ------------------------------------------------------------------ presence and routing
 
     async def signed_in(self, peer: PeerId) -> None:
-        previous = await self._io(self._redis.set(self._route(peer), self.server_id,
-                                                  ex=int(self._presence_ttl), get=True))
-        self._gone.discard(peer)
-        self.directory.set_present(peer, True)
+        presence = self._message({"peer": peer.text, "present": True})
+        kick = self._message({"kind": "kick", "peer": peer.text})
         try:
-            await self._publish(self._key("presence"), {"peer": peer.text, "present": True})
-            if previous is not None and previous.decode() != self.server_id:
-                await self._publish(self._channel(previous.decode()), {"kind": "kick", "peer": peer.text})
+            await self._route_call(_SIGN_IN, peer, int(self._presence_ttl), self._key("presence"), presence,
+                                   self._channel(""), kick)
         except BackendUnavailable:
             self._gone.add(peer)  # the socket is refused: take the route back once Redis answers
             self._wake.set()
             raise
+        self._gone.discard(peer)
+        self.directory.set_present(peer, True)
         self._local.add(peer)
 
     async def signed_out(self, peer: PeerId) -> None:
@@ -347,21 +419,26 @@ class RedisBackend(MemoryBackend):
             self._wake.set()
 
     async def _sign_out(self, peer: PeerId) -> None:
-        if await self._io(self._release(keys=[self._route(peer)], args=[self.server_id])):
+        absent = self._message({"peer": peer.text, "present": False})
+        if await self._route_call(_SIGN_OUT, peer, self._key("presence"), absent):
             self.directory.set_present(peer, False)
-            await self._publish(self._key("presence"), {"peer": peer.text, "present": False})
 
     async def forward(self, recipient: PeerId, message: dict[str, str], *, reply_to: PeerId) -> str | None:
-        server = await self._io(self._redis.get(self._route(recipient)))
-        if server is None or server.decode() == self.server_id:
-            return "offline"
-        heard = await self._publish(self._channel(server.decode()),
-                                    {"kind": "message", "to": recipient.text, "message": message,
-                                     "reply": self.server_id, "from": reply_to.text})
-        return None if heard else "offline"  # nobody subscribed: that server is gone
+        routed = self._message({"kind": "message", "to": recipient.text, "message": message,
+                                "reply": self.server_id, "from": reply_to.text})
+        heard = await self._route_call(_FORWARD, recipient, self._channel(""), routed)
+        return None if heard > 0 else "offline"  # no route, or nobody subscribed: that server is gone
+
+    async def _route_call(self, script: str, peer: PeerId, *args: Any) -> Any:
+        route = self._route(peer)
+        return await self._io(self._batches.call(lambda pipe: pipe.eval(script, 1, route, self.server_id, *args)))
+
+    def _message(self, data: dict[str, Any]) -> str:
+        return json.dumps({**data, "server": self.server_id})
 
     async def _publish(self, channel: str, data: dict[str, Any]) -> int:
-        return int(await self._io(self._redis.publish(channel, json.dumps({**data, "server": self.server_id}))))
+        message = self._message(data)
+        return int(await self._io(self._batches.call(lambda pipe: pipe.publish(channel, message))))
 
     async def _on_message(self, channel: str, data: dict[str, Any]) -> None:
         assert self._peers is not None
