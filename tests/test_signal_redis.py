@@ -22,6 +22,7 @@ from tests.signal_backends import flush, redis_server
 from tests.test_native_mesh import Process, _health, _http_server, fetch
 from tests.test_signal_http import get, listed, make_descriptor, post
 from tests.test_signal_ws import closed_with, login, ping_pong, signed_send
+from zmesh.descriptor import Capabilities, sign_descriptor
 from zmesh.errors import TransportError
 from zmesh.identity import Identity
 from zmesh_signal.app import SignalConfig, serving
@@ -145,9 +146,47 @@ def test_a_tab_signed_in_on_one_server_is_listed_by_every_server(provider, share
     asyncio.run(main())
 
 
-async def _until_listing(session: aiohttp.ClientSession, url: str, expected: list[bytes]) -> None:
+def test_a_tab_whose_via_relay_another_server_listed_is_listed_on_every_server(provider, shared):
+    """The tab's home relay is listed through A (A lists without probing here); the tab is signed
+    in on B and posts to B, then to a server C started later: each lists the tab while the relay
+    is listed anywhere, and drops it when A unlists the relay."""
+    now = int(time.time())
+
+    async def signed(identity: Identity, published: int, addresses: dict) -> bytes:
+        return (await sign_descriptor(provider, identity, now=published, addresses=addresses,
+                                      capabilities=Capabilities(relay=True), lifetime=3600)).raw
+
+    async def main() -> None:
+        async with servers(shared, 1, **STORE) as (a,), servers(shared, 1) as (b,), \
+                aiohttp.ClientSession() as session:
+            home, tab = await Identity.generate(provider), await Identity.generate(provider)
+            relay = {"ws": ("ws://relay.example:1/v1/link",)}
+            via = {"via": (home.peer_id.text,)}
+            ws = await login(session, f"{b}/v1/ws", provider, tab)
+            first_tab = await signed(tab, now, via)
+            assert (await post(session, b, first_tab))[1]["status"] == "waiting"
+            listed_home = await signed(home, now, relay)
+            assert (await post(session, a, listed_home))[0] == 201
+            await _until_listing(session, b, [listed_home, first_tab], ordered=False)
+            no_relay = await signed(home, now + 1, {})  # A lists it, but as a relay no more
+            assert (await post(session, a, no_relay))[0] == 201
+            await _until_listing(session, b, [no_relay])
+            relisted = await signed(home, now + 2, relay)
+            assert (await post(session, a, relisted))[0] == 201
+            async with servers(shared, 1) as (c,):
+                newer_tab = await signed(tab, now + 1, via)
+                assert (await post(session, c, newer_tab))[1]["status"] == "listed"
+                await _until_listing(session, a, [relisted, newer_tab], ordered=False)
+            await ws.close()
+
+    asyncio.run(main())
+
+
+async def _until_listing(session: aiohttp.ClientSession, url: str, expected: list[bytes], *,
+                         ordered: bool = True) -> None:
+    shape = list if ordered else set
     async with asyncio.timeout(10):
-        while await listed(session, url) != expected:
+        while shape(await listed(session, url)) != shape(expected):
             await asyncio.sleep(0.01)
 
 

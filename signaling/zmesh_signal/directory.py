@@ -8,7 +8,8 @@ descriptors must neither reach clients nor crowd out real relays. So a descripto
 - it has a WebSocket link address (``ws``) and the server's probe completed a circuit handshake
   with the published onion keys there (``probe.py``), or
 - it has none (a tab, reachable ``via`` a home relay or over WebRTC) and its PeerId is signed in
-  to this server's signaling socket right now, and its ``via`` relay, if any, is listed.
+  to this server's signaling socket right now, and its ``via`` relay, if any, is listed (here, or
+  by another server sharing this directory through Redis: ``set_listed_elsewhere``).
 
 Until then a ``ws`` descriptor waits in a bounded *pending* set. Every source address may hold
 ``max_per_source`` peers (pending or stored); a full pending set drops the oldest entry of the
@@ -66,7 +67,8 @@ class Changes:
     full: bool
 
 
-def _needs_probe(descriptor: Descriptor) -> bool:
+def needs_probe(descriptor: Descriptor) -> bool:
+    """A relay's descriptor (it names a WebSocket link address), not a tab's."""
     return bool(descriptor.addresses.get("ws"))
 
 
@@ -102,6 +104,7 @@ class Directory:
         self._per_source: Counter[str] = Counter()
         self._present: set[PeerId] = set()
         self._listed: dict[PeerId, Descriptor] = {}
+        self._elsewhere: OrderedDict[PeerId, float] = OrderedDict()  # relays other servers listed → expiry
         # source → (failed probes in a row, turn its last entry went to a prober)
         self._record: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._turn = 0
@@ -125,7 +128,7 @@ class Directory:
         if self._source.get(peer) != source and not self._make_source_room(source):
             return Stored.SOURCE_LIMIT
         stored = self._stored.get(peer)
-        if not self.verify or not _needs_probe(descriptor):
+        if not self.verify or not needs_probe(descriptor):
             return self._store(_Entry(descriptor, source, now), proven=not self.verify)
         if (stored is not None and stored.probed is not None and now - stored.probed < self.reprobe_interval
                 and _same_reachability(stored.descriptor, descriptor)):
@@ -267,6 +270,17 @@ class Directory:
         if peer in self._stored:
             self._relist(peer)
 
+    def set_listed_elsewhere(self, relay: PeerId, expires: float | None) -> None:
+        """Another server sharing this directory listed ``relay`` until ``expires`` (None: it
+        unlisted it), so tabs posted here may name it as their ``via``. At most ``capacity`` are
+        remembered, the oldest forgotten first."""
+        self._elsewhere.pop(relay, None)
+        if expires is not None:
+            self._elsewhere[relay] = expires
+            while len(self._elsewhere) > self.capacity:
+                self._elsewhere.popitem(last=False)
+        self._relist_tabs()
+
     # ------------------------------------------------------------------ reading
 
     def get(self, peer: PeerId, now: float) -> Descriptor | None:
@@ -328,11 +342,12 @@ class Directory:
         entry = self._stored.get(peer)
         if entry is None:
             return False
-        if not self.verify or _needs_probe(entry.descriptor):
+        if not self.verify or needs_probe(entry.descriptor):
             return True
         vias = entry.descriptor.addresses.get("via", ())
         return peer in self._present and all(
-            (via := _peer_or_none(text)) is not None and via in self._listed and self._is_relay(via)
+            (via := _peer_or_none(text)) is not None
+            and (via in self._elsewhere or (via in self._listed and self._is_relay(via)))
             for text in vias)
 
     def _relist(self, peer: PeerId) -> None:
@@ -385,6 +400,11 @@ class Directory:
         expired = [p for p, e in self._stored.items() if now >= e.descriptor.expires]
         for peer in expired:
             self._forget(peer)
+        gone = [p for p, expires in self._elsewhere.items() if now >= expires]
+        for peer in gone:
+            del self._elsewhere[peer]
+        if gone:
+            self._relist_tabs()
 
 
 def _check_flag(flag: str | None) -> None:

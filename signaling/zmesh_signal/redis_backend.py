@@ -24,6 +24,7 @@ Redis is back; ``health()`` says ``degraded`` meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -42,7 +43,7 @@ from zmesh.errors import ConfigError, ZmeshError
 from zmesh.identity import PeerId
 
 from .backend import BackendUnavailable, LocalPeers, MemoryBackend
-from .directory import Changes, Directory, Stored, matches
+from .directory import Changes, Directory, Stored, matches, needs_probe
 from .limits import check_rate
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ class RedisBackend(MemoryBackend):
         self._wake = asyncio.Event()
         self._reachable = True
         self._tasks: list[asyncio.Task] = []
-        self._stopping = False
+        self._stopped = asyncio.Event()  # set by stop (a cancel alone may be swallowed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -234,7 +235,8 @@ class RedisBackend(MemoryBackend):
                        loop.create_task(self._keep_routes())]
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._stopped.set()
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -317,16 +319,32 @@ class RedisBackend(MemoryBackend):
                    if isinstance(result, bytes) and result != b"ok"}
         for peer, why in refused.items():
             log.warning("Redis refused to list %s (%s)", peer.short(), why)
+        for peer, result in zip(written, results, strict=True):
+            old, new = batch[peer]
+            relay = new if new is not None and needs_probe(new) else None
+            if result in (b"ok", 1) and (relay is not None or (old is not None and needs_probe(old))):
+                await self._announce_relay(peer, relay)
         return refused
+
+    async def _announce_relay(self, peer: PeerId, listed: Descriptor | None) -> None:
+        """Tell the other servers that a relay is listed (until when) or not, for the tabs posted
+        to them that name it as their ``via``; a server that missed this learns it when such a
+        tab is posted (``put``)."""
+        await self._publish(self._key("presence"),
+                            {"relay": peer.text, "expires": None if listed is None else listed.expires})
 
     async def put(self, descriptor: Descriptor, now: float, source: str) -> Stored:
         peer = descriptor.peer_id
+        vias = [] if needs_probe(descriptor) else list(descriptor.addresses.get("via", ()))
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zscore(self._key("published"), peer.text)
             pipe.exists(self._route(peer))
             published, signed_in = await self._io(pipe.execute())
         if published is not None and published >= descriptor.published:
             return Stored.STALE
+        for via in await self._descriptors(vias, now):  # a tab's home relay, listed by any server
+            if via is not None and needs_probe(via):
+                self.directory.set_listed_elsewhere(via.peer_id, via.expires)
         if signed_in:  # signed in on some server: a tab is listed wherever it posts
             self.directory.set_present(peer, True)
         outcome = self.directory.put(descriptor, now, source=source)
@@ -443,7 +461,13 @@ class RedisBackend(MemoryBackend):
     async def _on_message(self, channel: str, data: dict[str, Any]) -> None:
         assert self._peers is not None
         if channel == self._key("presence"):
-            if data["server"] != self.server_id:
+            if data["server"] == self.server_id:
+                return
+            if "relay" in data:
+                expires = data["expires"]
+                self.directory.set_listed_elsewhere(PeerId.from_text(data["relay"]),
+                                                    None if expires is None else float(expires))
+            else:
                 self.directory.set_present(PeerId.from_text(data["peer"]), bool(data["present"]))
         elif data["kind"] == "message":
             code = self._peers.deliver(PeerId.from_text(data["to"]), data["message"])
@@ -460,17 +484,17 @@ class RedisBackend(MemoryBackend):
     async def _keep_listening(self) -> None:
         """Hear this server's channel and presence changes; resubscribe after a lost connection."""
         backoff = Backoff()
-        while not self._stopping:
+        while not self._stopped.is_set():
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(self._channel(self.server_id), self._key("presence"))
                     backoff.opened()
-                    while not self._stopping:  # checked each second: redis-py may swallow a cancel
+                    while not self._stopped.is_set():  # checked each second: redis-py may swallow a cancel
                         item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if item is not None and item["type"] == "message":
                             await self._handle(item["channel"].decode(), item["data"])
             except (RedisError, OSError) as exc:
-                if self._stopping:
+                if self._stopped.is_set():
                     return
                 self._reachable = False
                 backoff.closed()
@@ -486,8 +510,9 @@ class RedisBackend(MemoryBackend):
             log.warning("could not answer a routed message: %s", exc)
 
     async def _keep_writing(self) -> None:
-        """Write listing changes and sign-outs as they come, retrying while Redis is away."""
-        while True:
+        """Write listing changes and sign-outs as they come, retrying while Redis is away. Checks
+        ``_stopped`` too: redis-py can swallow a cancel that lands inside a pipeline."""
+        while not self._stopped.is_set():
             await self._wake.wait()
             self._wake.clear()
             try:
@@ -502,9 +527,10 @@ class RedisBackend(MemoryBackend):
 
     async def _keep_routes(self) -> None:
         """Refresh the routes of peers signed in here before they expire (and after an outage)."""
-        while True:
-            await asyncio.sleep(self._presence_ttl / 3)
-            if not self._local:
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self._presence_ttl / 3)
+            if self._stopped.is_set() or not self._local:
                 continue
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
