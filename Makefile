@@ -5,14 +5,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINTED := node-core relay signaling tests playwright bench web/build_assets.py
 
-.PHONY: setup web-assets test lint bench demo clean
+.PHONY: setup web-assets test lint bench demo image container-test clean
 
 setup: $(STAMP) web-assets
 
 # Python packages, Debian's chromium (for the real-browser tests; never a downloaded browser),
-# Debian's tinyproxy (the real HTTP CONNECT proxy behind the upstream-proxy exit in tests/test_exits.py)
-# and the npm packages of the page (Pyodide, served from our own origin).
-DEBIAN_PACKAGES := chromium tinyproxy
+# Debian's tinyproxy (the real HTTP CONNECT proxy behind the upstream-proxy exit in tests/test_exits.py),
+# Debian's redis-server (the tests start their own, never the system service) and the npm packages
+# of the page (Pyodide, served from our own origin). Each package is named after its command.
+DEBIAN_PACKAGES := chromium tinyproxy redis-server
 $(STAMP): pyproject.toml web/package.json web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -48,6 +49,14 @@ bench: setup
 
 demo: setup
 	$(VENV)/bin/zmesh demo
+
+# The one container image of every role (deploy/Dockerfile; needs the page's assets, hence setup).
+image: setup
+	podman build -f deploy/Dockerfile -t localhost/zmesh:latest .
+
+# Builds the image and runs deploy/compose.yaml end to end (installs podman with apt when missing).
+container-test: setup
+	deploy/container-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info node-core/*.egg-info web/build web/node_modules

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from zmesh.native.crypto import NativeCryptoProvider
 
+from . import signal_backends
 from .private_network import declare_private_test_network, require_private_network
 
 
@@ -30,3 +31,24 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> No
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.001)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """One real ``redis-server`` for the session (no persistence); tests flush it first."""
+    with signal_backends.redis_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def signal_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test against both signal-server backends (``tests.signal_backends.serving``)."""
+    url = None
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        signal_backends.flush(url)
+    signal_backends.use(url)
+    try:
+        yield request.param
+    finally:
+        signal_backends.use(None)

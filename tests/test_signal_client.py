@@ -11,12 +11,15 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiohttp import web
 
+from tests.signal_backends import serving
 from zmesh.descriptor import Capabilities, sign_descriptor, verify_descriptor
 from zmesh.errors import CryptoError, LinkClosed, TransportError
 from zmesh.identity import Identity
 from zmesh.signaling import message_transcript
-from zmesh_signal.app import SignalConfig, run_server, serving
+from zmesh_signal.app import SignalConfig, run_server
 from zmesh_signal.client import SignalClient, SignalError
+
+pytestmark = pytest.mark.usefixtures("signal_backend")  # memory and Redis: they cannot drift
 
 
 def run(test: Callable[[SignalClient], Awaitable[None]], config: SignalConfig | None = None) -> None:

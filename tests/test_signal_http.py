@@ -13,12 +13,15 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from tests.signal_backends import serving
 from zmesh.descriptor import MAX_DESCRIPTOR_SIZE, Capabilities, Descriptor, sign_descriptor
 from zmesh.identity import Identity
-from zmesh_signal.app import SignalConfig, serving
+from zmesh_signal.app import SignalConfig
 from zmesh_signal.client import SignalClient
 
 Test = Callable[[aiohttp.ClientSession, str], Awaitable[None]]
+
+pytestmark = pytest.mark.usefixtures("signal_backend")  # memory and Redis: they cannot drift
 
 
 STORE = SignalConfig(verify_reachability=False)  # these descriptors name no address anyone listens on

@@ -11,13 +11,16 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
+from tests.signal_backends import serving
 from zmesh.identity import Identity
 from zmesh.signaling import auth_transcript, message_transcript
-from zmesh_signal.app import SignalConfig, serving
+from zmesh_signal.app import SignalConfig
 from zmesh_signal.ws import WsLimits
 
 Test = Callable[[aiohttp.ClientSession, str], Awaitable[None]]
 CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+
+pytestmark = pytest.mark.usefixtures("signal_backend")  # memory and Redis: they cannot drift
 
 
 def run(test: Test, config: SignalConfig | None = None) -> None:

@@ -49,7 +49,7 @@ async def cmd_signal(cfg: dict[str, Any]) -> None:
     server = asyncio.ensure_future(run_server(
         host, port, web_root=web_root, ready=lambda bound: ready("signal", f"http://{host}:{bound}"),
         allow_private_addresses=cfg["network.allow_private_addresses"],
-        max_per_source=cfg["signaling.max_relays_per_source"]))
+        max_per_source=cfg["signaling.max_relays_per_source"], redis=cfg["signaling.redis"] or None))
 
     async def stop() -> None:
         server.cancel()
@@ -126,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
     sig.add_argument("--listen", dest="signaling.listen", metavar="HOST:PORT")
     sig.add_argument("--web-root", dest="signaling.web_root", metavar="DIR")
     sig.add_argument("--max-relays-per-source", dest="signaling.max_relays_per_source", metavar="N", type=int)
+    sig.add_argument("--redis", dest="signaling.redis", metavar="redis://HOST:PORT/DB",
+                     help="share the directory, rate limits and routes with other servers on this Redis")
 
     relay = commands.add_parser("relay", help="run a relay (optionally an exit)")
     relay.add_argument("--signal", dest="signaling.url", metavar="URL")

@@ -47,6 +47,17 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _urls(value: str) -> str:
+    """One URL, or several separated by commas: servers sharing one directory (tried in turn)."""
+    return ",".join(_url(url.strip()) for url in value.split(","))
+
+
+def _redis_url(value: str) -> str:
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected redis://HOST:PORT/DB (empty: keep everything in memory)")
+    return value
+
+
 def _hops(value: int) -> int:
     if not 2 <= value <= 8:
         raise ValueError("must be 2..8")
@@ -227,7 +238,9 @@ SETTINGS: dict[str, Setting] = {
     "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
     "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
     "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),
-    "signaling.url": Setting(str, "http://127.0.0.1:8080", _url, "signal/directory server URL"),
+    "signaling.url": Setting(str, "http://127.0.0.1:8080", _urls,
+                             "signal/directory server URL, or several (comma-separated) sharing one Redis"),
+    "signaling.redis": Setting(str, "", _redis_url, "`zmesh signal`: share state with other servers on this Redis"),
     "signaling.listen": Setting(str, "127.0.0.1:8080", _host_port, "where `zmesh signal` listens"),
     "signaling.web_root": Setting(str, "", None, "folder served at / (default: the repository's web/)"),
     "signaling.max_relays_per_source": Setting(int, 8, _positive, "peers one address may publish to `zmesh signal`"),

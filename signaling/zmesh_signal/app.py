@@ -1,5 +1,6 @@
 """``zmesh signal``: the relay directory, WebSocket signaling between PeerIds and the static files
-of ``web/``, all on one origin and in memory (docs/signaling.md).
+of ``web/``, all on one origin; its state in memory or shared with other servers through Redis
+(``backend.py``, docs/signaling.md).
 
 Nothing a client sends is trusted: descriptors are verified before they are stored (and again by
 whoever fetches them), WebSocket peers prove their PeerId (``ws.py``). Every answer, error or
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import math
 import re
@@ -27,6 +29,7 @@ from zmesh.identity import PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.netaddr import descriptor_refusal
 
+from .backend import BackendUnavailable, MemoryBackend
 from .directory import FLAGS, Directory, Stored
 from .limits import KeyedLimiter, TooLarge, read_limited
 from .metrics import SignalMetrics
@@ -53,6 +56,9 @@ class SignalConfig:
     private test network only (``network.allow_private_addresses``).
     ``verify_reachability=False`` lists descriptors without probing them or requiring their peer
     to be signed in: only for unit tests of the store, never for a server anyone uses.
+    ``redis`` (``redis://HOST:PORT/DB``) shares the listing, rate limits and routes with every
+    server on that Redis (``redis_backend.py``); None keeps everything in this process.
+    ``presence_ttl`` is how long Redis remembers a peer's server after that server last said so.
     """
 
     web_root: Path | None = None
@@ -71,10 +77,26 @@ class SignalConfig:
     ws: WsLimits = field(default_factory=WsLimits)
     clock: Callable[[], float] = time.time
     allow_private_addresses: bool = False
+    redis: str | None = None
+    presence_ttl: float = 30.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_lifetime, int) or self.max_lifetime < 60:
             raise ConfigError(f"max_lifetime must be at least 60 seconds, got {self.max_lifetime!r}")
+        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"signaling.redis must be a redis://HOST:PORT/DB URL, got {self.redis!r}")
+
+
+def _backend(config: SignalConfig, directory: Directory, provider: NativeCryptoProvider) -> MemoryBackend:
+    """In memory (the default), or shared with every server on ``config.redis``."""
+    if config.redis is None:
+        return MemoryBackend(directory, KeyedLimiter(config.post_rate, config.post_burst),
+                             KeyedLimiter(config.get_rate, config.get_burst))
+    from .redis_backend import RedisBackend  # redis is needed only by servers that use it
+
+    return RedisBackend(config.redis, directory, provider, post=(config.post_rate, config.post_burst),
+                        get=(config.get_rate, config.get_burst), capacity=config.max_descriptors,
+                        presence_ttl=config.presence_ttl, clock=config.clock)
 
 
 def json_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -96,28 +118,42 @@ class _Api:
         self.directory = Directory(config.max_descriptors, max_pending=config.max_pending,
                                    max_per_source=config.max_per_source,
                                    reprobe_interval=config.reprobe_interval,
-                                   verify=config.verify_reachability)
+                                   verify=config.verify_reachability,
+                                   on_listing=lambda *change: self.backend.listing_changed(*change))
+        self.backend = _backend(config, self.directory, self.provider)
         self.prober = Prober(self.provider, self.directory.next_pending, self._probed,
                              concurrency=config.probe_concurrency, timeout=config.probe_timeout,
                              allow_private=config.allow_private_addresses)
 
-    async def start_probing(self, _app: web.Application) -> None:
+    async def start(self, hub: SignalHub) -> None:
+        await self.backend.start(hub)
         self.prober.start()
 
-    async def stop_probing(self, _app: web.Application) -> None:
+    async def stop(self, _app: web.Application) -> None:
         await self.prober.stop()
+        await self.backend.stop()
 
     def _probed(self, descriptor: Descriptor, reachable: bool) -> None:
-        outcome = self.directory.probed(descriptor, reachable, self.config.clock())
+        outcome = self.backend.probed(descriptor, reachable, self.config.clock())
         self.metrics.probes.labels("reachable" if reachable else "unreachable").inc()
         if outcome is Stored.FULL:
             log.warning("a relay proved reachable but proven relays fill the directory (max_descriptors)")
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "relays": self.directory.count(self.config.clock()),
-                                  "pending": self.directory.pending_count()})
+        """``ok``, or ``degraded`` (503, so a load balancer steers clients away) while the shared
+        store is unreachable."""
+        status = await self.backend.health()
+        try:
+            relays: int | None = await self.backend.count(self.config.clock())
+        except BackendUnavailable:
+            relays = None
+        return web.json_response({"status": status, "relays": relays,
+                                  "pending": self.directory.pending_count()},
+                                 status=200 if status == "ok" else 503)
 
     async def export_metrics(self, request: web.Request) -> web.Response:
+        with contextlib.suppress(BackendUnavailable):  # then the gauge keeps its last value
+            self.metrics.live_relays.set(await self.backend.count(self.config.clock()))
         body, content_type = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -137,7 +173,7 @@ class _Api:
                                   "(a private test network sets network.allow_private_addresses on it)")
         if descriptor.expires - descriptor.published > self.config.max_lifetime:
             return self._rejected(422, "invalid", f"descriptor lifetime is over {self.config.max_lifetime} s")
-        outcome = self.directory.put(descriptor, self.config.clock(), source=request.remote or "unknown")
+        outcome = await self.backend.put(descriptor, self.config.clock(), source=request.remote or "unknown")
         if outcome is Stored.STALE:
             return self._rejected(409, "stale", "a descriptor at least as recent is stored for this peer")
         if outcome is Stored.FULL:
@@ -164,7 +200,7 @@ class _Api:
                 return json_error(400, "bad_query", "country must be a two-letter ISO 3166 code like DE")
         if since is not None and not _CURSOR.fullmatch(since):
             return json_error(400, "bad_query", "since must be a cursor from an earlier answer")
-        changes = self.directory.changes(self.config.clock(), since, flag=flag, country=country)
+        changes = await self.backend.changes(self.config.clock(), since, flag=flag, country=country)
         response = web.json_response({"relays": [base64.b64encode(d.raw).decode() for d in changes.listed],
                                       "removed": [peer.text for peer in changes.removed],
                                       "cursor": changes.cursor, "full": changes.full})
@@ -176,7 +212,7 @@ class _Api:
             peer = PeerId.from_text(request.match_info["peer_id"])
         except ConfigError as exc:
             return json_error(400, "bad_peer_id", str(exc))
-        descriptor = self.directory.get(peer, self.config.clock())
+        descriptor = await self.backend.get(peer, self.config.clock())
         if descriptor is None:
             return json_error(404, "not_found", "no live descriptor for that PeerId")
         return web.json_response({"descriptor": base64.b64encode(descriptor.raw).decode()})
@@ -216,6 +252,10 @@ def _json_errors(metrics: SignalMetrics) -> Middleware:
             if exc.status < 400:
                 raise
             response = http_error(exc)
+        except BackendUnavailable as exc:
+            log.warning("refusing %s: %s", _route_label(request), exc)
+            response = json_error(503, "unavailable", "the shared store (Redis) is unreachable; try again shortly",
+                                  {"Retry-After": "5"})
         except Exception:
             log.exception("unexpected error in %s", _route_label(request))
             response = json_error(500, "internal", "the server failed on this request; it has been logged")
@@ -225,12 +265,18 @@ def _json_errors(metrics: SignalMetrics) -> Middleware:
     return middleware
 
 
-def _rate_limit(posts: KeyedLimiter, gets: KeyedLimiter) -> Middleware:
+def _rate_limit(backend: MemoryBackend) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Per client IP: writes are limited tightly, reads generously."""
-        limiter = gets if request.method in ("GET", "HEAD") else posts
-        wait = limiter.take(request.remote or "unknown")
+        """Per client IP: writes are limited tightly, reads generously. ``/healthz`` still answers
+        (``degraded``) when the shared buckets cannot be reached."""
+        kind = "get" if request.method in ("GET", "HEAD") else "post"
+        try:
+            wait = await backend.take(kind, request.remote or "unknown")
+        except BackendUnavailable:
+            if request.path != "/healthz":
+                raise
+            wait = 0.0
         if wait:
             return json_error(429, "rate_limited", "too many requests from your address; slow down",
                               {"Retry-After": str(math.ceil(wait))})
@@ -244,16 +290,12 @@ def create_app(config: SignalConfig | None = None) -> web.Application:
     config = config or SignalConfig()
     metrics = SignalMetrics()
     api = _Api(config, metrics)
-    hub = SignalHub(api.provider, metrics, config.ws, on_presence=api.directory.set_present)
-    metrics.live_relays.set_function(lambda: api.directory.count(config.clock()))
-    app = web.Application(
-        middlewares=[_json_errors(metrics),
-                     _rate_limit(KeyedLimiter(config.post_rate, config.post_burst),
-                                 KeyedLimiter(config.get_rate, config.get_burst))],
-        client_max_size=MAX_DESCRIPTOR_SIZE)
-    app.on_startup.append(api.start_probing)
+    hub = SignalHub(api.provider, metrics, config.ws, backend=api.backend)
+    app = web.Application(middlewares=[_json_errors(metrics), _rate_limit(api.backend)],
+                          client_max_size=MAX_DESCRIPTOR_SIZE)
+    app.on_startup.append(lambda _app: api.start(hub))
     app.on_shutdown.append(hub.close_all)
-    app.on_cleanup.append(api.stop_probing)
+    app.on_cleanup.append(api.stop)
     app.router.add_get("/healthz", api.health)
     app.router.add_get("/metrics", api.export_metrics)
     app.router.add_post("/v1/descriptors", api.publish)
@@ -283,10 +325,10 @@ async def serving(config: SignalConfig, host: str, port: int) -> AsyncIterator[i
 
 async def run_server(host: str, port: int, *, web_root: Path | None = None,
                      ready: Callable[[int], None] | None = None, allow_private_addresses: bool = False,
-                     max_per_source: int = 8) -> None:
+                     max_per_source: int = 8, redis: str | None = None) -> None:
     """Serve until cancelled; call ``ready(bound_port)`` once listening."""
     config = SignalConfig(web_root=web_root, allow_private_addresses=allow_private_addresses,
-                          max_per_source=max_per_source)
+                          max_per_source=max_per_source, redis=redis)
     async with serving(config, host, port) as bound:
         log.info("signal server listening on %s:%d", host, bound)
         if ready is not None:

@@ -52,12 +52,26 @@ class _AiohttpText:
 
 
 class SignalClient:
-    """The directory API (publish and list descriptors) and the signaling WebSocket of one server."""
+    """The directory API (publish and list descriptors) and the signaling WebSocket of one server,
+    or of several sharing one directory (``base_url`` "http://a,http://b"): a server that cannot
+    be reached hands over to the next one for the following calls."""
 
     def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
+        self._urls = [url.strip().rstrip("/") for url in base_url.split(",")]
+        self._current = 0
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The server the next call goes to."""
+        return self._urls[self._current]
+
+    def _unreachable(self, what: str, exc: Exception) -> TransportError:
+        """The current server failed: the next call tries the next one."""
+        failed = self.base_url
+        self._current = (self._current + 1) % len(self._urls)
+        return TransportError(f"cannot {what} at {failed}: {exc}")
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -69,7 +83,7 @@ class SignalClient:
             async with self._http().request(method, self.base_url + path, **kwargs) as response:
                 status, body = response.status, await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(f"cannot reach the signal server at {self.base_url}: {exc}") from exc
+            raise self._unreachable("reach the signal server", exc) from exc
         try:
             answer = json.loads(body)
         except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
@@ -107,7 +121,7 @@ class SignalClient:
         try:
             ws = await self._http().ws_connect(self.base_url + "/v1/ws", max_msg_size=WsLimits().max_message)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(f"cannot open the signaling socket at {self.base_url}: {exc}") from exc
+            raise self._unreachable("open the signaling socket", exc) from exc
         return await SignalSession.open(_AiohttpText(ws), identity, provider, self._timeout)
 
     async def close(self) -> None:

@@ -8,7 +8,8 @@ descriptors must neither reach clients nor crowd out real relays. So a descripto
 - it has a WebSocket link address (``ws``) and the server's probe completed a circuit handshake
   with the published onion keys there (``probe.py``), or
 - it has none (a tab, reachable ``via`` a home relay or over WebRTC) and its PeerId is signed in
-  to this server's signaling socket right now, and its ``via`` relay, if any, is listed.
+  to this server's signaling socket right now, and its ``via`` relay, if any, is listed (here, or
+  by another server sharing this directory through Redis: ``set_listed_elsewhere``).
 
 Until then a ``ws`` descriptor waits in a bounded *pending* set. Every source address may hold
 ``max_per_source`` peers (pending or stored); a full pending set drops the oldest entry of the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import enum
 import secrets
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from zmesh.descriptor import Descriptor
@@ -31,6 +33,7 @@ from zmesh.errors import ConfigError
 from zmesh.identity import PeerId
 
 FLAGS = ("relay", "exit")
+ListingHook = Callable[[PeerId, "Descriptor | None", "Descriptor | None"], None]
 
 
 class Stored(enum.Enum):
@@ -64,7 +67,8 @@ class Changes:
     full: bool
 
 
-def _needs_probe(descriptor: Descriptor) -> bool:
+def needs_probe(descriptor: Descriptor) -> bool:
+    """A relay's descriptor (it names a WebSocket link address), not a tab's."""
     return bool(descriptor.addresses.get("ws"))
 
 
@@ -81,7 +85,9 @@ class Directory:
 
     def __init__(self, capacity: int = 10_000, *, max_pending: int = 256, max_per_source: int = 8,
                  reprobe_interval: float = 600.0, max_tombstones: int | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, on_listing: ListingHook | None = None) -> None:
+        """``on_listing(peer, old, new)`` hears every change of the listing (``old`` or ``new``
+        None when ``peer`` is newly listed or unlisted): how a shared backend mirrors it."""
         for name, value in (("capacity", capacity), ("max_pending", max_pending),
                             ("max_per_source", max_per_source)):
             if not isinstance(value, int) or value < 1:
@@ -90,6 +96,7 @@ class Directory:
             raise ConfigError(f"reprobe_interval must be >= 0 seconds, got {reprobe_interval!r}")
         self.capacity, self.max_pending, self.max_per_source = capacity, max_pending, max_per_source
         self.reprobe_interval, self.verify = reprobe_interval, verify
+        self._on_listing = on_listing or (lambda _peer, _old, _new: None)
         self._max_tombstones = max_tombstones or capacity
         self._stored: dict[PeerId, _Entry] = {}
         self._pending: OrderedDict[PeerId, _Entry] = OrderedDict()
@@ -97,6 +104,7 @@ class Directory:
         self._per_source: Counter[str] = Counter()
         self._present: set[PeerId] = set()
         self._listed: dict[PeerId, Descriptor] = {}
+        self._elsewhere: OrderedDict[PeerId, float] = OrderedDict()  # relays other servers listed → expiry
         # source → (failed probes in a row, turn its last entry went to a prober)
         self._record: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._turn = 0
@@ -120,7 +128,7 @@ class Directory:
         if self._source.get(peer) != source and not self._make_source_room(source):
             return Stored.SOURCE_LIMIT
         stored = self._stored.get(peer)
-        if not self.verify or not _needs_probe(descriptor):
+        if not self.verify or not needs_probe(descriptor):
             return self._store(_Entry(descriptor, source, now), proven=not self.verify)
         if (stored is not None and stored.probed is not None and now - stored.probed < self.reprobe_interval
                 and _same_reachability(stored.descriptor, descriptor)):
@@ -262,6 +270,17 @@ class Directory:
         if peer in self._stored:
             self._relist(peer)
 
+    def set_listed_elsewhere(self, relay: PeerId, expires: float | None) -> None:
+        """Another server sharing this directory listed ``relay`` until ``expires`` (None: it
+        unlisted it), so tabs posted here may name it as their ``via``. At most ``capacity`` are
+        remembered, the oldest forgotten first."""
+        self._elsewhere.pop(relay, None)
+        if expires is not None:
+            self._elsewhere[relay] = expires
+            while len(self._elsewhere) > self.capacity:
+                self._elsewhere.popitem(last=False)
+        self._relist_tabs()
+
     # ------------------------------------------------------------------ reading
 
     def get(self, peer: PeerId, now: float) -> Descriptor | None:
@@ -274,7 +293,7 @@ class Directory:
         ``country`` (ISO 3166 alpha-2, upper case)."""
         _check_flag(flag)
         self._purge(now)
-        return [d for d in self._listed.values() if _matches(d, flag, country)]
+        return [d for d in self._listed.values() if matches(d, flag, country)]
 
     def changes(self, now: float, cursor: str | None, *, flag: str | None = None,
                 country: str | None = None) -> Changes:
@@ -291,7 +310,7 @@ class Directory:
         for peer, seq in self._changed.items():
             if seq > since:
                 descriptor = self._listed.get(peer)
-                if descriptor is not None and _matches(descriptor, flag, country):
+                if descriptor is not None and matches(descriptor, flag, country):
                     listed.append(descriptor)
                 else:
                     removed.append(peer)
@@ -323,24 +342,27 @@ class Directory:
         entry = self._stored.get(peer)
         if entry is None:
             return False
-        if not self.verify or _needs_probe(entry.descriptor):
+        if not self.verify or needs_probe(entry.descriptor):
             return True
         vias = entry.descriptor.addresses.get("via", ())
         return peer in self._present and all(
-            (via := _peer_or_none(text)) is not None and via in self._listed and self._is_relay(via)
+            (via := _peer_or_none(text)) is not None
+            and (via in self._elsewhere or (via in self._listed and self._is_relay(via)))
             for text in vias)
 
     def _relist(self, peer: PeerId) -> None:
         """Bring ``_listed`` (and the change log) in line with ``peer``'s entry."""
-        entry = self._stored.get(peer)
+        entry, old = self._stored.get(peer), self._listed.get(peer)
         if self._should_list(peer):
             assert entry is not None
-            if self._listed.get(peer) is not entry.descriptor:
+            if old is not entry.descriptor:
                 self._listed[peer] = entry.descriptor
                 self._note(peer)
-        elif peer in self._listed:
+                self._on_listing(peer, old, entry.descriptor)
+        elif old is not None:
             del self._listed[peer]
             self._note(peer)
+            self._on_listing(peer, old, None)
 
     def _relist_tabs(self) -> None:
         for peer in [p for p in self._stored if not self._is_relay(p)]:
@@ -378,6 +400,11 @@ class Directory:
         expired = [p for p, e in self._stored.items() if now >= e.descriptor.expires]
         for peer in expired:
             self._forget(peer)
+        gone = [p for p, expires in self._elsewhere.items() if now >= expires]
+        for peer in gone:
+            del self._elsewhere[peer]
+        if gone:
+            self._relist_tabs()
 
 
 def _check_flag(flag: str | None) -> None:
@@ -385,7 +412,7 @@ def _check_flag(flag: str | None) -> None:
         raise ConfigError(f"flag must be one of {', '.join(FLAGS)}, got {flag!r}")
 
 
-def _matches(descriptor: Descriptor, flag: str | None, country: str | None) -> bool:
+def matches(descriptor: Descriptor, flag: str | None, country: str | None) -> bool:
     return ((flag is None or getattr(descriptor.capabilities, flag))
             and (country is None or descriptor.capabilities.country == country))
 

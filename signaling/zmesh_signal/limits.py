@@ -15,7 +15,7 @@ from typing import Protocol
 from zmesh.errors import ConfigError, ProtocolError
 
 
-def _check_rate(rate: float, burst: float) -> None:
+def check_rate(rate: float, burst: float) -> None:
     if rate <= 0 or burst < 1:
         raise ConfigError(f"a rate limit needs rate > 0 and burst >= 1, got rate={rate} burst={burst}")
 
@@ -30,7 +30,7 @@ class TokenBucket:
     __slots__ = ("rate", "burst", "_tokens", "_last")
 
     def __init__(self, rate: float, burst: float, *, now: float) -> None:
-        _check_rate(rate, burst)
+        check_rate(rate, burst)
         self.rate, self.burst = rate, burst
         self._tokens, self._last = burst, now
 
@@ -50,7 +50,7 @@ class KeyedLimiter:
 
     def __init__(self, rate: float, burst: float, *, max_keys: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        _check_rate(rate, burst)
+        check_rate(rate, burst)
         self.rate, self.burst, self._max_keys, self._clock = rate, burst, max_keys, clock
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 

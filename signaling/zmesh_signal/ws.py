@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
 from zmesh.signaling import auth_transcript, message_transcript
 
+from .backend import BackendUnavailable, MemoryBackend
 from .limits import TokenBucket
 from .metrics import SignalMetrics
 
@@ -134,11 +134,11 @@ class SignalHub:
     """The ``/v1/ws`` endpoint: authenticates peers and relays their signed messages."""
 
     def __init__(self, provider: CryptoProvider, metrics: SignalMetrics, limits: WsLimits, *,
-                 on_presence: Callable[[PeerId, bool], None] | None = None) -> None:
-        """``on_presence(peer, signed_in)`` hears each PeerId sign in and leave (the directory
-        lists a tab only while it is signed in)."""
+                 backend: MemoryBackend) -> None:
+        """``backend`` hears each PeerId sign in and leave (the directory lists a tab only while
+        it is signed in) and routes messages to peers connected to other servers."""
         self._provider, self._metrics, self._limits = provider, metrics, limits
-        self._on_presence = on_presence or (lambda _peer, _present: None)
+        self._backend = backend
         self._peers: dict[PeerId, _Connection] = {}
         self._open: set[web.WebSocketResponse] = set()
 
@@ -190,9 +190,16 @@ class SignalHub:
         await ws.close(code=1008, message=b"authentication failed")
 
     async def _serve(self, conn: _Connection) -> None:
-        conn.offer({"type": "ready", "peer_id": conn.peer.text})
         previous, self._peers[conn.peer] = self._peers.get(conn.peer), conn
-        self._on_presence(conn.peer, True)
+        try:
+            await self._backend.signed_in(conn.peer)
+        except BackendUnavailable:
+            if self._peers.get(conn.peer) is conn:
+                del self._peers[conn.peer]
+            await conn.ws.send_json(_unavailable().reply())
+            await conn.ws.close(code=1011, message=b"the shared store is unreachable")
+            return
+        conn.offer({"type": "ready", "peer_id": conn.peer.text})
         try:
             if previous is not None:
                 await previous.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection")
@@ -203,7 +210,26 @@ class SignalHub:
         finally:
             if self._peers.get(conn.peer) is conn:
                 del self._peers[conn.peer]
-                self._on_presence(conn.peer, False)
+                await self._backend.signed_out(conn.peer)
+
+    def deliver(self, recipient: PeerId, message: dict[str, str]) -> str | None:
+        """Queue ``message`` for ``recipient`` if it is connected here; else the error code."""
+        target = self._peers.get(recipient)
+        if target is None:
+            return "offline"
+        return None if target.offer(message) else "busy"
+
+    def report(self, sender: PeerId, code: str, recipient: PeerId) -> None:
+        """A message ``sender`` sent through another server failed there: tell it as if here."""
+        conn = self._peers.get(sender)
+        if conn is not None and code in _UNDELIVERED:
+            conn.offer(_undelivered(code, recipient).reply())
+
+    async def kick(self, peer: PeerId) -> None:
+        """``peer`` signed in on another server: this older socket goes (4000)."""
+        conn = self._peers.get(peer)
+        if conn is not None:
+            await conn.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection")
 
     async def _read(self, conn: _Connection) -> None:
         loop = asyncio.get_running_loop()
@@ -245,13 +271,27 @@ class SignalHub:
         if not await self._provider.ed25519_verify(sender.key, signature,
                                                    message_transcript(sender, recipient, payload)):
             raise _Reject("bad_signature", "the message signature does not verify for your PeerId")
-        target = self._peers.get(recipient)
-        if target is None:
-            raise _Reject("offline", "the recipient is not connected", bad=False, to=recipient.text)
-        delivered = target.offer({"type": "message", "from": sender.text,
-                                  "payload": base64.b64encode(payload).decode(),
-                                  "signature": base64.b64encode(signature).decode()})
-        if not delivered:
-            raise _Reject("busy", "the recipient is not reading; try again later", bad=False,
-                          to=recipient.text)
+        message = {"type": "message", "from": sender.text, "payload": base64.b64encode(payload).decode(),
+                   "signature": base64.b64encode(signature).decode()}
+        code = self.deliver(recipient, message)
+        if code == "offline":
+            try:
+                code = await self._backend.forward(recipient, message, reply_to=sender)
+            except BackendUnavailable as exc:
+                raise _unavailable(to=recipient.text) from exc
+        if code is not None:
+            raise _undelivered(code, recipient)
         self._metrics.ws_messages.labels("relayed").inc()
+
+
+_UNDELIVERED = {"offline": "the recipient is not connected",
+                "busy": "the recipient is not reading; try again later"}
+
+
+def _undelivered(code: str, recipient: PeerId) -> _Reject:
+    """The same error for a recipient that is offline or busy, whichever server it was on."""
+    return _Reject(code, _UNDELIVERED[code], bad=False, to=recipient.text)
+
+
+def _unavailable(**extra: str) -> _Reject:
+    return _Reject("unavailable", "the shared store (Redis) is unreachable; try again shortly", bad=False, **extra)
