@@ -41,7 +41,7 @@ class MemoryNetwork:
         it over the links it opened, once it has authenticated them."""
         identity = await Identity.generate(self.provider)
         node = Node(identity, self.provider, self.clock, accept_circuits=accept_circuits, limits=self.limits)
-        driver = NodeDriver(node, dialer=lambda peer, me=identity.peer_id: self._dial(me, peer),
+        driver = NodeDriver(node, dialer=lambda peer, _role, me=identity.peer_id: self._dial(me, peer),
                             stream_handler=stream_handler)
         self.drivers[identity.peer_id] = driver
         if not reachable:
