@@ -11,43 +11,28 @@ from link N (peer <PeerId> | its dialer proved nothing)`` for every CREATE it ac
 from __future__ import annotations
 
 import hashlib
-import http.server
 import re
-import threading
 from pathlib import Path
 
 import pytest
-from playwright_support import PAYLOAD, example_page, run_native
+from conftest import WEB, serve_payload
+from playwright_support import PAYLOAD, example_page, fetch_through_tab, run_native
 
 from tests.conftest import wait_until
 from tests.test_native_mesh import Process
-from zmesh.aio.http import http_get
 from zmesh.identity import PeerId
 from zmesh_relay import config
 from zmesh_relay.client import Client
 
-WEB = Path(__file__).resolve().parent.parent / "web"
 PROVED = re.compile(r"link (\d+): its dialer proved it is (\w+)")
 RELAYING = re.compile(r"relaying a circuit from link (\d+) \((?:peer (\w+)|its dialer proved nothing)\)")
-
-
-class _File(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
-        self.end_headers()
-        self.wfile.write(PAYLOAD)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
 def logged_mesh(tmp_path_factory):
     """A signal server and three relays (the last two exits), each relay on a loopback /16 of its own
     and logging at debug level to a file: (signal url, file port, {relay PeerId: its log file})."""
-    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _File)
-    threading.Thread(target=files.serve_forever, daemon=True).start()
+    files = serve_payload()
     port = files.server_address[1]
     data = tmp_path_factory.mktemp("logged-relays")
     processes = [Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(WEB))]
@@ -124,19 +109,7 @@ def test_a_relaying_tabs_own_circuit_reaches_its_home_relay_over_an_unauthentica
     for log in logs.values():  # no relay took a circuit from a link the tab authenticated
         assert tab.text not in {peer for _, peer in seen_by(log)[1]}
 
-    async def through_the_tab():  # a circuit extended to the tab over its home link still works
-        client = Client({**config.load(env={}), "signaling.url": url, "client.socks": "127.0.0.1:0"})
-        await client.start()
-        try:
-            relays = {d.peer_id: d for d in await client.directory.relays(refresh=True)}
-            exit_ = next(d for d in relays.values() if d.capabilities.exit and d.peer_id != home)
-            circuit = await client.driver.build_circuit([relays[home], relays[tab], exit_])
-            stream = await client.driver.open_stream(circuit, "127.0.0.1", port)
-            return await http_get(stream, "127.0.0.1", "/file")
-        finally:
-            await client.stop()
-
-    status, body = run_native(through_the_tab())
+    status, body = run_native(fetch_through_tab(url, port, tab))  # extended to the tab over its home link
     assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
     assert page.evaluate("window.vpn.getStats().metrics.circuits_relayed") >= 1
     page.close()
