@@ -113,3 +113,22 @@ def test_a_relaying_tabs_own_circuit_reaches_its_home_relay_over_an_unauthentica
     assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
     assert page.evaluate("window.vpn.getStats().metrics.circuits_relayed") >= 1
     page.close()
+
+
+def test_a_tab_that_does_not_relay_proves_its_peer_id_to_no_relay(browser, logged_mesh):
+    url, port, logs = logged_mesh
+    page = example_page(browser, url)
+    result = page.evaluate("""async (target) => {
+        const { MeshVPN } = await import("/meshvpn.js");
+        window.vpn = new MeshVPN({ hops: 3, relay: false, identity: "ephemeral" });
+        await window.vpn.connect();
+        const { status } = await window.vpn.fetch(target);
+        return { status, peerId: window.vpn.peerId, path: window.vpn.getStats().path };
+    }""", f"http://127.0.0.1:{port}/file")
+    assert result["status"] == 200
+    first_hop = logs[PeerId.from_text(result["path"][0])]
+    run_native(wait_until(lambda: None in {peer for _, peer in seen_by(first_hop)[1]}))
+    for log in logs.values():
+        proved, created = seen_by(log)
+        assert result["peerId"] not in set().union(*proved.values(), {peer for _, peer in created})
+    page.close()

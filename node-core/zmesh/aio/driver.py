@@ -197,6 +197,8 @@ class NodeDriver:
         over the link. This node's own circuits never use a relay link (docs/protocol.md §3)."""
         if self.dialer is None:
             raise TransportError("this node has no dialer")
+        if authenticated and not self.node.accept_circuits:  # before dialing, so no link is left open
+            raise InvalidState("a node that accepts no circuits opens no relay links")
         role = LinkRole.RELAY if authenticated else LinkRole.CLIENT
         link_id = await self.add_link(await self.dialer(peer, role), peer, initiator=True, role=role)
         if authenticated and link_id not in self._authenticated:

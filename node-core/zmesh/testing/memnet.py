@@ -38,7 +38,7 @@ class MemoryNetwork:
     async def add_node(self, *, exit: bool = False, country: str | None = None, reachable: bool = True,
                        accept_circuits: bool = True, stream_handler: StreamHandler | None = None) -> NodeDriver:
         """A node; ``reachable=False`` makes one that can only dial out (a browser tab): others reach
-        it over the links it opened, once it has authenticated them."""
+        it over the relay links it opened and authenticated (``NodeDriver.connect(..., authenticated=True)``)."""
         identity = await Identity.generate(self.provider)
         node = Node(identity, self.provider, self.clock, accept_circuits=accept_circuits, limits=self.limits)
         driver = NodeDriver(node, dialer=lambda peer, _role, me=identity.peer_id: self._dial(me, peer),
