@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINTED := node-core relay signaling tests playwright bench web/build_assets.py
 
-.PHONY: setup web-assets test lint bench demo clean
+.PHONY: setup web-assets test lint bench demo image container-test clean
 
 setup: $(STAMP) web-assets
 
@@ -41,9 +41,18 @@ bench: setup
 	tests/netns-run $(PY) bench/fec.py
 	tests/netns-run $(PY) bench/browser.py
 	tests/netns-run $(PY) bench/webrtc.py
+	tests/netns-run $(PY) bench/wan.py
 
 demo: setup
 	$(VENV)/bin/zmesh demo
+
+# The one container image of every role (deploy/Dockerfile; needs the page's assets, hence setup).
+image: setup
+	podman build -f deploy/Dockerfile -t localhost/zmesh:latest .
+
+# Builds the image and runs deploy/compose.yaml end to end (installs podman with apt when missing).
+container-test: setup
+	deploy/container-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info node-core/*.egg-info web/build web/node_modules

@@ -72,7 +72,7 @@ async def listing_latency(rounds: int) -> list[float]:
         base = f"http://127.0.0.1:{port}"
         with tempfile.TemporaryDirectory() as data:
             relay = Relay(config.load(None, env={}, flags={
-                "signaling.url": base, "relay.data_dir": data, "relay.listen": "127.0.0.1:0",
+                "signaling.url": base, "relay.data_dir": data, "relay.listen": "127.1.0.1:0",
                 "transport.kind": "websocket", "network.allow_private_addresses": True}))
             await relay.start()
             try:

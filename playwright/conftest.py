@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 from playwright_support import CHROMIUM_ARGS, PAYLOAD
 
-from tests.private_network import declare_private_test_network, require_private_network
+from tests.private_network import declare_private_test_network, relay_listen, require_private_network
 from tests.test_native_mesh import Process
 
 
@@ -66,7 +66,7 @@ def mesh(tmp_path_factory):
     try:
         for index in range(4):
             extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if index >= 2 else []
-            processes.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
+            processes.append(Process("relay", "--signal", url, "--listen", relay_listen(index + 1),
                                      "--data-dir", str(data / f"r{index}"), *extra))
         yield url, port
     finally:

@@ -36,9 +36,10 @@ def example_page(browser: Any, url: str) -> Any:
     return page
 
 
-async def fetch_through_tab(signal_url: str, port: int, tab: Any) -> tuple[int, bytes]:
+async def fetch_through_tab(signal_url: str, port: int, tab: Any) -> Any:
     """A native client builds home relay → ``tab`` (a PeerId) → an exit and GETs
-    ``http://127.0.0.1:port/file`` through it: the home relay extends over the tab's own link."""
+    ``http://127.0.0.1:port/file`` through it (the ``HttpResponse``): the home relay extends over the
+    tab's own link."""
     from zmesh.aio.http import http_get
     from zmesh_relay import config
     from zmesh_relay.client import Client

@@ -57,8 +57,8 @@ def test_native_client_builds_a_circuit_through_a_tab(browser, mesh):
     page = example_page(browser, url)
     tab_id = PeerId.from_text(page.evaluate(JOIN, {"hops": 3}))
 
-    status, body = run_native(fetch_through_tab(url, port, tab_id))
-    assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
+    response = run_native(fetch_through_tab(url, port, tab_id))
+    assert response.status == 200 and hashlib.sha256(response.body).digest() == hashlib.sha256(PAYLOAD).digest()
     assert page.evaluate("window.vpn.getStats().metrics.circuits_relayed") >= 1
     page.close()
 

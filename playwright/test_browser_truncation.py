@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from playwright_support import JOIN, example_page
 
+from tests.private_network import relay_listen
 from tests.test_native_mesh import Process
 from tests.test_socks_hostile import BIG, TargetServer
 
@@ -26,7 +27,7 @@ def mesh(tmp_path_factory):
     try:
         for index in range(3):
             extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if index == 2 else []
-            processes.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
+            processes.append(Process("relay", "--signal", url, "--listen", relay_listen(index + 1),
                                      "--data-dir", str(data / f"r{index}"), *extra))
         yield url, target, processes[1:]
     finally:

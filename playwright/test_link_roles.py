@@ -109,8 +109,8 @@ def test_a_relaying_tabs_own_circuit_reaches_its_home_relay_over_an_unauthentica
     for log in logs.values():  # no relay took a circuit from a link the tab authenticated
         assert tab.text not in {peer for _, peer in seen_by(log)[1]}
 
-    status, body = run_native(fetch_through_tab(url, port, tab))  # extended to the tab over its home link
-    assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
+    response = run_native(fetch_through_tab(url, port, tab))  # extended to the tab over its home link
+    assert response.status == 200 and hashlib.sha256(response.body).digest() == hashlib.sha256(PAYLOAD).digest()
     assert page.evaluate("window.vpn.getStats().metrics.circuits_relayed") >= 1
     page.close()
 

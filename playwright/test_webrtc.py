@@ -9,6 +9,7 @@ import time
 from conftest import WEB
 from playwright_support import JOIN, PAYLOAD, example_page, run_native
 
+from tests.private_network import relay_listen
 from tests.test_native_mesh import Process, _health
 from zmesh.aio.rtc import RtcConnector, RtcOptions
 from zmesh.descriptor import verify_descriptor
@@ -137,7 +138,7 @@ def test_hostile_signaling_is_rejected_by_a_tab_that_keeps_working(browser, mesh
 def test_a_tab_offers_itself_again_when_its_home_relay_goes_away(browser, tmp_path):
     signal = Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(WEB))
     url = signal.address[0]
-    relays = [Process("relay", "--signal", url, "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / f"r{i}"),
+    relays = [Process("relay", "--signal", url, "--listen", relay_listen(i + 1), "--data-dir", str(tmp_path / f"r{i}"),
                       *(["--exit"] if i else [])) for i in range(2)]
     try:
         page = example_page(browser, url)

@@ -40,7 +40,7 @@ from zmesh.netaddr import LinkAddress
 from zmesh.node import Node
 from zmesh.signaling import parse_server_message
 from zmesh_relay import config, socks5
-from zmesh_relay.keys import KEY_FILE, load_or_create_identity
+from zmesh_relay.keys import KEY_FILE, ONION_FILE, load_or_create_identity, load_or_create_onion_ring
 from zmesh_signal import ws
 
 NOW = 1_800_000_000
@@ -151,6 +151,14 @@ def _key_file(data: bytes) -> object:
     return run_sync(load_or_create_identity(w.provider, w.key_dir))
 
 
+def _onion_state(data: bytes) -> object:
+    w = world()
+    path = w.key_dir / ONION_FILE
+    path.write_bytes(data)
+    os.chmod(path, 0o600)
+    return run_sync(load_or_create_onion_ring(w.provider, w.key_dir, lambda: NOW, lifetime=86400, grace=3600))
+
+
 def _config(data: bytes) -> object:
     w = world()
     w.config_file.write_bytes(data)
@@ -247,6 +255,9 @@ def targets() -> list[Target]:
              "mid": "0", "mline": 0},
             {"kind": "reject", "id": "a1", "reason": "busy"})),
         Target("keys.identity file", _key_file, (w.identity.to_bytes(),)),
+        Target("keys.onion key state", _onion_state, (pack_canonical({
+            "v": 1, "current": {"x25519": bytes(range(32)), "mlkem768_seed": bytes(64), "at": float(NOW)},
+            "retired": [{"x25519": bytes(32), "mlkem768_seed": bytes(range(64)), "at": NOW - 10.0}]}),)),
         Target("config.load (TOML)", _config, (
             b'[core]\nhops = 3\n[relay]\ncountry = "DE"\nlisten = "127.0.0.1:0"\nexit = true\n',
             b'[transport]\nice_servers = ["stun:h:3478", {urls = ["turn:h"], username = "u", credential = "p"}]\n'

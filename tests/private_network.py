@@ -27,3 +27,11 @@ def declare_private_test_network() -> None:
     """Let every zmesh config loaded in this run, and every subprocess it starts, list and dial
     relays on loopback (``network.allow_private_addresses``); tests of the default set it off."""
     os.environ[PRIVATE_NETWORK_ENV] = "true"
+
+
+def relay_listen(number: int) -> str:
+    """The listen address of relay ``number`` (1, 2, ...) in a test mesh: a loopback /16 of its own
+    (``127.N.0.1``), so the path rule "no two hops in one /16" holds on one host as on the Internet."""
+    if not 1 <= number <= 254:
+        raise ValueError(f"relay number must be 1..254, got {number}")
+    return f"127.{number}.0.1:0"

@@ -15,6 +15,8 @@ from zmesh.testing.memnet import MemoryNetwork, echo_service
     ({"enable_fec": True, "transport": "websocket"}, "enable_fec"),
     ({"transport": "carrier-pigeon"}, "transport"), ({"country": "Germany"}, "country"),
     ({"enable_fec": "yes"}, "enable_fec"), ({"colour": "blue"}, "colour"), ({"entry": "nobody"}, "entry"),
+    ({"exclude_countries": "DE"}, "exclude_countries"), ({"exclude_countries": ["Germany"]}, "exclude_countries"),
+    ({"exclude_countries": [7]}, "exclude_countries"), ({"exclude_countries": ["DE"] * 257}, "exclude_countries"),
 ])
 def test_bad_options_are_config_errors_naming_the_key(options, key):
     with pytest.raises(ConfigError, match=key):
@@ -94,5 +96,25 @@ def test_send_without_destination_is_invalid_state(provider):
         finally:
             await alice.close()
             await net.close()
+
+    asyncio.run(main())
+
+
+def test_excluded_countries_are_normalised_and_kept_out_of_the_path(provider):
+    """MeshOptions.exclude_countries reaches path selection: the only other exit's country is
+    excluded, so every circuit ends at the one that is left."""
+    async def main():
+        net = MemoryNetwork(provider)
+        for _ in range(3):
+            await net.add_node()
+        kept = await net.add_node(exit=True, stream_handler=echo_service)
+        await net.add_node(exit=True, stream_handler=echo_service, country="FR")
+        assert MeshOptions(exclude_countries=["fr"]).exclude_countries == ("FR",)
+        vpn = MeshVPN(await net.add_node(), lambda: list(net.descriptors.values()), exclude_countries=["fr"])
+        for _ in range(10):
+            await vpn.connect()
+            assert vpn.get_stats()["path"][-1] == kept.node.identity.peer_id.text
+            await vpn.disconnect()
+        await net.close()
 
     asyncio.run(main())

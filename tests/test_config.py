@@ -1,10 +1,22 @@
-"""Configuration layering: zmesh.toml < ZMESH_* environment < flags, errors name the key."""
+"""Configuration layering: zmesh.toml < ZMESH_* environment < flags, errors name the key; every
+setting is validated, documented in zmesh.example.toml and checkable with ``zmesh config --check``."""
+
+import argparse
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from zmesh.aio.rtc import ChannelOptions
 from zmesh.errors import ConfigError
-from zmesh_relay.config import load, rtc_options
+from zmesh.identity import PeerId
+from zmesh_relay.cli import parser
+from zmesh_relay.config import SETTINGS, describe, load, rtc_options
+
+PEER, OTHER = PeerId(bytes(range(32))).text, PeerId(bytes(32)).text
 
 
 def test_layers_override_in_order(tmp_path):
@@ -21,6 +33,11 @@ def test_layers_override_in_order(tmp_path):
     ({"flags": {"client.socks": "nowhere"}}, "client.socks"),
     ({"flags": {"signaling.url": "ftp://x"}}, "signaling.url"),
     ({"flags": {"relay.country": "Germany"}}, "relay.country"),
+    ({"flags": {"path.exclude_countries": ["DE", "Germany"]}}, "path.exclude_countries"),
+    ({"env": {"ZMESH_PATH_EXCLUDE_COUNTRIES": "de,1x"}}, "path.exclude_countries"),
+    ({"flags": {"relay.family": ["not-a-peer-id"]}}, "relay.family"),
+    ({"flags": {"relay.family": [PEER, PEER]}}, "relay.family"),
+    ({"flags": {"relay.family": [PEER] * 33}}, "relay.family"),
 ])
 def test_bad_values_name_the_key_and_source(source, key):
     with pytest.raises(ConfigError, match=key):
@@ -80,3 +97,69 @@ def test_relay_bounds_must_be_at_least_one(name):
     defaults = load(env={})
     assert (defaults["relay.max_links"], defaults["relay.max_links_per_address"], defaults["relay.max_circuits"],
             defaults["relay.handshake_rate"]) == (1000, 32, 16384, 100.0)
+
+
+def test_family_and_excluded_countries_from_flags_env_and_cli():
+    cfg = load(env={"ZMESH_PATH_EXCLUDE_COUNTRIES": "de, nl"}, flags={"relay.family": [PEER]})
+    assert cfg["path.exclude_countries"] == ("DE", "NL") and cfg["relay.family"] == (PeerId.from_text(PEER),)
+    args = vars(parser().parse_args(["relay", "--family", PEER, "--family", OTHER]))
+    assert args["relay.family"] == [PEER, OTHER]
+    args = vars(parser().parse_args(["client", "--exclude-country", "us", "--exclude-country", "FR"]))
+    assert load(env={}, flags={"path.exclude_countries": args["path.exclude_countries"]})["path.exclude_countries"] \
+        == ("US", "FR")
+    assert load(env={})["relay.family"] == () and load(env={})["path.exclude_countries"] == ()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMERIC = [name for name, setting in SETTINGS.items() if setting.kind in (int, float)]
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_every_numeric_setting_refuses_a_negative_value_naming_it(name):
+    variable = "ZMESH_" + name.upper().replace(".", "_")
+    with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
+        load(env={variable: "-1"})
+
+
+def test_every_cli_option_has_help():
+    def options(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    yield from options(command)
+            elif action.dest != "help":
+                yield action
+
+    missing = [action.option_strings for action in options(parser()) if not action.help]
+    assert missing == []
+
+
+def test_the_example_file_sets_every_setting_and_checks(tmp_path):
+    example = ROOT / "zmesh.example.toml"
+    document = tomllib.loads(example.read_text())
+    assert {f"{section}.{key}" for section, table in document.items() for key in table} == set(SETTINGS)
+    checked = _zmesh("config", "--check", str(example))
+    assert checked.returncode == 0, checked.stderr
+    assert [line.split(" = ")[0] for line in checked.stdout.splitlines()] == list(SETTINGS)
+
+
+def test_config_check_refuses_a_negative_timeout_naming_it(tmp_path):
+    bad = tmp_path / "zmesh.toml"
+    bad.write_text("[core]\nbuild_timeout = -5\n")
+    checked = _zmesh("config", "--check", str(bad))
+    assert checked.returncode == 2 and "core.build_timeout" in checked.stderr and checked.stdout == ""
+
+
+def test_config_check_masks_credentials(tmp_path):
+    path = tmp_path / "zmesh.toml"
+    path.write_text('[transport]\nice_servers = [{urls = ["turn:t.example:3478"], username = "u", '
+                    'credential = "hunter2"}]\n')
+    lines = describe(load(path, env={}))
+    assert not any("hunter2" in line for line in lines)
+    assert any('"credential": "(set)"' in line for line in lines)
+
+
+def _zmesh(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZMESH_")}
+    return subprocess.run([sys.executable, "-m", "zmesh_relay.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=60)

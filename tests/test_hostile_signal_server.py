@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import wait_until
+from tests.private_network import relay_listen
 from tests.test_native_mesh import Process
 from zmesh.errors import LinkClosed, ProtocolError, TransportError, ZmeshError
 from zmesh.identity import Identity
@@ -159,7 +160,7 @@ def test_zmesh_keeps_retrying_against_a_hostile_server(tmp_path, command: str) -
     async def main() -> None:
         openings = [script for _, script in BAD_OPENINGS[:4]]
         async with hostile(openings) as (server, url):
-            args = (["relay", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "relay")] if command == "relay"
+            args = (["relay", "--listen", relay_listen(1), "--data-dir", str(tmp_path / "relay")] if command == "relay"
                     else ["client", "--socks", "127.0.0.1:0"])
             # A hostile server never lists the relay: do not make it wait the default 30 s to say ready.
             process = await asyncio.to_thread(Process, *args, "--signal", url, env={"ZMESH_RELAY_LISTING_WAIT": "1"})

@@ -12,6 +12,7 @@ from zmesh.descriptor import (
     CLOCK_SKEW,
     DOMAIN,
     MAX_DESCRIPTOR_SIZE,
+    MAX_FAMILY,
     Capabilities,
     sign_descriptor,
     verify_descriptor,
@@ -104,6 +105,13 @@ def _resigned(provider, identity, mutate):
     (lambda f: f["caps"].__setitem__("country", "Germany"), ProtocolError),
     (lambda f: f.__setitem__("exit_ports", [[443, 80]]), ProtocolError),
     (lambda f: f.__setitem__("addresses", {"ws": ["x" * 300]}), ProtocolError),
+    (lambda f: f.__setitem__("family", []), ProtocolError),  # an empty family is left out, not sent
+    (lambda f: f.__setitem__("family", b"\x01" * 32), ProtocolError),
+    (lambda f: f.__setitem__("family", [b"\x01" * 31]), ProtocolError),
+    (lambda f: f.__setitem__("family", ["a" * 32]), ProtocolError),
+    (lambda f: f.__setitem__("family", [b"\x01" * 32, b"\x01" * 32]), ProtocolError),
+    (lambda f: f.__setitem__("family", [f["id"]]), ProtocolError),
+    (lambda f: f.__setitem__("family", [bytes([i]) * 32 for i in range(MAX_FAMILY + 1)]), ProtocolError),
 ])
 def test_well_signed_but_invalid_fields_are_rejected(provider, identity, mutate, error):
     with pytest.raises(error):
@@ -132,3 +140,24 @@ def test_oversized_descriptor_is_rejected_before_parsing(provider):
 def test_random_bytes_never_verify_and_raise_typed_errors(provider, data):
     with pytest.raises((ProtocolError, CryptoError)):
         verify(provider, data, now=time.time())
+
+
+def test_family_round_trips_and_an_empty_one_leaves_the_body_as_before(provider, identity):
+    """Descriptor field ``family`` (docs/protocol.md): optional, so descriptors without it are the
+    exact bytes older nodes sign and accept."""
+    others = tuple(asyncio.run(Identity.generate(provider)).peer_id for _ in range(MAX_FAMILY))
+    desc = verify(provider, sign(provider, identity, family=others).raw)
+    assert desc.family == others
+    plain = sign(provider, identity)
+    body, _ = msgpack.unpackb(plain.raw)
+    assert "family" not in unpack_canonical(body, max_size=MAX_DESCRIPTOR_SIZE, what="t")
+    assert verify(provider, plain.raw).family == ()
+
+
+@pytest.mark.parametrize("family", ["own", "repeated", "too many"])
+def test_a_bad_family_of_ones_own_is_a_config_error(provider, identity, family):
+    other = asyncio.run(Identity.generate(provider)).peer_id
+    bad = {"own": (identity.peer_id,), "repeated": (other, other),
+           "too many": tuple(PeerId(bytes([i]) * 32) for i in range(MAX_FAMILY + 1))}[family]
+    with pytest.raises(ConfigError, match="family"):
+        sign(provider, identity, family=bad)

@@ -29,6 +29,7 @@ from zmesh.node import Node
 from zmesh_relay import wslink
 
 from .conftest import wait_until
+from .private_network import relay_listen
 from .probed import ProbeAnswerer, every, is_listed, nothing_pending
 from .test_native_mesh import Process
 from .test_netaddr import SSRF, forged_descriptor
@@ -138,7 +139,7 @@ def test_tarpit_link_addresses_cost_a_relay_no_descriptor_after_the_dial_deadlin
     relay = None
     try:
         url = signal.address[0]
-        relay = Process("relay", "--signal", url, "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+        relay = Process("relay", "--signal", url, "--listen", relay_listen(1), "--data-dir", str(tmp_path),
                         env=RELAY_ENV)
 
         async def main() -> None:
@@ -192,8 +193,8 @@ def test_relays_dial_private_link_addresses_only_on_a_declared_private_network(p
     relays: list[Process] = []
     try:
         url = signal.address[0]
-        for name, env in (("off", {**RELAY_ENV, **PRIVATE_OFF}), ("on", RELAY_ENV)):
-            relays.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
+        for number, (name, env) in enumerate((("off", {**RELAY_ENV, **PRIVATE_OFF}), ("on", RELAY_ENV)), 1):
+            relays.append(Process("relay", "--signal", url, "--listen", relay_listen(number),
                                   "--data-dir", str(tmp_path / name), env=env))
 
         async def main() -> None:

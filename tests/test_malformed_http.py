@@ -16,6 +16,7 @@ import msgpack
 import pytest
 
 from tests.fuzz_targets import mutate, world
+from tests.private_network import relay_listen
 from tests.test_native_mesh import Process
 from zmesh.encoding import pack_canonical
 from zmesh_signal.app import SignalConfig, serving
@@ -25,9 +26,9 @@ PADDED_ID = "a" * 48 + "=" * 8
 BAD_UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "ÿ", "Sec-WebSocket-Version": "13"}
 
 
-async def _raw(port: int, request: bytes) -> bytes:
+async def _raw(port: int, request: bytes, host: str = "127.0.0.1") -> bytes:
     """Send bytes that no HTTP client library would; return the status line."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(request)
         await writer.drain()
@@ -78,7 +79,7 @@ def test_the_signal_server_answers_malformed_requests_with_json_4xx() -> None:
 def relay(tmp_path_factory):
     signal = Process("signal", "--listen", "127.0.0.1:0")
     try:
-        node = Process("relay", "--signal", signal.address[0], "--listen", "127.0.0.1:0",
+        node = Process("relay", "--signal", signal.address[0], "--listen", relay_listen(1),
                        "--data-dir", str(tmp_path_factory.mktemp("relay")))
         try:
             yield node.address[0].removesuffix("/v1/link").removeprefix("ws://")
@@ -101,6 +102,6 @@ def test_a_relay_answers_malformed_requests_with_json_4xx(relay: str) -> None:
                 assert response.status == 200 and (await response.json())["status"] == "ok"
         assert all(400 <= status < 500 and keys == {"error", "detail"} for status, keys in statuses), statuses
         host, port = relay.rsplit(":", 1)
-        assert (await _raw(int(port), b"GET /\x00 HTTP/1.1\r\n\r\n")).split()[1] == b"400"
+        assert (await _raw(int(port), b"GET /\x00 HTTP/1.1\r\n\r\n", host)).split()[1] == b"400"
 
     asyncio.run(main())

@@ -25,9 +25,10 @@ import aiohttp
 import pytest
 
 from zmesh.errors import TransportError
+from zmesh.netaddr import LinkAddress
 from zmesh_relay.socks5 import socks5_connect
 
-from .private_network import PRIVATE_NETWORK_ENV
+from .private_network import PRIVATE_NETWORK_ENV, relay_listen
 
 MiB = 1024 * 1024
 PAYLOAD = os.urandom(10 * MiB)
@@ -95,15 +96,15 @@ class Process:
 
 def start_mesh(data_dir: Path, allowed_port: int, *, relays: int, exits: int,
                env: dict[str, str] | None = None) -> tuple[list[Process], str]:
-    """Signal server, ``relays`` relays (the last ``exits`` of them exits allowed to reach
-    127.0.0.1:``allowed_port``) and a SOCKS client; the client is the last process. ``env``
+    """Signal server, ``relays`` relays (relay N on 127.N.0.1, the last ``exits`` of them exits
+    allowed to reach 127.0.0.1:``allowed_port``) and a SOCKS client; the client is the last process. ``env``
     configures the relays and the client (``ZMESH_*``)."""
     processes = [Process("signal", "--listen", "127.0.0.1:0")]
     url = processes[0].address[0]
     try:
         for index in range(relays):
             extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{allowed_port}"] if index >= relays - exits else []
-            processes.append(Process("relay", "--signal", url, "--listen", "127.0.0.1:0",
+            processes.append(Process("relay", "--signal", url, "--listen", relay_listen(index + 1),
                                      "--data-dir", str(data_dir / f"r{index}"), *extra, env=env))
         processes.append(Process("client", "--signal", url, "--socks", "127.0.0.1:0", env=env))
     except BaseException:
@@ -129,8 +130,10 @@ def mesh(tmp_path_factory):
         refused.shutdown()
 
 
-async def fetch(socks: tuple[str, int], host: str, port: int, path: str) -> bytes:
-    reader, writer = await socks5_connect(socks[0], socks[1], host, port)
+async def fetch(socks: tuple[str, int], host: str, port: int, path: str, *, username: str | None = None) -> bytes:
+    """GET ``path`` through the SOCKS proxy; a ``username`` (password "x") picks the circuit."""
+    reader, writer = await socks5_connect(socks[0], socks[1], host, port, username=username,
+                                          password=None if username is None else "x")
     writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
     response = await reader.read()
@@ -218,11 +221,11 @@ def test_hostile_input_gets_clean_errors_and_servers_keep_serving(mesh):
     assert info.value.code == 422
 
     relay_url = mesh["relays"][0].address[0]
-    port = int(relay_url.split(":")[2].split("/")[0])
+    host, port = LinkAddress.parse(relay_url).host, LinkAddress.parse(relay_url).port
 
     async def attack() -> None:
         # raw garbage on the link port
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        with socket.create_connection((host, port), timeout=5) as sock:
             sock.sendall(os.urandom(4096))
         async with aiohttp.ClientSession() as session:
             # a WebSocket that sends malformed cells; one that sends an oversized frame; an
@@ -252,7 +255,7 @@ def test_killed_middle_relay_next_fetch_succeeds(mesh):
 
 
 def test_processes_stop_cleanly_on_sigterm(mesh, tmp_path):
-    relay = Process("relay", "--signal", mesh["signal"], "--listen", "127.0.0.1:0",
+    relay = Process("relay", "--signal", mesh["signal"], "--listen", relay_listen(len(mesh["relays"]) + 1),
                     "--data-dir", str(tmp_path / "relay"))
     assert relay.stop() == 0
     key = Path(tmp_path / "relay" / "identity.key")

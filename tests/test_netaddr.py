@@ -167,3 +167,14 @@ def test_a_peer_that_just_failed_is_not_redialled_until_redial_after(provider):
 def test_redial_after_is_validated():
     with pytest.raises(ConfigError, match="redial_after"):
         TransportDialer(lambda peer: None, websocket=None, rtc=None, mode=lambda: "auto", redial_after=-1)
+
+
+def test_a_wss_address_carries_a_certificate_pin_that_ws_cannot():
+    pin = bytes(range(32))
+    address = LinkAddress.parse(f"wss://relay.example:8443/v1/link#sha256={pin.hex()}")
+    assert (address.pin, address.url) == (pin, "wss://relay.example:8443/v1/link")
+    assert str(address) == f"wss://relay.example:8443/v1/link#sha256={pin.hex()}"
+    for bad in (f"ws://relay.example/v1/link#sha256={pin.hex()}", "wss://relay.example/v1/link#sha256=abc",
+                f"wss://relay.example/v1/link#sha256={pin.hex().upper()}", "wss://relay.example/v1/link#x"):
+        with pytest.raises(ProtocolError):
+            LinkAddress.parse(bad)

@@ -19,10 +19,12 @@ from zmesh.handshake import CREATE_SIZE
 from zmesh.identity import Identity
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import NodeLimits
-from zmesh_relay.keys import load_or_create_identity
+from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, OnionKeyRing
+from zmesh_relay.keys import load_or_create_identity, load_or_create_onion_ring
 from zmesh_relay.socks5 import socks5_connect
 
 from .conftest import wait_until
+from .private_network import relay_listen
 from .test_native_mesh import Process, _health, _http_server, start_mesh
 
 MiB = 1024 * 1024
@@ -56,7 +58,7 @@ def _client_frame(payload: bytes) -> bytes:
 
 def test_unread_pings_leave_the_relay_bounded_and_cost_the_flooder_its_link(tmp_path):
     signal = Process("signal", "--listen", "127.0.0.1:0")
-    relay = Process("relay", "--signal", signal.address[0], "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path))
+    relay = Process("relay", "--signal", signal.address[0], "--listen", relay_listen(1), "--data-dir", str(tmp_path))
     try:
         pid, url = relay.proc.pid, relay.address[0]
         before = _vm_kib(pid, "VmHWM")  # the peak so far: what the flood adds is measured against it
@@ -92,7 +94,7 @@ def test_unread_pings_leave_the_relay_bounded_and_cost_the_flooder_its_link(tmp_
 
 def test_the_listener_caps_links_per_source_address_and_in_all(tmp_path):
     signal = Process("signal", "--listen", "127.0.0.1:0")
-    relay = Process("relay", "--signal", signal.address[0], "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+    relay = Process("relay", "--signal", signal.address[0], "--listen", relay_listen(1), "--data-dir", str(tmp_path),
                     "--max-links", "3", "--max-links-per-address", "2")
     url = relay.address[0]
 
@@ -138,8 +140,8 @@ class _CreateFlood:
     Its answers are read (so the flood is not cut short by the link queue bound) and the CREATEDs
     counted: each is a handshake the relay did for the flood."""
 
-    def __init__(self, relay: Identity) -> None:
-        self.prefix = relay.peer_id.key + relay.onion_keys.x25519
+    def __init__(self, relay: Identity, onion: OnionKeyRing) -> None:
+        self.prefix = relay.peer_id.key + onion.current.key_id
         self.sent = self.handshakes = 0
 
     async def run(self, url: str, stop: asyncio.Event) -> None:
@@ -188,9 +190,11 @@ def test_a_create_flood_on_every_relay_keeps_fresh_circuit_fetches_within_3x_of_
     async def main() -> tuple[list[float], list[float], list[_CreateFlood], float, list[int]]:
         await _fetch_seconds(socks, files_port, "warm-up")  # the client's directory and first links
         idle = [await _fetch_seconds(socks, files_port, f"idle{i}") for i in range(7)]
-        identities = [await load_or_create_identity(NativeCryptoProvider(), tmp_path / f"r{index}")
-                      for index in range(len(relays))]  # start_mesh's data dirs
-        stop, started, floods = asyncio.Event(), time.monotonic(), [_CreateFlood(relay) for relay in identities]
+        provider, dirs = NativeCryptoProvider(), [tmp_path / f"r{index}" for index in range(len(relays))]
+        keys = [(await load_or_create_identity(provider, folder),  # start_mesh's data dirs
+                 await load_or_create_onion_ring(provider, folder, time.time, lifetime=DEFAULT_ONION_KEY_LIFETIME,
+                                                 grace=DEFAULT_ONION_KEY_GRACE)) for folder in dirs]
+        stop, started, floods = asyncio.Event(), time.monotonic(), [_CreateFlood(*pair) for pair in keys]
         tasks = [asyncio.get_running_loop().create_task(flood.run(relay.address[0], stop))
                  for flood, relay in zip(floods, relays, strict=True)]
         try:  # each relay has spent its flooder's burst and works at the flooder's rate

@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import wait_until
+from tests.private_network import relay_listen
 from tests.probed import every, is_listed, nothing_pending
 from tests.test_native_mesh import Process, _http_server, fetch, start_mesh
 from zmesh.descriptor import Capabilities, sign_descriptor, verify_descriptor
@@ -168,7 +169,7 @@ def test_a_flood_of_fakes_cannot_keep_a_reachable_relay_out(tmp_path: Path):
                 assert health["relays"] == 0 and 0 < health["pending"] <= 256
                 begin = time.monotonic()
                 relays.append(await asyncio.to_thread(Process, "relay", "--signal", signal, "--listen",
-                                                      "127.0.0.1:0", "--data-dir", str(tmp_path / "r")))
+                                                      relay_listen(1), "--data-dir", str(tmp_path / "r")))
                 relay_id = PeerId.from_text(relays[0].address[1])
                 await wait_until(every(0.05, lambda: is_listed(signal, relay_id)), timeout=30)
                 return [s for batch in outcomes for s in batch], time.monotonic() - begin, flooded

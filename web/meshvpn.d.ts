@@ -7,6 +7,8 @@ export interface MeshOptions {
   exit: "direct" | "cloudflare";
   /** Two-letter country code the exit should be in. */
   country?: string;
+  /** Two-letter country codes whose relays (by the country they declare) no hop may be in. */
+  excludeCountries?: string[];
   /** Give this tab's WebRTC links a second, unordered DataChannel without retransmissions that
    *  carries the circuits' cells under Tetrys forward error correction (read when the tab joins). */
   enableFEC?: boolean;
@@ -19,11 +21,12 @@ export interface MeshOptions {
   icePolicy?: "all" | "relay";
   /** Seconds a WebRTC link may take to open before 'auto' falls back (default 10). */
   webrtcTimeout?: number;
-  /** 'persistent' (default): keep this tab's key in IndexedDB so a reload keeps its PeerId. */
+  /** 'persistent' (default): keep this tab's key and entry guards in IndexedDB so a reload keeps its PeerId
+   *  and guards; 'ephemeral': a fresh key and guards held in memory only. */
   identity?: "persistent" | "ephemeral";
   /** Offer this tab as a relay for others (default true). */
   relay?: boolean;
-  /** PeerId of the first hop of every circuit (e.g. a friend's tab); otherwise drawn like the rest. */
+  /** PeerId of the first hop of every circuit (e.g. a friend's tab); otherwise the tab's entry guard. */
   entry?: string;
   /** Another node's PeerId: `send`/`receive` then carry messages end to end to it. */
   destination?: string;
@@ -35,6 +38,8 @@ export interface MeshStats {
   circuit?: number | null;
   /** PeerIds of the circuit's hops, first to last. */
   path?: string[];
+  /** PeerIds of the primary entry guards, preferred first (kept in IndexedDB with a persistent identity). */
+  guards?: string[];
   bytes_in?: number;
   bytes_out?: number;
   links?: number;
@@ -47,6 +52,8 @@ export interface MeshStats {
 
 export interface FetchResult {
   status: number;
+  /** Header names lower-cased; a repeated header's values joined with ", ". */
+  headers: Record<string, string>;
   body: Uint8Array;
 }
 
@@ -67,7 +74,7 @@ export type StreamEndCode = "MISC" | "RESOLVE_FAILED" | "CONNECT_REFUSED" | "EXI
   | "TIMEOUT" | "PROTOCOL" | "DONE";
 /** Why a circuit failed to build or was torn down. */
 export type CircuitDestroyCode = "NONE" | "PROTOCOL" | "INTERNAL" | "REQUESTED" | "TIMEOUT" | "CONNECT_FAILED"
-  | "RESOURCE_LIMIT" | "LINK_CLOSED" | "TAMPERED";
+  | "RESOURCE_LIMIT" | "LINK_CLOSED" | "TAMPERED" | "ONION_KEY_OUTDATED";
 
 type Events = {
   message: (data: Uint8Array) => void;

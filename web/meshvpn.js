@@ -53,9 +53,10 @@ function pyBytes(data) {
   return toBytes(data);
 }
 
-// The tab's identity key lives in IndexedDB so a reload keeps its PeerId. Only the tab holding the
-// Web Lock uses it; a second tab of this origin gets a fresh identity (two nodes must never share
-// a PeerId). The key is as safe as this origin's storage: clear site data to forget it.
+// The tab's identity key lives in IndexedDB so a reload keeps its PeerId, and its entry guards beside
+// it so a reload keeps them too. Only the tab holding the Web Lock uses them; a second tab of this
+// origin gets a fresh identity and in-memory guards (two nodes must never share a PeerId). They are as
+// safe as this origin's storage: clear site data to forget them.
 function idb(mode, action) {
   return new Promise((resolve, reject) => {
     const open = indexedDB.open("zmesh", 1);
@@ -76,7 +77,9 @@ async function claimSavedIdentity() {
       return lock ? new Promise(() => {}) : undefined;  // keep the lock for the tab's lifetime
     });
   });
-  return held ? { saved: (await idb("readonly", (store) => store.get("identity"))) || null } : null;
+  if (!held) return null;
+  return { saved: (await idb("readonly", (store) => store.get("identity"))) || null,
+           guards: (await idb("readonly", (store) => store.get("guards"))) || null };
 }
 
 function validate(options) {
@@ -114,6 +117,10 @@ function validate(options) {
       case "identity":
         if (!["persistent", "ephemeral"].includes(value)) throw new TypeError("identity must be 'persistent' or 'ephemeral'");
         out.identity = value; break;
+      case "excludeCountries":
+        if (!Array.isArray(value) || !value.every((c) => typeof c === "string" && /^[A-Za-z]{2}$/.test(c)))
+          throw new TypeError("excludeCountries must be an array of two-letter country codes");
+        out.exclude_countries = value.map((c) => c.toUpperCase()); break;
       case "entry":
         if (typeof value !== "string") throw new TypeError("entry must be a PeerId string");
         out.entry = value; break;
@@ -156,6 +163,10 @@ export class MeshVPN {
       const { identity, ...rest } = this.options;
       const settings = { ...rest, saved_identity: claim && claim.saved ? claim.saved : undefined };
       if (settings.saved_identity === undefined) delete settings.saved_identity;
+      if (claim) {
+        if (claim.guards) settings.saved_guards = claim.guards;
+        settings.save_guards = (state) => idb("readwrite", (store) => store.put(state, "guards"));
+      }
       this._vpn = await call("could not join the mesh", openMesh, pyodide.toPy(settings));
       this.peerId = this._vpn.peer_id.text;
       if (claim) {
@@ -185,9 +196,13 @@ export class MeshVPN {
    * never a short body. */
   async fetch(url) {
     const result = await call(`fetch ${url} failed`, this._require().fetch, url);
-    const [status, body] = result.toJs();
+    const { headers, body } = result;  // proxies of the Python dict and bytes: copy, then free
+    const response = { status: result.status, headers: headers.toJs({ dict_converter: Object.fromEntries }),
+                       body: new Uint8Array(body.toJs()) };
+    headers.destroy();
+    body.destroy();
     result.destroy();
-    return { status, body: new Uint8Array(body) };
+    return response;
   }
 
   /** A TCP-like stream to host:port, connected by the exit: read() resolves null at a normal end

@@ -81,6 +81,7 @@ class DestroyReason(IntEnum):
     RESOURCE_LIMIT = 6
     LINK_CLOSED = 7
     TAMPERED = 8
+    ONION_KEY_OUTDATED = 9  # the CREATE named an onion key the relay no longer holds: refetch its descriptor
 
 
 class EndReason(IntEnum):

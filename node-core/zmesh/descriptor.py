@@ -4,6 +4,11 @@ Wire form: canonical msgpack ``[body, signature]`` where ``body`` is itself cano
 ``signature = Ed25519(identity, DOMAIN ‖ body)``. Verification checks, in this order: size, shape,
 canonical encoding, key sizes, signature, then time (not before ``published - skew``, not after
 ``expires``). Each failure is a typed error; nothing is half-accepted.
+
+``family`` (optional, at most ``MAX_FAMILY`` PeerIds) names the operator's other relays; path
+selection keeps two relays out of one circuit only when *both* list each other, so nobody can
+push a stranger out of paths by claiming them. An empty family is left out of the body, so a
+descriptor without one is byte-for-byte what it was before the field existed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ _COUNTRY = re.compile(r"[A-Z]{2}")
 _MAX_ADDRESSES = 8
 _MAX_ADDRESS_LEN = 256
 _MAX_PORT_RANGES = 64
+MAX_FAMILY = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,7 @@ class Descriptor:
     exit_ports: tuple[tuple[int, int], ...]
     onion_keys: OnionKeys
     raw: bytes = field(repr=False, compare=False)
+    family: tuple[PeerId, ...] = ()
 
     def allows_port(self, port: int) -> bool:
         """Whether the exit's published policy summary admits ``port`` (coarse: addresses are
@@ -65,10 +72,15 @@ class Descriptor:
     def is_live(self, now: float) -> bool:
         return self.published - CLOCK_SKEW <= now < self.expires
 
+    def same_family(self, other: Descriptor) -> bool:
+        """Whether both relays declare each other as family (a one-sided claim counts for nothing)."""
+        return other.peer_id in self.family and self.peer_id in other.family
+
 
 def _body(peer_id: PeerId, published: int, expires: int, addresses: dict[str, tuple[str, ...]],
-          caps: Capabilities, exit_ports: tuple[tuple[int, int], ...], onion: OnionKeys) -> dict:
-    return {
+          caps: Capabilities, exit_ports: tuple[tuple[int, int], ...], onion: OnionKeys,
+          family: tuple[PeerId, ...]) -> dict:
+    body = {
         "v": 1,
         "id": peer_id.key,
         "published": published,
@@ -79,6 +91,9 @@ def _body(peer_id: PeerId, published: int, expires: int, addresses: dict[str, tu
         "exit_ports": [list(r) for r in exit_ports],
         "onion": {"x25519": onion.x25519, "mlkem768": onion.mlkem768},
     }
+    if family:
+        body["family"] = [peer.key for peer in family]
+    return body
 
 
 def _check_addresses(addresses: dict) -> dict[str, tuple[str, ...]]:
@@ -108,31 +123,50 @@ def _check_ports(ranges: object) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def _check_family(keys: object, own: PeerId) -> tuple[PeerId, ...]:
+    """The family as published: a non-empty list of distinct 32-byte keys, not the relay's own."""
+    if not isinstance(keys, list) or not 0 < len(keys) <= MAX_FAMILY:
+        raise ProtocolError(f"descriptor family must be a list of 1..{MAX_FAMILY} PeerIds (omit it when empty)")
+    try:
+        family = tuple(PeerId(key) for key in keys)
+    except CryptoError as exc:
+        raise ProtocolError(f"descriptor family holds a malformed PeerId: {exc}") from exc
+    if len(set(family)) != len(family) or own in family:
+        raise ProtocolError("descriptor family repeats a PeerId or names the relay itself")
+    return family
+
+
 async def sign_descriptor(provider: CryptoProvider, identity: Identity, *, now: int,
                           addresses: dict[str, tuple[str, ...]] | None = None,
                           capabilities: Capabilities | None = None,
                           exit_ports: tuple[tuple[int, int], ...] = (),
-                          lifetime: int = DEFAULT_LIFETIME) -> Descriptor:
-    """Build and sign a descriptor for ``identity`` valid from ``now`` for ``lifetime`` seconds."""
+                          lifetime: int = DEFAULT_LIFETIME, onion: OnionKeys | None = None,
+                          family: tuple[PeerId, ...] = ()) -> Descriptor:
+    """Build and sign a descriptor for ``identity`` valid from ``now`` for ``lifetime`` seconds.
+    ``onion``: the onion keys to publish (a rotating node's current set; default the identity's).
+    ``family``: the operator's other relays (``ConfigError`` if repeated, own, or over ``MAX_FAMILY``)."""
+    onion = onion or identity.onion_keys
     if not 60 <= lifetime <= MAX_LIFETIME:
         raise ConfigError(f"descriptor lifetime must be 60..{MAX_LIFETIME} seconds")
     caps = capabilities or Capabilities()
     addresses = _check_addresses({k: list(v) for k, v in (addresses or {}).items()})
     exit_ports = _check_ports([list(r) for r in exit_ports])
+    family = tuple(family)
+    if len(family) > MAX_FAMILY or len(set(family)) != len(family) or identity.peer_id in family:
+        raise ConfigError(f"a relay family is at most {MAX_FAMILY} distinct PeerIds, not the relay's own")
     body = pack_canonical(_body(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports,
-                                identity.onion_keys))
+                                onion, family))
     signature = await provider.ed25519_sign(identity.signing_key, DOMAIN + body)
     raw = pack_canonical([body, signature])
     if len(raw) > MAX_DESCRIPTOR_SIZE:
         raise ConfigError("descriptor too large: publish fewer addresses or port ranges")
-    return Descriptor(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports,
-                      identity.onion_keys, raw)
+    return Descriptor(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports, onion, raw, family)
 
 
 def _parse_body(body: bytes) -> Descriptor:
     fields = unpack_canonical(body, max_size=MAX_DESCRIPTOR_SIZE, what="descriptor body")
     expected = {"v", "id", "published", "expires", "addresses", "caps", "exit_ports", "onion"}
-    if not isinstance(fields, dict) or set(fields) != expected or fields["v"] != 1:
+    if not isinstance(fields, dict) or set(fields) - {"family"} != expected or fields["v"] != 1:
         raise ProtocolError("descriptor body has missing, unknown or versioned-out fields")
     caps, onion = fields["caps"], fields["onion"]
     if (not isinstance(caps, dict) or set(caps) != {"relay", "exit", "country", "bandwidth"}
@@ -149,10 +183,12 @@ def _parse_body(body: bytes) -> Descriptor:
         capabilities = Capabilities(caps["relay"], caps["exit"], caps["country"] or None, caps["bandwidth"])
     except ConfigError as exc:
         raise ProtocolError(f"descriptor capabilities are invalid: {exc}") from exc
-    return Descriptor(PeerId(fields["id"]), fields["published"], fields["expires"],
+    peer_id = PeerId(fields["id"])
+    family = _check_family(fields["family"], peer_id) if "family" in fields else ()
+    return Descriptor(peer_id, fields["published"], fields["expires"],
                       _check_addresses(fields["addresses"]), capabilities,
                       _check_ports(fields["exit_ports"]),
-                      OnionKeys(onion["x25519"], onion["mlkem768"]), b"")
+                      OnionKeys(onion["x25519"], onion["mlkem768"]), b"", family)
 
 
 async def verify_descriptor(provider: CryptoProvider, raw: bytes, *, now: float) -> Descriptor:
@@ -173,4 +209,4 @@ async def verify_descriptor(provider: CryptoProvider, raw: bytes, *, now: float)
     if now >= parsed.expires:
         raise CryptoError("descriptor has expired")
     return Descriptor(parsed.peer_id, parsed.published, parsed.expires, parsed.addresses,
-                      parsed.capabilities, parsed.exit_ports, parsed.onion_keys, bytes(raw))
+                      parsed.capabilities, parsed.exit_ports, parsed.onion_keys, bytes(raw), parsed.family)

@@ -13,6 +13,9 @@ and onion keys B (X25519) and EK (ML-KEM-768) from its signed descriptor.
              CREATED = Y ‖ AUTH                                           (64 bytes)
     client:  computes the same with X25519(x,Y) ‖ X25519(x,B) ‖ SS_kem, checks AUTH.
 
+``B`` in CREATE doubles as the key id: a relay that rotates its onion keys (``zmesh.onionkeys``)
+answers with the set it names, current or retired within the grace period.
+
 Why both: the X25519 half gives forward secrecy (ephemeral x and y) and the classical security of
 Tor's ntor; the ML-KEM half keeps today's recorded traffic safe against a future quantum attacker.
 Breaking the session keys needs breaking *both*. Only the relay can produce AUTH, since it needs b
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from .crypto.provider import KEY_SIZE, MLKEM768_CT_SIZE, CryptoProvider
 from .errors import CryptoError, ProtocolError
 from .identity import Identity, OnionKeys, PeerId
+from .onionkeys import OnionKeySet
 
 PROTOID = b"zmesh-ntor-x25519-mlkem768-sha256-v1"
 CREATE_SIZE = 3 * KEY_SIZE + MLKEM768_CT_SIZE
@@ -93,22 +97,29 @@ async def client_finish(provider: CryptoProvider, state: ClientHandshake, reply:
     return keys
 
 
+def create_key_id(payload: bytes) -> bytes:
+    """The onion key a CREATE payload was made for: its ``B`` (see ``zmesh.onionkeys``)."""
+    if len(payload) != CREATE_SIZE:
+        raise ProtocolError(f"CREATE payload must be {CREATE_SIZE} bytes")
+    return payload[KEY_SIZE:2 * KEY_SIZE]
+
+
 async def server_respond(provider: CryptoProvider, identity: Identity, payload: bytes,
-                         y_keypair: tuple[bytes, bytes] | None = None) -> tuple[bytes, HopKeys]:
-    """Answer a CREATE payload; return ``(CREATED payload, keys)``.
+                         y_keypair: tuple[bytes, bytes] | None = None, *,
+                         onion: OnionKeySet | None = None) -> tuple[bytes, HopKeys]:
+    """Answer a CREATE payload with the onion key set ``onion`` (default: the identity's own);
+    return ``(CREATED payload, keys)``. A relay that rotates picks ``onion`` by ``create_key_id``.
 
     ``y_keypair`` is only for test vectors; in use the relay draws a fresh ephemeral each time.
     """
-    if len(payload) != CREATE_SIZE:
-        raise ProtocolError(f"CREATE payload must be {CREATE_SIZE} bytes")
-    relay_id, b_public = payload[:KEY_SIZE], payload[KEY_SIZE:2 * KEY_SIZE]
-    x_public, ciphertext = payload[2 * KEY_SIZE:3 * KEY_SIZE], payload[3 * KEY_SIZE:]
-    if relay_id != identity.peer_id.key or b_public != identity.onion_keys.x25519:
+    onion = onion or OnionKeySet.of(identity)
+    if create_key_id(payload) != onion.key_id or payload[:KEY_SIZE] != identity.peer_id.key:
         raise CryptoError("CREATE is addressed to another relay or an old onion key")
+    relay_id = payload[:KEY_SIZE]
+    x_public, ciphertext = payload[2 * KEY_SIZE:3 * KEY_SIZE], payload[3 * KEY_SIZE:]
     y_private, y_public = y_keypair or await provider.x25519_generate()
     secret = (await provider.x25519(y_private, x_public)
-              + await provider.x25519(identity.onion_x25519_private, x_public)
-              + await provider.mlkem768_decapsulate(identity.onion_mlkem_seed, ciphertext))
-    auth, keys = await _derive(provider, secret, relay_id, identity.onion_keys, x_public, y_public,
-                               ciphertext)
+              + await provider.x25519(onion.x25519_private, x_public)
+              + await provider.mlkem768_decapsulate(onion.mlkem_seed, ciphertext))
+    auth, keys = await _derive(provider, secret, relay_id, onion.public, x_public, y_public, ciphertext)
     return y_public + auth, keys

@@ -9,8 +9,8 @@ versions (3.11 calls ``64:ff9b::7f00:1`` and ``fec0::1`` global). The ranges mar
 real hosts of a LAN or test network; a declared private network (``allow_private``) opens those.
 
 A descriptor's link address is attacker-chosen text, so it is not a URL to fetch: it is parsed
-strictly into scheme, host and port (``LinkAddress``) and the dialer builds the URL itself, always
-on ``LINK_PATH``. Hostnames are checked after resolution by whoever resolves them
+strictly into scheme, host, port and an optional certificate pin (``LinkAddress``) and the dialer
+builds the URL itself, always on ``LINK_PATH``. Hostnames are checked after resolution by whoever resolves them
 (``check_resolved``); without a resolver (a tab, the directory) only literals and ``localhost``
 names can be judged (``LinkAddress.refusal``).
 """
@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .errors import ProtocolError, TransportError
+from .errors import ConfigError, ProtocolError, TransportError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -92,6 +92,26 @@ def _carried_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Ad
     return None
 
 
+IPV4_DIVERSITY_PREFIX = 16
+IPV6_DIVERSITY_PREFIX = 32
+
+
+def diversity_network(host: str) -> str:
+    """The network a link host counts as for path diversity: its IPv4 /16 or IPv6 /32 (an IPv4
+    address carried in IPv6 counts as that IPv4 address, loopback included: 127.1.0.1 and 127.2.0.1
+    are two networks). A DNS name is not resolved here (the pure core has no resolver), so it is a
+    network of its own, named by itself: two relays publishing one name share it."""
+    address = _parse_ip(host.strip("[]"))
+    if address is None:
+        return f"name:{host.lower().removesuffix('.')}"
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = _carried_ipv4(address)
+        if carried is not None:
+            address = carried[1]
+    prefix = IPV4_DIVERSITY_PREFIX if address.version == 4 else IPV6_DIVERSITY_PREFIX
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
 def classify(address: IPAddress) -> tuple[str, bool] | None:
     """``(reason, local)`` if ``address`` is not public unicast, None if it is."""
     if isinstance(address, ipaddress.IPv6Address):
@@ -156,9 +176,10 @@ def _parse_ip(text: str) -> IPAddress | None:
         return None
 
 
-# scheme://host[:port][/v1/link] and nothing else: no userinfo, query, fragment or other path.
+# scheme://host[:port][/v1/link][#sha256=PIN] and nothing else: no userinfo, query or other path.
 _LINK = re.compile(r"(?P<scheme>wss?)://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[0-9A-Za-z.-]+))"
-                   r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/v1/link)?")
+                   r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/v1/link)?(?:#sha256=(?P<pin>[0-9a-f]{64}))?")
+PIN_SIZE = 32  # SHA-256 of the relay's DER certificate
 _LABEL = re.compile(r"(?!-)[0-9a-z-]{1,63}(?<!-)")
 _TOP_LABEL = re.compile(r"[a-z][0-9a-z-]*")  # a name's last label: never all digits (WHATWG reads 127.1 as IPv4)
 
@@ -166,11 +187,16 @@ _TOP_LABEL = re.compile(r"[a-z][0-9a-z-]*")  # a name's last label: never all di
 @dataclass(frozen=True, slots=True)
 class LinkAddress:
     """A relay's WebSocket link address: ``ws``/``wss``, a host (IP literal or DNS name, lower
-    case) and a port. ``url`` is the one URL a dialer opens; ``str()`` gives the same text."""
+    case), a port and, for ``wss``, an optional pin: the SHA-256 of the relay's DER certificate,
+    written ``#sha256=HEX`` (a fragment is never sent, so the pin stays the dialer's business).
+    A pinned address is dialed checking the pin instead of a certificate authority, which makes a
+    self-signed certificate safe between native nodes: the pin comes in the relay's signed
+    descriptor. ``url`` is the one URL a dialer opens; ``str()`` is the descriptor's text."""
 
     scheme: str
     host: str
     port: int
+    pin: bytes | None = None
 
     @classmethod
     def parse(cls, text: str) -> LinkAddress:
@@ -182,20 +208,23 @@ class LinkAddress:
         port = int(match["port"]) if match["port"] is not None else LINK_SCHEMES[match["scheme"]]
         if not 1 <= port <= 65535:
             raise ProtocolError(f"link address port {port} is not within 1-65535")
+        pin = bytes.fromhex(match["pin"]) if match["pin"] is not None else None
+        if pin is not None and match["scheme"] != "wss":
+            raise ProtocolError("only a wss:// link address can carry a certificate pin")
         if match["v6"] is not None:
             literal = _parse_ip(match["v6"])
             if not isinstance(literal, ipaddress.IPv6Address):
                 raise ProtocolError(f"link address host [{match['v6']}] is not an IPv6 address")
-            return cls(match["scheme"], str(literal), port)
+            return cls(match["scheme"], str(literal), port, pin)
         host = match["host"].lower()
         literal = _parse_ip(host)
         if literal is not None:
-            return cls(match["scheme"], str(literal), port)
+            return cls(match["scheme"], str(literal), port, pin)
         labels = host.removesuffix(".").split(".")
         if (len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels)
                 or not _TOP_LABEL.fullmatch(labels[-1])):
             raise ProtocolError(f"link address host {host!r:.80} is neither an IP address nor a DNS name")
-        return cls(match["scheme"], host, port)
+        return cls(match["scheme"], host, port, pin)
 
     @property
     def literal(self) -> IPAddress | None:
@@ -208,7 +237,20 @@ class LinkAddress:
         return f"{self.scheme}://{host}:{self.port}{LINK_PATH}"
 
     def __str__(self) -> str:
-        return self.url
+        return self.url + (f"#sha256={self.pin.hex()}" if self.pin is not None else "")
+
+    def pinned(self, certificate_sha256: bytes) -> LinkAddress:
+        """This address with ``certificate_sha256`` as its pin (``ConfigError`` unless ``wss``)."""
+        if self.scheme != "wss" or len(certificate_sha256) != PIN_SIZE:
+            raise ConfigError(f"only a wss:// address can be pinned to a certificate, not {self.url}")
+        return LinkAddress(self.scheme, self.host, self.port, certificate_sha256)
+
+    @property
+    def unspecified(self) -> bool:
+        """Whether the host is 0.0.0.0 or ``::``: where a server listens on every interface, which
+        nobody can dial (a relay must say which address to publish)."""
+        literal = self.literal
+        return literal is not None and literal.is_unspecified
 
     def refusal(self, *, allow_private: bool) -> str | None:
         """Why this address must not be dialed, judged without resolving: a non-public literal, or

@@ -32,6 +32,7 @@ from .identity import Identity, PeerId
 from .limits import NodeLimits
 from .link import LinkRole
 from .links import LINK_AUTH_DOMAIN, CircuitFailure, LinkState, LinkTable
+from .onionkeys import OnionKeyRing, OnionKeySet
 from .origin import OriginRole
 from .relaying import RelayRole
 
@@ -51,8 +52,12 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
     """
 
     def __init__(self, identity: Identity, provider: CryptoProvider, clock: Callable[[], float], *,
-                 accept_circuits: bool = True, limits: NodeLimits | None = None) -> None:
+                 accept_circuits: bool = True, limits: NodeLimits | None = None,
+                 onion_ring: OnionKeyRing | None = None) -> None:
         self.identity = identity
+        # The onion keys CREATEs are answered with. Its owner (the relay, the tab) rotates it; by
+        # default the identity's own set, which no one rotates.
+        self.onion_ring = onion_ring or OnionKeyRing(OnionKeySet.of(identity), since=clock(), clock=clock)
         self.provider = provider
         self.clock = clock
         self.accept_circuits = accept_circuits

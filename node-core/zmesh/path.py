@@ -1,39 +1,58 @@
 """Path selection: a pure function from a directory view to a list of relays.
 
-Each candidate gets a score in [0, 1] from four measured qualities, weighted by default as the
-design asks — latency 40 %, reliability 30 %, bandwidth 20 %, diversity 10 % — and hops are *drawn*
-with probability proportional to score rather than always taking the best: a deterministic
-"best path" would funnel every client through the same few relays, which is both a load and an
-anonymity problem. A peer never appears twice in a path; the exit is drawn first, from relays whose
-published policy admits the wanted port (and country, if asked), so the rest of the path can be
-kept apart from it.
+Hard rules first, then a score. No two hops of a path share a network (an IPv4 /16 or IPv6 /32
+of a published link address, loopback included; see ``netaddr.diversity_network``) or a mutual
+declared family (``Descriptor.same_family``), and no hop is in a country the user excluded:
+two hops one observer can watch at once are worth little more than one. Every pair of hops is
+checked, so the exit never shares a family or a network with the first hop. A node published only
+through ``via`` (a browser tab) has no network of its own. When the rules leave nothing to draw,
+``CircuitError`` says how many candidates each rule removed.
+
+Among the candidates left, each gets a score in [0, 1] from three measured qualities — latency,
+reliability and bandwidth, weighted 4 : 3 : 2 as the design asks — and hops are *drawn* with
+probability proportional to score rather than always taking the best: a deterministic "best
+path" would funnel every client through the same few relays, which is both a load and an
+anonymity problem. A peer never appears twice in a path; the exit is drawn first, from relays
+whose published policy admits the wanted port (and country, if asked), then the hops before it.
+Drawing hop by hop can corner itself (an early hop rules out the last candidates of a later
+one), so a failed draw is retried a few times before its error is final.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .circuit import MAX_HOPS, MIN_HOPS
 from .descriptor import Descriptor
-from .errors import CircuitError, ConfigError
+from .errors import CircuitError, ConfigError, ProtocolError
 from .identity import PeerId
+from .netaddr import IPV4_DIVERSITY_PREFIX, IPV6_DIVERSITY_PREFIX, LinkAddress, diversity_network
+
+DRAW_ATTEMPTS = 8
+MAX_CACHED_NETWORKS = 65_536  # address sets whose networks a selector remembers (parsing dominates a draw)
+SAME_NETWORK = f"same IPv4 /{IPV4_DIVERSITY_PREFIX} or IPv6 /{IPV6_DIVERSITY_PREFIX} as another hop"
+SAME_FAMILY = "a mutual family with another hop"
+EXCLUDED_COUNTRY = "exclude_countries"
 
 
 @dataclass(frozen=True, slots=True)
 class PathWeights:
-    latency: float = 0.4
-    reliability: float = 0.3
-    bandwidth: float = 0.2
-    diversity: float = 0.1
+    """How much each measured quality counts in a candidate's score: non-negative, summing to 1.
+    Diversity is not a weight: it is a hard rule (see the module docstring)."""
+
+    latency: float = 4 / 9
+    reliability: float = 3 / 9
+    bandwidth: float = 2 / 9
 
     def __post_init__(self) -> None:
-        values = (self.latency, self.reliability, self.bandwidth, self.diversity)
-        if any(v < 0 for v in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-9):
-            raise ConfigError(f"path weights must be non-negative and sum to 1, got {sum(values):.3f}")
+        values = (self.latency, self.reliability, self.bandwidth)
+        if (not all(math.isfinite(v) and v >= 0 for v in values)
+                or not math.isclose(sum(values), 1.0, abs_tol=1e-9)):
+            raise ConfigError(f"path weights must be non-negative and sum to 1, got {values}")
 
 
 @dataclass(slots=True)
@@ -50,11 +69,60 @@ class PeerStats:
         return (self.successes + 1) / (self.successes + self.failures + 2)
 
 
+def networks(relay: Descriptor) -> frozenset[str]:
+    """The networks of ``relay``'s ``ws`` link addresses (the ones anyone dials; a verified
+    descriptor's are well-formed, an unparsable one could not be dialed and counts for nothing)."""
+    return _networks_of(relay.addresses.get("ws", ()))
+
+
+def _networks_of(addresses: tuple[str, ...]) -> frozenset[str]:
+    out = set()
+    for text in addresses:
+        try:
+            out.add(diversity_network(LinkAddress.parse(text).host))
+        except ProtocolError:
+            continue
+    return frozenset(out)
+
+
+@dataclass(slots=True)
+class _Rules:
+    """The hard rules for one selection. ``networks`` maps ws address sets to their networks; the
+    selector keeps it between selections, as a directory changes little from one to the next."""
+
+    banned_countries: frozenset[str]
+    networks: dict[tuple[str, ...], frozenset[str]]
+
+    def conflict(self, a: Descriptor, b: Descriptor) -> str | None:
+        """The rule that keeps ``a`` and ``b`` out of one path, or None if they may share it."""
+        if self._of(a) & self._of(b):
+            return SAME_NETWORK
+        if a.same_family(b):
+            return SAME_FAMILY
+        return None
+
+    def refusal(self, relay: Descriptor, chosen: Sequence[Descriptor]) -> str | None:
+        """Why ``relay`` may not join a path holding ``chosen``, or None if it may."""
+        if relay.capabilities.country in self.banned_countries:
+            return EXCLUDED_COUNTRY
+        return next((rule for rule in (self.conflict(relay, other) for other in chosen) if rule), None)
+
+    def _of(self, relay: Descriptor) -> frozenset[str]:
+        addresses = relay.addresses.get("ws", ())
+        found = self.networks.get(addresses)
+        if found is None:
+            if len(self.networks) >= MAX_CACHED_NETWORKS:
+                self.networks.clear()
+            found = self.networks[addresses] = _networks_of(addresses)
+        return found
+
+
 @dataclass(slots=True)
 class PathSelector:
     weights: PathWeights = field(default_factory=PathWeights)
     stats: dict[PeerId, PeerStats] = field(default_factory=dict)
     latency_scale_ms: float = 100.0
+    _networks: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict, repr=False)
 
     def record(self, peer: PeerId, *, ok: bool, latency_ms: float | None = None) -> None:
         """Feed a circuit outcome or a measured RTT back into future choices."""
@@ -66,89 +134,94 @@ class PathSelector:
         if latency_ms is not None:
             stats.latency_ms = 0.8 * stats.latency_ms + 0.2 * latency_ms
 
-    def score(self, relay: Descriptor, chosen: Sequence[Descriptor], max_bandwidth: int) -> float:
+    def score(self, relay: Descriptor, max_bandwidth: int) -> float:
         stats = self.stats.get(relay.peer_id, PeerStats())
         w = self.weights
         latency = 1.0 / (1.0 + stats.latency_ms / self.latency_scale_ms)
         bandwidth = relay.capabilities.bandwidth / max_bandwidth if max_bandwidth else 0.0
-        diversity = 1.0 if all(not _same_family(relay, other) for other in chosen) else 0.0
-        return (w.latency * latency + w.reliability * stats.reliability + w.bandwidth * bandwidth
-                + w.diversity * diversity)
+        return w.latency * latency + w.reliability * stats.reliability + w.bandwidth * bandwidth
 
     def select(self, relays: Iterable[Descriptor], *, hops: int = 3, port: int | None = None,
                country: str | None = None, exit_required: bool = True,
                exclude: Iterable[PeerId] = (), destination: Descriptor | None = None,
-               entry: Descriptor | None = None, rng: random.Random | None = None) -> list[Descriptor]:
+               entry: Descriptor | None = None, exclude_countries: Iterable[str] = (),
+               rng: random.Random | None = None) -> list[Descriptor]:
         """Choose ``hops`` relays. With ``destination`` the path ends at that node instead of an
         exit; with ``entry`` it starts at that node (a first hop the user chose, like Tor's
-        EntryNodes). Raises ``ConfigError`` for a bad hop count and ``CircuitError`` if too few relays."""
+        EntryNodes). Both obey the diversity rules with the hops drawn around them. Relays whose
+        declared country is in ``exclude_countries`` are never drawn (a chosen entry, a destination
+        and a tab destination's own relay are given, not drawn). Raises ``ConfigError`` for a bad
+        hop count and ``CircuitError`` if the relays (or the rules) leave no path."""
         if not MIN_HOPS <= hops <= MAX_HOPS:
             raise ConfigError(f"hops must be {MIN_HOPS}..{MAX_HOPS}, got {hops}")
         rng = rng or random.SystemRandom()
+        rules = _Rules(frozenset(code.upper() for code in exclude_countries), self._networks)
         excluded = set(exclude) | ({entry.peer_id} if entry is not None else set())
         relays = list(relays)
         # Nodes reachable only through another relay (browser tabs: `via` addresses) are never
         # drawn at random; a circuit can end at one, entering through the relay it names.
         pool = [r for r in relays if r.capabilities.relay and r.peer_id not in excluded and listens(r)]
-        max_bw = max((r.capabilities.bandwidth for r in pool), default=0)
+        first: list[Descriptor] = [] if entry is None else [entry]
+        exits: list[Descriptor] = []
         if destination is not None and not listens(destination):
             if entry is not None:
                 raise ConfigError("a destination reached through its relay cannot also have a chosen entry")
-            entry = next((r for r in pool if r.peer_id.text in destination.addresses.get("via", ())), None)
-            if entry is None:
+            home = next((r for r in pool if r.peer_id.text in destination.addresses.get("via", ())), None)
+            if home is None:
                 raise CircuitError("the destination's relay is not in the directory")
-            chosen = [entry, destination]
-            for _ in range(hops - 2):
-                rest = [r for r in pool if all(r.peer_id != c.peer_id for c in chosen)]
-                chosen.insert(0, self._draw(rest, chosen, max_bw, rng, "relay"))
-            return chosen
-        if destination is not None:
-            last = destination
+            last = [home, destination]
+        elif destination is not None:
+            if entry is not None and entry.peer_id == destination.peer_id:
+                raise ConfigError("the chosen entry cannot also be the last hop")
+            last = [destination]
         else:
+            last = []
             exits = [r for r in pool if not exit_required or (
                 r.capabilities.exit and (port is None or r.allows_port(port))
                 and (country is None or r.capabilities.country == country.upper()))]
-            last = self._draw(exits, [], max_bw, rng, "exit")
-        chosen = [last]
-        for _ in range(hops - 1 - (entry is not None)):
-            rest = [r for r in pool if all(r.peer_id != c.peer_id for c in chosen)]
-            chosen.insert(0, self._draw(rest, chosen, max_bw, rng, "relay"))
-        if entry is not None:
-            if entry.peer_id == last.peer_id:
-                raise ConfigError("the chosen entry cannot also be the last hop")
-            chosen.insert(0, entry)
-        return chosen
+        fixed = first + last
+        for index, hop in enumerate(fixed):
+            for other in fixed[index + 1:]:
+                rule = rules.conflict(hop, other)
+                if rule is not None:
+                    raise CircuitError(f"the chosen hops cannot share a path: {rule}")
+        max_bw = max((r.capabilities.bandwidth for r in pool), default=0)
+        error = CircuitError("no path")
+        for _ in range(DRAW_ATTEMPTS):
+            try:
+                end = last or [self._draw(exits, fixed, rules, max_bw, rng, "exit")]
+                middle: list[Descriptor] = []
+                for _ in range(hops - len(first) - len(end)):
+                    middle.insert(0, self._draw(pool, first + middle + end, rules, max_bw, rng, "relay"))
+                return first + middle + end
+            except CircuitError as exc:
+                error = exc
+        raise error
 
-    def _draw(self, candidates: list[Descriptor], chosen: list[Descriptor], max_bw: int,
+    def _draw(self, pool: list[Descriptor], chosen: Sequence[Descriptor], rules: _Rules, max_bw: int,
               rng: random.Random, what: str) -> Descriptor:
+        """One hop from ``pool`` that obeys the rules against every hop in ``chosen``; if none
+        does, ``CircuitError`` counting the candidates each rule removed."""
+        taken = {c.peer_id for c in chosen}
+        removed: Counter[str] = Counter()
+        candidates = []
+        for relay in pool:
+            if relay.peer_id in taken:
+                continue
+            rule = rules.refusal(relay, chosen)
+            if rule is None:
+                candidates.append(relay)
+            else:
+                removed[rule] += 1
         if not candidates:
-            raise CircuitError(f"not enough usable relays to pick a {what}")
-        scores = [self.score(r, chosen, max_bw) for r in candidates]
+            if not removed:
+                raise CircuitError(f"not enough usable relays to pick a {what}")
+            why = ", ".join(f"{count} by {rule}" for rule, count in removed.most_common())
+            raise CircuitError(f"no {what} left: {sum(removed.values())} relays excluded, {why}")
+        scores = [self.score(r, max_bw) for r in candidates]
         return rng.choices(candidates, weights=scores, k=1)[0]
 
 
 def listens(relay: Descriptor) -> bool:
     """Whether anyone can open a link to ``relay`` (it publishes an address other than ``via``)."""
     return any(transport != "via" and addresses for transport, addresses in relay.addresses.items())
-
-
-def _family(relay: Descriptor) -> set[str]:
-    """Coarse network families of a relay: its country and the /16 (IPv4) or /32 (IPv6) of each
-    address it publishes — two hops in one family are more likely watched by one observer."""
-    families = {f"cc:{relay.capabilities.country}"} if relay.capabilities.country else set()
-    for addresses in relay.addresses.values():
-        for address in addresses:
-            host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]").split("/")[0]
-            try:
-                ip = ipaddress.ip_address(host)
-            except ValueError:
-                continue
-            if ip.is_loopback:
-                continue
-            prefix = 16 if ip.version == 4 else 32
-            families.add(f"net:{ipaddress.ip_network(f'{ip}/{prefix}', strict=False)}")
-    return families
-
-
-def _same_family(a: Descriptor, b: Descriptor) -> bool:
-    return bool(_family(a) & _family(b))

@@ -28,8 +28,8 @@ from .cells import (
 )
 from .circuit import RelayCircuit, RelayState, Side
 from .crypto.provider import KEY_SIZE
-from .errors import ProtocolError
-from .handshake import CREATE_SIZE, CREATED_SIZE, server_respond
+from .errors import CryptoError, ProtocolError
+from .handshake import CREATE_SIZE, CREATED_SIZE, create_key_id, server_respond
 from .identity import PeerId
 from .link import LinkRole
 from .links import INITIATOR_BIT, CircuitFailure
@@ -94,8 +94,14 @@ class RelayRole:
     async def _answer_create(self, circ: RelayCircuit, payload: bytes) -> None:
         if circ.state != RelayState.HANDSHAKE_QUEUED:  # a second CREATE sent while the first waited its turn
             raise ProtocolError("CREATE on a circuit that has answered one")
-        self.metrics["handshakes"] += 1
-        reply, keys = await server_respond(self.provider, self.identity, payload)
+        self.metrics["handshakes"] += 1  # a turn of the handshake queue, whatever its outcome
+        onion = self.onion_ring.find(create_key_id(payload))
+        if onion is None:
+            if payload[:KEY_SIZE] != self.identity.peer_id.key:
+                raise CryptoError("CREATE is addressed to another relay")
+            self.metrics["create_refused_onion_key"] += 1
+            raise CircuitFailure(DestroyReason.ONION_KEY_OUTDATED, "CREATE for an onion key this relay no longer holds")
+        reply, keys = await server_respond(self.provider, self.identity, payload, onion=onion)
         circ.hop = HopCrypto(self.provider, keys)
         circ.state = RelayState.OPEN
         self._deadlines.pop(circ.handle, None)

@@ -1,4 +1,4 @@
-"""The ``zmesh`` command: ``signal``, ``relay``, ``client`` and ``demo``.
+"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``demo`` and ``config --check``.
 
 Each long-running command prints one line ``zmesh-ready <what> <address>`` on stdout once it is
 serving (scripts and tests wait for it), logs to stderr, and stops cleanly on SIGINT/SIGTERM.
@@ -107,36 +107,67 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--signal", dest="signaling.url", metavar="URL")
     relay.add_argument("--listen", dest="relay.listen", metavar="HOST:PORT")
     relay.add_argument("--data-dir", dest="relay.data_dir", metavar="DIR")
+    relay.add_argument("--advertise", dest="relay.advertise", metavar="URL")
+    relay.add_argument("--tls-cert", dest="relay.tls_cert", metavar="PEM")
+    relay.add_argument("--tls-key", dest="relay.tls_key", metavar="PEM")
     relay.add_argument("--exit", dest="relay.exit", action="store_const", const=True)
     relay.add_argument("--exit-allow", dest="security.exit_allow", action="append", metavar="CIDR:PORTS",
                        help="let the exit reach an otherwise refused range, e.g. 127.0.0.1/32:8000-8100")
     relay.add_argument("--country", dest="relay.country", metavar="CC")
+    relay.add_argument("--family", dest="relay.family", action="append", metavar="PEERID",
+                       help="another relay of the same operator (repeatable); honoured when it lists this one too")
     relay.add_argument("--max-links", dest="relay.max_links", type=int, metavar="N")
     relay.add_argument("--max-links-per-address", dest="relay.max_links_per_address", type=int, metavar="N")
     relay.add_argument("--max-circuits", dest="relay.max_circuits", type=int, metavar="N")
     relay.add_argument("--handshake-rate", dest="relay.handshake_rate", type=float, metavar="PER_S")
+    relay.add_argument("--onion-key-lifetime", dest="relay.onion_key_lifetime", type=float, metavar="SECONDS")
+    relay.add_argument("--onion-key-grace", dest="relay.onion_key_grace", type=float, metavar="SECONDS")
 
     client = commands.add_parser("client", help="run a SOCKS5 client")
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
+    client.add_argument("--data-dir", dest="client.data_dir", metavar="DIR")
     client.add_argument("--hops", dest="core.hops", type=int)
+    client.add_argument("--exclude-country", dest="path.exclude_countries", action="append", metavar="CC",
+                        help="never use relays that declare this country (repeatable)")
     client.add_argument("--socks-max-connections", dest="socks.max_connections", metavar="N")
     client.add_argument("--socks-handshake-timeout", dest="socks.handshake_timeout", metavar="SECONDS")
     client.add_argument("--socks-half-close-timeout", dest="socks.half_close_timeout", metavar="SECONDS")
 
     demo = commands.add_parser("demo", help="run a whole local mesh and a test site")
-    demo.add_argument("--relays", type=int, default=4)
+    demo.add_argument("--relays", type=int, default=4, help="relays in the demo mesh, the last one an exit")
+
+    check = commands.add_parser("config", help="validate a zmesh.toml and print the effective settings")
+    check.add_argument("--check", metavar="FILE", required=True,
+                       help="the file to validate (with the environment's ZMESH_* on top)")
+
+    _help_from_settings(root)
     return root
+
+
+def _help_from_settings(root: argparse.ArgumentParser) -> None:
+    """A flag that sets a setting and has no help of its own says what the setting says, so the
+    CLI and ``zmesh.example.toml`` describe a setting in the same words."""
+    for action in root._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _help_from_settings(command)
+        elif action.help is None and action.dest in settings.SETTINGS:
+            action.help = settings.SETTINGS[action.dest].help
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     command, config_file, relays = args.pop("command"), args.pop("config"), args.pop("relays", 4)
+    config_file = args.pop("check", None) or config_file
     try:
         cfg = settings.load(config_file, flags=args)
     except ConfigError as exc:
         print(f"zmesh: {exc}", file=sys.stderr)
         return 2
+    if command == "config":
+        print("\n".join(settings.describe(cfg)))
+        return 0
     logging.basicConfig(level=cfg["metrics.log_level"], stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {"signal": lambda: cmd_signal(cfg), "relay": lambda: cmd_relay(cfg),

@@ -3,6 +3,7 @@
 Circuits are kept per SOCKS credential pair (stream isolation, like Tor's IsolateSOCKSAuth):
 connections with different username/password never share a circuit. A circuit that dies is
 rebuilt on the next connection; builds route around the hops that fail (``zmesh.aio.building``).
+Every circuit enters at an entry guard (``self.guards``, ``zmesh.guards``), saved in ``client.data_dir``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
 from .config import socks_limits, split_host_port
+from .guard_file import open_guards
 from .socks5 import Socks5Server
 from .transports import NativeTransports
 
@@ -39,6 +41,7 @@ class Client:
         self.signal = SignalClient(config["signaling.url"])
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.selector = PathSelector()
+        self.guards = open_guards(config["client.data_dir"])
         self.driver: NodeDriver | None = None
         self.transports: NativeTransports | None = None
         self.socks: Socks5Server | None = None
@@ -82,13 +85,14 @@ class Client:
             if circuit is not None and circuit in self.driver.node.circuits():
                 return circuit
 
-            async def choose(avoid: frozenset[PeerId], attempt: int) -> list[Descriptor]:
-                # One refetch after the first failure, not one per attempt: the list may be large.
-                relays = await self.directory.relays(refresh=attempt == 1)
-                return self.selector.select(relays, hops=self.config["core.hops"], port=port,
-                                            exclude=avoid, rng=self._rng)
+            async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+                relays = await self.directory.relays(refresh=refetch)
+                return self.guards.select(self.selector, relays, hops=self.config["core.hops"], port=port,
+                                          exclude=avoid, exclude_countries=self.config["path.exclude_countries"],
+                                          rng=self._rng)
 
-            circuit, _ = await build_around_failures(self.driver, choose, self.selector)
+            circuit, _ = await build_around_failures(self.driver, choose, self.selector,
+                                                     first_hop=self.guards.first_hop)
             self._circuits[isolation] = circuit
             return circuit
 

@@ -8,6 +8,8 @@ start, and an error names the bad key and where it came from.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -17,9 +19,14 @@ from typing import Any
 
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
-from zmesh.errors import ConfigError
+from zmesh.descriptor import MAX_FAMILY
+from zmesh.errors import ConfigError, ProtocolError
+from zmesh.identity import PeerId
+from zmesh.netaddr import LinkAddress
 from zmesh.node import NodeLimits
+from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
 
+from .exit_policy import ExitRule
 from .socks5 import SocksLimits
 
 
@@ -46,6 +53,24 @@ def _country(value: str) -> str:
     if value and (len(value) != 2 or not value.isascii() or not value.isalpha()):
         raise ValueError("must be a two-letter country code or empty")
     return value.upper()
+
+
+def _countries(value: list) -> tuple[str, ...]:
+    if not all(isinstance(code, str) and code for code in value):
+        raise ValueError("each entry must be a two-letter country code")
+    return tuple(_country(code) for code in value)
+
+
+def _family(value: list) -> tuple[PeerId, ...]:
+    """The operator's other relays, as PeerId text (each of them must list this relay too)."""
+    if len(value) > MAX_FAMILY:
+        raise ValueError(f"at most {MAX_FAMILY} relays")
+    if not all(isinstance(text, str) for text in value):
+        raise ValueError("each entry must be PeerId text")
+    family = tuple(PeerId.from_text(text) for text in value)
+    if len(set(family)) != len(family):
+        raise ValueError("a PeerId is listed twice")
+    return family
 
 
 def _level(value: str) -> str:
@@ -123,6 +148,29 @@ def _positive(value: int) -> int:
     return value
 
 
+def _link_address(value: str) -> str:
+    if value:
+        try:
+            LinkAddress.parse(value)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from exc
+    return value
+
+
+def _build_timeout(value: float) -> float:
+    if not 0 < value <= 600:
+        raise ValueError("must be more than 0 and at most 600 seconds")
+    return value
+
+
+def _exit_rules(value: list) -> list:
+    for rule in value:
+        if not isinstance(rule, str):
+            raise ValueError("each rule is a CIDR:PORTS string")
+        ExitRule.parse(rule)  # the exit policy owns its grammar
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: type
@@ -135,7 +183,7 @@ _NODE = NodeLimits()  # the core's defaults are the relay's
 
 SETTINGS: dict[str, Setting] = {
     "core.hops": Setting(int, 3, _hops, "relays per circuit"),
-    "core.build_timeout": Setting(float, 30.0, None, "seconds to build one circuit"),
+    "core.build_timeout": Setting(float, 30.0, _build_timeout, "seconds to build one circuit"),
     "transport.kind": Setting(str, "auto", _transport, "auto (WebRTC, else WebSocket), webrtc, websocket"),
     "transport.webrtc_timeout": Setting(float, 10.0, _webrtc_timeout, "seconds for WebRTC to open before a fallback"),
     "transport.dial_timeout": Setting(float, 10.0, _dial_timeout,
@@ -150,10 +198,18 @@ SETTINGS: dict[str, Setting] = {
     "signaling.web_root": Setting(str, "", None, "folder served at / (default: the repository's web/)"),
     "signaling.max_relays_per_source": Setting(int, 8, _positive, "peers one address may publish to `zmesh signal`"),
     "relay.listen": Setting(str, "127.0.0.1:0", _host_port, "where a relay accepts links"),
+    "relay.advertise": Setting(str, "", _link_address,
+                               "the link address to publish, e.g. wss://relay.example.org/v1/link (default: "
+                               "the listening one; needed on 0.0.0.0 or behind a TLS proxy)"),
+    "relay.tls_cert": Setting(str, "", None, "PEM certificate (chain) to serve links over TLS; published pinned"),
+    "relay.tls_key": Setting(str, "", None, "PEM private key of relay.tls_cert"),
     "relay.data_dir": Setting(str, "~/.zmesh/relay", None, "identity key folder (created 0700, key 0600)"),
     "relay.exit": Setting(bool, False, None, "act as an exit"),
     "relay.country": Setting(str, "", _country, "advertised country code"),
-    "relay.bandwidth": Setting(int, 10_000_000, None, "advertised bandwidth, bytes/s"),
+    "relay.bandwidth": Setting(int, 10_000_000, _at_least_one, "advertised bandwidth, bytes/s"),
+    "relay.family": Setting(list, [], _family,
+                            f"PeerIds of the operator's other relays (at most {MAX_FAMILY}); honoured when they "
+                            "list this one too: no circuit then holds two of them"),
     "relay.listing_wait": Setting(float, 30.0, _listing_wait,
                                   "seconds to wait for the directory to list this relay before it reports ready"),
     "relay.max_links": Setting(int, _NODE.max_links, _at_least_one,
@@ -162,10 +218,18 @@ SETTINGS: dict[str, Setting] = {
     "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
     "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,
                                     "circuit handshakes per second per link"),
-    "security.exit_allow": Setting(list, [], None, "CIDR:PORTS rules an exit may reach despite the default deny"),
+    "relay.onion_key_lifetime": Setting(float, float(DEFAULT_ONION_KEY_LIFETIME), None,
+                                        "seconds between onion key rotations"),
+    "relay.onion_key_grace": Setting(float, float(DEFAULT_ONION_KEY_GRACE), None,
+                                     "seconds a replaced onion key still answers CREATEs (old descriptors)"),
+    "security.exit_allow": Setting(list, [], _exit_rules,
+                                   "CIDR:PORTS rules an exit may reach despite the default deny"),
     "network.allow_private_addresses": Setting(bool, False, None,
                                                "a private test network: dial loopback/private/link-local relays"),
     "client.socks": Setting(str, "127.0.0.1:1080", _host_port, "SOCKS5 listen address"),
+    "path.exclude_countries": Setting(list, [], _countries, "country codes whose relays circuits never use"),
+    "client.data_dir": Setting(str, "", None, "folder keeping the entry guards so a restart uses the same ones "
+                                              "(0700, file 0600); empty: memory only"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),
@@ -227,7 +291,31 @@ def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = _coerce(name, value, "command line")
+    try:  # the two bound each other, so they are checked together
+        check_schedule(values["relay.onion_key_lifetime"], values["relay.onion_key_grace"])
+    except ConfigError as exc:
+        raise ConfigError(f"relay.{exc}") from exc
     return values
+
+
+def describe(config: dict[str, Any]) -> list[str]:
+    """The effective settings as ``name = value`` lines (JSON values), secrets masked: what
+    ``zmesh config --check`` prints, so an operator sees what a file, the environment and the
+    defaults add up to."""
+    return [f"{name} = {json.dumps(_plain(config[name]))}" for name in SETTINGS]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, PeerId):
+        return value.text
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if fields.get("credential") is not None:
+            fields["credential"] = "(set)"
+        return fields
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def socks_limits(config: dict[str, Any]) -> SocksLimits:

@@ -1,8 +1,10 @@
 """``zmesh demo``: a whole mesh on loopback in one process, plus a local test site to fetch.
 
 Signal server, N relays (the last one an exit allowed to reach only the demo's own test site),
-and a SOCKS5 client, each on a free 127.0.0.1 port, as a declared private network
-(``network.allow_private_addresses``: loopback relays are listed and dialed); relay keys live in a
+and a SOCKS5 client, each on a free loopback port, as a declared private network
+(``network.allow_private_addresses``: loopback relays are listed and dialed). Relay N listens on
+127.N.0.1, a loopback /16 of its own, so paths obey the rule "no two hops in one /16" as they do
+on the Internet instead of switching it off (Linux routes all of 127/8 to loopback); relay keys live in a
 temporary folder removed on exit. It prints where everything is and a curl line that fetches the
 test page through 3 hops.
 """
@@ -24,6 +26,8 @@ from zmesh_signal.app import run_server
 from .client import Client
 from .relay import Relay
 
+MAX_RELAYS = 254  # relay N listens on 127.N.0.1
+
 TEST_PAGE = b"""<!doctype html><title>zmesh demo site</title>
 <h1>Hello through the mesh</h1><p>This page came from the demo's local test site via 3 relays.</p>
 """
@@ -31,8 +35,8 @@ TEST_PAGE = b"""<!doctype html><title>zmesh demo site</title>
 
 class Demo:
     def __init__(self, config: dict[str, Any], *, relays: int, web_root: Path) -> None:
-        if relays < 3:
-            raise ConfigError("demo needs at least 3 relays (--relays)")
+        if not 3 <= relays <= MAX_RELAYS:
+            raise ConfigError(f"demo needs 3..{MAX_RELAYS} relays (--relays): each gets a loopback /16")
         self.config = {**config, "network.allow_private_addresses": True}  # the whole mesh is on loopback
         self.count = relays
         self.web_root = web_root
@@ -61,7 +65,7 @@ class Demo:
         site_port = await self._start_site()
         for index in range(self.count):
             exit_ = index == self.count - 1
-            cfg = {**self.config, "signaling.url": signal_url, "relay.listen": "127.0.0.1:0",
+            cfg = {**self.config, "signaling.url": signal_url, "relay.listen": f"127.{index + 1}.0.1:0",
                    "relay.data_dir": f"{self._tmp}/relay{index}", "relay.exit": exit_,
                    "security.exit_allow": [f"127.0.0.1/32:{site_port}"] if exit_ else []}
             relay = Relay(cfg)

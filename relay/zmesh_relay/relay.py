@@ -3,6 +3,8 @@
 It accepts WebSocket links on ``/v1/link`` and WebRTC offers through the signal server, dials
 the relays clients EXTEND to (``transport.kind``: WebRTC first, WebSocket as fallback),
 publishes its signed descriptor to the signal server and refreshes it before it expires.
+It rotates its onion keys every ``relay.onion_key_lifetime`` (``zmesh.onionkeys``, saved in its data
+dir) and republishes at once, answering for the replaced keys for ``relay.onion_key_grace`` more.
 As an exit it resolves and checks every target against its ``ExitPolicy`` *at the exit* before
 connecting. On stop it DESTROYs its circuits and lets the descriptor expire.
 """
@@ -21,11 +23,12 @@ from aiohttp import web
 from zmesh.aio.driver import IncomingStream, NodeDriver
 from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from zmesh.directory_view import DirectoryView
-from zmesh.errors import ZmeshError
+from zmesh.errors import ConfigError, ZmeshError
 from zmesh.identity import PeerId
 from zmesh.link import Link
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
+from zmesh.onionkeys import OnionKeyRing
 from zmesh_signal.app import http_error
 from zmesh_signal.client import SignalClient
 
@@ -33,7 +36,8 @@ from . import wslink
 from .address_slots import AddressSlots
 from .config import split_host_port
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
-from .keys import load_or_create_identity
+from .keys import load_or_create_identity, load_or_create_onion_ring, save_onion_ring
+from .linkaddress import load_tls, published_address
 from .splice import splice
 from .transports import NativeTransports
 
@@ -47,12 +51,14 @@ class Relay:
         self.config = config
         self.provider = NativeCryptoProvider()
         self.exit_policy = ExitPolicy.from_rules(config["security.exit_allow"]) if config["relay.exit"] else None
+        self.tls = load_tls(config["relay.tls_cert"], config["relay.tls_key"])
         self.signal = SignalClient(config["signaling.url"])
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.driver: NodeDriver | None = None
         self.transports: NativeTransports | None = None
         self.link_url = ""
         self.descriptor: Descriptor | None = None
+        self.onion_ring: OnionKeyRing | None = None
         self._runner: web.AppRunner | None = None
         self._refresh: asyncio.Task | None = None
         self._handlers: set[asyncio.Task] = set()
@@ -64,8 +70,13 @@ class Relay:
         return self.driver.node.identity.peer_id
 
     async def start(self) -> None:
-        identity = await load_or_create_identity(self.provider, self.config["relay.data_dir"])
-        node = Node(identity, self.provider, time.monotonic, limits=NodeLimits(
+        data_dir = self.config["relay.data_dir"]
+        identity = await load_or_create_identity(self.provider, data_dir)
+        self.onion_ring = ring = await load_or_create_onion_ring(
+            self.provider, data_dir, time.time, lifetime=self.config["relay.onion_key_lifetime"],
+            grace=self.config["relay.onion_key_grace"])
+        await self._tend_onion_keys()  # a ring saved long ago rotates before it is published
+        node = Node(identity, self.provider, time.monotonic, onion_ring=ring, limits=NodeLimits(
             build_timeout=self.config["core.build_timeout"], max_links=self.config["relay.max_links"],
             max_circuits=self.config["relay.max_circuits"], handshake_rate=self.config["relay.handshake_rate"]))
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider,
@@ -79,10 +90,10 @@ class Relay:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = split_host_port(self.config["relay.listen"])
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.tls.context if self.tls else None)
         await site.start()
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.link_url = f"ws://{host}:{bound}{wslink.LINK_PATH}"
+        self.link_url = str(published_address(host, bound, advertise=self.config["relay.advertise"], tls=self.tls))
         await self._publish()
         await self._await_listed(self.config["relay.listing_wait"])
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
@@ -90,14 +101,17 @@ class Relay:
                  " (exit)" if self.exit_policy else "")
 
     async def _publish(self) -> None:
-        assert self.driver is not None and self.transports is not None
+        assert self.driver is not None and self.transports is not None and self.onion_ring is not None
         caps = Capabilities(relay=True, exit=self.exit_policy is not None,
                             country=self.config["relay.country"] or None,
                             bandwidth=self.config["relay.bandwidth"])
+        # strictly newer than the last one (the directory refuses a replay), even within a second
+        now = max(int(time.time()), self.descriptor.published + 1 if self.descriptor else 0)
         self.descriptor = await sign_descriptor(
-            self.provider, self.driver.node.identity, now=int(time.time()),
+            self.provider, self.driver.node.identity, now=now,
             addresses={"ws": (self.link_url,), **self.transports.addresses()}, capabilities=caps,
-            exit_ports=self.exit_policy.summary_ports() if self.exit_policy else ())
+            exit_ports=self.exit_policy.summary_ports() if self.exit_policy else (),
+            onion=self.onion_ring.current.public, family=self.config["relay.family"])
         await self.signal.publish(self.descriptor.raw)
 
     async def _await_listed(self, timeout: float) -> None:
@@ -117,9 +131,30 @@ class Relay:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    async def _tend_onion_keys(self) -> bool:
+        """Rotate the onion keys if due and forget retired ones past their grace, on disk too.
+        Returns whether they rotated."""
+        assert self.onion_ring is not None
+        rotated = await self.onion_ring.handle_timer(self.provider)
+        try:
+            save_onion_ring(self.onion_ring, self.config["relay.data_dir"])
+        except ConfigError as exc:  # keep serving: a restart would then start from the older state
+            log.error("%s", exc)
+        if rotated:
+            log.info("rotated the onion keys")
+        return rotated
+
     async def _refresh_loop(self) -> None:
+        """Republish every third of the descriptor lifetime, and at once after the onion keys rotate."""
+        assert self.onion_ring is not None
+        publish_at = time.time() + DEFAULT_LIFETIME / 3
         while True:
-            await asyncio.sleep(DEFAULT_LIFETIME / 3)
+            await asyncio.sleep(max(0.0, min(publish_at, self.onion_ring.next_deadline()) - time.time()))
+            if time.time() >= self.onion_ring.next_deadline() and await self._tend_onion_keys():
+                publish_at = time.time()
+            if time.time() < publish_at:
+                continue
+            publish_at = time.time() + DEFAULT_LIFETIME / 3
             try:
                 await self._publish()
             except ZmeshError as exc:  # the signal server may be restarting: try again next round

@@ -127,31 +127,37 @@ async def dial(address: LinkAddress, *, allow_private: bool, timeout: float = DI
 
     ``timeout`` bounds the whole dial — resolving, TCP, TLS and the WebSocket upgrade. Non-public
     addresses (after resolution) are refused unless ``allow_private`` (a declared private network)."""
-    async def pin() -> list[IPAddress]:
+    async def checked() -> list[IPAddress]:
         return await checked_addresses(address, allow_private=allow_private, resolver=resolver)
 
-    return await open_link(address.url, timeout=timeout, pin=pin)
+    # A pinned address is checked against its pin (aiohttp compares the certificate's SHA-256)
+    # instead of a certificate authority; an unpinned wss:// one against the system's authorities.
+    tls = aiohttp.Fingerprint(address.pin) if address.pin is not None else True
+    return await open_link(address.url, timeout=timeout, checked=checked, tls=tls)
 
 
 async def open_link(url: str, *, timeout: float = DIAL_TIMEOUT,
-                    pin: Callable[[], Awaitable[list[IPAddress]]] | None = None) -> WebSocketLink:
+                    checked: Callable[[], Awaitable[list[IPAddress]]] | None = None,
+                    tls: aiohttp.Fingerprint | bool = True) -> WebSocketLink:
     """The link at ``url``, all within ``timeout`` seconds; a dial that fails or times out leaves
-    nothing open. ``pin`` resolves and checks the host first and the connection goes to one of its
+    nothing open. ``checked`` resolves and checks the host first and the connection goes to one of its
     addresses (``dial``); without it aiohttp resolves — only for URLs a tool or benchmark chose
-    itself, never for a descriptor's address."""
+    itself, never for a descriptor's address. ``tls`` is how a ``wss://`` server is checked."""
     try:
         async with asyncio.timeout(timeout):
-            resolver = _Pinned(await pin()) if pin is not None else None
+            resolver = _Pinned(await checked()) if checked is not None else None
             connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
             session = aiohttp.ClientSession(connector=connector, trace_configs=[_NO_REDIRECTS])
             try:
-                ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE, heartbeat=30.0,
+                ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE, heartbeat=30.0, ssl=tls,
                                               timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
             except BaseException:  # also the deadline's cancellation: close what this dial opened
                 await session.close()
                 raise
     except TimeoutError as exc:
         raise TransportError(f"no link to {url} within {timeout:g} s") from exc
+    except aiohttp.ServerFingerprintMismatch as exc:
+        raise TransportError(f"{url} presented a certificate that does not match its descriptor's pin") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise TransportError(f"cannot open a link to {url}: {exc}") from exc
     return WebSocketLink(ws, session)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -25,11 +25,12 @@ from ..cells import EndReason
 from ..circuit import MAX_HOPS, MIN_HOPS
 from ..descriptor import Descriptor
 from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
+from ..guards import GuardManager
 from ..identity import PeerId
-from ..path import PathSelector
+from ..path import PathSelector, listens
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
-from .http import http_get, parse_url
+from .http import HttpResponse, http_get, parse_url
 from .tasks import OwnedTasks
 from .transport import check_transport, count_by_transport
 
@@ -38,6 +39,7 @@ MAX_MESSAGE_SIZE = 1 << 20
 _LENGTH = struct.Struct(">I")
 EVENTS = ("message", "connect", "disconnect", "error")
 EXITS = ("direct", "cloudflare")
+MAX_EXCLUDED_COUNTRIES = 256  # more than there are ISO 3166 codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class MeshOptions:
     enable_fec: bool = False  # the tab's WebRTC links get a lossy channel with FEC (read when it joins)
     transport: str = "auto"
     entry: str | None = None  # PeerId of the first hop of every circuit (else drawn like the rest)
+    exclude_countries: tuple[str, ...] = ()  # two-letter codes: relays declaring one are never drawn
 
     def __post_init__(self) -> None:
         if not isinstance(self.hops, int) or not MIN_HOPS <= self.hops <= MAX_HOPS:
@@ -71,6 +74,12 @@ class MeshOptions:
                 raise ConfigError(f"entry must be a PeerId: {exc}") from exc
         if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
             raise ConfigError(f"country must be a two-letter code, got {self.country!r}")
+        codes = self.exclude_countries
+        if (isinstance(codes, str) or not isinstance(codes, (list, tuple)) or len(codes) > MAX_EXCLUDED_COUNTRIES
+                or not all(isinstance(c, str) and len(c) == 2 and c.isascii() and c.isalpha() for c in codes)):
+            raise ConfigError(f"exclude_countries must be a list of at most {MAX_EXCLUDED_COUNTRIES} two-letter "
+                              f"codes, got {codes!r:.80}")
+        object.__setattr__(self, "exclude_countries", tuple(c.upper() for c in codes))
         if not isinstance(self.enable_fec, bool):
             raise ConfigError("enable_fec must be true or false")
         if self.enable_fec and self.transport == "websocket":
@@ -85,14 +94,21 @@ class MeshOptions:
 
 
 class MeshVPN:
-    """Connect to the mesh, open streams through exits, exchange messages with other nodes."""
+    """Connect to the mesh, open streams through exits, exchange messages with other nodes.
+    With ``guards``, circuits enter at its entry guards unless an ``entry`` is chosen or the
+    destination is reached through its relay (that relay is then the path's fixed second-to-last hop)."""
 
     def __init__(self, driver: NodeDriver, directory: Callable[[], Iterable[Descriptor]], *,
+                 refresh: Callable[[], Awaitable[object]] | None = None,
                  selector: PathSelector | None = None, build_policy: BuildPolicy | None = None,
-                 inbox_size: int = 256, **options: Any) -> None:
+                 guards: GuardManager | None = None, inbox_size: int = 256, **options: Any) -> None:
+        """``directory()`` lists the relays; ``refresh()``, if given, refetches that list (once, after
+        a build failed: see ``zmesh.aio.building``)."""
         self.driver = driver
         self.directory = directory
+        self.refresh = refresh
         self.selector = selector or PathSelector()
+        self.guards = guards
         self.build_policy = build_policy or BuildPolicy()
         self.options = MeshOptions().updated(**options)
         self._handlers: dict[str, list[Callable[[Any], Any]]] = {name: [] for name in EVENTS}
@@ -123,18 +139,25 @@ class MeshVPN:
             self.update_config(**options)
         if self._circuit is not None:
             await self.disconnect()
-        relays = list(self.directory())
         try:
-            target = None if destination is None else self._find(relays, destination, "destination")
-            entry = None if self.options.entry is None else self._find(relays, self.options.entry, "entry")
+            relays, target, entry = self._listing(destination)
+            guards = self.guards if entry is None and (target is None or listens(target)) else None
 
-            def choose(avoid: frozenset[PeerId], _attempt: int) -> list[Descriptor]:
-                return self.selector.select(relays, hops=self.options.hops, country=self.options.country,
-                                            destination=target, entry=entry, exclude=avoid | {self.peer_id})
+            async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+                nonlocal relays, target, entry
+                if refetch and self.refresh is not None:
+                    await self.refresh()
+                    relays, target, entry = self._listing(destination)
+                path = {"hops": self.options.hops, "country": self.options.country, "destination": target,
+                        "exclude": avoid | {self.peer_id}, "exclude_countries": self.options.exclude_countries}
+                if guards is not None:
+                    return guards.select(self.selector, relays, **path)
+                return self.selector.select(relays, entry=entry, **path)
 
             pinned = {hop.peer_id for hop in (target, entry) if hop is not None}
-            self._circuit, path = await build_around_failures(self.driver, choose, self.selector,
-                                                              policy=self.build_policy, pinned=pinned)
+            self._circuit, path = await build_around_failures(
+                self.driver, choose, self.selector, policy=self.build_policy, pinned=pinned,
+                first_hop=None if guards is None else guards.first_hop)
             if destination is not None:
                 self._message_stream = await self.driver.open_stream(self._circuit, "", MESSAGE_PORT)
                 self._readers.spawn(self._read_messages(self._message_stream))
@@ -155,8 +178,9 @@ class MeshVPN:
         self._streams.append(stream)
         return stream
 
-    async def fetch(self, url: str) -> tuple[int, bytes]:
-        """GET an ``http://`` URL through the circuit's exit; return ``(status, body)``."""
+    async def fetch(self, url: str) -> HttpResponse:
+        """GET an ``http://`` URL through the circuit's exit; the response has ``status``,
+        ``headers`` and ``body``."""
         host, port, path = parse_url(url)
         stream = await self.open_stream(host, port)
         try:
@@ -185,6 +209,7 @@ class MeshVPN:
             "connected": self.connected,
             "circuit": self._circuit,
             "path": [p.text for p in self.driver.node.circuit_path(self._circuit)] if self.connected else [],
+            "guards": [p.text for p in self.guards.primary()] if self.guards is not None else [],
             "bytes_in": self._retired_in + sum(s.bytes_in for s in streams),
             "bytes_out": self._retired_out + sum(s.bytes_out for s in streams),
             "links": len(self.driver.links()),
@@ -199,6 +224,14 @@ class MeshVPN:
         self.options = self.options.updated(**options)
 
     # ---------------------------------------------------------------- internals
+
+    def _listing(self, destination: PeerId | str | None
+                 ) -> tuple[list[Descriptor], Descriptor | None, Descriptor | None]:
+        """The relays, and the destination's and chosen entry's descriptors among them."""
+        relays = list(self.directory())
+        target = None if destination is None else self._find(relays, destination, "destination")
+        entry = None if self.options.entry is None else self._find(relays, self.options.entry, "entry")
+        return relays, target, entry
 
     @staticmethod
     def _find(relays: list[Descriptor], peer: PeerId | str, what: str) -> Descriptor:

@@ -7,7 +7,13 @@ on while the directory still offers a path, within ``max_attempts`` and a total 
 error at the end says which bound stopped it and what the last failure was.
 
 Every outcome is fed to the ``PathSelector``, so the next path draws on what was measured: the hop
-that failed, and for a built circuit each hop's latency (see ``_latencies_ms``).
+that failed, and for a built circuit each hop's latency (see ``_latencies_ms``). ``first_hop`` hears
+whether each build got through its first hop, which is what entry guards count (``zmesh.guards``).
+
+After the first failure the directory is refetched, once (``choose``'s ``refetch``): a stale list is
+a likely cause. A hop that refused the build because its onion key is outdated (it rotated and the
+grace period for the key our descriptor names is over, ``zmesh.onionkeys``) is not at fault before
+that refetch: it is neither recorded nor avoided, and the next attempt gets its new descriptor.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
+from ..cells import DestroyReason
 from ..descriptor import Descriptor
 from ..errors import CircuitError, ConfigError
 from ..identity import PeerId
@@ -26,7 +33,8 @@ from .driver import NodeDriver
 
 log = logging.getLogger(__name__)
 
-ChoosePath = Callable[[frozenset[PeerId], int], "list[Descriptor] | Awaitable[list[Descriptor]]"]
+# choose(excluded, refetch): a path without the excluded hops, from a refetched directory if refetch
+ChoosePath = Callable[[frozenset[PeerId], bool], "list[Descriptor] | Awaitable[list[Descriptor]]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,21 +54,26 @@ class BuildPolicy:
 
 async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector: PathSelector, *,
                                 policy: BuildPolicy | None = None, pinned: Collection[PeerId] = (),
+                                first_hop: Callable[[PeerId, bool], None] | None = None,
                                 clock: Callable[[], float] = time.monotonic) -> tuple[int, list[Descriptor]]:
-    """Build a circuit on ``choose(excluded, attempt)``'s path, excluding each hop that failed.
+    """Build a circuit on ``choose(excluded, refetch)``'s path, excluding each hop that failed.
 
     ``pinned`` hops (a chosen entry, a destination) cannot be routed around: a failure there is
     final. ``choose`` raising ``CircuitError`` (no path without the excluded hops) ends the search.
-    Outcomes and measured latencies are fed to ``selector``. Returns ``(circuit, path)``."""
+    Outcomes and measured latencies are fed to ``selector``; ``first_hop(peer, ok)`` is told when a
+    build failed at its first hop (``False``) or was built (``True``). Returns ``(circuit, path)``."""
     policy = policy or BuildPolicy()
     started = clock()
     avoid: set[PeerId] = set()
     failure: CircuitError | None = None
-    for attempt in range(policy.max_attempts):
+    refetched = False
+    for _ in range(policy.max_attempts):
         if failure is not None and clock() - started >= policy.deadline:
             raise _gave_up(failure, f"the {policy.deadline:g} s build deadline passed", avoid)
+        refetch = failure is not None and not refetched
+        refetched |= refetch
         try:
-            chosen = choose(frozenset(avoid), attempt)
+            chosen = choose(frozenset(avoid), refetch)
             path = await chosen if inspect.isawaitable(chosen) else chosen
         except CircuitError:
             if failure is None:
@@ -73,7 +86,12 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
             if peer is None:
                 log.info("circuit build failed (%s); retrying on another path", exc)
                 continue
+            if exc.reason is DestroyReason.ONION_KEY_OUTDATED and not refetched:
+                log.info("circuit build failed at %s… (onion key outdated); refetching the directory", peer.short())
+                continue
             selector.record(peer, ok=False)
+            if first_hop is not None and peer == path[0].peer_id:
+                first_hop(peer, False)
             if peer in pinned:
                 raise
             avoid.add(peer)
@@ -81,6 +99,8 @@ async def build_around_failures(driver: NodeDriver, choose: ChoosePath, selector
             continue
         for relay, latency_ms in zip(path, _latencies_ms(driver, path, built.build_seconds), strict=True):
             selector.record(relay.peer_id, ok=True, latency_ms=latency_ms)
+        if first_hop is not None:
+            first_hop(path[0].peer_id, True)
         return built.circuit, path
     assert failure is not None
     raise _gave_up(failure, f"{policy.max_attempts} attempts failed", avoid)

@@ -36,6 +36,9 @@ from ..node import Node
 from .tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
+# what a build failure's reason means for the one who built it
+_HINTS = {DestroyReason.ONION_KEY_OUTDATED: " (the relay has rotated the onion key its descriptor names: "
+                                            "refetch the descriptor)"}
 
 Dialer = Callable[[PeerId, LinkRole], Awaitable[Link]]  # the role decides what the dial may reveal
 StreamHandler = Callable[["IncomingStream"], Awaitable[None]]
@@ -392,7 +395,7 @@ class NodeDriver:
                 dial_error = self._dial_errors.pop(failed_peer, None) if failed_peer else None
                 if future is not None and not future.done():
                     at = f" at {failed_peer.short()}…" if failed_peer else ""
-                    because = f" ({dial_error})" if dial_error else ""
+                    because = f" ({dial_error})" if dial_error else _HINTS.get(reason, "")
                     future.set_exception(CircuitError(
                         f"circuit failed to build{at}: {reason_words(reason)}{because}", reason, failed_peer))
             case StreamConnected(circuit, stream_id):

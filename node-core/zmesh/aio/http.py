@@ -7,12 +7,24 @@ in the tab, which is future work). The response is bounded by ``max_size``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ProtocolError
 from .driver import MeshStream
 
 MAX_RESPONSE = 64 << 20
+MAX_HEADERS = 100  # header lines kept from one response; more is an error
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What ``MeshVPN.fetch`` returns: the status, the headers (names lower-cased; a repeated
+    header's values joined with ", ", as RFC 9110 §5.3 allows) and the whole body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
 
 def parse_url(url: str) -> tuple[str, int, str]:
@@ -28,8 +40,8 @@ def parse_url(url: str) -> tuple[str, int, str]:
     return parts.hostname, port or 80, path
 
 
-async def http_get(stream: MeshStream, host: str, path: str, *, max_size: int = MAX_RESPONSE) -> tuple[int, bytes]:
-    """Send GET on an open stream; return ``(status, body)``."""
+async def http_get(stream: MeshStream, host: str, path: str, *, max_size: int = MAX_RESPONSE) -> HttpResponse:
+    """Send GET on an open stream; return the response."""
     await stream.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("ascii"))
     parts, size = [], 0
     while chunk := await stream.read():
@@ -41,10 +53,20 @@ async def http_get(stream: MeshStream, host: str, path: str, *, max_size: int = 
     return parse_response(b"".join(parts))
 
 
-def parse_response(data: bytes) -> tuple[int, bytes]:
-    """``(status, body)`` of a whole HTTP/1.0 response from a (untrusted) server."""
+def parse_response(data: bytes) -> HttpResponse:
+    """The whole HTTP/1.0 response from a (untrusted) server; ``ProtocolError`` if it is not one."""
     head, sep, body = data.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split()
+    lines = head.split(b"\r\n")
+    status_line = lines[0].split()
     if not sep or len(status_line) < 2 or len(status_line[1]) != 3 or not status_line[1].isdigit():
         raise ProtocolError("the server's answer is not HTTP")
-    return int(status_line[1]), body
+    if len(lines) - 1 > MAX_HEADERS:
+        raise ProtocolError(f"the server sent more than {MAX_HEADERS} header lines")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip():
+            raise ProtocolError("the server sent a malformed header line")
+        key, text = name.decode("latin-1").lower(), value.strip().decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return HttpResponse(int(status_line[1]), headers, body)

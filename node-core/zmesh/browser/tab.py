@@ -27,10 +27,12 @@ from ..backoff import Backoff
 from ..descriptor import Capabilities, Descriptor, sign_descriptor
 from ..directory_view import DirectoryView, RelayUpdate
 from ..errors import CircuitError, ConfigError, ProtocolError, StreamError, TransportError, ZmeshError
+from ..guards import GuardManager
 from ..identity import Identity, PeerId
 from ..link import Link
 from ..netaddr import LinkAddress, page_allows_private
 from ..node import Node
+from ..onionkeys import OnionKeyRing
 from ..signaling import SignalSession
 from .links import BrowserChannelLink, BrowserTextSocket
 from .rtc import BrowserRtcBackend
@@ -55,15 +57,17 @@ class BrowserNode:
     """The tab's node: identity, WebCrypto, a directory view from the signal server, a driver, and
     links over WebRTC (DataChannels, signalled through this page's origin) or WebSocket."""
 
-    def __init__(self, identity: Identity, provider: WebCryptoProvider, *, allow_private: bool = False,
-                 relay: bool = True) -> None:
+    def __init__(self, identity: Identity, provider: WebCryptoProvider, onion_ring: OnionKeyRing, *,
+                 allow_private: bool = False, relay: bool = True) -> None:
         self.provider = provider
+        self.onion_ring = onion_ring  # in memory only: a reloaded tab publishes fresh onion keys
         self.allow_private = allow_private  # dial non-public link addresses: see ``netaddr.page_allows_private``
         self.relay = relay  # accept circuits (over the home link) and answer WebRTC offers as this node
         self.directory = DirectoryView(_fetch_relays, provider)
         self.dialer = TransportDialer(self.directory.find, websocket=self._dial_websocket, rtc=None,
                                       mode=lambda: "auto", rtc_names_node=relay)
-        self.driver = NodeDriver(Node(identity, provider, time.monotonic, accept_circuits=relay), dialer=self.dialer)
+        self.driver = NodeDriver(Node(identity, provider, time.monotonic, accept_circuits=relay, onion_ring=onion_ring),
+                                 dialer=self.dialer)
         self.home: PeerId | None = None  # the relay this tab is reachable ``via``
         self._home_link: Any = None
         self._published = 0
@@ -82,11 +86,18 @@ class BrowserNode:
             except ConfigError:
                 identity = None  # a corrupt saved key: start afresh rather than fail to join
         return cls(identity or await Identity.generate(provider), provider,
+                   await OnionKeyRing.generate(provider, time.time),
                    allow_private=page_allows_private(js.location.hostname), relay=relay)
 
     async def _dial_websocket(self, address: LinkAddress) -> Link:
         # The browser resolves names itself, so only literals and localhost names can be checked here.
         address.check(allow_private=self.allow_private)
+        if address.pin is not None:
+            # A browser checks certificates against its authorities only; a pin it cannot check.
+            raise TransportError(f"{address.url} is pinned to a certificate a browser cannot check; "
+                                 "this relay is reached over WebRTC")
+        if address.scheme == "ws" and js.location.protocol == "https:":
+            raise TransportError(f"a page served over HTTPS cannot open {address.url} (mixed content)")
         return await BrowserChannelLink.dial(address.url)
 
 
@@ -121,7 +132,19 @@ class BrowserNode:
             self._tasks.spawn(self._keep_signed_in())
         descriptor = await self._offer_once()
         self._tasks.spawn(self._keep_home())
+        self._tasks.spawn(self._rotate_onion_keys())
         return descriptor
+
+    async def _rotate_onion_keys(self) -> None:
+        """Rotate the onion keys on the ring's schedule and republish through the current home."""
+        while True:
+            await asyncio.sleep(max(0.0, self.onion_ring.next_deadline() - time.time()))
+            if not await self.onion_ring.handle_timer(self.provider) or self.home is None:
+                continue
+            try:
+                await self._publish({"via": (self.home.text,), **(RTC_ADDRESS if self.dialer.rtc else {})})
+            except (ZmeshError, OSError) as exc:  # the home keeper offers the tab again when it can
+                log.warning("could not republish this tab after rotating its onion keys: %s", exc)
 
     async def _keep_signed_in(self) -> None:
         """Stay signed in to the signal server as this node (a tab that answers WebRTC offers
@@ -169,11 +192,14 @@ class BrowserNode:
         home = random.choice(homes)
         link_id = await self.driver.connect(home.peer_id, authenticated=True)
         self.home, self._home_link = home.peer_id, self.driver.links().get(link_id)
-        addresses = {"via": (home.peer_id.text,), **(RTC_ADDRESS if self.dialer.rtc else {})}
+        return await self._publish({"via": (home.peer_id.text,), **(RTC_ADDRESS if self.dialer.rtc else {})})
+
+    async def _publish(self, addresses: dict[str, tuple[str, ...]]) -> Descriptor:
         # strictly newer than the last one, or the directory keeps that one (a replay loses)
         self._published = max(int(time.time()), self._published + 1)
         descriptor = await sign_descriptor(self.provider, self.driver.node.identity, now=self._published,
-                                           addresses=addresses, capabilities=Capabilities(relay=True))
+                                           addresses=addresses, capabilities=Capabilities(relay=True),
+                                           onion=self.onion_ring.current.public)
         response = await pyfetch("/v1/descriptors", method="POST", body=to_js(descriptor.raw),
                                  headers={"Content-Type": "application/octet-stream"})
         if response.status not in (201, 202):  # 202: stored, listed once the tab is signed in
@@ -215,6 +241,22 @@ async def settle(method: Callable[..., Awaitable[Any]], *args: Any) -> tuple[Any
         return None, error_info(exc)
 
 
+def tab_guards(saved: bytes | None, save: Callable[[Any], Any] | None) -> GuardManager:
+    """The tab's entry guards: from the state ``web/meshvpn.js`` keeps in IndexedDB beside the
+    identity, handed back to ``save`` (a JS function) on every change. Unlike the native client, a
+    corrupt saved state is replaced by a fresh sample, as a corrupt saved identity is: a page has
+    no one to ask to move a file away, and refusing would lock the tab out until its site data is cleared."""
+    on_change = None if save is None else (lambda state: save(to_js(state)))
+    rng = random.SystemRandom()
+    if saved:
+        try:
+            return GuardManager.from_bytes(saved, what="the tab's saved guard state", clock=time.time, rng=rng,
+                                           on_change=on_change)
+        except ConfigError as exc:
+            log.warning("%s; starting with a fresh guard sample", exc)
+    return GuardManager(clock=time.time, rng=rng, on_change=on_change)
+
+
 async def open_mesh(options: Any) -> Any:
     """Called by ``web/meshvpn.js``: start the tab's node and return a connected ``MeshVPN``."""
     from ..aio.api import MeshVPN
@@ -222,12 +264,14 @@ async def open_mesh(options: Any) -> Any:
     settings = options.to_py() if hasattr(options, "to_py") else dict(options)
     destination = settings.pop("destination", None)
     saved = settings.pop("saved_identity", None)
+    saved_guards, save_guards = settings.pop("saved_guards", None), settings.pop("save_guards", None)
     relay = settings.pop("relay", True)
     ice_servers = tuple(IceServer(tuple(s["urls"]), s.get("username"), s.get("credential"))
                         for s in settings.pop("ice_servers", []))
     timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
     node = await BrowserNode.start(bytes(saved) if saved is not None else None, relay=relay)
-    vpn = MeshVPN(node.driver, node.directory.live, **settings)
+    guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
+    vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, **settings)
     channels = (ChannelOptions(), *((FEC_CHANNEL,) if vpn.options.enable_fec else ()))
     rtc = RtcOptions(ice_servers, timeout, channels, ice_policy)
     node.dialer.mode = lambda: vpn.options.transport

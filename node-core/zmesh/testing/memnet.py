@@ -17,6 +17,7 @@ from ..errors import TransportError
 from ..identity import Identity, PeerId
 from ..link import Link
 from ..node import Node, NodeLimits
+from ..onionkeys import OnionKeyRing
 from .memlink import memory_link_pair
 
 
@@ -36,11 +37,14 @@ class MemoryNetwork:
         self.unreachable: set[PeerId] = set()  # nodes that cannot listen, like browser tabs
 
     async def add_node(self, *, exit: bool = False, country: str | None = None, reachable: bool = True,
-                       accept_circuits: bool = True, stream_handler: StreamHandler | None = None) -> NodeDriver:
+                       accept_circuits: bool = True, stream_handler: StreamHandler | None = None,
+                       onion_ring: OnionKeyRing | None = None) -> NodeDriver:
         """A node; ``reachable=False`` makes one that can only dial out (a browser tab): others reach
-        it over the relay links it opened and authenticated (``NodeDriver.connect(..., authenticated=True)``)."""
+        it over the relay links it opened and authenticated (``NodeDriver.connect(..., authenticated=True)``).
+        ``onion_ring``: onion keys the test rotates (then ``republish``)."""
         identity = await Identity.generate(self.provider)
-        node = Node(identity, self.provider, self.clock, accept_circuits=accept_circuits, limits=self.limits)
+        node = Node(identity, self.provider, self.clock, accept_circuits=accept_circuits, limits=self.limits,
+                    onion_ring=onion_ring)
         driver = NodeDriver(node, dialer=lambda peer, _role, me=identity.peer_id: self._dial(me, peer),
                             stream_handler=stream_handler)
         self.drivers[identity.peer_id] = driver
@@ -50,8 +54,16 @@ class MemoryNetwork:
             self.provider, identity, now=int(time.time()),
             addresses={"memory": (identity.peer_id.text,)},
             capabilities=Capabilities(relay=True, exit=exit, country=country, bandwidth=10_000_000),
-            exit_ports=((1, 65535),) if exit else ())
+            exit_ports=((1, 65535),) if exit else (), onion=node.onion_ring.current.public)
         return driver
+
+    async def republish(self, peer: PeerId) -> Descriptor:
+        """Sign ``peer``'s descriptor again with its current onion keys (after a rotation)."""
+        old, node = self.descriptors[peer], self.drivers[peer].node
+        self.descriptors[peer] = await sign_descriptor(
+            self.provider, node.identity, now=int(time.time()), addresses=old.addresses,
+            capabilities=old.capabilities, exit_ports=old.exit_ports, onion=node.onion_ring.current.public)
+        return self.descriptors[peer]
 
     async def _dial(self, me: PeerId, peer: PeerId) -> Link:
         remote = self.drivers.get(peer)
