@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from zmesh.cells import CELL_SIZE, RELAY_DATA_SIZE
 from zmesh.events import LinkNeeded, StreamRequested
 from zmesh.identity import Identity
+from zmesh.link import LinkRole
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node
 from zmesh.testing.memnet import MemoryNetwork, blob_service
@@ -78,8 +79,8 @@ class _Pump:
         self.nodes = nodes
         self.wires: dict[tuple[int, int], tuple[int, int]] = {}
 
-    async def connect(self, a: int, b: int) -> None:
-        la = await self.nodes[a].link_opened(self.nodes[b].identity.peer_id, initiator=True)
+    async def connect(self, a: int, b: int, role: LinkRole = LinkRole.CLIENT) -> None:
+        la = await self.nodes[a].link_opened(self.nodes[b].identity.peer_id, initiator=True, role=role)
         lb = await self.nodes[b].link_opened(self.nodes[a].identity.peer_id, initiator=False)
         self.wires[(a, la)] = (b, lb)
         self.wires[(b, lb)] = (a, la)
@@ -92,7 +93,7 @@ class _Pump:
                 for event in node.events():
                     if isinstance(event, LinkNeeded):
                         await self.connect(index, next(i for i, n in enumerate(self.nodes)
-                                                       if n.identity.peer_id == event.peer))
+                                                       if n.identity.peer_id == event.peer), event.role)
                     elif isinstance(event, StreamRequested):
                         await node.accept_stream(event.circuit, event.stream_id)
                     moved = True

@@ -37,6 +37,8 @@ def signal_url():
 
 
 class _File(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with ``PAYLOAD``."""
+
     def do_GET(self) -> None:  # noqa: N802
         self.send_response(200)
         self.send_header("Content-Length", str(len(PAYLOAD)))
@@ -47,10 +49,16 @@ class _File(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
+def serve_payload() -> http.server.ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1 (port 0) answering every GET with ``PAYLOAD``; call ``shutdown``."""
     files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _File)
     threading.Thread(target=files.serve_forever, daemon=True).start()
+    return files
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    files = serve_payload()
     port = files.server_address[1]
     data = tmp_path_factory.mktemp("relays")
     processes = [Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(WEB))]

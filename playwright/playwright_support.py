@@ -1,5 +1,5 @@
 """What the browser tests (and benchmarks) share: Chromium's flags, the file they fetch, joining a
-tab, running native code beside Playwright."""
+tab, running native code beside Playwright, a native client's circuit through a tab."""
 
 import asyncio
 import concurrent.futures
@@ -34,3 +34,25 @@ def example_page(browser: Any, url: str) -> Any:
     page = browser.new_page()
     page.goto(f"{url}/example.html")
     return page
+
+
+async def fetch_through_tab(signal_url: str, port: int, tab: Any) -> Any:
+    """A native client builds home relay → ``tab`` (a PeerId) → an exit and GETs
+    ``http://127.0.0.1:port/file`` through it (the ``HttpResponse``): the home relay extends over the
+    tab's own link."""
+    from zmesh.aio.http import http_get
+    from zmesh_relay import config
+    from zmesh_relay.client import Client
+
+    client = Client({**config.load(env={}), "signaling.url": signal_url, "client.socks": "127.0.0.1:0"})
+    await client.start()
+    try:
+        relays = {d.peer_id: d for d in await client.directory.relays(refresh=True)}
+        descriptor = relays[tab]
+        home = next(d for d in relays.values() if d.peer_id.text in descriptor.addresses["via"])
+        exit_ = next(d for d in relays.values() if d.capabilities.exit and d.peer_id != home.peer_id)
+        circuit = await client.driver.build_circuit([home, descriptor, exit_])
+        stream = await client.driver.open_stream(circuit, "127.0.0.1", port)
+        return await http_get(stream, "127.0.0.1", "/file")
+    finally:
+        await client.stop()

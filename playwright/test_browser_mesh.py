@@ -4,9 +4,8 @@ through 3 native relays (issue 4 b), a native client routes through a tab (d), t
 import asyncio
 import hashlib
 
-from playwright_support import JOIN, PAYLOAD, example_page, run_native
+from playwright_support import JOIN, PAYLOAD, example_page, fetch_through_tab, run_native
 
-from zmesh.aio.http import http_get
 from zmesh.identity import PeerId
 from zmesh_relay import config
 from zmesh_relay.client import Client
@@ -58,21 +57,7 @@ def test_native_client_builds_a_circuit_through_a_tab(browser, mesh):
     page = example_page(browser, url)
     tab_id = PeerId.from_text(page.evaluate(JOIN, {"hops": 3}))
 
-    async def through_the_tab():
-        client = Client({**config.load(env={}), "signaling.url": url, "client.socks": "127.0.0.1:0"})
-        await client.start()
-        try:
-            relays = {d.peer_id: d for d in await client.directory.relays(refresh=True)}
-            tab = relays[tab_id]
-            home = next(d for d in relays.values() if d.peer_id.text in tab.addresses["via"])
-            exit_ = next(d for d in relays.values() if d.capabilities.exit and d.peer_id != home.peer_id)
-            circuit = await client.driver.build_circuit([home, tab, exit_])
-            stream = await client.driver.open_stream(circuit, "127.0.0.1", port)
-            return await http_get(stream, "127.0.0.1", "/file")
-        finally:
-            await client.stop()
-
-    response = run_native(through_the_tab())
+    response = run_native(fetch_through_tab(url, port, tab_id))
     assert response.status == 200 and hashlib.sha256(response.body).digest() == hashlib.sha256(PAYLOAD).digest()
     assert page.evaluate("window.vpn.getStats().metrics.circuits_relayed") >= 1
     page.close()

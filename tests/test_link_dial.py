@@ -118,7 +118,7 @@ async def client_of(provider: NativeCryptoProvider, relay: Descriptor) -> NodeDr
     """A test client whose only link is to ``relay``: every hop after it is an EXTEND the relay dials."""
     address = LinkAddress.parse(relay.addresses["ws"][0])
 
-    async def dialer(peer: PeerId):
+    async def dialer(peer: PeerId, _role):
         assert peer == relay.peer_id
         return await wslink.dial(address, allow_private=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
@@ -55,12 +56,15 @@ def _http_server() -> tuple[http.server.ThreadingHTTPServer, int]:
 
 class Process:
     """A `zmesh` subprocess; ``address`` is what its ready line announced. Its mesh is on loopback,
-    so it runs on a declared private network unless ``env`` says otherwise (benchmarks use it too)."""
+    so it runs on a declared private network unless ``env`` says otherwise (benchmarks use it too).
+    ``log`` takes its stderr (a file, so a chatty ``--log-level debug`` never fills a pipe)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", PRIVATE_NETWORK_ENV: "true", **(env or {})}
-        self.proc = subprocess.Popen([*ZMESH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+        self.log = log
+        with open(log, "w") if log else contextlib.nullcontext(subprocess.PIPE) as stderr:
+            self.proc = subprocess.Popen([*ZMESH, *args], stdout=subprocess.PIPE, stderr=stderr,
+                                         text=True, env=env)
         self.address = self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30.0) -> list[str]:
@@ -75,7 +79,9 @@ class Process:
             if line.startswith("zmesh-ready "):
                 return line.split()[2:]
         self.proc.kill()
-        raise AssertionError(f"zmesh {self.proc.args[3:]} did not start: {self.proc.stderr.read()[-2000:]}")
+        self.proc.wait()
+        stderr = self.log.read_text() if self.log else self.proc.stderr.read()
+        raise AssertionError(f"zmesh {self.proc.args[3:]} did not start: {stderr[-2000:]}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -10,13 +10,16 @@ from typing import NamedTuple
 
 from .cells import DestroyReason, EndReason
 from .identity import PeerId
+from .link import LinkRole
 
 
 @dataclass(frozen=True, slots=True)
 class LinkNeeded:
-    """Open a link to ``peer`` and report it with ``Node.link_opened`` (or ``link_failed``)."""
+    """Open a link to ``peer`` for ``role`` and report it with ``Node.link_opened(peer,
+    initiator=True, role=role)`` (or ``link_failed(peer, role)``)."""
 
     peer: PeerId
+    role: LinkRole
 
 
 @dataclass(frozen=True, slots=True)

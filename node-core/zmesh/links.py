@@ -1,24 +1,33 @@
-"""The link table: a node's links, their output queues and bounds, circuit ids, link authentication
-and PING/PONG liveness (docs/protocol.md §3).
+"""The link table: a node's links, their roles, output queues and bounds, circuit ids, link
+authentication and PING/PONG liveness (docs/protocol.md §3).
 
 ``LinkTable`` is one part of ``node.Node`` (a mixin over the node's shared state): it owns
 ``_links``, ``_peer_links``, ``_routes`` and the per-circuit queued counts. A peer that does not read
 what it makes this node send loses its link (``_shed``), so no queue here grows without bound.
+
+Every link has a ``LinkRole`` and serves only that role: this node proves its PeerId only on a
+``RELAY`` link it opened, and ``_peer_links`` is keyed by role, so a circuit this node builds for
+itself is only ever started on a ``CLIENT`` link (``Node._when_linked``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from typing import TYPE_CHECKING
 
 from .cells import CELL_SIZE, MAX_CELLS_PER_FRAME, Cell, CellCommand, DestroyReason, encode_cell
 from .crypto.provider import KEY_SIZE
+from .errors import InvalidState
 from .events import CloseLink, LinkAuthenticated
 from .identity import PeerId
+from .link import LinkRole
 
 if TYPE_CHECKING:
     from .circuit import OriginCircuit, RelayCircuit, Side
+
+log = logging.getLogger(__name__)
 
 LINK_AUTH_DOMAIN = b"zmesh-link-auth-v1\x00"
 INITIATOR_BIT = 0x8000_0000
@@ -33,11 +42,12 @@ class CircuitFailure(Exception):
 
 
 class LinkState:
-    __slots__ = ("peer", "initiator", "queue", "queued_cells", "link_cells", "circuits", "next_circ", "closed",
+    __slots__ = ("peer", "initiator", "role", "queue", "queued_cells", "link_cells", "circuits", "next_circ", "closed",
                  "challenge", "last_rx", "ping_at", "ping_nonce", "rtt")
 
-    def __init__(self, peer: PeerId | None, initiator: bool, now: float) -> None:
+    def __init__(self, peer: PeerId | None, initiator: bool, role: LinkRole, now: float) -> None:
         self.peer = peer
+        self.role = role
         self.challenge = b""  # sent to an unauthenticated dialer, until it answers
         self.initiator = initiator
         self.queue: deque[tuple[int, list[bytes]]] = deque()  # (circuit handle, cells) in send order
@@ -57,14 +67,25 @@ class LinkTable:
 
     # ------------------------------------------------------------------ opening, authenticating, closing
 
-    async def link_opened(self, peer: PeerId | None, *, initiator: bool) -> int:
+    async def link_opened(self, peer: PeerId | None, *, initiator: bool, role: LinkRole | None = None) -> int:
         """Register a new link (``peer`` is None for an inbound link whose dialer is unknown: it is
         challenged, and a dialer that relays proves its PeerId, so circuits can be extended to it
-        over this very link — how a browser tab, which cannot listen, still relays)."""
+        over this very link — how a browser tab, which cannot listen, still relays).
+
+        ``role`` is what a link this node opened is for (``LinkNeeded.role``): ``CLIENT`` (the
+        default) for its own circuits, on which it proves nothing, or ``RELAY``, on which a node that
+        accepts circuits proves its PeerId. An inbound link always serves the relay role: its dialer
+        knew whom it dialed."""
+        if role is None:
+            role = LinkRole.CLIENT if initiator else LinkRole.RELAY
+        if not initiator and role is not LinkRole.RELAY:
+            raise InvalidState("an inbound link serves the relay role: its dialer knows whom it dialed")
+        if initiator and role is LinkRole.RELAY and not self.accept_circuits:
+            raise InvalidState("a node that accepts no circuits opens no relay links")
         link_id = self._next_link
         self._next_link += 1
         now = self.clock()
-        link = self._links[link_id] = LinkState(peer, initiator, now)
+        link = self._links[link_id] = LinkState(peer, initiator, role, now)
         self._link_timer = min(self._link_timer, now + self.limits.keepalive_interval)
         if not initiator and len(self._links) > self.limits.max_links:
             self.metrics["links_refused"] += 1
@@ -82,15 +103,17 @@ class LinkTable:
         """AUTH_CHALLENGE: a relaying node proves who it is; AUTHENTICATE: check that proof.
 
         The signature covers the challenge *and the listener's PeerId*, so a man in the middle
-        cannot pass a challenge through to a third node. Clients never answer: they stay anonymous.
+        cannot pass a challenge through to a third node. Only a relay link this node opened answers:
+        on a client link (the ones its own circuits use) it stays anonymous, whatever else it is.
         """
         link = self._links[link_id]
+        proves = link.initiator and link.role is LinkRole.RELAY and self.accept_circuits
         if cell.command == CellCommand.AUTHENTICATED:
-            if link.initiator:
+            if proves:
                 self._events.append(LinkAuthenticated(link_id))
             return
         if cell.command == CellCommand.AUTH_CHALLENGE:
-            if link.initiator and self.accept_circuits and link.peer is not None and len(cell.payload) == 32:
+            if proves and link.peer is not None and len(cell.payload) == 32:
                 signature = await self.provider.ed25519_sign(
                     self.identity.signing_key, LINK_AUTH_DOMAIN + cell.payload + link.peer.key)
                 self._enqueue(link_id, 0, [encode_cell(CellCommand.AUTHENTICATE, 0,
@@ -107,6 +130,7 @@ class LinkTable:
             return
         link.peer = PeerId(payload[:KEY_SIZE])
         self.metrics["links_authenticated"] += 1
+        log.debug("link %d: its dialer proved it is %s", link_id, link.peer.text)
         self._enqueue(link_id, 0, [encode_cell(CellCommand.AUTHENTICATED, 0)])
         await self._link_identified(link_id, link.peer)
 
@@ -119,12 +143,17 @@ class LinkTable:
         link.closed = True
         self._drop_queue(link_id, link)
         self._handshakes.forget(link_id)
-        if link.peer is not None and self._peer_links.get(link.peer) == link_id:
-            del self._peer_links[link.peer]
+        if link.peer is not None and self._peer_links.get((link.role, link.peer)) == link_id:
+            del self._peer_links[(link.role, link.peer)]
         for circ_id in list(link.circuits):
             route = self._routes.get((link_id, circ_id))
             if route:
                 await self._destroy(route[0], DestroyReason.LINK_CLOSED, failed=link.peer)
+
+    def link_peers(self) -> dict[int, tuple[LinkRole, PeerId | None]]:
+        """Each open link's role and who is on it as far as this node knows: the peer it dialed, or
+        a dialer that proved its PeerId; None for a dialer that proved nothing."""
+        return {link_id: (link.role, link.peer) for link_id, link in self._links.items()}
 
     # ------------------------------------------------------------------ output queues
 

@@ -30,6 +30,7 @@ from .errors import CryptoError, ProtocolError
 from .events import CircuitClosed, CloseLink, Event, LinkNeeded, StreamEnded
 from .identity import Identity, PeerId
 from .limits import NodeLimits
+from .link import LinkRole
 from .links import LINK_AUTH_DOMAIN, CircuitFailure, LinkState, LinkTable
 from .onionkeys import OnionKeyRing, OnionKeySet
 from .origin import OriginRole
@@ -63,12 +64,12 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
         self.limits = limits or NodeLimits()
         self.metrics: Counter[str] = Counter()
         self._links: dict[int, LinkState] = {}
-        self._peer_links: dict[PeerId, int] = {}
+        self._peer_links: dict[tuple[LinkRole, PeerId], int] = {}  # the link each role uses to each peer
         self._next_link = 1
         self._routes: dict[tuple[int, int], tuple[_Circuit, Side]] = {}
         self._circuits: dict[int, _Circuit] = {}
         self._next_handle = 1
-        self._waiting: dict[PeerId, list[_Circuit]] = {}
+        self._waiting: dict[tuple[LinkRole, PeerId], list[_Circuit]] = {}
         self._deadlines: dict[int, float] = {}
         # No link needs handle_timer before this. It may be early, never late: a frame only lowers
         # it to its own link's new deadline (O(1)); handle_timer recomputes it over all links.
@@ -100,9 +101,9 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
         if circ is not None:
             await self._destroy(circ, reason)
 
-    async def link_failed(self, peer: PeerId) -> None:
-        """A ``LinkNeeded`` dial failed: circuits waiting for that peer fail."""
-        for circ in self._waiting.pop(peer, []):
+    async def link_failed(self, peer: PeerId, role: LinkRole) -> None:
+        """A ``LinkNeeded`` dial failed: circuits waiting for that link fail."""
+        for circ in self._waiting.pop((role, peer), []):
             await self._destroy(circ, DestroyReason.CONNECT_FAILED)
 
     # ------------------------------------------------------------------ driver interface: input
@@ -216,18 +217,24 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
             self.metrics["relay_unknown_commands"] += 1
 
     async def _when_linked(self, circ: _Circuit, peer: PeerId) -> None:
-        link_id = self._peer_links.get(peer)
+        """Start ``circ`` on a link to ``peer`` of the role it needs, asking for one if there is none:
+        a circuit this node builds for itself goes only on a client link, on which this node proved
+        nothing; one it relays goes only on a relay link (docs/protocol.md §3)."""
+        role = LinkRole.CLIENT if circ.role is Role.ORIGIN else LinkRole.RELAY
+        key = (role, peer)
+        link_id = self._peer_links.get(key)
         if link_id is not None:
             await self._start_on_link(circ, link_id)
             return
-        waiting = self._waiting.setdefault(peer, [])
+        waiting = self._waiting.setdefault(key, [])
         waiting.append(circ)
         if len(waiting) == 1:
-            self._events.append(LinkNeeded(peer))
+            self._events.append(LinkNeeded(peer, role))
 
     async def _link_identified(self, link_id: int, peer: PeerId) -> None:
-        self._peer_links.setdefault(peer, link_id)
-        for circ in self._waiting.pop(peer, []):
+        key = (self._links[link_id].role, peer)
+        self._peer_links.setdefault(key, link_id)
+        for circ in self._waiting.pop(key, []):
             if circ.handle in self._circuits:
                 await self._guarded(circ, self._start_on_link(circ, link_id))
 

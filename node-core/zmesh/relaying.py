@@ -8,6 +8,8 @@ EXTENDING → FORWARDING. What it accepts in each state is in ``zmesh.acceptance
 
 from __future__ import annotations
 
+import logging
+
 from .cells import (
     BODY_SIZE,
     FLAG_MORE,
@@ -29,8 +31,11 @@ from .crypto.provider import KEY_SIZE
 from .errors import CryptoError, ProtocolError
 from .handshake import CREATE_SIZE, CREATED_SIZE, create_key_id, server_respond
 from .identity import PeerId
+from .link import LinkRole
 from .links import INITIATOR_BIT, CircuitFailure
 from .relaycrypto import HopCrypto, relay_backward, relay_forward
+
+log = logging.getLogger(__name__)
 
 
 class RelayRole:
@@ -49,13 +54,17 @@ class RelayRole:
         peer_half = bool(cell.circ_id & INITIATOR_BIT) != link.initiator
         full = (len(link.circuits) >= self.limits.max_circuits_per_link
                 or len(self._circuits) >= self.limits.max_circuits)
-        if not self.accept_circuits or not peer_half or full:
+        # On a client link this node answers like a node that relays nothing: a CREATED there
+        # (keyed to this node's onion key) would tell the first hop of its own circuits who it is.
+        if not self.accept_circuits or link.role is not LinkRole.RELAY or not peer_half or full:
             self.metrics["create_refused"] += 1
             self.metrics["create_refused_full"] += full
             self._enqueue(link_id, 0, [encode_cell(CellCommand.DESTROY, cell.circ_id,
                                                    bytes([DestroyReason.RESOURCE_LIMIT]))])
             return
         circ = RelayCircuit(self._new_handle(), link_id, cell.circ_id, link.peer)
+        log.debug("relaying a circuit from link %d (%s)", link_id,
+                  f"peer {link.peer.text}" if link.peer else "its dialer proved nothing")
         self._circuits[circ.handle] = circ
         self._deadlines[circ.handle] = self.clock() + self.limits.build_timeout
         self._add_route(link_id, cell.circ_id, circ, Side.PREV)

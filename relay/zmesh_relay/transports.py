@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 
 class NativeTransports:
-    """Dials links for a ``NodeDriver`` (``dialer``) and, with ``on_inbound``, answers WebRTC offers."""
+    """Dials links for a ``NodeDriver`` (``dialer``) and, with ``on_inbound``, answers WebRTC offers.
+    Then its signaling session is signed in as the node, so the node's own client links (its own
+    circuits, e.g. a service hosted on a relay) go over WebSocket only (``TransportDialer``)."""
 
     def __init__(self, config: dict[str, Any], signal: SignalClient, directory: DirectoryView,
                  identity: Identity, provider: CryptoProvider, on_inbound: LinkHandler | None = None) -> None:
@@ -38,6 +40,7 @@ class NativeTransports:
         self._on_inbound = on_inbound
         self.dialer = TransportDialer(directory.find, websocket=self._dial_websocket, rtc=None,
                                       mode=lambda: config["transport.kind"], websocket_first=True,
+                                      rtc_names_node=on_inbound is not None,
                                       redial_after=config["transport.redial_after"])
         self._supervisor: asyncio.Task | None = None
 

@@ -31,7 +31,7 @@ from ..events import (
     StreamWritable,
 )
 from ..identity import PeerId
-from ..link import Link
+from ..link import Link, LinkRole
 from ..node import Node
 from .tasks import OwnedTasks
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 _HINTS = {DestroyReason.ONION_KEY_OUTDATED: " (the relay has rotated the onion key its descriptor names: "
                                             "refetch the descriptor)"}
 
-Dialer = Callable[[PeerId], Awaitable[Link]]
+Dialer = Callable[[PeerId, LinkRole], Awaitable[Link]]  # the role decides what the dial may reveal
 StreamHandler = Callable[["IncomingStream"], Awaitable[None]]
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -148,8 +148,10 @@ class IncomingStream:
 
 
 class NodeDriver:
-    """Drives one node. ``dialer`` opens links for ``LinkNeeded``; ``stream_handler`` answers BEGINs
-    (exits and destinations); a node without one refuses every BEGIN with EXIT_POLICY."""
+    """Drives one node. ``dialer`` opens links for ``LinkNeeded`` (given the role the link is for, so
+    it can dial a client link without naming this node, e.g. over a throwaway signaling session);
+    ``stream_handler`` answers BEGINs (exits and destinations); a node without one refuses every
+    BEGIN with EXIT_POLICY."""
 
     def __init__(self, node: Node, *, dialer: Dialer | None = None,
                  stream_handler: StreamHandler | None = None) -> None:
@@ -174,10 +176,12 @@ class NodeDriver:
 
     # ---------------------------------------------------------------- links
 
-    async def add_link(self, link: Link, peer: PeerId | None, *, initiator: bool) -> int:
-        """Attach an open link; ``peer`` is who the transport says is on the other end."""
+    async def add_link(self, link: Link, peer: PeerId | None, *, initiator: bool,
+                       role: LinkRole | None = None) -> int:
+        """Attach an open link; ``peer`` is who the transport says is on the other end, ``role``
+        what a link this node opened is for (``Node.link_opened``; a client link by default)."""
         async def opened() -> int:  # registered before the events: the node may refuse it (CloseLink) at once
-            link_id = await self.node.link_opened(peer, initiator=initiator)
+            link_id = await self.node.link_opened(peer, initiator=initiator, role=role)
             self._links[link_id] = link
             self._output[link_id] = asyncio.Event()
             if peer is not None:
@@ -190,12 +194,16 @@ class NodeDriver:
         return link_id
 
     async def connect(self, peer: PeerId, *, authenticated: bool = False, timeout: float = 10.0) -> int:
-        """Open a link to ``peer`` now, e.g. a browser tab to the relay it is reachable through.
-        With ``authenticated``, return only once the peer has accepted this node's proof of
-        identity, i.e. once circuits can be extended to this node over the link."""
+        """Open a link to ``peer`` now: a client link, or with ``authenticated`` a relay link, e.g. a
+        browser tab's to the relay it is reachable through; then return only once the peer has
+        accepted this node's proof of identity, i.e. once circuits can be extended to this node
+        over the link. This node's own circuits never use a relay link (docs/protocol.md §3)."""
         if self.dialer is None:
             raise TransportError("this node has no dialer")
-        link_id = await self.add_link(await self.dialer(peer), peer, initiator=True)
+        if authenticated and not self.node.accept_circuits:  # before dialing, so no link is left open
+            raise InvalidState("a node that accepts no circuits opens no relay links")
+        role = LinkRole.RELAY if authenticated else LinkRole.CLIENT
+        link_id = await self.add_link(await self.dialer(peer, role), peer, initiator=True, role=role)
         if authenticated and link_id not in self._authenticated:
             confirmed = self._confirmations[link_id] = asyncio.get_running_loop().create_future()
             try:
@@ -252,18 +260,18 @@ class NodeDriver:
         if not self._closed:
             await self._call(self.node.link_closed, link_id)
 
-    async def _dial(self, peer: PeerId) -> None:
+    async def _dial(self, peer: PeerId, role: LinkRole) -> None:
         try:
             if self.dialer is None:
                 raise TransportError("this node has no dialer")
-            link = await self.dialer(peer)
+            link = await self.dialer(peer, role)
         except Exception as exc:  # any dial failure fails the waiting circuits, never the driver
             log.info("link to %s failed: %s: %s", peer.short(), type(exc).__name__, exc)
             if len(self._dial_errors) < 64:
                 self._dial_errors[peer] = str(exc)
-            await self._call(self.node.link_failed, peer)
+            await self._call(self.node.link_failed, peer, role)
             return
-        await self.add_link(link, peer, initiator=True)
+        await self.add_link(link, peer, initiator=True, role=role)
 
     # ---------------------------------------------------------------- circuits and streams
 
@@ -372,8 +380,8 @@ class NodeDriver:
                 future = self._confirmations.get(link_id)
                 if future is not None and not future.done():
                     future.set_result(None)
-            case LinkNeeded(peer):
-                self._tasks.spawn(self._dial(peer))
+            case LinkNeeded(peer, role):
+                self._tasks.spawn(self._dial(peer, role))
             case CloseLink(link_id, _):
                 link = self._links.get(link_id)
                 if link is not None:

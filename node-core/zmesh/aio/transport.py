@@ -8,6 +8,10 @@ and tabs; what it did is kept in ``stats`` for the dashboard and ``/healthz``.
 A WebSocket address reaches the transport as a parsed ``LinkAddress``, never as the publisher's
 URL. A peer whose dial just failed is not dialed again for ``redial_after`` seconds: a hostile
 client EXTENDing to an unreachable relay over and over costs a relay one dial per interval.
+
+A WebRTC offer names the signaling session it came from, so a client link (``LinkRole.CLIENT``,
+the ones a node's own circuits use) is never dialed through a session signed in as the node
+itself: it goes through ``client_rtc``, a session under a throwaway identity, or over WebSocket.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ..backoff import Backoff
 from ..descriptor import Descriptor
 from ..errors import ConfigError, TransportError, ZmeshError
 from ..identity import PeerId
-from ..link import Link
+from ..link import Link, LinkRole
 from ..netaddr import LinkAddress
 from .rtc import RtcConnector
 
@@ -60,7 +64,8 @@ def takes_webrtc(descriptor: Descriptor) -> bool:
 class TransportDialer:
     """A ``NodeDriver`` dialer. ``mode`` is read at each dial, so a changed setting applies to the
     next link; ``rtc`` (a ``zmesh.aio.rtc.RtcConnector``) is None while this node has no WebRTC (then
-    ``auto`` means WebSocket).
+    ``auto`` means WebSocket). With ``rtc_names_node`` (its session is signed in as this node, which
+    answers offers), client links use ``client_rtc`` instead, or no WebRTC while that is None.
 
     With ``auto`` a tab tries WebRTC first. A native node (``websocket_first``) tries WebSocket
     first where the peer has one, because aiortc's DataChannels measured about 100× slower
@@ -70,9 +75,11 @@ class TransportDialer:
     def __init__(self, lookup: Callable[[PeerId], Awaitable[Descriptor | None]], *,
                  websocket: Callable[[LinkAddress], Awaitable[Link]],
                  rtc: RtcConnector | None, mode: Callable[[], str], websocket_first: bool = False,
-                 redial_after: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 rtc_names_node: bool = False, redial_after: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         check_redial_after(redial_after)
         self._lookup, self._websocket, self.rtc, self.mode = lookup, websocket, rtc, mode
+        self.rtc_names_node, self.client_rtc = rtc_names_node, None
         self.websocket_first, self.redial_after, self._clock = websocket_first, redial_after, clock
         self._failed: dict[PeerId, tuple[float, str]] = {}  # peer → (when it may be dialed again, why not)
         self._counts: dict[str, int | float | str | None] = {
@@ -87,7 +94,7 @@ class TransportDialer:
         return {**self._counts, "signaling": self.rtc is not None,
                 "rejected_signals": self.rtc.rejected if self.rtc is not None else 0}
 
-    async def __call__(self, peer: PeerId) -> Link:
+    async def __call__(self, peer: PeerId, role: LinkRole = LinkRole.CLIENT) -> Link:
         mode = check_transport(self.mode())
         failed = self._failed.get(peer)
         if failed is not None:
@@ -96,7 +103,7 @@ class TransportDialer:
                 raise TransportError(f"{failed[1]} (not retried for {self.redial_after:g} s)")
             del self._failed[peer]
         try:
-            link = await self._dial(peer, mode)
+            link = await self._dial(peer, mode, self.connector(role))
         except TransportError as exc:
             if self.redial_after:
                 if len(self._failed) >= MAX_REMEMBERED_FAILURES:
@@ -105,7 +112,11 @@ class TransportDialer:
             raise
         return link
 
-    async def _dial(self, peer: PeerId, mode: str) -> Link:
+    def connector(self, role: LinkRole) -> RtcConnector | None:
+        """The WebRTC connector a link for ``role`` may be dialed through (see the class doc)."""
+        return self.client_rtc if role is LinkRole.CLIENT and self.rtc_names_node else self.rtc
+
+    async def _dial(self, peer: PeerId, mode: str, connector: RtcConnector | None) -> Link:
         descriptor = await self._lookup(peer)
         if descriptor is None:
             raise TransportError(f"{peer.short()} is not in the directory")
@@ -113,11 +124,11 @@ class TransportDialer:
         if mode != "webrtc" and descriptor.addresses.get("ws"):
             address = LinkAddress.parse(descriptor.addresses["ws"][0])
             attempts.append(("websocket", lambda: self._websocket(address)))
-        if mode != "websocket" and self.rtc is not None and takes_webrtc(descriptor):
-            rtc, first = self.rtc, mode == "webrtc" or not self.websocket_first
+        if mode != "websocket" and connector is not None and takes_webrtc(descriptor):
+            rtc, first = connector, mode == "webrtc" or not self.websocket_first
             attempts.insert(0 if first else 1, ("webrtc", lambda: rtc.dial(peer)))
         if not attempts:
-            raise TransportError(self._unreachable(peer, mode, descriptor))
+            raise TransportError(self._unreachable(peer, mode, descriptor, connector))
         failures, started = [], time.monotonic()
         for kind, dial in attempts:
             try:
@@ -135,29 +146,34 @@ class TransportDialer:
             return link
         raise TransportError(f"no link to {peer.short()}: " + "; ".join(failures))
 
-    def _unreachable(self, peer: PeerId, mode: str, descriptor: Descriptor) -> str:
-        if mode == "webrtc" and self.rtc is None:
-            return "transport is webrtc but this node has no WebRTC (no signaling socket)"
+    def _unreachable(self, peer: PeerId, mode: str, descriptor: Descriptor, connector: RtcConnector | None) -> str:
+        if mode == "webrtc" and connector is None:
+            return "transport is webrtc but this node has no WebRTC for this link (no signaling socket)"
         if mode == "webrtc" or not descriptor.addresses.get("ws") and takes_webrtc(descriptor):
             return f"{peer.short()} cannot be reached over WebRTC from here and has no WebSocket address"
         return f"no {'WebSocket ' if mode == 'websocket' else ''}address known for {peer.short()}"
 
 
-async def keep_signaling(dialer: TransportDialer, open_connector: Callable[[], Awaitable[RtcConnector]]) -> None:
-    """Keep ``dialer.rtc`` on a live signaling session, which is what makes this node reachable
-    over WebRTC: when the session closes (server restart, network blip) open another after a
-    jittered backoff. Meanwhile ``auto`` dials use WebSocket and offers to this node bounce."""
+async def keep_signaling(dialer: TransportDialer, open_connector: Callable[[], Awaitable[RtcConnector]],
+                         slot: str = "rtc") -> None:
+    """Keep ``dialer.rtc`` (or ``dialer.client_rtc``, by ``slot``) on a live signaling session,
+    which is what makes this node reachable over WebRTC: when the session closes (server restart,
+    network blip) open another after a jittered backoff. Meanwhile ``auto`` dials use WebSocket
+    and offers to this node bounce."""
+    if slot not in ("rtc", "client_rtc"):
+        raise ConfigError(f"no connector slot {slot!r}")
     backoff = Backoff()
     while True:
-        if dialer.rtc is not None:
-            await dialer.rtc.wait_closed()
+        current = getattr(dialer, slot)
+        if current is not None:
+            await current.wait_closed()
             backoff.closed()
-            closed, dialer.rtc = dialer.rtc, None
-            await closed.close()
+            setattr(dialer, slot, None)
+            await current.close()
             log.warning("the signaling session closed; reconnecting")
         await asyncio.sleep(backoff.delay())
         try:
-            dialer.rtc = await open_connector()
+            setattr(dialer, slot, await open_connector())
             backoff.opened()
         except ZmeshError as exc:  # whatever a hostile or broken server sends: try again later
             log.info("signaling reconnect failed: %s", exc)

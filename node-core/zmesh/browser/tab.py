@@ -1,7 +1,9 @@
 """The tab's node (imported only under Pyodide) and ``open_mesh``, which ``web/meshvpn.js`` calls.
 
 Its links are DataChannels (``browser.rtc``) or WebSockets (``browser.links``), chosen per link by
-the same ``TransportDialer`` native nodes use.
+the same ``TransportDialer`` native nodes use. A tab that relays proves its PeerId only on its link
+to its home relay; its own circuits go over client links on which it proves nothing, signalled (over
+WebRTC) under a throwaway identity (docs/protocol.md §3). A tab that does not relay never proves it.
 """
 
 from __future__ import annotations
@@ -56,23 +58,26 @@ class BrowserNode:
     links over WebRTC (DataChannels, signalled through this page's origin) or WebSocket."""
 
     def __init__(self, identity: Identity, provider: WebCryptoProvider, onion_ring: OnionKeyRing, *,
-                 allow_private: bool = False) -> None:
+                 allow_private: bool = False, relay: bool = True) -> None:
         self.provider = provider
         self.onion_ring = onion_ring  # in memory only: a reloaded tab publishes fresh onion keys
         self.allow_private = allow_private  # dial non-public link addresses: see ``netaddr.page_allows_private``
+        self.relay = relay  # accept circuits (over the home link) and answer WebRTC offers as this node
         self.directory = DirectoryView(_fetch_relays, provider)
         self.dialer = TransportDialer(self.directory.find, websocket=self._dial_websocket, rtc=None,
-                                      mode=lambda: "auto")
-        self.driver = NodeDriver(Node(identity, provider, time.monotonic, onion_ring=onion_ring), dialer=self.dialer)
+                                      mode=lambda: "auto", rtc_names_node=relay)
+        self.driver = NodeDriver(Node(identity, provider, time.monotonic, accept_circuits=relay, onion_ring=onion_ring),
+                                 dialer=self.dialer)
         self.home: PeerId | None = None  # the relay this tab is reachable ``via``
         self._home_link: Any = None
         self._published = 0
         self._tasks = OwnedTasks("browser node")
 
     @classmethod
-    async def start(cls, saved_identity: bytes | None = None) -> BrowserNode:
-        """A node with the tab's saved identity (kept in IndexedDB by meshvpn.js) or a new one. It
-        dials non-public link addresses only if this page itself came from one."""
+    async def start(cls, saved_identity: bytes | None = None, *, relay: bool = True) -> BrowserNode:
+        """A node with the tab's saved identity (kept in IndexedDB by meshvpn.js) or a new one,
+        relaying for others if ``relay``. It dials non-public link addresses only if this page
+        itself came from one."""
         provider = WebCryptoProvider()
         identity = None
         if saved_identity:
@@ -82,7 +87,7 @@ class BrowserNode:
                 identity = None  # a corrupt saved key: start afresh rather than fail to join
         return cls(identity or await Identity.generate(provider), provider,
                    await OnionKeyRing.generate(provider, time.time),
-                   allow_private=page_allows_private(js.location.hostname))
+                   allow_private=page_allows_private(js.location.hostname), relay=relay)
 
     async def _dial_websocket(self, address: LinkAddress) -> Link:
         # The browser resolves names itself, so only literals and localhost names can be checked here.
@@ -96,18 +101,21 @@ class BrowserNode:
         return await BrowserChannelLink.dial(address.url)
 
 
-    async def start_webrtc(self, options: RtcOptions, *, accept: bool) -> None:
-        """Open the signaling socket on this page's origin, to dial DataChannels and, with
-        ``accept``, answer them. A tab that does not relay signs in with a throwaway identity, so
-        the relays it links to cannot recognise it from one visit to the next."""
-        identity = self.driver.node.identity if accept else await Identity.generate(self.provider)
+    async def start_webrtc(self, options: RtcOptions) -> None:
+        """Open the signaling socket on this page's origin, to dial DataChannels and, if this tab
+        relays, answer them. Only a session that answers offers signs in as this node; the tab's
+        client links (its own circuits) are signalled under a throwaway identity, so the relays it
+        links to for its own circuits cannot recognise it, nor from one visit to the next."""
+        throwaway = await Identity.generate(self.provider)
+        sessions = {"rtc": (self.driver.node.identity, True), "client_rtc": (throwaway, False)} if self.relay \
+            else {"rtc": (throwaway, False)}
+        for slot, (identity, accept) in sessions.items():
+            async def open_connector(identity: Identity = identity, accept: bool = accept) -> RtcConnector:
+                session = await self._open_session(identity)
+                return RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
 
-        async def open_connector() -> RtcConnector:
-            session = await self._open_session(identity)
-            return RtcConnector(session, BrowserRtcBackend(), self._inbound, options, accept=accept)
-
-        self.dialer.rtc = await open_connector()
-        self._tasks.spawn(keep_signaling(self.dialer, open_connector))
+            setattr(self.dialer, slot, await open_connector())
+            self._tasks.spawn(keep_signaling(self.dialer, open_connector, slot))
 
     async def _inbound(self, link: Link, _signalled_by: PeerId) -> None:
         # Anonymous like any inbound link; a relay extending circuits to us proves itself over it.
@@ -118,6 +126,8 @@ class BrowserNode:
         extended to this tab over that link) and publish a descriptor reachable ``via`` it and,
         when this tab answers WebRTC offers, directly over DataChannels. If the home link dies the
         tab offers itself again, through another relay when it can."""
+        if not self.relay:
+            raise ConfigError("this tab was started with relay: false; it proves its PeerId to no one")
         if self.dialer.rtc is None:  # the directory lists a tab only while it is signed in
             self._tasks.spawn(self._keep_signed_in())
         descriptor = await self._offer_once()
@@ -197,13 +207,14 @@ class BrowserNode:
         return descriptor
 
     async def close(self) -> None:
-        """Leave the mesh: stop the background tasks (signaling supervisor, sign-in, home keeper)
-        first so none reopens what follows, then close the WebRTC connector with its signaling
-        session, and the driver with every link."""
+        """Leave the mesh: stop the background tasks (signaling supervisors, sign-in, home keeper)
+        first so none reopens what follows, then close the WebRTC connectors with their signaling
+        sessions, and the driver with every link."""
         await self._tasks.close()
-        if self.dialer.rtc is not None:
-            await self.dialer.rtc.close()
-            self.dialer.rtc = None
+        for connector in (self.dialer.rtc, self.dialer.client_rtc):
+            if connector is not None:
+                await connector.close()
+        self.dialer.rtc = self.dialer.client_rtc = None
         await self.driver.close()
 
 
@@ -258,7 +269,7 @@ async def open_mesh(options: Any) -> Any:
     ice_servers = tuple(IceServer(tuple(s["urls"]), s.get("username"), s.get("credential"))
                         for s in settings.pop("ice_servers", []))
     timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
-    node = await BrowserNode.start(bytes(saved) if saved is not None else None)
+    node = await BrowserNode.start(bytes(saved) if saved is not None else None, relay=relay)
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
     vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, **settings)
     channels = (ChannelOptions(), *((FEC_CHANNEL,) if vpn.options.enable_fec else ()))
@@ -267,7 +278,7 @@ async def open_mesh(options: Any) -> Any:
     await node.directory.refresh()
     if vpn.options.transport != "websocket":
         try:
-            await node.start_webrtc(rtc, accept=relay)
+            await node.start_webrtc(rtc)
         except (TransportError, ProtocolError) as exc:
             if vpn.options.transport == "webrtc":
                 raise

@@ -41,12 +41,12 @@ class MemoryNetwork:
                        stream_handler: StreamHandler | None = None,
                        onion_ring: OnionKeyRing | None = None) -> NodeDriver:
         """A node; ``reachable=False`` makes one that can only dial out (a browser tab): others reach
-        it over the links it opened, once it has authenticated them. ``onion_ring``: onion keys the
-        test rotates (then ``republish``)."""
+        it over the relay links it opened and authenticated (``NodeDriver.connect(..., authenticated=True)``).
+        ``onion_ring``: onion keys the test rotates (then ``republish``)."""
         identity = await Identity.generate(self.provider)
         node = Node(identity, self.provider, self.clock, accept_circuits=accept_circuits, limits=self.limits,
                     onion_ring=onion_ring)
-        driver = NodeDriver(node, dialer=lambda peer, me=identity.peer_id: self._dial(me, peer),
+        driver = NodeDriver(node, dialer=lambda peer, _role, me=identity.peer_id: self._dial(me, peer),
                             stream_handler=stream_handler)
         self.drivers[identity.peer_id] = driver
         if not reachable:

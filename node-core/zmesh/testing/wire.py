@@ -7,6 +7,7 @@ from typing import Any
 from ..crypto.provider import CryptoProvider
 from ..events import LinkNeeded
 from ..identity import Identity, PeerId
+from ..link import LinkRole
 from ..node import Node
 
 
@@ -39,8 +40,8 @@ class Wire:
         self.events[node] = []
         return node
 
-    async def connect(self, dialer: Node, listener: Node) -> None:
-        near = await dialer.link_opened(listener.identity.peer_id, initiator=True)
+    async def connect(self, dialer: Node, listener: Node, role: LinkRole = LinkRole.CLIENT) -> None:
+        near = await dialer.link_opened(listener.identity.peer_id, initiator=True, role=role)
         far = await listener.link_opened(None, initiator=False)
         self.ends[(dialer, near)], self.ends[(listener, far)] = (listener, far), (dialer, near)
 
@@ -53,7 +54,7 @@ class Wire:
                 for event in node.events():
                     self.events[node].append(event)
                     if isinstance(event, LinkNeeded):
-                        await self.connect(node, self.nodes[event.peer])
+                        await self.connect(node, self.nodes[event.peer], event.role)
                 for link in node.links_with_output():
                     moved = True
                     frame = node.take_frame(link)
