@@ -36,7 +36,8 @@ PATH = "/metrics"
 DESTROY_REASONS = tuple(reason.name.lower() for reason in DestroyReason)
 # What an exit's stream attempt came to: connected, or the END reason it was refused with.
 EXIT_RESULTS = ("connected", *(reason.name.lower() for reason in (
-    EndReason.EXIT_POLICY, EndReason.RESOLVE_FAILED, EndReason.CONNECT_REFUSED, EndReason.TIMEOUT, EndReason.MISC)))
+    EndReason.EXIT_POLICY, EndReason.RESOLVE_FAILED, EndReason.CONNECT_REFUSED, EndReason.TIMEOUT,
+    EndReason.UPSTREAM_FAILED, EndReason.MISC)))
 EXIT_COUNTER = "exit_connections_"  # + an EXIT_RESULTS value: the relay's key in Node.metrics
 TRANSPORTS = ("webrtc", "websocket")
 
