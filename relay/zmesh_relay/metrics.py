@@ -25,9 +25,9 @@ from prometheus_client.registry import Collector
 from zmesh.aio.driver import NodeDriver
 from zmesh.aio.transport import count_by_transport
 from zmesh.cells import DestroyReason, EndReason
-from zmesh.errors import ConfigError
 from zmesh_signal.metrics import scrape
 
+from .listener import serve
 from .transports import NativeTransports
 
 log = logging.getLogger(__name__)
@@ -199,15 +199,8 @@ class MetricsListener:
         """Listen on ``host:port`` (validated by the config: loopback unless allowed); return the port."""
         app = web.Application()
         app.router.add_get(PATH, self._scrape)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self.close()
-            raise ConfigError(f"metrics.listen: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, bound = await serve(app, host, port, "metrics.listen")
+        return bound
 
     async def _scrape(self, request: web.Request) -> web.Response:
         return scrape(self.registry)
