@@ -10,7 +10,7 @@ from conftest import WEB
 from playwright_support import JOIN, PAYLOAD, example_page, run_native
 
 from tests.private_network import relay_listen
-from tests.test_native_mesh import Process, _health
+from tests.test_native_mesh import Process
 from zmesh.aio.rtc import RtcConnector, RtcOptions
 from zmesh.descriptor import verify_descriptor
 from zmesh.errors import LinkClosed
@@ -153,7 +153,7 @@ def test_a_tab_offers_itself_again_when_its_home_relay_goes_away(browser, tmp_pa
             raise AssertionError("the tab is not in the directory")
 
         first_home = run_native(home_of_tab())
-        stopped = next(r for r in relays if _health(r.address[0])["peer_id"] == first_home)
+        stopped = next(r for r in relays if r.address[1] == first_home)  # its ready line names its PeerId
         assert stopped.stop() == 0  # a clean stop closes its links, so the tab sees its home go
 
         async def new_home() -> str:  # the tab re-offers after a jittered backoff of under a second

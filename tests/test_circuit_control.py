@@ -42,16 +42,7 @@ class ClientProcess(Process):
         super().__init__("client", "--signal", signal, "--socks", "127.0.0.1:0", "--control", "127.0.0.1:0", *flags)
         host, port = self.address[0].rsplit(":", 1)
         self.socks = (host, int(port))
-        self.control = self.next_ready()[0]
-
-    def next_ready(self) -> list[str]:
-        """The next ``zmesh-ready`` line's fields. Read without ``select``: the line may already sit
-        in the pipe reader's buffer, read along with the previous one; a client that dies closes
-        the pipe, which ends the read."""
-        while line := self.proc.stdout.readline():
-            if line.startswith("zmesh-ready "):
-                return line.split()[2:]
-        raise AssertionError(f"zmesh client stopped: {self.proc.stderr.read()[-2000:]}")
+        self.control = self.next_ready("control")[0]
 
     def circuits(self) -> dict:
         with urllib.request.urlopen(f"http://{self.control}/v1/circuits", timeout=5) as response:

@@ -10,7 +10,7 @@ import hashlib
 import http.server
 import json
 import os
-import select
+import queue
 import signal
 import socket
 import subprocess
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from zmesh.errors import TransportError
 from zmesh.netaddr import LinkAddress
@@ -54,9 +55,26 @@ def _http_server() -> tuple[http.server.ThreadingHTTPServer, int]:
     return server, server.server_address[1]
 
 
+class Scrape:
+    """A Prometheus text exposition, parsed with prometheus-client's own parser."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                        for family in text_string_to_metric_families(text) for sample in family.samples}
+
+    def __call__(self, name: str, **labels: str) -> float:
+        """The value of one sample (KeyError if the exporter does not have it)."""
+        return self.samples[(name, tuple(sorted(labels.items())))]
+
+    def total(self, name: str) -> float:
+        """The sum of a metric over all its label values."""
+        return sum(value for (sample, _), value in self.samples.items() if sample == name)
+
+
 class Process:
-    """A `zmesh` subprocess; ``address`` is what its ready line announced. Its mesh is on loopback,
-    so it runs on a declared private network unless ``env`` says otherwise (benchmarks use it too).
+    """A `zmesh` subprocess; ``address`` is what its first ready line announced, ``metrics`` the
+    HOST:PORT of its private /metrics when started with ``--metrics``. Its mesh is on loopback, so it
+    runs on a declared private network unless ``env`` says otherwise (benchmarks use it too).
     ``log`` takes its stderr (a file, so a chatty ``--log-level debug`` never fills a pipe)."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> None:
@@ -65,19 +83,44 @@ class Process:
         with open(log, "w") if log else contextlib.nullcontext(subprocess.PIPE) as stderr:
             self.proc = subprocess.Popen([*ZMESH, *args], stdout=subprocess.PIPE, stderr=stderr,
                                          text=True, env=env)
-        self.address = self._wait_ready()
+        # Lines read by a thread: a select() on the pipe misses a second line already in Python's buffer.
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._early: list[tuple[str, list[str]]] = []  # ready lines read while waiting for another kind
+        threading.Thread(target=self._read_lines, daemon=True).start()
+        self.address = self.next_ready()
+        self.metrics = self.next_ready("metrics")[0] if "--metrics" in args else None
 
-    def _wait_ready(self, timeout: float = 30.0) -> list[str]:
+    def scrape(self) -> Scrape:
+        """Its /metrics, parsed."""
+        assert self.metrics is not None, "started without --metrics"
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as response:
+            return Scrape(response.read().decode())
+
+    def _read_lines(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # end of output: the process exited
+
+    def next_ready(self, what: str | None = None, timeout: float = 30.0) -> list[str]:
+        """The fields of the next ``zmesh-ready`` line (of kind ``what`` when given: lines of other
+        kinds are kept for later calls)."""
+        for index, (kind, fields) in enumerate(self._early):
+            if what in (None, kind):
+                del self._early[index]
+                return fields
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            if not readable:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
                 break
-            line = self.proc.stdout.readline()
             if not line:
                 break
             if line.startswith("zmesh-ready "):
-                return line.split()[2:]
+                _, kind, *fields = line.split()
+                if what in (None, kind):
+                    return fields
+                self._early.append((kind, fields))
         self.proc.kill()
         self.proc.wait()
         stderr = self.log.read_text() if self.log else self.proc.stderr.read()
@@ -105,6 +148,7 @@ def start_mesh(data_dir: Path, allowed_port: int, *, relays: int, exits: int,
         for index in range(relays):
             extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{allowed_port}"] if index >= relays - exits else []
             processes.append(Process("relay", "--signal", url, "--listen", relay_listen(index + 1),
+                                     "--metrics", "127.0.0.1:0",
                                      "--data-dir", str(data_dir / f"r{index}"), *extra, env=env))
         processes.append(Process("client", "--signal", url, "--socks", "127.0.0.1:0", env=env))
     except BaseException:
@@ -148,10 +192,10 @@ def test_ten_mib_through_three_relays_is_byte_exact(mesh):
     assert hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
     # transport: auto (the default) between native nodes is WebSocket first (measured faster than
     # aiortc), with WebRTC ready as the fallback: every relay holds its signaling socket
-    transports = [_health(relay.address[0])["transport"] for relay in mesh["relays"]]
-    assert all(t["mode"] == "auto" and t["signaling"] for t in transports)
-    assert sum(t["open_links"].get("websocket", 0) for t in transports) >= 5
-    assert sum(t["open_links"].get("webrtc", 0) for t in transports) == 0
+    scrapes = [relay.scrape() for relay in mesh["relays"]]
+    assert all(scrape("zmesh_webrtc_signaling_up") == 1 for scrape in scrapes)
+    assert sum(scrape("zmesh_links", transport="websocket") for scrape in scrapes) >= 5
+    assert sum(scrape("zmesh_links", transport="webrtc") for scrape in scrapes) == 0
 
 
 def test_forced_webrtc_mesh_carries_circuits_over_datachannels(tmp_path):
@@ -164,9 +208,9 @@ def test_forced_webrtc_mesh_carries_circuits_over_datachannels(tmp_path):
         host, port = processes[-1].address[0].rsplit(":", 1)
         body = asyncio.run(asyncio.wait_for(fetch((host, int(port)), "127.0.0.1", files_port, "/big"), 120))
         assert hashlib.sha256(body).digest() == hashlib.sha256(PAYLOAD).digest()
-        transports = [_health(relay.address[0])["transport"] for relay in processes[1:-1]]
-        assert sum(t["open_links"].get("webrtc", 0) for t in transports) == 5  # 3 links, 2 ends each, 1 at the client
-        assert sum(t["open_links"].get("websocket", 0) for t in transports) == 0
+        scrapes = [relay.scrape() for relay in processes[1:-1]]  # 3 links, 2 ends each, 1 at the client:
+        assert sum(scrape("zmesh_links", transport="webrtc") for scrape in scrapes) == 5
+        assert sum(scrape("zmesh_links", transport="websocket") for scrape in scrapes) == 0
     finally:
         for process in reversed(processes):
             process.stop()
@@ -247,7 +291,7 @@ def test_hostile_input_gets_clean_errors_and_servers_keep_serving(mesh):
 def test_killed_middle_relay_next_fetch_succeeds(mesh):
     assert asyncio.run(asyncio.wait_for(fetch(mesh["socks"], "127.0.0.1", mesh["files_port"], "/"), 60)) \
         == b"small page"
-    carrying = [r for r in mesh["relays"][:3] if _health(r.address[0])["circuits"] > 0]
+    carrying = [r for r in mesh["relays"][:3] if r.scrape()("zmesh_circuits_active", role="relay") > 0]
     assert carrying, "no non-exit relay carries the client's circuit"
     victim = carrying[0]
     victim.proc.send_signal(signal.SIGKILL)

@@ -25,7 +25,7 @@ from zmesh_relay.socks5 import socks5_connect
 
 from .conftest import wait_until
 from .private_network import relay_listen
-from .test_native_mesh import Process, _health, _http_server, start_mesh
+from .test_native_mesh import Process, _http_server, start_mesh
 
 MiB = 1024 * 1024
 
@@ -58,7 +58,8 @@ def _client_frame(payload: bytes) -> bytes:
 
 def test_unread_pings_leave_the_relay_bounded_and_cost_the_flooder_its_link(tmp_path):
     signal = Process("signal", "--listen", "127.0.0.1:0")
-    relay = Process("relay", "--signal", signal.address[0], "--listen", relay_listen(1), "--data-dir", str(tmp_path))
+    relay = Process("relay", "--signal", signal.address[0], "--listen", relay_listen(1), "--data-dir", str(tmp_path),
+                    "--metrics", "127.0.0.1:0")
     try:
         pid, url = relay.proc.pid, relay.address[0]
         before = _vm_kib(pid, "VmHWM")  # the peak so far: what the flood adds is measured against it
@@ -82,9 +83,9 @@ def test_unread_pings_leave_the_relay_bounded_and_cost_the_flooder_its_link(tmp_
 
         sent, reset = asyncio.run(flood())
         grown = (_vm_kib(pid, "VmHWM") - before) / 1024
-        metrics = _health(url)["metrics"]
+        shed = relay.scrape()("zmesh_links_dropped_total", reason="queue_bound")
         print(f"\nPING flood: {sent / MiB:.0f} MiB sent, link reset: {reset}, relay peak RSS +{grown:.1f} MB")
-        assert metrics.get("links_over_queue_bound") == 1, metrics
+        assert shed == 1
         assert reset and sent < 400 * MiB  # the relay closed the link before the flood was through
         assert grown < 50, f"relay peak RSS grew {grown:.1f} MB"
     finally:
@@ -95,7 +96,7 @@ def test_unread_pings_leave_the_relay_bounded_and_cost_the_flooder_its_link(tmp_
 def test_the_listener_caps_links_per_source_address_and_in_all(tmp_path):
     signal = Process("signal", "--listen", "127.0.0.1:0")
     relay = Process("relay", "--signal", signal.address[0], "--listen", relay_listen(1), "--data-dir", str(tmp_path),
-                    "--max-links", "3", "--max-links-per-address", "2")
+                    "--max-links", "3", "--max-links-per-address", "2", "--metrics", "127.0.0.1:0")
     url = relay.address[0]
 
     async def main() -> None:
@@ -113,7 +114,7 @@ def test_the_listener_caps_links_per_source_address_and_in_all(tmp_path):
                 msg = await fourth.receive(timeout=10)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
             await first[0].close()  # its slot comes back
-            await wait_until(lambda: _health(url)["links"] == 2)
+            await wait_until(lambda: relay.scrape().total("zmesh_links") == 2)
             again = await sessions["127.0.0.1"].ws_connect(url)
             for ws in (first[1], third, again):
                 assert not ws.closed
@@ -124,8 +125,9 @@ def test_the_listener_caps_links_per_source_address_and_in_all(tmp_path):
 
     try:
         asyncio.run(asyncio.wait_for(main(), 60))
-        metrics = _health(url)["metrics"]
-        assert (metrics["links_refused_per_address"], metrics["links_refused"]) == (1, 1)
+        scrape = relay.scrape()
+        assert scrape("zmesh_links_refused_total", reason="per_address") == 1
+        assert scrape("zmesh_links_refused_total", reason="max_links") == 1
     finally:
         relay.stop()
         signal.stop()
@@ -212,14 +214,14 @@ def test_a_create_flood_on_every_relay_keeps_fresh_circuit_fetches_within_3x_of_
 
     try:
         idle, flooded, floods, seconds, handshakes = asyncio.run(asyncio.wait_for(main(), 120))
-        metrics = [_health(relay.address[0])["metrics"] for relay in relays]
+        scrapes = [relay.scrape() for relay in relays]
     finally:
         for process in reversed(processes):
             process.stop()
         files.shutdown()
     ratio = statistics.median(flooded) / statistics.median(idle)
-    done = [m.get("handshakes", 0) for m in metrics]
-    refused = [m.get("handshakes_refused_queue_full", 0) for m in metrics]
+    done = [scrape("zmesh_handshakes_total", result="answered") for scrape in scrapes]
+    refused = [scrape("zmesh_handshakes_total", result="queue_full") for scrape in scrapes]
     print(f"\nfresh-circuit fetch: idle median {statistics.median(idle) * 1e3:.1f} ms, under {seconds:.1f} s of "
           f"CREATE flood {statistics.median(flooded) * 1e3:.1f} ms (×{ratio:.2f}); CREATEs sent per relay "
           f"{[flood.sent for flood in floods]}, answered with a handshake {handshakes}; "

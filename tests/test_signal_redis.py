@@ -20,7 +20,7 @@ import redis
 from tests.conftest import wait_until
 from tests.private_network import relay_listen
 from tests.signal_backends import flush, redis_server
-from tests.test_native_mesh import Process, _health, _http_server, fetch
+from tests.test_native_mesh import Process, _http_server, fetch
 from tests.test_signal_http import get, listed, make_descriptor, post
 from tests.test_signal_ws import closed_with, login, ping_pong, signed_send
 from zmesh.descriptor import Capabilities, sign_descriptor
@@ -259,16 +259,16 @@ def test_two_zmesh_signal_processes_carry_a_webrtc_mesh_and_survive_losing_one(t
     try:
         a, b = (start("signal", "--listen", "127.0.0.1:0", "--redis", redis_url).address[0] for _ in range(2))
         homes = [f"{a},{b}", f"{b},{a}", f"{a},{b}"]  # r0 and r2 on A, r1 on B; each knows the other server
-        relays = [start("relay", "--signal", home, "--listen", relay_listen(i + 1),
+        relays = [start("relay", "--signal", home, "--listen", relay_listen(i + 1), "--metrics", "127.0.0.1:0",
                         "--data-dir", str(tmp_path / f"r{i}"),
                         *(["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if i == 2 else []), env=env)
                   for i, home in enumerate(homes)]
         assert len(_listed(b)) == 3 and _listed(a) == _listed(b)
         client = start("client", "--signal", b, "--socks", "127.0.0.1:0", env=env)
         assert _fetch_small(client, files_port) == b"small page"
-        transports = [_health(relay.address[0])["transport"] for relay in relays]
-        assert sum(t["open_links"].get("webrtc", 0) for t in transports) >= 3
-        assert sum(t["open_links"].get("websocket", 0) for t in transports) == 0
+        scrapes = [relay.scrape() for relay in relays]
+        assert sum(scrape("zmesh_links", transport="webrtc") for scrape in scrapes) >= 3
+        assert sum(scrape("zmesh_links", transport="websocket") for scrape in scrapes) == 0
 
         os.kill(started[0].proc.pid, signal.SIGKILL)  # server A dies without a word
         started[0].proc.wait()
@@ -296,7 +296,7 @@ def _all_routed_like(redis_url: str, relays: list[Process], model: Process) -> b
     with redis.Redis.from_url(redis_url) as control:
         routes = [control.get(f"zmesh:signal:peer:{relay.address[1]}") for relay in relays]
     return routes[0] is not None and len(set(routes)) == 1 and all(
-        _health(relay.address[0])["transport"]["signaling"] for relay in relays)
+        relay.scrape()("zmesh_webrtc_signaling_up") == 1 for relay in relays)
 
 
 def test_every_key_in_redis_has_a_ttl_or_a_cap(provider, shared):

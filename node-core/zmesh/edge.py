@@ -98,7 +98,8 @@ class EdgeRole:
     # ------------------------------------------------------------------ messages (zmesh.acceptance)
 
     async def _on_drop(self, circ: _Circuit, msg: RelayMessage) -> None:
-        """Long-range padding: recognised, then discarded."""
+        """Long-range padding: recognised, then discarded (and counted: the padding share)."""
+        self.metrics["padding_cells_in"] += 1
 
     async def _on_begin(self, circ: RelayCircuit, msg: RelayMessage) -> None:
         edge = circ.edge = circ.edge or Edge()

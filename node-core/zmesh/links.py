@@ -183,8 +183,10 @@ class LinkTable:
             else:
                 link.link_cells -= taken
         link.queued_cells -= len(out)
+        frame = b"".join(out)
         self.metrics["cells_out"] += len(out)
-        return b"".join(out)
+        self.metrics["bytes_out"] += len(frame)
+        return frame
 
     def link_rtt(self, link_id: int) -> float | None:
         """The last PING→PONG round trip on the link in seconds (this node's own queue included),

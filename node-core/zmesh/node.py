@@ -28,6 +28,7 @@ from .crypto.provider import CryptoProvider
 from .edge import EdgeRole
 from .errors import CryptoError, ProtocolError
 from .events import CircuitClosed, CloseLink, Event, LinkNeeded, StreamEnded
+from .histogram import BUILD_SECONDS_BUCKETS, Histogram
 from .identity import Identity, PeerId
 from .limits import NodeLimits
 from .link import LinkRole
@@ -62,7 +63,8 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
         self.clock = clock
         self.accept_circuits = accept_circuits
         self.limits = limits or NodeLimits()
-        self.metrics: Counter[str] = Counter()
+        self.metrics: Counter[str] = Counter()  # plain counts, read by an exporter (zmesh_relay.metrics)
+        self.build_seconds = Histogram(BUILD_SECONDS_BUCKETS)  # how long this node's own circuits took to build
         self._links: dict[int, LinkState] = {}
         self._peer_links: dict[tuple[LinkRole, PeerId], int] = {}  # the link each role uses to each peer
         self._next_link = 1
@@ -96,6 +98,13 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
     def circuits(self) -> list[int]:
         return list(self._circuits)
 
+    def circuit_counts(self) -> dict[str, int]:
+        """Open circuits by role: ``origin`` (built by this node) and ``relay`` (through or ending here)."""
+        counts = dict.fromkeys((role.value for role in Role), 0)
+        for circ in self._circuits.values():
+            counts[circ.role.value] += 1
+        return counts
+
     async def destroy_circuit(self, circuit: int, reason: DestroyReason = DestroyReason.REQUESTED) -> None:
         circ = self._circuits.get(circuit)
         if circ is not None:
@@ -117,12 +126,14 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
             cells = parse_frame(frame)
         except ProtocolError as exc:
             self.metrics["malformed_frames"] += 1
+            self.metrics["bytes_in"] += len(frame)
             self._events.append(CloseLink(link_id, str(exc)))
             await self.link_closed(link_id)
             return
         link.last_rx = now = self.clock()
         self._link_timer = min(self._link_timer, now + self.limits.keepalive_interval)
         self.metrics["cells_in"] += len(cells)
+        self.metrics["bytes_in"] += len(frame)
         index = 0
         while index < len(cells) and link_id in self._links and not link.closed:
             cell = cells[index]
@@ -168,6 +179,7 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
     async def _on_link_cell(self, link_id: int, cell: Cell) -> None:
         command = cell.command
         if command == CellCommand.PADDING:
+            self.metrics["padding_cells_in"] += 1
             return
         if command == CellCommand.PONG:
             self._on_pong(link_id, cell)
@@ -288,6 +300,9 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
         if origin or circ.edge is not None:
             self._events.append(CircuitClosed(circ.handle, reason, origin, failed))
         self.metrics["circuits_destroyed"] += 1
+        self.metrics[f"circuits_closed_{reason.name.lower()}"] += 1
+        if origin and circ.state != BuildState.OPEN:
+            self.metrics[f"circuit_build_failures_{reason.name.lower()}"] += 1
 
     def _new_handle(self) -> int:
         handle = self._next_handle

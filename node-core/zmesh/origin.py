@@ -109,9 +109,10 @@ class OriginRole:
         if len(circ.hops) == len(circ.path):
             circ.state, circ.handshake = BuildState.OPEN, None
             self._deadlines.pop(circ.handle, None)
+            elapsed = self.clock() - circ.started
             self.metrics["circuits_built"] += 1
-            self._events.append(CircuitBuilt(circ.handle, tuple(r.peer_id for r in circ.path),
-                                             self.clock() - circ.started))
+            self.build_seconds.observe(elapsed)
+            self._events.append(CircuitBuilt(circ.handle, tuple(r.peer_id for r in circ.path), elapsed))
             return
         relay = circ.path[len(circ.hops)]
         circ.handshake = await client_start(self.provider, relay.peer_id, relay.onion_keys)

@@ -3,7 +3,8 @@
 Each long-running command prints one line ``zmesh-ready <what> <address>`` on stdout once it is
 serving (scripts and tests wait for it), logs to stderr, and stops cleanly on SIGINT/SIGTERM. A
 client with a control port prints a second line, ``zmesh-ready control HOST:PORT``, after its
-``socks`` line. ``status`` prints a client's control port (``docs/control.md``) as a table.
+``socks`` line; a relay or client given ``--metrics`` prints ``zmesh-ready metrics HOST:PORT`` last.
+``status`` prints a client's control port (``docs/control.md``) as a table.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zmesh.errors import ConfigError, TransportError, ZmeshError
 
 from . import config as settings
+
+if TYPE_CHECKING:
+    from .metrics import MetricsListener, Observed
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 
@@ -62,16 +66,42 @@ async def cmd_signal(cfg: dict[str, Any]) -> None:
     await run_until_signalled(start, stop)
 
 
+async def serve_metrics(address: tuple[str, int] | None, node: Observed) -> MetricsListener | None:
+    """Start the private ``/metrics`` listener of ``node`` (a Relay or a Client) on ``address``
+    (``config.metrics_address``; None: off) and announce it; the listener (to close) or None."""
+    from .metrics import MetricsListener, registry_for
+
+    if address is None:
+        return None
+    listener = MetricsListener(registry_for(node))
+    ready("metrics", settings.join_host_port(address[0], await listener.start(*address)))
+    return listener
+
+
+async def run_node(cfg: dict[str, Any], node: Any, announce: Callable[[], None]) -> None:
+    """Run a relay or a client until SIGINT/SIGTERM: its ready lines, then its metrics line if any."""
+    address = settings.metrics_address(cfg)  # refused before anything starts
+    metrics: MetricsListener | None = None
+
+    async def start() -> None:
+        nonlocal metrics
+        await node.start()
+        announce()
+        metrics = await serve_metrics(address, node)
+
+    async def stop() -> None:
+        if metrics is not None:
+            await metrics.close()
+        await node.stop()
+
+    await run_until_signalled(start, stop)
+
+
 async def cmd_relay(cfg: dict[str, Any]) -> None:
     from .relay import Relay
 
     relay = Relay(cfg)
-
-    async def start() -> None:
-        await relay.start()
-        ready("relay", f"{relay.link_url} {relay.peer_id.text}")
-
-    await run_until_signalled(start, relay.stop)
+    await run_node(cfg, relay, lambda: ready("relay", f"{relay.link_url} {relay.peer_id.text}"))
 
 
 async def cmd_client(cfg: dict[str, Any]) -> None:
@@ -79,16 +109,13 @@ async def cmd_client(cfg: dict[str, Any]) -> None:
 
     client = Client(cfg)
 
-    async def start() -> None:
-        await client.start()
+    def announce() -> None:
         host, _ = settings.split_host_port(cfg["client.socks"])
         ready("socks", f"{host}:{client.socks_port}")
         if client.control_address is not None:
-            control_host = client.control_address[0]
-            ready("control", f"[{control_host}]:{client.control_port}" if ":" in control_host
-                  else f"{control_host}:{client.control_port}")
+            ready("control", settings.join_host_port(client.control_address[0], client.control_port))
 
-    await run_until_signalled(start, client.stop)
+    await run_node(cfg, client, announce)
 
 
 async def cmd_status(cfg: dict[str, Any]) -> None:
@@ -114,6 +141,14 @@ async def cmd_demo(cfg: dict[str, Any], relays: int) -> None:
 
     demo = Demo(cfg, relays=relays, web_root=WEB_ROOT)
     await run_until_signalled(demo.start, demo.stop)
+
+
+def _metrics_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--metrics", dest="metrics.listen", metavar="HOST:PORT",
+                         help="serve Prometheus /metrics here (loopback; then prints 'zmesh-ready metrics HOST:PORT' "
+                              "after the other ready lines)")
+    command.add_argument("--metrics-allow-remote", dest="metrics.allow_remote", action="store_const", const=True,
+                         help="allow --metrics on a non-loopback address (its counters are a correlation oracle)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--handshake-rate", dest="relay.handshake_rate", type=float, metavar="PER_S")
     relay.add_argument("--onion-key-lifetime", dest="relay.onion_key_lifetime", type=float, metavar="SECONDS")
     relay.add_argument("--onion-key-grace", dest="relay.onion_key_grace", type=float, metavar="SECONDS")
+    _metrics_flags(relay)
 
     client = commands.add_parser("client", help="run a SOCKS5 client")
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
@@ -175,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--control", dest="client.control", metavar="HOST:PORT")
     client.add_argument("--control-allow-remote", dest="client.control_allow_remote", action="store_const",
                         const=True)
+    _metrics_flags(client)
 
     status = commands.add_parser("status", help="show a running client's circuits (its control port)")
     status.add_argument("--control", dest="client.control", metavar="HOST:PORT")

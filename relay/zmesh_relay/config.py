@@ -298,6 +298,11 @@ SETTINGS: dict[str, Setting] = {
     "socks.half_close_timeout": Setting(float, _SOCKS.half_close_timeout, _socks_limit("half_close_timeout"),
                                         "seconds a stream waits for its answer after the application's EOF"),
     "metrics.log_level": Setting(str, "INFO", _level, "log level"),
+    "metrics.listen": Setting(str, "", _optional_host_port,
+                              "HOST:PORT of the private Prometheus /metrics (empty: off); loopback unless allowed"),
+    "metrics.allow_remote": Setting(bool, False, None,
+                                    "let metrics.listen be a non-loopback address (its counters are a correlation "
+                                    "oracle: firewall it)"),
 }
 
 
@@ -390,20 +395,32 @@ def circuit_policy(config: dict[str, Any]) -> CircuitPolicy:
 
 
 def control_address(config: dict[str, Any]) -> tuple[str, int] | None:
-    """Where the control port listens (None: off). It shows circuit paths to anyone who can reach
-    it, so a non-loopback address needs ``client.control_allow_remote``, and gets a warning."""
-    if not config["client.control"]:
+    """Where the control port listens (None: off)."""
+    return private_address(config, "client.control", "client.control_allow_remote", "--control-allow-remote",
+                           "the control port", "this client's circuit paths")
+
+
+def metrics_address(config: dict[str, Any]) -> tuple[str, int] | None:
+    """Where the private ``/metrics`` listens (None: off): its live counters are a correlation oracle."""
+    return private_address(config, "metrics.listen", "metrics.allow_remote", "--metrics-allow-remote",
+                           "/metrics", "this node's live traffic counters (which relay carries whose circuit)")
+
+
+def private_address(config: dict[str, Any], listen: str, allow: str, flag: str, what: str,
+                    shows: str) -> tuple[str, int] | None:
+    """Where a private listener (``what``, set by ``listen``) listens, None if off. It has no
+    authentication and ``shows`` what strangers must not see, so a non-loopback address needs the
+    ``allow`` setting (``flag``), and gets a warning."""
+    if not config[listen]:
         return None
-    host, port = split_host_port(config["client.control"])
+    host, port = split_host_port(config[listen])
     if not _loopback(host):
-        if not config["client.control_allow_remote"]:
-            raise ConfigError(f"client.control = {config['client.control']!r} is not a loopback address; the "
-                              "control port has no authentication and shows circuit paths, so it listens on "
-                              "loopback only (set client.control_allow_remote / --control-allow-remote to "
-                              "allow it anyway)")
+        if not config[allow]:
+            raise ConfigError(f"{listen} = {config[listen]!r} is not a loopback address; {what} has no "
+                              f"authentication and shows {shows}, so it listens on loopback only (set {allow} / "
+                              f"{flag} to allow it anyway)")
         logging.getLogger(__name__).warning(
-            "the control port listens on a non-loopback address: anyone who can reach it sees this "
-            "client's circuit paths")
+            "%s listens on a non-loopback address: anyone who can reach it sees %s", what, shows)
     return host, port
 
 
@@ -425,3 +442,8 @@ def split_host_port(value: str) -> tuple[str, int]:
     """Split a validated ``HOST:PORT`` (IPv6 hosts in brackets)."""
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``split_host_port`` undone: an IPv6 host goes in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

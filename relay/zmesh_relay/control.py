@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .listener import serve
+
 Status = Callable[[], dict[str, Any]]
 
 
@@ -24,10 +26,8 @@ class ControlServer:
         """Listen on ``host:port``; return the bound port."""
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        return self._runner.addresses[0][1]
+        self._runner, bound = await serve(app, host, port, "client.control")
+        return bound
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.path != "/v1/circuits":

@@ -39,6 +39,7 @@ from .config import split_host_port
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
 from .keys import load_or_create_identity, load_or_create_onion_ring, save_onion_ring
 from .linkaddress import load_tls, published_address
+from .metrics import EXIT_COUNTER
 from .splice import splice
 from .transports import NativeTransports
 from .upstream import Upstream
@@ -190,12 +191,9 @@ class Relay:
         await self.driver.add_link(link, None, initiator=False)
 
     async def _health(self, request: web.Request) -> web.Response:
-        assert self.driver is not None and self.transports is not None
-        links = self.driver.links().values()
-        return web.json_response({"status": "ok", "peer_id": self.peer_id.text,
-                                  "circuits": len(self.driver.node.circuits()),
-                                  "links": len(links), "transport": self.transports.stats(links),
-                                  "metrics": dict(self.driver.node.metrics)})
+        """Status only: counters that move with traffic would tell anyone polling this public port
+        which relay carries a target's circuit. They are on the private /metrics (zmesh_relay.metrics)."""
+        return web.json_response({"status": "ok"})
 
     async def _exit(self, request: IncomingStream) -> None:
         assert self.exit_policy is not None
@@ -204,10 +202,17 @@ class Relay:
                                                         upstream=self.upstream)
         except ZmeshError as exc:
             log.debug("exit refused a stream: %s", exc)
-            await request.reject(end_reason_for(exc))
+            reason = end_reason_for(exc)
+            self._count_exit(reason.name.lower())
+            await request.reject(reason)
             return
+        self._count_exit("connected")
         stream = await request.accept()
         await splice(stream, reader, writer, end_on_tcp_eof=True)
+
+    def _count_exit(self, result: str) -> None:
+        assert self.driver is not None
+        self.driver.node.metrics[EXIT_COUNTER + result] += 1
 
     async def stop(self) -> None:
         """DESTROY every circuit, give the links a moment to carry that, then close everything."""

@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 from zmesh.aio.rtc import LinkHandler, RtcConnector
-from zmesh.aio.transport import RTC_ADDRESS, TransportDialer, count_by_transport, keep_signaling
+from zmesh.aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from zmesh.crypto.provider import CryptoProvider
 from zmesh.directory_view import DirectoryView
 from zmesh.errors import ZmeshError
@@ -69,11 +68,6 @@ class NativeTransports:
         session = await self._signal.connect_ws(self._identity, self._provider)
         return RtcConnector(session, AiortcBackend(), self._on_inbound or _unused, rtc_options(self.config),
                             accept=self._on_inbound is not None)
-
-    def stats(self, links: Iterable[Link]) -> dict[str, Any]:
-        """Dial counts, fallbacks, and the transport of each open link."""
-        return {"mode": self.config["transport.kind"], "open_links": count_by_transport(links),
-                **self.dialer.stats}
 
     async def close(self) -> None:
         if self._supervisor is not None:

@@ -32,7 +32,7 @@ from zmesh.netaddr import descriptor_refusal
 from .backend import BackendUnavailable, MemoryBackend
 from .directory import FLAGS, Directory, Stored
 from .limits import KeyedLimiter, TooLarge, read_limited
-from .metrics import SignalMetrics
+from .metrics import SignalMetrics, scrape
 from .probe import Prober
 from .ws import SignalHub, WsLimits
 
@@ -154,8 +154,7 @@ class _Api:
     async def export_metrics(self, request: web.Request) -> web.Response:
         with contextlib.suppress(BackendUnavailable):  # then the gauge keeps its last value
             self.metrics.live_relays.set(await self.backend.count(self.config.clock()))
-        body, content_type = self.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        return scrape(self.metrics.registry)
 
     async def publish(self, request: web.Request) -> web.Response:
         try:

@@ -1,4 +1,4 @@
-"""Prometheus collectors of one signal server.
+"""Prometheus collectors of one signal server, and the scrape response every zmesh ``/metrics`` uses.
 
 Each app gets its own ``CollectorRegistry`` (never the process-wide default), so several servers
 in one process — as in tests and ``zmesh demo`` — neither collide nor mix their numbers.
@@ -6,6 +6,7 @@ in one process — as in tests and ``zmesh demo`` — neither collide nor mix th
 
 from __future__ import annotations
 
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 # Label values known up front are created at start, so a scrape shows them at 0 before they occur.
@@ -16,7 +17,7 @@ WS_MESSAGE_RESULTS = ("relayed", "bad_message", "bad_signature", "too_large", "o
 
 
 class SignalMetrics:
-    """The counters and gauges the server updates; ``render()`` gives the scrape body."""
+    """The counters and gauges the server updates; ``scrape(self.registry)`` answers ``/metrics``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -40,6 +41,7 @@ class SignalMetrics:
         for result in WS_MESSAGE_RESULTS:
             self.ws_messages.labels(result)
 
-    def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+def scrape(registry: CollectorRegistry) -> web.Response:
+    """A ``/metrics`` answer: the Prometheus text exposition of ``registry``, collected now."""
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

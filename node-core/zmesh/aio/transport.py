@@ -3,7 +3,7 @@
 A peer takes WebRTC links if its descriptor publishes an ``rtc`` address, WebSocket links if it
 publishes a ``ws`` one. With ``auto`` (the default) one is tried and, if it fails or misses its
 deadline, the other; ``webrtc`` and ``websocket`` force one. The same dialer serves native nodes
-and tabs; what it did is kept in ``stats`` for the dashboard and ``/healthz``.
+and tabs; what it did is kept in ``stats`` for the dashboard and the private ``/metrics``.
 
 A WebSocket address reaches the transport as a parsed ``LinkAddress``, never as the publisher's
 URL. A peer whose dial just failed is not dialed again for ``redial_after`` seconds: a hostile
