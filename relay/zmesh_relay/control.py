@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .listener import serve
+from .listener import Listener
 
 Status = Callable[[], dict[str, Any]]
 
@@ -20,14 +20,13 @@ Status = Callable[[], dict[str, Any]]
 class ControlServer:
     def __init__(self, status: Status) -> None:
         self._status = status
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener("client.control")
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port``; return the bound port."""
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._handle)
-        self._runner, bound = await serve(app, host, port, "client.control")
-        return bound
+        return await self._listener.start(app, host, port)
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.path != "/v1/circuits":
@@ -37,5 +36,4 @@ class ControlServer:
         return web.json_response(self._status())
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._listener.close()

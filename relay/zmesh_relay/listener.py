@@ -11,13 +11,26 @@ from zmesh.errors import ConfigError
 from .config import join_host_port
 
 
-async def serve(app: web.Application, host: str, port: int, setting: str) -> tuple[web.AppRunner, int]:
-    """Listen on ``host:port`` (port 0: a free one); the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"{setting}: cannot listen on {join_host_port(host, port)}: {exc.strerror or exc}") from exc
-    return runner, runner.addresses[0][1]
+class Listener:
+    """Owns one such app's socket from ``start`` to ``close``."""
+
+    def __init__(self, setting: str) -> None:
+        self.setting = setting  # named in the error when the socket cannot be bound
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, app: web.Application, host: str, port: int) -> int:
+        """Listen on ``host:port`` (port 0: a free one); return the bound port."""
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(f"{self.setting}: cannot listen on {join_host_port(host, port)}: "
+                              f"{exc.strerror or exc}") from exc
+        self._runner = runner
+        return runner.addresses[0][1]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

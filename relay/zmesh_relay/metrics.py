@@ -27,7 +27,7 @@ from zmesh.aio.transport import count_by_transport
 from zmesh.cells import DestroyReason, EndReason
 from zmesh_signal.metrics import scrape
 
-from .listener import serve
+from .listener import Listener
 from .transports import NativeTransports
 
 log = logging.getLogger(__name__)
@@ -193,18 +193,16 @@ class MetricsListener:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener("metrics.listen")
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (validated by the config: loopback unless allowed); return the port."""
         app = web.Application()
         app.router.add_get(PATH, self._scrape)
-        self._runner, bound = await serve(app, host, port, "metrics.listen")
-        return bound
+        return await self._listener.start(app, host, port)
 
     async def _scrape(self, request: web.Request) -> web.Response:
         return scrape(self.registry)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._listener.close()
