@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.private_network import free_port  # noqa: E402
 from tests.test_native_mesh import Process  # noqa: E402
 from zmesh_relay.socks5 import socks5_connect  # noqa: E402
 
@@ -123,12 +123,6 @@ class DelayProxy:
             writer.close()
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 class _Source:
     """An HTTP/1.0 server that streams bytes until the client hangs up."""
 
@@ -183,8 +177,8 @@ async def run(folder: Path, rtts_ms: list[int], rate: float, seconds: float, par
     port = await source.start()
     try:
         for n in range(1, 4):
-            relay = (f"127.{n}.0.1", _free_port(f"127.{n}.0.1"))
-            proxy = DelayProxy((f"127.{n}.0.2", _free_port(f"127.{n}.0.2")), relay, rate=rate)
+            relay = (f"127.{n}.0.1", free_port(f"127.{n}.0.1"))
+            proxy = DelayProxy((f"127.{n}.0.2", free_port(f"127.{n}.0.2")), relay, rate=rate)
             await proxy.start()
             proxies.append(proxy)
             extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if n == 3 else []

@@ -35,3 +35,12 @@ def relay_listen(number: int) -> str:
     if not 1 <= number <= 254:
         raise ValueError(f"relay number must be 1..254, got {number}")
     return f"127.{number}.0.1:0"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, for a server that must be told its port before it starts (a
+    relay advertising it, tinyproxy, redis-server). Tests run in their own network namespace
+    (tests/netns-run), so nothing else takes it in between."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

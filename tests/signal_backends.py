@@ -6,20 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+from tests.private_network import free_port
 from zmesh_signal import app
 
 _current: dict[str, str | None] = {"redis": None}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -28,7 +22,7 @@ def redis_server(port: int | None = None) -> Iterator[str]:
     stops it."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is missing: run 'make setup' (it installs Debian's redis-server)"
-    port = port or _free_port()
+    port = port or free_port()
     proc = subprocess.Popen([binary, "--save", "", "--appendonly", "no", "--port", str(port),
                              "--bind", "127.0.0.1", "--daemonize", "no", "--loglevel", "notice"],
                             stdout=subprocess.PIPE, text=True)

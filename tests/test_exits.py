@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import http.server
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_until
+from tests.private_network import free_port
 from tests.test_native_mesh import ZMESH, Process, _Files, _http_server, fetch
 from zmesh.cells import EndReason
 from zmesh.errors import CircuitError, StreamError, TransportError
@@ -33,21 +33,13 @@ from zmesh_relay.socks5 import NETWORK_UNREACHABLE, NOT_ALLOWED, Socks5Server, r
 BUILD_TIMEOUT = 30.0  # core.build_timeout's default: a refusal "at once" is a small fraction of it
 
 
-def _free_port() -> int:
-    """A port for a server that cannot bind port 0 and report it (tinyproxy); the test runs in its own
-    network namespace (tests/netns-run), so nothing else takes it in between."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def tinyproxy(tmp_path_factory):
     """Debian's tinyproxy on a loopback port with a temporary config and log (`make setup` installs it)."""
     binary = shutil.which("tinyproxy")
     assert binary, "tinyproxy is missing: run `make setup` (or apt-get install tinyproxy)"
     folder = tmp_path_factory.mktemp("tinyproxy")
-    port, log = _free_port(), folder / "tinyproxy.log"
+    port, log = free_port(), folder / "tinyproxy.log"
     conf = folder / "tinyproxy.conf"
     # No ConnectPort line: CONNECT to any port (the exit's policy is what decides, not the proxy).
     conf.write_text(f'Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 50\nLogFile "{log}"\nLogLevel Info\n')
@@ -79,7 +71,7 @@ def exits(tmp_path_factory, tinyproxy):
              "direct_de": [*reach, "--country", "DE"],
              "smtp_se": [*reach, "--country", "SE", "--exit-policy", "accept *:25"],
              "proxy_se": [*reach, "--country", "SE", "--exit-upstream", f"http://127.0.0.1:{tinyproxy['port']}"],
-             "dead_proxy_no": [*reach, "--country", "NO", "--exit-upstream", f"http://127.0.0.1:{_free_port()}"]}
+             "dead_proxy_no": [*reach, "--country", "NO", "--exit-upstream", f"http://127.0.0.1:{free_port()}"]}
     try:
         for number, (name, args) in enumerate(roles.items(), start=1):
             processes.append(Process("relay", "--signal", url, "--listen", f"127.{number}.0.1:0",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from zmesh_relay import wslink
 from zmesh_relay.socks5 import socks5_connect
 from zmesh_signal.client import SignalClient
 
-from .private_network import PRIVATE_NETWORK_ENV
+from .private_network import PRIVATE_NETWORK_ENV, free_port
 from .test_native_mesh import ZMESH, Process, _http_server, start_mesh
 
 
@@ -103,19 +102,13 @@ def test_a_certificate_that_does_not_match_the_pin_is_refused(tls_mesh):
         asyncio.run(dial(unpinned))
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def test_a_relay_on_every_interface_publishes_only_what_it_advertises(tmp_path, tls_mesh):
     refused = subprocess.run([*ZMESH, "relay", "--signal", tls_mesh["signal"], "--listen", "0.0.0.0:0",
                               "--data-dir", str(tmp_path / "a")], capture_output=True, text=True, timeout=60,
                              env={**os.environ, PRIVATE_NETWORK_ENV: "true"})
     assert refused.returncode != 0 and "relay.advertise" in refused.stderr and "0.0.0.0" in refused.stderr
 
-    port = _free_port("0.0.0.0")
+    port = free_port("0.0.0.0")
     advertised = f"ws://127.9.0.1:{port}/v1/link"
     relay = Process("relay", "--signal", tls_mesh["signal"], "--listen", f"0.0.0.0:{port}",
                     "--advertise", advertised, "--data-dir", str(tmp_path / "b"))
