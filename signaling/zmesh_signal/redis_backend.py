@@ -140,7 +140,7 @@ return redis.call('PUBLISH', ARGV[2] .. server, ARGV[3])
 class _Batches:
     """Calls made by many coroutines at once go to Redis as one pipeline: one round trip and one
     write per batch instead of per call, so the cost per signed message stays flat as senders
-    multiply (bench/signal.py). One batch is in flight at a time; what arrives meanwhile is the
+    multiply (bench/signaling.py). One batch is in flight at a time; what arrives meanwhile is the
     next. Each caller awaits its own answer, so the queue holds at most one call per caller
     (a socket's reader, an HTTP request); a batch holds at most ``max_batch`` calls."""
 

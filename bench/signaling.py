@@ -8,7 +8,7 @@ The load generator (this process) signs in ``--peers`` peers, spread over the se
 as soon as the previous arrived (closed loop); with two servers every pair crosses servers.
 Latency is from just before signing to arrival. The generator is one Python process on the same
 cores, so the figures are a floor of what the servers can do.
-Run: ``python bench/signal.py [--peers 10000] [--json]`` (well under two minutes).
+Run: ``python bench/signaling.py [--peers 10000] [--json]`` (well under two minutes).
 """
 
 from __future__ import annotations
