@@ -151,14 +151,14 @@ class GuardManager:
         relays = list(relays)
         self.update(relays)
         excluded = frozenset(exclude)
-        failure: CircuitError | None = None
+        reasons: dict[str, None] = {}  # why each guard tried left no path, in order, each said once
         for entry in self._entries(relays, excluded):
             try:
                 return selector.select(relays, exclude=excluded, entry=entry, **path)
             except CircuitError as exc:
-                failure = exc
-        if failure is not None:
-            raise CircuitError(f"no entry guard leaves a path: {failure}")
+                reasons[str(exc)] = None
+        if reasons:
+            raise CircuitError(f"no entry guard leaves a path: {'; '.join(reasons)}")
         raise CircuitError(f"none of the {len(self._sample)} sampled entry guards is listed and usable")
 
     def first_hop(self, peer: PeerId, ok: bool) -> None:
