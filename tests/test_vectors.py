@@ -67,7 +67,8 @@ def test_bad_key_sizes_are_crypto_errors(provider):
 BAD_ARGUMENTS = [
     ("x25519_public", (bytes(31),)), ("x25519", (bytes(32), bytes(33))), ("ed25519_public", ("x" * 32,)),
     ("ed25519_sign", (bytes(33), b"m")), ("mlkem768_public", (bytes(63),)), ("mlkem768_encapsulate", (bytes(1183),)),
-    ("mlkem768_decapsulate", (bytes(64), bytes(1087))), ("hkdf_sha256", (b"k", b"", b"", 0)),
+    ("mlkem768_decapsulate", (bytes(64), bytes(1087))), ("mldsa65_public", (bytes(31),)),
+    ("mldsa65_sign", (bytes(33), b"m")), ("hkdf_sha256", (b"k", b"", b"", 0)),
     ("hkdf_sha256", (b"k", b"", b"", 8161)), ("aes256_gcm_encrypt", (bytes(32), bytes(11), b"p")),
     ("aes256_gcm_decrypt", (bytes(31), bytes(12), b"c")),
 ]
@@ -84,4 +85,15 @@ def test_the_shared_checks_refuse_bad_arguments_before_any_primitive(method, arg
     with pytest.raises(CryptoError):
         checked.aes256_ctr_stream(bytes(32), bytes(15))
     assert not run(checked.ed25519_verify(bytes(32), bytes(63), b"m"))
+    assert not run(checked.mldsa65_verify(bytes(1952), bytes(3308), b"m"))
+
+
+def test_mldsa65_signs_and_refuses_a_changed_message_or_key(provider):
+    seed, public = run(provider.mldsa65_generate())
+    signature = run(provider.mldsa65_sign(seed, b"consensus"))
+    assert run(provider.mldsa65_verify(public, signature, b"consensus"))
+    assert not run(provider.mldsa65_verify(public, signature, b"consensus!"))
+    _, other = run(provider.mldsa65_generate())
+    assert not run(provider.mldsa65_verify(other, signature, b"consensus"))
+    assert not run(provider.mldsa65_verify(bytes(1952), signature, b"consensus"))
 

@@ -24,6 +24,9 @@ ED25519_SIG_SIZE = 64
 MLKEM768_EK_SIZE = 1184
 MLKEM768_CT_SIZE = 1088
 MLKEM768_SEED_SIZE = 64
+MLDSA65_SEED_SIZE = 32
+MLDSA65_PUBLIC_SIZE = 1952
+MLDSA65_SIG_SIZE = 3309
 
 
 class StreamCipher(Protocol):
@@ -70,6 +73,17 @@ class CryptoProvider(Protocol):
         """Return ``(ciphertext, shared_secret)``."""
 
     async def mlkem768_decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes: ...
+
+    # ML-DSA-65 (FIPS 204), pure mode with an empty context string; private keys are the 32-byte seed ξ
+    async def mldsa65_generate(self) -> tuple[bytes, bytes]:
+        """Return ``(seed, public key)``."""
+
+    async def mldsa65_public(self, seed: bytes) -> bytes: ...
+
+    async def mldsa65_sign(self, seed: bytes, message: bytes) -> bytes: ...
+
+    async def mldsa65_verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
+        """True if valid; False (never an exception) for a bad signature or malformed key."""
 
     # Symmetric
     async def hkdf_sha256(self, ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes: ...
@@ -144,6 +158,23 @@ class CheckedProvider:
         _need(ciphertext, MLKEM768_CT_SIZE, "ML-KEM-768 ciphertext")
         return await self._mlkem768_decapsulate(seed, ciphertext)
 
+    async def mldsa65_generate(self) -> tuple[bytes, bytes]:
+        seed = self.random_bytes(MLDSA65_SEED_SIZE)
+        return seed, await self.mldsa65_public(seed)
+
+    async def mldsa65_public(self, seed: bytes) -> bytes:
+        _need(seed, MLDSA65_SEED_SIZE, "ML-DSA-65 seed")
+        return await self._mldsa65_public(seed)
+
+    async def mldsa65_sign(self, seed: bytes, message: bytes) -> bytes:
+        _need(seed, MLDSA65_SEED_SIZE, "ML-DSA-65 seed")
+        return await self._mldsa65_sign(seed, message)
+
+    async def mldsa65_verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
+        if len(public) != MLDSA65_PUBLIC_SIZE or len(signature) != MLDSA65_SIG_SIZE:
+            return False
+        return await self._mldsa65_verify(public, signature, message)
+
     async def hkdf_sha256(self, ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
         if not 0 < length <= HKDF_MAX_LENGTH:
             raise CryptoError(f"HKDF-SHA256 output length must be in 1..{HKDF_MAX_LENGTH}")
@@ -190,6 +221,15 @@ class CheckedProvider:
         raise NotImplementedError
 
     async def _mlkem768_decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes:
+        raise NotImplementedError
+
+    async def _mldsa65_public(self, seed: bytes) -> bytes:
+        raise NotImplementedError
+
+    async def _mldsa65_sign(self, seed: bytes, message: bytes) -> bytes:
+        raise NotImplementedError
+
+    async def _mldsa65_verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
         raise NotImplementedError
 
     async def _hkdf_sha256(self, ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:

@@ -6,7 +6,7 @@ import os
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import mlkem
+from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -79,6 +79,19 @@ class NativeCryptoProvider(CheckedProvider):
 
     async def _mlkem768_decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes:
         return mlkem.MLKEM768PrivateKey.from_seed_bytes(seed).decapsulate(ciphertext)
+
+    async def _mldsa65_public(self, seed: bytes) -> bytes:
+        return mldsa.MLDSA65PrivateKey.from_seed_bytes(seed).public_key().public_bytes_raw()
+
+    async def _mldsa65_sign(self, seed: bytes, message: bytes) -> bytes:
+        return mldsa.MLDSA65PrivateKey.from_seed_bytes(seed).sign(message)
+
+    async def _mldsa65_verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
+        try:
+            mldsa.MLDSA65PublicKey.from_public_bytes(public).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
 
     async def _hkdf_sha256(self, ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
         return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
