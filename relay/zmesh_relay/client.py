@@ -34,6 +34,7 @@ from .control import ControlServer
 from .guard_file import open_guards
 from .socks5 import Credentials, Socks5Server
 from .transports import NativeTransports
+from .trust_file import TrustFile
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Client:
         self.signal = SignalClient(config["signaling.url"])
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.selector = PathSelector()
+        self.trust_file = TrustFile(config["client.data_dir"], self.selector.trust)
         self.guards = open_guards(config["client.data_dir"])
         self.plan = CircuitPlan(circuit_policy(config), clock=time.monotonic)
         self.driver: NodeDriver | None = None
@@ -106,3 +108,4 @@ class Client:
         if self.transports is not None:
             await self.transports.close()
         await self.signal.close()
+        self.trust_file.save()
