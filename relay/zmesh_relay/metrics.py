@@ -148,6 +148,11 @@ class NodeCollector(Collector):
         yield family
         yield GaugeMetricFamily("zmesh_buffered_bytes", "bytes of cells queued in this node for their links",
                                 value=driver.node.buffered_bytes())
+        node = driver.node
+        yield GaugeMetricFamily("zmesh_network_size", "nodes in the directory this node last read (-1: none yet)",
+                                value=-1 if node.network_size is None else node.network_size)
+        yield GaugeMetricFamily("zmesh_peer_link_limit", "peer links this node keeps in that network (-1: none yet)",
+                                value=-1 if (limit := node.peer_limit()) is None else limit)
 
     @staticmethod
     def _build_histogram(driver: NodeDriver) -> Metric:

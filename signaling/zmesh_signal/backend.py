@@ -36,6 +36,9 @@ class LocalPeers(Protocol):
     async def kick(self, peer: PeerId) -> None:
         """``peer`` signed in on another server: close its socket here (4000, replaced)."""
 
+    def directory_changed(self) -> None:
+        """The listing changed (here or on another server): tell the subscribed sockets, coalesced."""
+
 
 class MemoryBackend:
     """Everything in this process: one server, lost on restart."""
@@ -44,9 +47,11 @@ class MemoryBackend:
 
     def __init__(self, directory: Directory, posts: KeyedLimiter, gets: KeyedLimiter) -> None:
         self.directory, self._limiters = directory, {"post": posts, "get": gets}
+        self._peers: LocalPeers | None = None
 
     async def start(self, peers: LocalPeers) -> None:
         """Begin serving; ``peers`` is the hub that holds this server's sockets."""
+        self._peers = peers
 
     async def stop(self) -> None:
         """Release what ``start`` opened."""
@@ -66,7 +71,9 @@ class MemoryBackend:
         return self.directory.probed(descriptor, reachable, now)
 
     def listing_changed(self, peer: PeerId, old: Descriptor | None, new: Descriptor | None) -> None:
-        """The directory's ``on_listing`` hook: nothing to share in memory."""
+        """The directory's ``on_listing`` hook: only this server's sockets are told."""
+        if self._peers is not None:
+            self._peers.directory_changed()
 
     async def changes(self, now: float, cursor: str | None, *, flag: str | None,
                       country: str | None) -> Changes:

@@ -8,6 +8,7 @@ every relayed message is verified against its sender's PeerId before it is hande
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -116,13 +117,16 @@ class SignalClient:
         params = {k: v for k, v in (("since", since), ("flag", flag), ("country", country)) if v}
         return RelayUpdate.from_answer(await self._request("GET", "/v1/relays", params=params))
 
-    async def connect_ws(self, identity: Identity, provider: CryptoProvider) -> SignalSession:
-        """Open the signaling WebSocket and prove ``identity``'s PeerId to the server."""
+    async def connect_ws(self, identity: Identity, provider: CryptoProvider, *,
+                         on_directory: Callable[[], None] | None = None) -> SignalSession:
+        """Open the signaling WebSocket and prove ``identity``'s PeerId to the server (subscribed
+        to directory notices with ``on_directory``: ``SignalSession.open``)."""
         try:
             ws = await self._http().ws_connect(self.base_url + "/v1/ws", max_msg_size=WsLimits().max_message)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unreachable("open the signaling socket", exc) from exc
-        return await SignalSession.open(_AiohttpText(ws), identity, provider, self._timeout)
+        return await SignalSession.open(_AiohttpText(ws), identity, provider, self._timeout,
+                                        on_directory=on_directory)
 
     async def close(self) -> None:
         if self._session is not None:

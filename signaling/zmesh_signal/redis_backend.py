@@ -12,7 +12,8 @@ What lives in Redis, under one key prefix, every key with a TTL or a cap:
 
 Each server subscribes to its own channel ``server:<id>`` (messages for its peers, errors for its
 senders, "your peer signed in elsewhere") and to ``presence`` (who signed in or out, so every
-server lists tabs alike). Admission (pending set, probes, per-source limits) stays in this
+server lists tabs alike; and "the listing changed", so every server's subscribed sockets hear of
+a relay that published to another). Admission (pending set, probes, per-source limits) stays in this
 server's pure ``Directory``; whatever it lists or unlists is written here, and every read of the
 listing comes from here, so all servers and a restarted one serve the same directory at once.
 
@@ -324,6 +325,10 @@ class RedisBackend(MemoryBackend):
             relay = new if new is not None and needs_probe(new) else None
             if result in (b"ok", 1) and (relay is not None or (old is not None and needs_probe(old))):
                 await self._announce_relay(peer, relay)
+        if len(refused) < len(written):  # the listing in Redis changed: every server tells its subscribers
+            assert self._peers is not None
+            self._peers.directory_changed()
+            await self._publish(self._key("presence"), {"directory": True})
         return refused
 
     async def _announce_relay(self, peer: PeerId, listed: Descriptor | None) -> None:
@@ -463,7 +468,9 @@ class RedisBackend(MemoryBackend):
         if channel == self._key("presence"):
             if data["server"] == self.server_id:
                 return
-            if "relay" in data:
+            if "directory" in data:
+                self._peers.directory_changed()
+            elif "relay" in data:
                 expires = data["expires"]
                 self.directory.set_listed_elsewhere(PeerId.from_text(data["relay"]),
                                                     None if expires is None else float(expires))
