@@ -65,7 +65,7 @@ class SignalConfig:
     server on that Redis (``redis_backend.py``); None keeps everything in this process.
     ``presence_ttl`` is how long Redis remembers a peer's server after that server last said so.
     Onion-service descriptors: at most ``max_onion_descriptors`` live ones (a blob is at most
-    ``MAX_SEALED_SIZE``, 10 KiB, so 40 MiB at the default), each PUT also spending a token of a
+    ``MAX_SEALED_SIZE``, 8 KiB, so 32 MiB at the default), each PUT also spending a token of a
     per-address bucket (``onion_put_rate``/``onion_put_burst``; a service PUTs two descriptors,
     this period's and the next, whenever its intro points change), none expiring more than
     ``onion_max_lifetime`` seconds ahead.

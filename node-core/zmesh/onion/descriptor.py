@@ -55,14 +55,16 @@ CLOCK_SKEW = 300
 MAX_INTRO_POINTS = 10
 MAX_AUTHORIZED_CLIENTS = 64
 CLIENT_BLOCK = 16  # the client list is padded with random entries to a multiple of this (at least one block)
-INNER_BLOCK = 1024  # the inner plaintext is padded to a multiple of this: the intro-point count stays hidden
+# Every inner plaintext is padded to this size, which fits MAX_INTRO_POINTS (about 2,180 bytes):
+# the intro-point count stays hidden.
+INNER_SIZE = 2304
 SALT_SIZE = 16
 CLIENT_ID_SIZE = 8
 COOKIE_SIZE = 32
 _TAG = 16
-# The largest blob seal_descriptor makes (10 intro points, 64 clients) is about 8,300 bytes: see
+# The largest blob seal_descriptor makes (64 clients) is about 6,500 bytes: see
 # tests/test_onion_descriptor.py::test_worst_case_fits. The rest is room for a later field.
-MAX_SEALED_SIZE = 10_240
+MAX_SEALED_SIZE = 8192
 _MAX_U64 = 2**64 - 1
 _BODY_KEYS = frozenset({"v", "key", "period", "period_length", "revision", "expires", "salt", "sealed"})
 
@@ -144,17 +146,15 @@ async def _client_keys(provider: CryptoProvider, subcred: bytes, shared: bytes, 
 # ---------------------------------------------------------------------- sealing
 
 
-def _padded(fields: dict[str, Any], block: int) -> bytes:
-    """``fields`` plus a zero ``pad`` making the encoding a multiple of ``block`` bytes (the pad's
-    own length header grows at most twice, so three rounds settle)."""
-    need = 0
-    for _ in range(3):
-        encoded = pack_canonical({**fields, "pad": bytes(need)})
-        short = -len(encoded) % block
-        if not short:
-            break
-        need += short
-    return encoded
+def _padded(fields: dict[str, Any], size: int) -> bytes:
+    """``fields`` plus a zero ``pad`` making the encoding exactly ``size`` bytes. The pad's length
+    header is 2 bytes below 256 bytes of pad and 3 from there, so one of two lengths fits."""
+    short = size - len(pack_canonical({**fields, "pad": b""}))
+    for need in (short, short - 1):
+        encoded = pack_canonical({**fields, "pad": bytes(max(0, need))})
+        if len(encoded) == size:
+            return encoded
+    raise ConfigError(f"descriptor content does not fit in {size} bytes")  # ruled out by ServiceDescriptor
 
 
 def _check_clients(clients: Sequence[bytes]) -> None:
@@ -187,7 +187,7 @@ async def seal_descriptor(provider: CryptoProvider, service_seed: bytes, content
 
     cookie = provider.random_bytes(COOKIE_SIZE) if authorized_clients else b""
     inner_plain = _padded({"intro": [[p.relay_id, p.auth_key] for p in content.intro_points],
-                           "x25519": content.x25519_public, "mlkem768": content.mlkem768_public}, INNER_BLOCK)
+                           "x25519": content.x25519_public, "mlkem768": content.mlkem768_public}, INNER_SIZE)
     key, nonce = await _key_nonce(provider, subcred + cookie, salt, _layer_info(INNER_INFO, info))
     inner = await provider.aes256_gcm_encrypt(key, nonce, inner_plain)
 
