@@ -159,28 +159,25 @@ def _signal_server(data: bytes) -> object:
     return ws.send_fields(message) if message["type"] == "send" else ws.auth_fields(message)
 
 
+def _saved(name: str, data: bytes) -> Path:
+    """The key folder with ``data`` as its file ``name`` (0600, so it is read, not refused)."""
+    folder = world().key_dir
+    (folder / name).write_bytes(data)
+    os.chmod(folder / name, 0o600)
+    return folder
+
+
 def _key_file(data: bytes) -> object:
-    w = world()
-    path = w.key_dir / KEY_FILE
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
-    return run_sync(load_or_create_identity(w.provider, w.key_dir))
+    return run_sync(load_or_create_identity(world().provider, _saved(KEY_FILE, data)))
 
 
 def _onion_state(data: bytes) -> object:
-    w = world()
-    path = w.key_dir / ONION_FILE
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
-    return run_sync(load_or_create_onion_ring(w.provider, w.key_dir, lambda: NOW, lifetime=86400, grace=3600))
+    return run_sync(load_or_create_onion_ring(world().provider, _saved(ONION_FILE, data), lambda: NOW,
+                                              lifetime=86400, grace=3600))
 
 
 def _service_key(data: bytes) -> object:
-    w = world()
-    path = w.key_dir / SERVICE_KEY_FILE
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
-    return run_sync(load_or_create_service_key(w.provider, w.key_dir))
+    return run_sync(load_or_create_service_key(world().provider, _saved(SERVICE_KEY_FILE, data)))
 
 
 def _onion_check(data: bytes) -> object:

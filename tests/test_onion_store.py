@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from tests.fuzz_targets import run_sync
 from tests.signal_backends import serving
@@ -219,16 +220,9 @@ def test_http_client_bounds_the_answer():
     async def main():
         app = web.Application()
         app.router.add_get("/v1/onion/{key}", huge)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            async with SignalClient("http://unused") as client:
-                with pytest.raises(ZmeshError, match="limit"):
-                    await client.request("GET", f"http://127.0.0.1:{runner.addresses[0][1]}/v1/onion/{'0' * 64}")
-        finally:
-            await runner.cleanup()
+        async with TestServer(app, host="127.0.0.1") as server, SignalClient("http://unused") as client:
+            with pytest.raises(ZmeshError, match="limit"):
+                await client.request("GET", str(server.make_url(f"/v1/onion/{'0' * 64}")))
 
     asyncio.run(main())
 
