@@ -226,3 +226,21 @@ def test_http_client_bounds_the_answer():
 
     asyncio.run(main())
 
+
+
+def test_a_tampered_shared_entry_is_not_served(redis_url):
+    """Whoever can write to Redis still cannot make a server hand out a descriptor the blinded key
+    did not sign: a GET checks the stored blob again."""
+    import redis
+
+    service = Service()
+
+    async def test(client, url):
+        sealed = await service.seal(revision=1)
+        await publish_descriptor(client, url, sealed)
+        assert await stored(client, url, sealed.blinded_key) == sealed.blob
+        with redis.Redis.from_url(redis_url) as shared:
+            assert shared.hset(f"zmesh:signal:o:{sealed.blinded_key.hex()}", "blob", sealed.blob[:-1] + b"\0") == 0
+        assert await stored(client, url, sealed.blinded_key) is None
+
+    run(test, SignalConfig(redis=redis_url))
