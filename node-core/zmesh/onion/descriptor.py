@@ -236,7 +236,7 @@ def _parse_blob(blob: bytes, max_size: int) -> tuple[SealedInfo, bytes, bytes, b
     fields = unpack_canonical(body, max_size=max_size, what="onion descriptor body")
     if not isinstance(fields, dict) or set(fields) != _BODY_KEYS:
         raise ProtocolError(f"onion descriptor body must have exactly the fields {sorted(_BODY_KEYS)}")
-    if fields["v"] != VERSION:
+    if type(fields["v"]) is not int or fields["v"] != VERSION:  # True == 1 in Python
         raise ProtocolError(f"onion descriptor version {fields['v']!r} is not supported (expected {VERSION})")
     period_length = _uint(fields["period_length"], "period_length")
     try:
@@ -275,7 +275,7 @@ async def check_sealed(provider: CryptoProvider, blob: bytes, *, now: float, max
 async def _open_cookie(provider: CryptoProvider, client_secret: bytes, outer: dict[str, Any], subcred: bytes,
                        salt: bytes) -> bytes | None:
     """The descriptor cookie if ``client_secret``'s public key is on the client list, else None."""
-    ephemeral = _bytes(outer["ephemeral"], KEY_SIZE, "ephemeral key")
+    ephemeral = outer["ephemeral"]
     client = await provider.x25519_public(client_secret)
     shared = await provider.x25519(client_secret, ephemeral)
     client_id, cookie_key, nonce = await _client_keys(provider, subcred, shared, salt, ephemeral, client)
@@ -297,6 +297,7 @@ def _parse_outer(plain: bytes) -> dict[str, Any]:
                 or len(entry[0]) != CLIENT_ID_SIZE or not isinstance(entry[1], bytes)
                 or len(entry[1]) != COOKIE_SIZE + _TAG):
             raise ProtocolError("onion descriptor client entry must be [id(8), encrypted cookie(48)]")
+    _bytes(outer["ephemeral"], KEY_SIZE, "ephemeral key")
     _bytes(outer["inner"], None, "inner layer")
     return outer
 
