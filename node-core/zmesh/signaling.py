@@ -43,6 +43,25 @@ class SignalError(TransportError):
         self.code, self.detail, self.status, self.to = code, detail, status, to
 
 
+def http_answer(status: int, body: bytes, what: str) -> dict[str, Any]:
+    """The JSON object of a signal server's HTTP answer to ``what``; ``SignalError`` with the
+    server's code for a refusal (non-2xx), ``ProtocolError`` for a 2xx that is not a JSON object.
+    One reading of the API's answers for every client of it (native, tab, onion store)."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
+        answer = None
+    if not 200 <= status < 300:
+        if isinstance(answer, dict):
+            error, detail = answer.get("error"), answer.get("detail")
+            raise SignalError(error[:200] if isinstance(error, str) and error else f"http_{status}",
+                              detail[:200] if isinstance(detail, str) else "", status=status)
+        raise SignalError(f"http_{status}", "the answer was not the API's JSON", status=status)
+    if not isinstance(answer, dict):
+        raise ProtocolError(f"the signal server answered {what} without a JSON object")
+    return answer
+
+
 class TextChannel(Protocol):
     """A WebSocket carrying text messages. ``receive_text`` returns ``None`` for a non-text
     message and raises ``LinkClosed`` once the socket is closed, ``TransportError`` on timeout."""

@@ -7,7 +7,6 @@ every relayed message is verified against its sender's PeerId before it is hande
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,10 +14,12 @@ import aiohttp
 
 from zmesh.crypto.provider import CryptoProvider
 from zmesh.directory_view import RelayUpdate
-from zmesh.errors import LinkClosed, ProtocolError, TransportError
+from zmesh.errors import LinkClosed, TransportError
 from zmesh.identity import Identity
-from zmesh.signaling import SignalError, SignalSession
+from zmesh.onion.directory import MAX_ANSWER
+from zmesh.signaling import SignalError, SignalSession, http_answer
 
+from .limits import read_limited
 from .ws import WsLimits
 
 __all__ = ["RelayUpdate", "SignalClient", "SignalError", "SignalSession"]
@@ -85,19 +86,18 @@ class SignalClient:
                 status, body = response.status, await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unreachable("reach the signal server", exc) from exc
+        return http_answer(status, body, f"{method} {path}")
+
+    async def request(self, method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """One HTTP exchange with any URL (``zmesh.onion.directory.HttpClient``): the status and
+        the body, which may be at most ``MAX_ANSWER`` bytes (``TooLarge`` beyond)."""
+        headers = {"Content-Type": "application/octet-stream"} if body is not None else None
         try:
-            answer = json.loads(body)
-        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
-            answer = None
-        if not 200 <= status < 300:
-            if isinstance(answer, dict):
-                error, detail = answer.get("error"), answer.get("detail")
-                raise SignalError(error[:200] if isinstance(error, str) and error else f"http_{status}",
-                                  detail[:200] if isinstance(detail, str) else "", status=status)
-            raise SignalError(f"http_{status}", "the answer was not the API's JSON", status=status)
-        if not isinstance(answer, dict):
-            raise ProtocolError(f"the signal server answered {method} {path} without a JSON object")
-        return answer
+            async with self._http().request(method, url, data=body, headers=headers) as response:
+                return response.status, await read_limited(response.content, declared=response.content_length,
+                                                           limit=MAX_ANSWER)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TransportError(f"cannot reach {url.split('/v1/')[0]}: {exc}") from exc
 
     async def publish(self, raw: bytes) -> dict[str, Any]:
         """Publish a signed descriptor; returns ``{"peer_id", "expires"}``. ``SignalError`` with

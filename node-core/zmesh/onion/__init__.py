@@ -1,0 +1,3 @@
+"""Onion services (docs/onion-services.md): ``.mesh`` addresses (``address``), Tor's per-period key
+blinding (``blinding`` over ``edwards``), descriptors the store can check but not read
+(``descriptor``) and the client side of the signal server's descriptor store (``directory``)."""
