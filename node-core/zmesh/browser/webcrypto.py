@@ -3,9 +3,10 @@
 The page registers ``web/zmesh-crypto.js`` as the JS module ``zmesh_js_crypto``. Each primitive is
 one awaited call across the bridge (~0.1–0.2 ms), so the core calls the provider per handshake and
 per *batch* of cells: the AES-CTR stream encrypts a whole batch at a keystream offset in one call.
-Chromium ≥ 156 has X25519, Ed25519, HKDF, AES-GCM/CTR and ML-KEM-768 in WebCrypto. Where a
+Chromium ≥ 156 has X25519, Ed25519, HKDF, AES-GCM/CTR, ML-KEM-768 and ML-DSA-65 in WebCrypto. Where a
 browser lacks ML-KEM, the pure-Python kyber-py (shipped in the page's bundle) takes over, with the
-same 64-byte seed keys, so both paths pass the same vector files.
+same 64-byte seed keys, so both paths pass the same vector files. ML-DSA-65 (pure mode, empty
+context, 32-byte seed keys) is WebCrypto's only; measured cost per verification: docs/browser.md.
 """
 
 from __future__ import annotations
@@ -119,6 +120,15 @@ class WebCryptoProvider(CheckedProvider):
 
     async def _mlkem768_decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes:
         return await (await self._mlkem()).decapsulate(seed, ciphertext)
+
+    async def _mldsa65_public(self, seed: bytes) -> bytes:
+        return _b(await js.mldsaPublic(to_js(seed)))
+
+    async def _mldsa65_sign(self, seed: bytes, message: bytes) -> bytes:
+        return _b(await js.mldsaSign(to_js(seed), to_js(message)))
+
+    async def _mldsa65_verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
+        return bool(await js.mldsaVerify(to_js(public), to_js(signature), to_js(message)))
 
     async def _hkdf_sha256(self, ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
         # RFC 5869: an absent salt is HashLen zero bytes (WebCrypto wants it explicit).
