@@ -14,6 +14,8 @@ and the message says what to do about it. Who is at fault is visible in the clas
     │   └── LinkClosed       the link is closed; nothing more will arrive
     ├── ExitPolicyError      an exit refused the target
     ├── FECError             forward-error-correction input was inconsistent
+    ├── TlsError             TLS to a destination server (``https://`` fetch) failed
+    │   └── CertificateError the server's certificate was refused (``reason`` says which check)
     └── InvalidState         API misuse: the call is not valid in the object's current state
 """
 
@@ -82,6 +84,20 @@ class ExitPolicyError(ZmeshError):
 
 class FECError(ZmeshError):
     """Forward-error-correction input was inconsistent (lying headers, absurd sizes)."""
+
+
+class TlsError(ZmeshError):
+    """TLS with the destination server (an ``https://`` fetch, end to end through the exit) failed."""
+
+
+class CertificateError(TlsError):
+    """The server's certificate chain was refused; ``reason`` names the check that failed
+    ("untrusted", "expired", "not yet valid", "hostname", "usage", "not a CA", "malformed",
+    "unsupported"; a signature that does not verify is "untrusted": no trusted root issued it)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"the server's certificate was refused ({reason}): {detail}")
+        self.reason = reason
 
 
 class InvalidState(ZmeshError):
