@@ -10,12 +10,7 @@ import hashlib
 import pytest
 from conftest import WEB
 
-from tests.https_support import DAY, NOW, PAYLOAD, RecordingProxy, issue, plaintext_seen, serve
-from tests.private_network import relay_listen
-from tests.test_native_mesh import Process
-
-CA = issue("zmesh test CA", ca=True)
-WRONG_CA = issue("zmesh test CA", ca=True)
+from tests.https_support import CA, PAYLOAD, https_mesh, plaintext_seen
 
 FETCH = """async ([ca, urls]) => {
     const { MeshVPN } = await import("/meshvpn.js");
@@ -39,33 +34,16 @@ FETCH = """async ([ca, urls]) => {
 
 
 @pytest.fixture(scope="module")
-def https_mesh(tmp_path_factory):
-    servers = {"good": serve([issue("server", CA, ips=("127.0.0.1",)), CA]),
-               "wrong": serve([issue("server", WRONG_CA, ips=("127.0.0.1",))]),
-               "expired": serve([issue("server", CA, ips=("127.0.0.1",), not_after=NOW - DAY)]),
-               "plain": serve(None)}
-    proxies = {name: RecordingProxy(server.server_address[1]) for name, server in servers.items()}
-    folder = tmp_path_factory.mktemp("relays")
-    processes = [Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(WEB))]
-    try:
-        allow = [flag for proxy in proxies.values() for flag in ("--exit-allow", f"127.0.0.1/32:{proxy.port}")]
-        for n in range(1, 4):
-            processes.append(Process("relay", "--signal", processes[0].address[0], "--listen", relay_listen(n),
-                                     "--data-dir", str(folder / f"r{n}"), *(allow + ["--exit"] if n == 3 else [])))
-        yield processes[0].address[0], proxies
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        for name in servers:
-            proxies[name].close()
-            servers[name].shutdown()
+def mesh_with_servers(tmp_path_factory):
+    with https_mesh(tmp_path_factory.mktemp("relays"), WEB) as (url, proxies):
+        yield url, proxies
 
 
-def test_a_tab_fetches_https_end_to_end_and_refuses_bad_certificates(browser, https_mesh):
+def test_a_tab_fetches_https_end_to_end_and_refuses_bad_certificates(browser, mesh_with_servers):
     """Exact bytes over https://; the bound: no 64-byte piece of the payload, and not the request,
     in what the exit relay sent or received. The plain http:// fetch is the control: the same
     recorder does see its plaintext, so the check could fail."""
-    url, proxies = https_mesh
+    url, proxies = mesh_with_servers
     page = browser.new_page()
     page.goto(f"{url}/example.html")
     urls = {"good": f"https://127.0.0.1:{proxies['good'].port}/secret-path",

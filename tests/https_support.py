@@ -1,6 +1,7 @@
 """What the end-to-end HTTPS tests share (native and Chromium): test CAs and certificates made
-with ``cryptography``, an HTTPS server answering every GET with ``PAYLOAD``, and a TCP proxy that
-records every byte the exit relay sends to and receives from the server."""
+with ``cryptography``, an HTTPS server answering every GET with ``PAYLOAD``, a TCP proxy that
+records every byte the exit relay sends to and receives from the server, and the mesh of three
+relay processes whose exit reaches the servers only through those proxies."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import socket
 import ssl
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -18,6 +21,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .private_network import relay_listen
+from .test_native_mesh import Process
 
 # ~64 KiB that cannot occur by chance in ciphertext: a counter in words, line after line.
 PAYLOAD = b"".join(b"zmesh end-to-end TLS payload line %06d\n" % i for i in range(1700))
@@ -77,29 +83,40 @@ def issue(name: str, issuer: Issued | None = None, *, ca: bool = False, path_len
     return Issued(builder.sign(signer, algorithm), key)
 
 
-class _Payload(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
-        self.end_headers()
-        self.wfile.write(PAYLOAD)
+def answering(body: bytes) -> type[http.server.BaseHTTPRequestHandler]:
+    """A request handler answering every GET with ``body`` (and its Content-Length)."""
 
-    def log_message(self, *args: object) -> None:
-        pass
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Answer
+
+
+def server_context(chain: list[Issued]) -> ssl.SSLContext:
+    """A TLS server context presenting ``chain`` (the server's certificate first)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as folder:
+        certs, key = Path(folder) / "chain.pem", Path(folder) / "key.pem"
+        certs.write_text("".join(c.pem for c in chain))
+        key.write_bytes(chain[0].key_pem())
+        context.load_cert_chain(certs, key)
+    return context
 
 
 def serve(chain: list[Issued] | None) -> http.server.ThreadingHTTPServer:
     """A server on 127.0.0.1 (port 0) answering every GET with ``PAYLOAD``: HTTPS with ``chain``
     (the server's certificate first), plain HTTP without one. Call ``shutdown``."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Payload)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), answering(PAYLOAD))
     if chain:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        with tempfile.TemporaryDirectory() as folder:
-            certs, key = Path(folder) / "chain.pem", Path(folder) / "key.pem"
-            certs.write_text("".join(c.pem for c in chain))
-            key.write_bytes(chain[0].key_pem())
-            context.load_cert_chain(certs, key)
-        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        server.socket = server_context(chain).wrap_socket(server.socket, server_side=True,
+                                                          do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -151,3 +168,33 @@ class RecordingProxy:
 def plaintext_seen(record: bytes) -> bool:
     """Whether any 64-byte piece of ``PAYLOAD`` appears in ``record`` (the test's bound: none may)."""
     return any(PAYLOAD[i:i + 64] in record for i in range(0, len(PAYLOAD) - 64, 997))
+
+
+CA = issue("zmesh test CA", ca=True)
+WRONG_CA = issue("zmesh test CA", ca=True)  # same name, another key: only the signature tells them apart
+
+
+@contextmanager
+def https_mesh(folder: Path, web: Path | None = None) -> Iterator[tuple[str, dict[str, RecordingProxy]]]:
+    """A signal server (serving ``web`` if given), three relays (relay N on 127.N.0.1, the third the
+    exit) and four servers behind recording proxies: "good" (a chain to ``CA`` for 127.0.0.1),
+    "wrong" (signed by ``WRONG_CA``), "expired", and "plain" (http://). Yields the signal URL and
+    the proxies by name."""
+    servers = {"good": serve([issue("server", CA, ips=("127.0.0.1",)), CA]),
+               "wrong": serve([issue("server", WRONG_CA, ips=("127.0.0.1",))]),
+               "expired": serve([issue("server", CA, ips=("127.0.0.1",), not_after=NOW - DAY)]),
+               "plain": serve(None)}
+    proxies = {name: RecordingProxy(server.server_address[1]) for name, server in servers.items()}
+    processes = [Process("signal", "--listen", "127.0.0.1:0", *(["--web-root", str(web)] if web else []))]
+    try:
+        allow = [flag for proxy in proxies.values() for flag in ("--exit-allow", f"127.0.0.1/32:{proxy.port}")]
+        for n in range(1, 4):
+            processes.append(Process("relay", "--signal", processes[0].address[0], "--listen", relay_listen(n),
+                                     "--data-dir", str(folder / f"r{n}"), *(allow + ["--exit"] if n == 3 else [])))
+        yield processes[0].address[0], proxies
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        for name, server in servers.items():
+            proxies[name].close()
+            server.shutdown()

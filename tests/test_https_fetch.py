@@ -16,48 +16,27 @@ from zmesh.browser.x509 import verify_chain
 from zmesh.errors import CertificateError, ConfigError
 from zmesh.native.tls import stdlib_connector
 
-from .https_support import DAY, NOW, PAYLOAD, RecordingProxy, issue, plaintext_seen, serve
-from .private_network import PRIVATE_NETWORK_ENV, relay_listen
-from .test_native_mesh import Process
-
-CA = issue("zmesh test CA", ca=True)
-WRONG_CA = issue("zmesh test CA", ca=True)  # same name, another key: only the signature tells them apart
+from .https_support import CA, NOW, PAYLOAD, https_mesh, issue, plaintext_seen
+from .private_network import PRIVATE_NETWORK_ENV
 
 
 @pytest.fixture(scope="module")
-def https_mesh(tmp_path_factory):
-    servers = {"good": serve([issue("server", CA, ips=("127.0.0.1",)), CA]),
-               "wrong": serve([issue("server", WRONG_CA, ips=("127.0.0.1",))]),
-               "expired": serve([issue("server", CA, ips=("127.0.0.1",), not_after=NOW - DAY)]),
-               "plain": serve(None)}
-    proxies = {name: RecordingProxy(server.server_address[1]) for name, server in servers.items()}
-    folder = tmp_path_factory.mktemp("relays")
-    processes = [Process("signal", "--listen", "127.0.0.1:0")]
-    try:
-        allow = [flag for proxy in proxies.values() for flag in ("--exit-allow", f"127.0.0.1/32:{proxy.port}")]
-        for n in range(1, 4):
-            processes.append(Process("relay", "--signal", processes[0].address[0], "--listen", relay_listen(n),
-                                     "--data-dir", str(folder / f"r{n}"), *(allow + ["--exit"] if n == 3 else [])))
-        yield processes[0].address[0], proxies
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        for name in servers:
-            proxies[name].close()
-            servers[name].shutdown()
+def mesh_with_servers(tmp_path_factory):
+    with https_mesh(tmp_path_factory.mktemp("relays")) as (url, proxies):
+        yield url, proxies
 
 
-CONNECTORS = {"stdlib ssl": lambda cas: stdlib_connector(cas), "tlslite (the tab's)": lambda cas: TlsliteConnector(cas)}
+CONNECTORS = {"stdlib ssl": stdlib_connector, "tlslite (the tab's)": TlsliteConnector}
 
 
 @pytest.mark.parametrize("stack", sorted(CONNECTORS))
-def test_https_through_three_relays_is_byte_exact_and_the_exit_sees_only_ciphertext(https_mesh, monkeypatch,
+def test_https_through_three_relays_is_byte_exact_and_the_exit_sees_only_ciphertext(mesh_with_servers, monkeypatch,
                                                                                      stack):
     """The bound: no 64-byte piece of the payload, and not the request line, in the exit's bytes.
     The control (plain http:// through the same kind of proxy) shows the recorder does see
     plaintext when there is some, so the check could fail."""
     monkeypatch.setenv(PRIVATE_NETWORK_ENV, "true")
-    url, proxies = https_mesh
+    url, proxies = mesh_with_servers
 
     async def run() -> tuple[bytes, bytes, dict[str, str]]:
         async with zmesh.connect(url, hops=3, tls=CONNECTORS[stack]([CA.pem])) as vpn:

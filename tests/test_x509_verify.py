@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.x509.oid import ObjectIdentifier
 
 from zmesh.browser.x509 import TrustStore, parse_certificate, verify_chain
@@ -84,3 +86,29 @@ def test_every_truncation_and_garbage_is_a_certificate_error():
         with pytest.raises(CertificateError):
             verify_chain([garbage], "127.0.0.1", STORE, NOW_S)
     assert refused([]) == "untrusted"
+
+
+def _resigned(leaf_of, signer, **sign) -> bytes:
+    """``leaf_of``'s certificate signed again by ``signer`` (an ``Issued``) with ``sign``'s options."""
+    cert = leaf_of.cert
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(signer.cert.subject)
+               .public_key(cert.public_key()).serial_number(cert.serial_number)
+               .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc))
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return builder.sign(signer.key, **sign).public_bytes(serialization.Encoding.DER)
+
+
+def test_rsa_pss_signatures_are_checked_and_sha1_is_refused():
+    leaf = issue("leaf", ROOT, ips=("127.0.0.1",))
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+    verify_chain([_resigned(leaf, ROOT, algorithm=hashes.SHA256(), rsa_padding=pss)], "127.0.0.1", STORE, NOW_S)
+    forged = bytearray(_resigned(leaf, ROOT, algorithm=hashes.SHA256(), rsa_padding=pss))
+    forged[-3] ^= 1
+    with pytest.raises(CertificateError, match="untrusted"):
+        verify_chain([bytes(forged)], "127.0.0.1", STORE, NOW_S)
+    sha256_rsa, sha1_rsa = bytes.fromhex("06092a864886f70d01010b"), bytes.fromhex("06092a864886f70d010105")
+    sha1 = leaf.der.replace(sha256_rsa, sha1_rsa)  # cryptography will not sign with SHA-1; relabel instead
+    assert sha1 != leaf.der
+    with pytest.raises(CertificateError, match="unsupported"):
+        verify_chain([sha1], "127.0.0.1", STORE, NOW_S)

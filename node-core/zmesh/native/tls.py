@@ -23,7 +23,7 @@ class StdlibTlsSession:
     def __init__(self, context: ssl.SSLContext, server_name: str) -> None:
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_name)
-        self._clean = False
+        self._clean = self._ended = False
 
     @property
     def closed_cleanly(self) -> bool:
@@ -45,22 +45,24 @@ class StdlibTlsSession:
             self._incoming.write(data)
         else:
             self._incoming.write_eof()
+            self._ended = True
 
     def outgoing(self) -> bytes:
         return self._outgoing.read()
 
     def read(self) -> bytes | None:
         try:
-            return self._tls.read(READ_SIZE)
+            data = self._tls.read(READ_SIZE)
         except ssl.SSLWantReadError:
             return None
         except ssl.SSLZeroReturnError:
-            self._clean = True
-            return b""
+            data = b""
         except ssl.SSLEOFError:  # the stream ended without close_notify
             return b""
         except ssl.SSLError as exc:
             raise TlsError(f"TLS record from the server refused: {exc.reason or exc}") from None
+        self._clean = not data  # an empty read is the server's close_notify (Python returns b"" for it)
+        return data
 
     def write(self, data: bytes) -> None:
         try:
@@ -69,6 +71,8 @@ class StdlibTlsSession:
             raise TlsError(f"TLS session cannot send: {exc.reason or exc}") from None
 
     def close(self) -> None:
+        if self._ended:  # nobody is left to read a close_notify
+            return
         try:
             self._tls.unwrap()
         except ssl.SSLError:  # want-read (the server's close_notify has not come) or already gone
