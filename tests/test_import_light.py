@@ -22,11 +22,11 @@ CORE = Path(zmesh.__file__).resolve().parent
 ROOT = CORE.parents[1]
 SUBPACKAGE_LAYERS = {"aio", "browser", "native", "testing"}  # every other folder is part of the pure core
 STDLIB = set(sys.stdlib_module_names)
+PAGE_WHEELS = {"kyber_py", "dilithium_py", "tlslite", "certifi"}  # pure-Python wheels the page loads
 MAY_IMPORT = {  # layer -> (zmesh layers, outside top-level packages)
     "pure": ({"pure"}, (STDLIB - {"asyncio"}) | {"msgpack"}),
     "aio": ({"pure", "aio"}, STDLIB | {"msgpack"}),
-    "browser": ({"pure", "aio", "browser"},
-                STDLIB | {"msgpack", "js", "pyodide", "zmesh_js_crypto", "kyber_py", "tlslite", "certifi"}),
+    "browser": ({"pure", "aio", "browser"}, STDLIB | {"msgpack", "js", "pyodide", "zmesh_js_crypto", *PAGE_WHEELS}),
     "native": ({"pure", "native"}, STDLIB | {"msgpack", "cryptography"}),
     "testing": ({"pure", "aio", "testing"}, STDLIB | {"msgpack"}),
 }

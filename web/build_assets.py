@@ -2,8 +2,8 @@
 
 web/build/ gets: the zmesh core as a zip (unpacked into Pyodide's site-packages; the pure core,
 ``aio/`` and ``browser/``, without ``native/`` and ``testing/``, which a tab never imports), the msgpack
-Pyodide wheel and pure-Python wheels from PyPI (kyber-py; tlslite-ng with ecdsa and six, and
-certifi's root list, for ``https://`` fetches), the shared test vectors, and manifest.json naming
+Pyodide wheel and pure-Python wheels from PyPI (kyber-py, dilithium-py; tlslite-ng with ecdsa and
+six, and certifi's root list, for ``https://`` fetches), the shared test vectors, and manifest.json naming
 them. Run by ``make setup``; idempotent. A wheel already in web/build/wheels is kept: to refresh
 one (certifi's roots, say), delete it and run this again.
 """
@@ -20,9 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "web" / "build"
 NOT_IN_PAGE = {"native", "testing"}  # subpackages of zmesh the page leaves out
-# Pure-Python wheels the page loads: ML-KEM where WebCrypto lacks it (kyber-py); TLS inside the tab
-# (tlslite-ng and its dependencies ecdsa and six) and the roots it trusts (certifi: Mozilla's list).
-PURE_WHEELS = ("kyber-py", "tlslite-ng", "ecdsa", "six", "certifi")
+# Pure-Python wheels the page loads: ML-KEM and ML-DSA where WebCrypto lacks them (kyber-py,
+# dilithium-py); TLS inside the tab (tlslite-ng and its dependencies ecdsa and six) and the roots it
+# trusts (certifi: Mozilla's list).
+PURE_WHEELS = ("kyber-py", "dilithium-py", "tlslite-ng", "ecdsa", "six", "certifi")
 PYODIDE_PLATFORM = ["--platform", "pyemscripten_2026_0_wasm32", "--python-version", "3.14",
                     "--implementation", "cp", "--abi", "cp314"]
 

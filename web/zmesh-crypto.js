@@ -68,6 +68,15 @@ export async function mlkemDecapsulate(seed, ciphertext) {
   return bytes(await subtle.decapsulateBits(MLKEM, key, ciphertext));
 }
 
+export async function mldsaSupported() {
+  try {
+    await subtle.importKey("raw-seed", new Uint8Array(32), MLDSA, false, ["sign"]);
+    return true;
+  } catch (err) {
+    return false;
+  }
+}
+
 export async function mldsaPublic(seed) {
   const key = await subtle.importKey("raw-seed", seed, MLDSA, true, ["sign"]);
   return bytes(await subtle.exportKey("raw-public", await subtle.getPublicKey(key, ["verify"])));

@@ -9,11 +9,12 @@ generation from the 32-byte seed is the same for the internal and external inter
 caller passes M' itself), which neither OpenSSL nor WebCrypto exposes; the provider API is the
 external, pure, empty-context one (M' = 0x00 ‖ 0x00 ‖ M). So these are *cross-implementation*
 cases: OpenSSL (``cryptography``) signs fixed messages with fixed seeds, and dilithium-py (pure
-Python, an independent implementation) must agree on every verdict, valid and forged alike.
+Python, an independent implementation) must agree on every verdict, valid and forged alike. OpenSSL
+signs hedged (randomised), so a rerun writes other, equally valid, signatures.
 
-Run from the repository root with dilithium-py importable (a dev-only tool, not a dependency):
-``PYTHONPATH=dilithium_py-1.5.1/src python tests/vectors/make_mldsa65_vectors.py ASSETS``
-where ASSETS (the sdist's ``assets/``) holds ``ML-DSA-keyGen-FIPS204/``.
+Run from the repository root (dilithium-py comes with the dev extra), with ASSETS the folder that
+holds ``ML-DSA-keyGen-FIPS204/`` (the dilithium-py sdist's ``assets/``: ``pip download --no-deps
+--no-binary :all: dilithium-py``, then unpack it): ``python tests/vectors/make_mldsa65_vectors.py ASSETS``.
 """
 
 from __future__ import annotations
