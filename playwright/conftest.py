@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 from playwright_support import CHROMIUM_ARGS, PAYLOAD
 
+from tests.https_support import answering
 from tests.private_network import declare_private_test_network, relay_listen, require_private_network
 from tests.test_native_mesh import Process
 
@@ -36,17 +37,7 @@ def signal_url():
     server.stop()
 
 
-class _File(http.server.BaseHTTPRequestHandler):
-    """Answers every GET with ``PAYLOAD``."""
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
-        self.end_headers()
-        self.wfile.write(PAYLOAD)
-
-    def log_message(self, *args: object) -> None:
-        pass
+_File = answering(PAYLOAD)  # answers every GET with ``PAYLOAD``
 
 
 def serve_payload() -> http.server.ThreadingHTTPServer:

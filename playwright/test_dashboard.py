@@ -21,6 +21,7 @@ def test_dashboard_joins_fetches_and_renders(browser, mesh):
     page.click("#fetch button")
     page.wait_for_function("document.getElementById('fetch-result').textContent.startsWith('HTTP 200')",
                            timeout=60_000)
+    assert "unencrypted at the exit" in page.text_content("#fetch-result")  # http:// is labelled
     page.wait_for_function("Number(document.getElementById('in').textContent.replace(/\\D/g, '')) > 5000000",
                            timeout=10_000)
     ARTIFACTS.mkdir(exist_ok=True)

@@ -29,6 +29,7 @@ import msgpack
 from zmesh import cells, handshake, streams
 from zmesh.aio import http
 from zmesh.aio.rtc import _decode as decode_rtc_signal
+from zmesh.browser import x509
 from zmesh.cells import CellCommand, RelayCommand
 from zmesh.descriptor import DOMAIN, Capabilities, sign_descriptor, verify_descriptor
 from zmesh.encoding import pack_canonical, unpack_canonical
@@ -232,6 +233,28 @@ def _socks_domain(data: bytes) -> object:
         raise ProtocolError(f"SOCKS reply {refused.reply}") from None
 
 
+def _certificate(data: bytes) -> object:
+    """The tab's X.509 parser, and tlslite-ng's key parser behind ``public_key`` (the issuer side)."""
+    return x509.parse_certificate(data).public_key()
+
+
+def _pem(data: bytes) -> object:
+    return x509.certificates_from_pem(text(data))
+
+
+@functools.cache
+def _certificates() -> tuple[bytes, ...]:
+    """A server certificate of each key kind (EC, RSA, Ed25519), as DER."""
+    from tests.https_support import CA, issue
+
+    return tuple(issue("server", CA, ips=("127.0.0.1",), dns=("a.example",), kind=kind).der
+                 for kind in ("ec", "rsa", "ed25519"))
+
+
+def _as_pem(der: bytes) -> bytes:
+    return b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+
+
 def _url(data: bytes) -> object:
     return http.parse_url(text(data))
 
@@ -314,6 +337,8 @@ def targets() -> list[Target]:
         Target("netaddr.LinkAddress.parse", _link_address, (
             b"ws://relay.example:9001/v1/link", b"wss://[2001:db8::1]/v1/link", b"ws://203.0.113.7:80"), is_text=True),
         Target("socks5 CONNECT hostname", _socks_domain, (b"example.com", "bücher.de".encode(), b"1.2.3.4")),
+        Target("x509.parse_certificate", _certificate, _certificates()),
+        Target("x509.certificates_from_pem", _pem, tuple(map(_as_pem, _certificates())), is_text=True),
         Target("http.parse_url", _url, (b"http://example.com:8080/a?b=c", b"http://[2001:db8::1]/"), is_text=True),
         Target("http.parse_response", http.parse_response, (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",)),
         Target("fec.TetrysDecoder.receive", _fec_decoder, (fec_source, fec_repair)),

@@ -2,9 +2,10 @@
 
 The pure core (``zmesh`` itself, ``crypto/``, ``fec/``) imports only the standard library — never
 asyncio — msgpack and other pure modules; ``aio/`` adds asyncio and the pure core; ``browser/``
-adds Pyodide's ``js`` and ``pyodide`` on top of ``aio/``; ``native/`` adds ``cryptography`` to the
-pure core; ``testing/`` (harnesses) may use the pure core and ``aio/``, and only tests and
-benchmarks import it. Modules are found by walking the folders, so a new one is checked at once.
+adds Pyodide's ``js`` and ``pyodide`` and the page's pure-Python wheels on top of ``aio/``;
+``native/`` adds ``cryptography`` to the pure core; ``testing/`` (harnesses) may use the pure core
+and ``aio/``, and only tests and benchmarks import it. Modules are found by walking the folders,
+so a new one is checked at once.
 """
 
 import ast
@@ -21,10 +22,11 @@ CORE = Path(zmesh.__file__).resolve().parent
 ROOT = CORE.parents[1]
 SUBPACKAGE_LAYERS = {"aio", "browser", "native", "testing"}  # every other folder is part of the pure core
 STDLIB = set(sys.stdlib_module_names)
+PAGE_WHEELS = {"kyber_py", "dilithium_py", "tlslite", "certifi"}  # pure-Python wheels the page loads
 MAY_IMPORT = {  # layer -> (zmesh layers, outside top-level packages)
     "pure": ({"pure"}, (STDLIB - {"asyncio"}) | {"msgpack"}),
     "aio": ({"pure", "aio"}, STDLIB | {"msgpack"}),
-    "browser": ({"pure", "aio", "browser"}, STDLIB | {"msgpack", "js", "pyodide", "zmesh_js_crypto", "kyber_py"}),
+    "browser": ({"pure", "aio", "browser"}, STDLIB | {"msgpack", "js", "pyodide", "zmesh_js_crypto", *PAGE_WHEELS}),
     "native": ({"pure", "native"}, STDLIB | {"msgpack", "cryptography"}),
     "testing": ({"pure", "aio", "testing"}, STDLIB | {"msgpack"}),
 }

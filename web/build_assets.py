@@ -2,9 +2,10 @@
 
 web/build/ gets: the zmesh core as a zip (unpacked into Pyodide's site-packages; the pure core,
 ``aio/`` and ``browser/``, without ``native/`` and ``testing/``, which a tab never imports), the msgpack
-Pyodide wheel and the pure-Python kyber-py wheel from PyPI, the shared test vectors, and
-manifest.json naming them. Run by
-``make setup``; idempotent.
+Pyodide wheel and pure-Python wheels from PyPI (kyber-py, dilithium-py; tlslite-ng with ecdsa and
+six, and certifi's root list, for ``https://`` fetches), the shared test vectors, and manifest.json naming
+them. Run by ``make setup``; idempotent. A wheel already in web/build/wheels is kept: to refresh
+one (certifi's roots, say), delete it and run this again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "web" / "build"
 NOT_IN_PAGE = {"native", "testing"}  # subpackages of zmesh the page leaves out
+# Pure-Python wheels the page loads: ML-KEM and ML-DSA where WebCrypto lacks them (kyber-py,
+# dilithium-py); TLS inside the tab (tlslite-ng and its dependencies ecdsa and six) and the roots it
+# trusts (certifi: Mozilla's list).
+PURE_WHEELS = ("kyber-py", "dilithium-py", "tlslite-ng", "ecdsa", "six", "certifi")
 PYODIDE_PLATFORM = ["--platform", "pyemscripten_2026_0_wasm32", "--python-version", "3.14",
                     "--implementation", "cp", "--abi", "cp314"]
 
@@ -29,9 +34,10 @@ def main() -> None:
     if not list(wheels.glob("msgpack-*.whl")):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                         *PYODIDE_PLATFORM, "msgpack", "-d", str(wheels)], check=True)
-    if not list(wheels.glob("kyber_py-*.whl")):  # pure Python: ML-KEM where WebCrypto lacks it
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "kyber-py", "-d", str(wheels)], check=True)
+    for name in PURE_WHEELS:
+        if not list(wheels.glob(f"{name.replace('-', '_')}-*.whl")):
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                            name, "-d", str(wheels)], check=True)
     core = BUILD / "zmesh-core.zip"
     with zipfile.ZipFile(core, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted((ROOT / "node-core" / "zmesh").rglob("*.py")):

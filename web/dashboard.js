@@ -95,9 +95,13 @@ async function main() {
     $("fetch-result").textContent = "fetching through 3 relays…";
     const t0 = performance.now();
     try {
-      const { status: code, body } = await vpn.fetch($("url").value);
+      const url = $("url").value;
+      const { status: code, body } = await vpn.fetch(url);
+      // http:// crosses the exit in clear; https:// is TLS from this tab to the server.
+      const privacy = url.startsWith("https://") ? "TLS end to end: the exit saw only ciphertext"
+                                                 : "unencrypted at the exit: it could read and change this";
       $("fetch-result").textContent =
-        `HTTP ${code}, ${body.length.toLocaleString()} bytes in ${Math.round(performance.now() - t0)} ms`;
+        `HTTP ${code}, ${body.length.toLocaleString()} bytes in ${Math.round(performance.now() - t0)} ms, ${privacy}`;
     } catch (err) {
       $("fetch-result").textContent = "fetch failed";
       problem(err);

@@ -34,6 +34,9 @@ export interface MeshOptions {
   entry?: string;
   /** Another node's PeerId: `send`/`receive` then carry messages end to end to it. */
   destination?: string;
+  /** PEM certificates trusted for `https://` fetches besides the bundled roots (certifi's copy of
+   *  Mozilla's list), e.g. a test CA. Read when the tab joins. */
+  extraCAs?: string[];
 }
 
 export interface MeshStats {
@@ -96,8 +99,12 @@ export class MeshVPN {
    *  when no circuit could be built: `code` names the last DESTROY reason, null if too few relays). */
   connect(options?: Partial<MeshOptions>): Promise<void>;
   disconnect(): Promise<void>;
-  /** GET an http:// URL through the circuit's exit. Rejects with a MeshError if the stream ends
-   *  abnormally (circuit destroyed, exit error): a truncated body is never returned as complete. */
+  /** GET an http:// or https:// URL through the circuit's exit. https:// runs TLS inside the tab
+   *  (tlslite-ng), checking the server's chain against the bundled roots and `extraCAs`
+   *  (docs/browser.md says exactly what is checked), so the exit relays only ciphertext; http:// is
+   *  readable and changeable by the exit. Rejects with a MeshError if the stream ends abnormally
+   *  (circuit destroyed, exit error) or the certificate is refused: a truncated body is never
+   *  returned as complete. */
   fetch(url: string): Promise<FetchResult>;
   /** A TCP-like stream to host:port through the exit (resolved there); rejects with a MeshError if
    *  the exit refuses it (`code` "CONNECT_REFUSED", "EXIT_POLICY", ...). `read()` resolves null at

@@ -147,6 +147,10 @@ function validate(options) {
       case "destination":
         if (typeof value !== "string") throw new TypeError("destination must be a PeerId string");
         out.destination = value; break;
+      case "extraCAs":
+        if (!Array.isArray(value) || !value.every((pem) => typeof pem === "string" && pem.includes("-----BEGIN CERTIFICATE-----")))
+          throw new TypeError("extraCAs must be an array of PEM certificates");
+        out.extra_cas = [...value]; break;
       default:
         throw new TypeError(`unknown option ${key}`);
     }

@@ -5,6 +5,7 @@ const subtle = crypto.subtle;
 const PKCS8_X25519 = [0x30, 0x2e, 2, 1, 0, 0x30, 5, 6, 3, 0x2b, 0x65, 0x6e, 4, 0x22, 4, 0x20];
 const PKCS8_ED25519 = [0x30, 0x2e, 2, 1, 0, 0x30, 5, 6, 3, 0x2b, 0x65, 0x70, 4, 0x22, 4, 0x20];
 const MLKEM = { name: "ML-KEM-768" };
+const MLDSA = { name: "ML-DSA-65" }; // FIPS 204 pure mode; no context member means the empty context
 
 const bytes = (buffer) => new Uint8Array(buffer);
 const unb64url = (text) => Uint8Array.from(atob(text.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
@@ -65,6 +66,36 @@ export async function mlkemEncapsulate(pub) {
 export async function mlkemDecapsulate(seed, ciphertext) {
   const key = await subtle.importKey("raw-seed", seed, MLKEM, true, ["decapsulateBits"]);
   return bytes(await subtle.decapsulateBits(MLKEM, key, ciphertext));
+}
+
+export async function mldsaSupported() {
+  try {
+    await subtle.importKey("raw-seed", new Uint8Array(32), MLDSA, false, ["sign"]);
+    return true;
+  } catch (err) {
+    return false;
+  }
+}
+
+export async function mldsaPublic(seed) {
+  const key = await subtle.importKey("raw-seed", seed, MLDSA, true, ["sign"]);
+  return bytes(await subtle.exportKey("raw-public", await subtle.getPublicKey(key, ["verify"])));
+}
+
+export async function mldsaSign(seed, message) {
+  const key = await subtle.importKey("raw-seed", seed, MLDSA, false, ["sign"]);
+  return bytes(await subtle.sign(MLDSA, key, message));
+}
+
+// A public key WebCrypto cannot decode is a failed verification, as for Ed25519.
+export async function mldsaVerify(pub, signature, message) {
+  let key;
+  try {
+    key = await subtle.importKey("raw-public", pub, MLDSA, false, ["verify"]);
+  } catch (err) {
+    return false;
+  }
+  return await subtle.verify(MLDSA, key, signature, message);
 }
 
 export async function hkdf(ikm, salt, info, length) {

@@ -16,6 +16,8 @@ and the message says what to do about it. Who is at fault is visible in the clas
     ├── ExitPolicyError      an exit refused the target
     ├── OnionAuthError       an onion service's descriptor is for authorised clients, and this is not one
     ├── FECError             forward-error-correction input was inconsistent
+    ├── TlsError             TLS to a destination server (``https://`` fetch) failed
+    │   └── CertificateError the server's certificate was refused (``reason`` says which check)
     └── InvalidState         API misuse: the call is not valid in the object's current state
 """
 
@@ -95,6 +97,20 @@ class OnionAuthError(ZmeshError):
 
 class FECError(ZmeshError):
     """Forward-error-correction input was inconsistent (lying headers, absurd sizes)."""
+
+
+class TlsError(ZmeshError):
+    """TLS with the destination server (an ``https://`` fetch, end to end through the exit) failed."""
+
+
+class CertificateError(TlsError):
+    """The server's certificate chain was refused; ``reason`` names the check that failed
+    ("untrusted", "expired", "not yet valid", "hostname", "usage", "not a CA", "malformed",
+    "unsupported"; a signature that does not verify is "untrusted": no trusted root issued it)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"the server's certificate was refused ({reason}): {detail}")
+        self.reason = reason
 
 
 class InvalidState(ZmeshError):

@@ -55,6 +55,18 @@ async def _mlkem_decaps(p: CryptoProvider, c: dict[str, Any]) -> bool:
     return await p.mlkem768_decapsulate(_h(c["d"]) + _h(c["z"]), _h(c["c"])) == _h(c["k"])
 
 
+async def _mldsa_keygen(p: CryptoProvider, c: dict[str, Any]) -> bool:
+    return await p.mldsa65_public(_h(c["seed"])) == _h(c["pk"])
+
+
+async def _mldsa_sigver(p: CryptoProvider, c: dict[str, Any]) -> bool:
+    """The vector's verdict, and for a valid case also a fresh (hedged) signature from its seed."""
+    seed, public, message, signature = _h(c["seed"]), _h(c["pk"]), _h(c["message"]), _h(c["signature"])
+    if await p.mldsa65_verify(public, signature, message) != c["valid"]:
+        return False
+    return not c["valid"] or await p.mldsa65_verify(public, await p.mldsa65_sign(seed, message), message)
+
+
 async def _handshake(p: CryptoProvider, c: dict[str, Any]) -> bool:
     identity = await Identity.from_bytes(p, pack_canonical({
         "v": 1, "ed25519": _h(c["relay_ed25519_secret"]), "x25519": _h(c["relay_x25519_secret"]),
@@ -79,6 +91,8 @@ CHECKS: dict[str, list[tuple[str, Check]]] = {
     "hkdf_sha256_rfc5869.json": [("cases", _hkdf)],
     "mlkem768_keygen.json": [("cases", _mlkem_keygen)],
     "mlkem768_encap_decap.json": [("cases", _mlkem_decaps)],
+    "mldsa65_keygen_acvp.json": [("cases", _mldsa_keygen)],
+    "mldsa65_sigver.json": [("cases", _mldsa_sigver)],
     "zmesh_handshake.json": [("cases", _handshake)],
     "zmesh_relay_crypto.json": [("cases", _relay_crypto)],
 }

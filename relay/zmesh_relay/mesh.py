@@ -3,7 +3,9 @@
     async with zmesh.connect("http://signal.example:8080", hops=3) as vpn:
         response = await vpn.fetch("http://example.org/")
 
-or ``vpn = await zmesh.connect(...)`` and later ``await vpn.close()``. Like ``zmesh client``, the
+or ``vpn = await zmesh.connect(...)`` and later ``await vpn.close()``. ``https://`` runs TLS end to end
+over the stream with the standard library's ``ssl`` (the system's roots; pass
+``tls=stdlib_connector([pem])`` from ``zmesh.native.tls`` to trust more CAs). Like ``zmesh client``, the
 node has a fresh identity, publishes nothing and answers no WebRTC offers; settings beyond the
 ``MeshVPN`` options come from the usual configuration (``ZMESH_*`` environment, ``zmesh.toml``).
 """
@@ -19,6 +21,7 @@ from zmesh.aio.driver import NodeDriver
 from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity
 from zmesh.native.crypto import NativeCryptoProvider
+from zmesh.native.tls import stdlib_connector
 from zmesh.node import Node, NodeLimits
 from zmesh_signal.client import SignalClient
 
@@ -54,6 +57,7 @@ async def open_native_mesh(signal_url: str, destination: str | None = None, **op
                 limits=NodeLimits(build_timeout=config["core.build_timeout"]))
     transports = NativeTransports(config, signal, directory, identity, provider)
     driver = NodeDriver(node, dialer=transports.dialer)
+    options.setdefault("tls", stdlib_connector())
     vpn = NativeMeshVPN(driver, directory, transports, signal, **options)
     try:
         await transports.start()

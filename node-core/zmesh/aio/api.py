@@ -37,6 +37,7 @@ from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .http import HttpResponse, http_get, parse_url
 from .tasks import OwnedTasks
+from .tls import TlsConnector, open_tls
 from .transport import check_transport, count_by_transport
 
 MESSAGE_PORT = 1
@@ -109,9 +110,11 @@ class MeshVPN:
                  refresh: Callable[[], Awaitable[object]] | None = None,
                  selector: PathSelector | None = None, build_policy: BuildPolicy | None = None,
                  guards: GuardManager | None = None, circuit_policy: CircuitPolicy | None = None,
-                 clock: Callable[[], float] = time.monotonic, inbox_size: int = 256, **options: Any) -> None:
+                 clock: Callable[[], float] = time.monotonic, inbox_size: int = 256,
+                 tls: TlsConnector | None = None, **options: Any) -> None:
         """``directory()`` lists the relays; ``refresh()``, if given, refetches that list (once, after
-        a build failed: see ``zmesh.aio.building``)."""
+        a build failed: see ``zmesh.aio.building``). ``tls`` makes the client sessions of
+        ``https://`` fetches (``zmesh.aio.tls``); without it only ``http://`` can be fetched."""
         self.driver = driver
         self.circuit_policy = circuit_policy or CircuitPolicy()  # its max_dirtiness; no pool here
         self._clock = clock
@@ -120,6 +123,7 @@ class MeshVPN:
         self.selector = selector or PathSelector()
         self.guards = guards
         self.build_policy = build_policy or BuildPolicy()
+        self.tls = tls
         self.options = MeshOptions().updated(**options)
         self._handlers: dict[str, list[Callable[[Any], Any]]] = {name: [] for name in EVENTS}
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue(inbox_size)
@@ -210,12 +214,19 @@ class MeshVPN:
         return stream
 
     async def fetch(self, url: str) -> HttpResponse:
-        """GET an ``http://`` URL through the circuit's exit; the response has ``status``,
-        ``headers`` and ``body``."""
-        host, port, path = parse_url(url)
+        """GET an ``http://`` or ``https://`` URL through the circuit's exit; the response has
+        ``status``, ``headers`` and ``body``. For ``https://`` TLS runs here, end to end with the
+        server (its certificate checked by ``tls``): the exit relays only ciphertext."""
+        scheme, host, port, path = parse_url(url)
+        if scheme == "https" and self.tls is None:
+            raise ConfigError("https:// needs a TLS connector (MeshVPN(tls=...)); this node has none")
         stream = await self.open_stream(host, port)
         try:
-            return await http_get(stream, host, path)
+            secured = await open_tls(stream, self.tls, host) if scheme == "https" and self.tls else stream
+            try:
+                return await http_get(secured, host, path)
+            finally:
+                await secured.close()
         finally:
             await stream.close()
             await self._close_retired()

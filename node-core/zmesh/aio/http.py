@@ -1,8 +1,9 @@
 """A minimal HTTP/1.0 GET over a mesh stream: enough for ``MeshVPN.fetch`` in a tab.
 
-HTTP/1.0 with ``Connection: close`` keeps it simple and honest: the exit closes the stream when
-the response is complete. Only ``http://`` URLs (the exit speaks TCP; TLS would need a TLS stack
-in the tab, which is future work). The response is bounded by ``max_size``.
+HTTP/1.0 with ``Connection: close`` keeps it simple and honest: the server closes the stream when
+the response is complete. ``http://`` goes in clear to the exit; ``https://`` runs over a
+``TlsStream`` (``zmesh.aio.tls``), so the exit sees only ciphertext. The response is bounded by
+``max_size``, and a body shorter than its ``Content-Length`` is an error, not a response.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ProtocolError
 from .driver import MeshStream
+from .tls import TlsStream
 
 MAX_RESPONSE = 64 << 20
 MAX_HEADERS = 100  # header lines kept from one response; more is an error
@@ -27,21 +29,27 @@ class HttpResponse:
     body: bytes
 
 
-def parse_url(url: str) -> tuple[str, int, str]:
-    """``(host, port, path)`` of an ``http://`` URL; ``ConfigError`` for anything else."""
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_url(url: str) -> tuple[str, str, int, str]:
+    """``(scheme, host, port, path)`` of an ``http://`` or ``https://`` URL; ``ConfigError`` for
+    anything else."""
     try:
         parts = urlsplit(url)
         port = parts.port  # urllib checks it lazily, with ValueError
     except ValueError as exc:
         raise ConfigError(f"malformed URL {url!r}: {exc}") from exc
-    if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError(f"only http:// URLs can be fetched through the mesh, got {url!r}")
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise ConfigError(f"only http:// and https:// URLs can be fetched through the mesh, got {url!r}")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.hostname, port or 80, path
+    return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme], path
 
 
-async def http_get(stream: MeshStream, host: str, path: str, *, max_size: int = MAX_RESPONSE) -> HttpResponse:
-    """Send GET on an open stream; return the response."""
+async def http_get(stream: MeshStream | TlsStream, host: str, path: str, *,
+                   max_size: int = MAX_RESPONSE) -> HttpResponse:
+    """Send GET on an open stream; return the response. Over TLS, a session that ended without
+    close_notify counts as complete only when the body matches its ``Content-Length``."""
     await stream.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("ascii"))
     parts, size = [], 0
     while chunk := await stream.read():
@@ -50,7 +58,11 @@ async def http_get(stream: MeshStream, host: str, path: str, *, max_size: int = 
             await stream.close()
             raise ProtocolError(f"response larger than {max_size} bytes")
         parts.append(chunk)
-    return parse_response(b"".join(parts))
+    response = parse_response(b"".join(parts))
+    if isinstance(stream, TlsStream) and not stream.closed_cleanly and "content-length" not in response.headers:
+        raise ProtocolError("the TLS session ended without close_notify and the answer has no length: "
+                            "it may have been cut short")
+    return response
 
 
 def parse_response(data: bytes) -> HttpResponse:
@@ -69,4 +81,7 @@ def parse_response(data: bytes) -> HttpResponse:
             raise ProtocolError("the server sent a malformed header line")
         key, text = name.decode("latin-1").lower(), value.strip().decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    length = headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) != len(body)):
+        raise ProtocolError(f"the body is {len(body)} bytes but Content-Length says {length!r}: cut short or malformed")
     return HttpResponse(int(status_line[1]), headers, body)

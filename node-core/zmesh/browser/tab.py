@@ -36,6 +36,7 @@ from ..onionkeys import OnionKeyRing
 from ..signaling import SignalSession
 from .links import BrowserChannelLink, BrowserTextSocket
 from .rtc import BrowserRtcBackend
+from .tls import TlsliteConnector
 from .webcrypto import WebCryptoProvider
 
 log = logging.getLogger(__name__)
@@ -269,9 +270,11 @@ async def open_mesh(options: Any) -> Any:
     ice_servers = tuple(IceServer(tuple(s["urls"]), s.get("username"), s.get("credential"))
                         for s in settings.pop("ice_servers", []))
     timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
+    tls = TlsliteConnector(settings.pop("extra_cas", ()))  # https://: TLS in the tab (zmesh.browser.tls)
     node = await BrowserNode.start(bytes(saved) if saved is not None else None, relay=relay)
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
-    vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, **settings)
+    vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, tls=tls,
+                  **settings)
     channels = (ChannelOptions(), *((FEC_CHANNEL,) if vpn.options.enable_fec else ()))
     rtc = RtcOptions(ice_servers, timeout, channels, ice_policy)
     node.dialer.mode = lambda: vpn.options.transport

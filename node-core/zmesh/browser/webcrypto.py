@@ -3,14 +3,17 @@
 The page registers ``web/zmesh-crypto.js`` as the JS module ``zmesh_js_crypto``. Each primitive is
 one awaited call across the bridge (~0.1–0.2 ms), so the core calls the provider per handshake and
 per *batch* of cells: the AES-CTR stream encrypts a whole batch at a keystream offset in one call.
-Chromium ≥ 156 has X25519, Ed25519, HKDF, AES-GCM/CTR and ML-KEM-768 in WebCrypto. Where a
+Chromium ≥ 156 has X25519, Ed25519, HKDF, AES-GCM/CTR, ML-KEM-768 and ML-DSA-65 in WebCrypto. Where a
 browser lacks ML-KEM, the pure-Python kyber-py (shipped in the page's bundle) takes over, with the
-same 64-byte seed keys, so both paths pass the same vector files.
+same 64-byte seed keys, so both paths pass the same vector files. ML-DSA-65 (pure mode, empty
+context, 32-byte seed keys) likewise falls back to the pure-Python dilithium-py; measured cost per
+verification of each: docs/browser.md.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import zmesh_js_crypto as js  # type: ignore[import-not-found]  # registered by the page
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
@@ -52,6 +55,38 @@ class _KyberPy:
         return self._kem.decaps(self._kem.key_derive(seed)[1], ciphertext)
 
 
+class _DilithiumPy:
+    """ML-DSA-65 in pure Python (dilithium-py): the fallback for browsers without it in WebCrypto."""
+
+    def __init__(self) -> None:
+        from dilithium_py.ml_dsa import ML_DSA_65  # type: ignore[import-not-found]
+
+        self._dsa = ML_DSA_65
+
+    async def public(self, seed: bytes) -> bytes:
+        return self._dsa.key_derive(seed)[0]
+
+    async def sign(self, seed: bytes, message: bytes) -> bytes:
+        return self._dsa.sign(self._dsa.key_derive(seed)[1], message)  # hedged, empty context, as OpenSSL's
+
+    async def verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
+        try:
+            return bool(self._dsa.verify(public, message, signature))
+        except (ValueError, IndexError):  # an undecodable signature is a failed one
+            return False
+
+
+class _WebCryptoDsa:
+    async def public(self, seed: bytes) -> bytes:
+        return _b(await js.mldsaPublic(to_js(seed)))
+
+    async def sign(self, seed: bytes, message: bytes) -> bytes:
+        return _b(await js.mldsaSign(to_js(seed), to_js(message)))
+
+    async def verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
+        return bool(await js.mldsaVerify(to_js(public), to_js(signature), to_js(message)))
+
+
 class _WebCryptoKem:
     async def public(self, seed: bytes) -> bytes:
         return _b(await js.mlkemPublic(to_js(seed)))
@@ -64,23 +99,31 @@ class _WebCryptoKem:
         return _b(await js.mlkemDecapsulate(to_js(seed), to_js(ciphertext)))
 
 
+# algorithm -> (the fallback's name, the fallback, the WebCrypto path, the JS probe for WebCrypto support)
+_PATHS = {"mlkem": ("kyber-py", _KyberPy, _WebCryptoKem, "mlkemSupported"),
+          "mldsa": ("dilithium-py", _DilithiumPy, _WebCryptoDsa, "mldsaSupported")}
+
+
 class WebCryptoProvider(CheckedProvider):
-    """``mlkem``: "webcrypto", "kyber-py", or None to use WebCrypto where the browser has it.
-    ``CheckedProvider`` checks every argument before a primitive here runs."""
+    """``mlkem``: "webcrypto", "kyber-py"; ``mldsa``: "webcrypto", "dilithium-py"; None uses
+    WebCrypto where the browser has it. ``CheckedProvider`` checks every argument before a primitive
+    here runs."""
 
     name = "webcrypto"
 
-    def __init__(self, mlkem: str | None = None) -> None:
-        if mlkem not in (None, "webcrypto", "kyber-py"):
-            raise CryptoError("mlkem must be 'webcrypto' or 'kyber-py'")
-        self._choice = mlkem
-        self._kem: _KyberPy | _WebCryptoKem | None = None
+    def __init__(self, mlkem: str | None = None, mldsa: str | None = None) -> None:
+        self._choices = {"mlkem": mlkem, "mldsa": mldsa}
+        for kind, choice in self._choices.items():
+            if choice not in (None, "webcrypto", _PATHS[kind][0]):
+                raise CryptoError(f"{kind} must be 'webcrypto' or {_PATHS[kind][0]!r}")
+        self._paths: dict[str, Any] = {}
 
-    async def _mlkem(self) -> _KyberPy | _WebCryptoKem:
-        if self._kem is None:
-            choice = self._choice or ("webcrypto" if await js.mlkemSupported() else "kyber-py")
-            self._kem = _WebCryptoKem() if choice == "webcrypto" else _KyberPy()
-        return self._kem
+    async def _path(self, kind: str) -> Any:
+        if kind not in self._paths:
+            fallback_name, fallback, webcrypto, probe = _PATHS[kind]
+            choice = self._choices[kind] or ("webcrypto" if await getattr(js, probe)() else fallback_name)
+            self._paths[kind] = webcrypto() if choice == "webcrypto" else fallback()
+        return self._paths[kind]
 
     async def x25519_generate(self) -> tuple[bytes, bytes]:
         private = os.urandom(KEY_SIZE)
@@ -109,16 +152,25 @@ class WebCryptoProvider(CheckedProvider):
         return bool(await js.ed25519Verify(to_js(public), to_js(signature), to_js(message)))
 
     async def _mlkem768_public(self, seed: bytes) -> bytes:
-        return await (await self._mlkem()).public(seed)
+        return await (await self._path("mlkem")).public(seed)
 
     async def _mlkem768_encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
         try:
-            return await (await self._mlkem()).encapsulate(public)
+            return await (await self._path("mlkem")).encapsulate(public)
         except Exception as exc:  # the FIPS 203 modulus check failed
             raise CryptoError("ML-KEM-768 encapsulation key is malformed") from exc
 
     async def _mlkem768_decapsulate(self, seed: bytes, ciphertext: bytes) -> bytes:
-        return await (await self._mlkem()).decapsulate(seed, ciphertext)
+        return await (await self._path("mlkem")).decapsulate(seed, ciphertext)
+
+    async def _mldsa65_public(self, seed: bytes) -> bytes:
+        return await (await self._path("mldsa")).public(seed)
+
+    async def _mldsa65_sign(self, seed: bytes, message: bytes) -> bytes:
+        return await (await self._path("mldsa")).sign(seed, message)
+
+    async def _mldsa65_verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
+        return await (await self._path("mldsa")).verify(public, signature, message)
 
     async def _hkdf_sha256(self, ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
         # RFC 5869: an absent salt is HashLen zero bytes (WebCrypto wants it explicit).

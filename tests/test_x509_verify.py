@@ -1,0 +1,114 @@
+"""The tab's certificate check (``zmesh.browser.x509``, on tlslite-ng's keys), run natively: each
+rule of its module docstring accepts what it should and refuses the rest with its reason."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.x509.oid import ObjectIdentifier
+
+from zmesh.browser.x509 import TrustStore, parse_certificate, verify_chain
+from zmesh.errors import CertificateError
+
+from .https_support import DAY, NOW, issue
+
+ROOT = issue("root", ca=True, kind="rsa")
+STORE = TrustStore([ROOT.der])
+NOW_S = NOW.timestamp()
+
+
+def refused(chain, host="127.0.0.1", store=STORE, now=NOW_S) -> str:
+    with pytest.raises(CertificateError) as caught:
+        verify_chain([c.der for c in chain], host, store, now)
+    return caught.value.reason
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa", "ed25519"])
+def test_a_leaf_of_each_key_kind_under_an_intermediate_is_accepted(kind):
+    middle = issue("middle", ROOT, ca=True, path_len=0, kind=kind)
+    leaf = issue("leaf", middle, ips=("127.0.0.1",), kind=kind)
+    verify_chain([leaf.der, middle.der], "127.0.0.1", STORE, NOW_S)
+
+
+def test_host_names_and_addresses_match_only_the_subject_alt_names():
+    leaf = issue("leaf", ROOT, ips=("127.0.0.1",), dns=("*.example.org", "exact.test"))
+    for host in ("127.0.0.1", "a.example.org", "EXACT.test", "exact.test."):
+        verify_chain([leaf.der], host, STORE, NOW_S)
+    for host in ("127.0.0.2", "example.org", "a.b.example.org", "other.test", "leaf"):
+        assert refused([leaf], host) == "hostname"  # "leaf" is the CN: never used
+
+
+def test_untrusted_roots_and_forged_signatures_are_refused():
+    other = issue("root", ca=True)  # same name as ROOT, another key
+    assert refused([issue("leaf", other, ips=("127.0.0.1",))]) == "untrusted"
+    leaf = issue("leaf", ROOT, ips=("127.0.0.1",))
+    forged = bytearray(leaf.der)
+    forged[-5] ^= 1  # inside the signature
+    with pytest.raises(CertificateError) as caught:
+        verify_chain([bytes(forged)], "127.0.0.1", STORE, NOW_S)
+    assert caught.value.reason == "untrusted"
+
+
+def test_dates_of_every_certificate_on_the_path_are_checked():
+    assert refused([issue("leaf", ROOT, ips=("127.0.0.1",), not_after=NOW - DAY)]) == "expired"
+    assert refused([issue("leaf", ROOT, ips=("127.0.0.1",), not_before=NOW + DAY)]) == "not yet valid"
+    middle = issue("middle", ROOT, ca=True, not_after=NOW - DAY)
+    assert refused([issue("leaf", middle, ips=("127.0.0.1",)), middle]) == "expired"
+    assert refused([issue("leaf", ROOT, ips=("127.0.0.1",))], now=NOW_S + 400 * 86400) == "expired"
+
+
+def test_intermediates_must_be_cas_within_their_path_length():
+    not_ca = issue("middle", ROOT, ca=False, eku=False)
+    assert refused([issue("leaf", not_ca, ips=("127.0.0.1",)), not_ca]) == "not a CA"
+    upper = issue("upper", ROOT, ca=True, path_len=0)
+    lower = issue("lower", upper, ca=True)
+    assert refused([issue("leaf", lower, ips=("127.0.0.1",)), lower, upper]) == "not a CA"
+
+
+def test_usage_and_unknown_critical_extensions_are_refused():
+    client_only = issue("leaf", ROOT, ips=("127.0.0.1",), eku=False,
+                        extra=((x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), False),))
+    assert refused([client_only]) == "usage"
+    odd = x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+    assert refused([issue("leaf", ROOT, ips=("127.0.0.1",), extra=((odd, True),))]) == "unsupported"
+    verify_chain([issue("leaf", ROOT, ips=("127.0.0.1",), extra=((odd, False),)).der], "127.0.0.1", STORE, NOW_S)
+
+
+def test_every_truncation_and_garbage_is_a_certificate_error():
+    """Hostile bytes raise only ``CertificateError`` ("malformed"), never a parser's own exception."""
+    der = issue("leaf", ROOT, ips=("127.0.0.1",)).der
+    for cut in range(0, len(der), 7):
+        with pytest.raises(CertificateError):
+            parse_certificate(der[:cut])
+    for garbage in (b"", b"\x30\x80", b"\x30\x84\xff\xff\xff\xff", b"\x30\x03\x02\x01", bytes(300)):
+        with pytest.raises(CertificateError):
+            verify_chain([garbage], "127.0.0.1", STORE, NOW_S)
+    assert refused([]) == "untrusted"
+
+
+def _resigned(leaf_of, signer, **sign) -> bytes:
+    """``leaf_of``'s certificate signed again by ``signer`` (an ``Issued``) with ``sign``'s options."""
+    cert = leaf_of.cert
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(signer.cert.subject)
+               .public_key(cert.public_key()).serial_number(cert.serial_number)
+               .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc))
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return builder.sign(signer.key, **sign).public_bytes(serialization.Encoding.DER)
+
+
+def test_rsa_pss_signatures_are_checked_and_sha1_is_refused():
+    leaf = issue("leaf", ROOT, ips=("127.0.0.1",))
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+    verify_chain([_resigned(leaf, ROOT, algorithm=hashes.SHA256(), rsa_padding=pss)], "127.0.0.1", STORE, NOW_S)
+    forged = bytearray(_resigned(leaf, ROOT, algorithm=hashes.SHA256(), rsa_padding=pss))
+    forged[-3] ^= 1
+    with pytest.raises(CertificateError, match="untrusted"):
+        verify_chain([bytes(forged)], "127.0.0.1", STORE, NOW_S)
+    sha256_rsa, sha1_rsa = bytes.fromhex("06092a864886f70d01010b"), bytes.fromhex("06092a864886f70d010105")
+    sha1 = leaf.der.replace(sha256_rsa, sha1_rsa)  # cryptography will not sign with SHA-1; relabel instead
+    assert sha1 != leaf.der
+    with pytest.raises(CertificateError, match="unsupported"):
+        verify_chain([sha1], "127.0.0.1", STORE, NOW_S)
