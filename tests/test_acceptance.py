@@ -96,7 +96,7 @@ def test_an_origin_drops_an_unknown_relay_command_from_its_exit(provider):
 
 @pytest.mark.parametrize("sender, command", [
     ("exit", RelayCommand.CONNECTED),  # CONNECTED for a stream that is already open
-    ("exit", RelayCommand.SENDME),  # a circuit SENDME for cells never sent: past the window
+    # a circuit SENDME for cells never sent: tests/test_congestion.py (BAD_SENDME, or PROTOCOL on fixed windows)
     ("exit", RelayCommand.BEGIN),  # a command only a relay accepts
     ("client", RelayCommand.EXTENDED),  # a command only an origin accepts
     ("client", RelayCommand.CONNECTED),
