@@ -314,3 +314,58 @@ def test_a_reader_that_stops_gets_xoff_and_the_exit_stops_reading_its_source(pro
         assert client.node.metrics["xoff_sent"] >= 1 and client.node.metrics["xon_sent"] >= 1
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------------- real relay processes
+
+
+def test_a_forging_client_is_cut_off_by_a_real_exit(tmp_path, monkeypatch):
+    """The same attack against three real `zmesh relay` processes: an in-process client GETs a
+    10 MiB file, reads none of it and forges a SENDME. The exit process destroys the circuit
+    (its circuit_faults{reason=bad_sendme} counts it), the client's stream fails, and what the
+    exit buffers stays under the congestion-controlled circuit's bound."""
+    import zmesh
+    from zmesh.errors import StreamError
+
+    from .private_network import PRIVATE_NETWORK_ENV
+    from .test_native_mesh import Process, _http_server
+
+    monkeypatch.setenv(PRIVATE_NETWORK_ENV, "true")
+    files, files_port = _http_server()
+    processes = [Process("signal", "--listen", "127.0.0.1:0")]
+    url = processes[0].address[0]
+    try:
+        for n in range(1, 4):
+            extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if n == 3 else []
+            processes.append(Process("relay", "--signal", url, "--listen", f"127.{n}.0.1:0", "--metrics",
+                                     "127.0.0.1:0", "--data-dir", str(tmp_path / f"r{n}"), *extra))
+        exit_process = processes[-1]
+        held = []  # what the exit buffered while the client read nothing
+
+        async def attack() -> None:
+            vpn = await zmesh.connect(url, hops=3)
+            try:
+                stream = await vpn.open_stream("127.0.0.1", files_port)
+                await stream.write(b"GET /big HTTP/1.0\r\n\r\n")
+                node = vpn.driver.node
+                circ = node._circuits[stream.circuit]
+                assert isinstance(circ.edge.flow, VegasFlow)  # the real relays negotiated congestion control
+                await wait_until(lambda: stream._chunks)  # the exit is sending
+                held.append((await asyncio.to_thread(exit_process.scrape))("zmesh_buffered_bytes"))
+                await vpn.driver._call(node._send_edge, circ, [
+                    encode_relay_body(RelayCommand.SENDME, 0, b"\x01" + os.urandom(8))])
+                with pytest.raises(StreamError):
+                    while await asyncio.wait_for(stream.read(), 30):
+                        pass
+            finally:
+                await vpn.close()
+
+        asyncio.run(asyncio.wait_for(attack(), 90))
+        scrape = exit_process.scrape()
+        assert scrape("zmesh_circuit_faults_total", reason="bad_sendme") == 1
+        assert held[0] <= queue_bound(4096) * CELL_SIZE
+        assert scrape("zmesh_circuits_active", role="relay") == 0
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        files.shutdown()
