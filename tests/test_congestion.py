@@ -9,17 +9,17 @@ import os
 import pytest
 
 from tests.conftest import wait_until
+from tests.test_acceptance import open_stream
 from zmesh.cells import CELL_SIZE, RELAY_DATA_SIZE, DestroyReason, RelayCommand, encode_relay_body
 from zmesh.congestion import SENDME_EVERY, VegasFlow, VegasParams
 from zmesh.errors import ConfigError, ProtocolError
-from zmesh.events import CircuitBuilt, CircuitClosed, StreamConnected, StreamData, StreamRequested
+from zmesh.events import CircuitClosed, StreamData
 from zmesh.flow import CIRCUIT_WINDOW, CircuitWindow, StreamWindow
 from zmesh.links import CircuitFailure
 from zmesh.negotiation import queue_bound
 from zmesh.node import NodeLimits
 from zmesh.streamflow import XonXoff, encode_xon, parse_xon
 from zmesh.testing.memnet import MemoryNetwork, blob_service
-from zmesh.testing.wire import Wire
 
 MB = 1_000_000
 
@@ -141,23 +141,12 @@ def test_a_sender_that_ignores_xoff_loses_its_circuit():
 # ---------------------------------------------------------------------- negotiation on real nodes
 
 
-async def _open(provider, client_limits=None, middle_limits=None, exit_limits=None):
-    """A client, a middle and an exit on the sans-IO wire, one stream open: (wire, client, middle,
-    exit, circuit, stream, the exit's circuit handle)."""
-    wire = Wire()
-    client = await wire.add(provider, accept_circuits=False, limits=client_limits)
-    middle = await wire.add(provider, limits=middle_limits)
-    exit_ = await wire.add(provider, limits=exit_limits)
-    circuit = await client.build_circuit([middle.identity, exit_.identity])
-    await wire.pump()
-    assert any(isinstance(e, CircuitBuilt) for e in wire.events[client])
-    stream = await client.open_stream(circuit, "example.org", 443)
-    await wire.pump()
-    (request,) = [e for e in wire.events[exit_] if isinstance(e, StreamRequested)]
-    await exit_.accept_stream(request.circuit, stream)
-    await wire.pump()
-    assert any(isinstance(e, StreamConnected) for e in wire.events[client])
-    return wire, client, middle, exit_, circuit, stream, request.circuit
+async def _open(provider, **limits):
+    """``test_acceptance.open_stream`` with the middle too: (wire, client, middle, exit, circuit,
+    stream, the exit's circuit handle)."""
+    wire, client, exit_, circuit, stream, exit_circuit = await open_stream(provider, **limits)
+    middle = next(node for node in wire.nodes.values() if node not in (client, exit_))
+    return wire, client, middle, exit_, circuit, stream, exit_circuit
 
 
 OLD = NodeLimits(cc_max_window=0)  # answers no CC_OFFER (drops it as an unknown command): an older node
