@@ -309,8 +309,9 @@ def test_a_reader_that_stops_gets_xoff_and_the_exit_stops_reading_its_source(pro
 
 
 def test_a_forging_client_is_cut_off_by_a_real_exit(tmp_path, monkeypatch):
-    """The same attack against three real `zmesh relay` processes: an in-process client GETs a
-    10 MiB file, reads none of it and forges a SENDME. The exit process destroys the circuit
+    """The same attack against three real `zmesh relay` processes, the middle one configured as an
+    older relay (``core.cc_max_window = 0``; a mixed path, whichever hop it becomes): an in-process client GETs a 10 MiB
+    file, reads none of it and forges a SENDME. The exit process destroys the circuit
     (its circuit_faults{reason=bad_sendme} counts it), the client's stream fails, and what the
     exit buffers stays under the congestion-controlled circuit's bound."""
     import zmesh
@@ -326,8 +327,9 @@ def test_a_forging_client_is_cut_off_by_a_real_exit(tmp_path, monkeypatch):
     try:
         for n in range(1, 4):
             extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if n == 3 else []
+            older = {"ZMESH_CORE_CC_MAX_WINDOW": "0"} if n == 2 else None  # behaves as an older relay
             processes.append(Process("relay", "--signal", url, "--listen", f"127.{n}.0.1:0", "--metrics",
-                                     "127.0.0.1:0", "--data-dir", str(tmp_path / f"r{n}"), *extra))
+                                     "127.0.0.1:0", "--data-dir", str(tmp_path / f"r{n}"), *extra, env=older))
         exit_process = processes[-1]
         held = []  # what the exit buffered while the client read nothing
 
@@ -338,7 +340,8 @@ def test_a_forging_client_is_cut_off_by_a_real_exit(tmp_path, monkeypatch):
                 await stream.write(b"GET /big HTTP/1.0\r\n\r\n")
                 node = vpn.driver.node
                 circ = node._circuits[stream.circuit]
-                assert isinstance(circ.edge.flow, VegasFlow)  # the real relays negotiated congestion control
+                # the exit negotiated congestion control; the silent older relay capped the window
+                assert isinstance(circ.edge.flow, VegasFlow) and circ.edge.flow.cap == CIRCUIT_WINDOW
                 await wait_until(lambda: stream._chunks)  # the exit is sending
                 held.append((await asyncio.to_thread(exit_process.scrape))("zmesh_buffered_bytes"))
                 await vpn.driver._call(node._send_edge, circ, [
@@ -352,7 +355,7 @@ def test_a_forging_client_is_cut_off_by_a_real_exit(tmp_path, monkeypatch):
         asyncio.run(asyncio.wait_for(attack(), 90))
         scrape = exit_process.scrape()
         assert scrape("zmesh_circuit_faults_total", reason="bad_sendme") == 1
-        assert held[0] <= queue_bound(4096) * CELL_SIZE
+        assert held[0] <= queue_bound(CIRCUIT_WINDOW) * CELL_SIZE
         assert scrape("zmesh_circuits_active", role="relay") == 0
     finally:
         for process in reversed(processes):
