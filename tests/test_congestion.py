@@ -111,11 +111,11 @@ def test_a_sendme_that_names_no_sent_cell_is_refused_with_bad_sendme(forgery):
 
 def test_xon_xoff_bounds_one_stream_and_advises_the_drain_rate_in_bytes_per_second():
     flow = XonXoff(xoff_cells=100, cap=1000)
-    due = [flow.received(10.0) for _ in range(101)]
-    assert due[:100] == [None] * 100 and due[100] == b""  # XOFF once past 100 cells
+    due = [flow.received(10.0) for _ in range(100)]
+    assert due[:99] == [None] * 99 and due[99] == b""  # XOFF at 100 cells
     assert all(flow.received(10.0) is None for _ in range(50))  # in flight when XOFF left: no second XOFF
-    assert flow.consume(60, 11.0) == []  # 91 left: above half
-    ((command, payload),) = flow.consume(60, 12.0)  # 31 left: XON
+    assert flow.consume(60, 11.0) == []  # 90 left: above half
+    ((command, payload),) = flow.consume(60, 12.0)  # 30 left: XON
     assert command is RelayCommand.XON
     assert parse_xon(payload) == 120 * RELAY_DATA_SIZE // 2  # 120 cells drained in the 2 s since XOFF
     sender = XonXoff(xoff_cells=100, cap=1000)

@@ -2,15 +2,17 @@
 
 On a congestion-controlled circuit the circuit's window (``zmesh.congestion``) already bounds what
 is in flight; a stream needs only to stop when its *reader* falls behind. The receiving end counts
-the DATA cells it delivered to the application and the application has not consumed yet; past
+the DATA cells it delivered to the application and the application has not consumed yet; at
 ``xoff_cells`` it sends XOFF and the sender packages nothing more for that stream (the exit then
 stops reading the upstream socket, as its writer waits). Once the application has drained to
 ``xoff_cells // 2`` the receiver sends XON carrying the rate it drained at, in **bytes per
 second** (u32, 0 = unknown), and the sender resumes. The sender records the advisory
 (``advised_rate``) and does not pace by it yet.
 
-What an endpoint buffers per stream is therefore at most ``xoff_cells`` plus what was in flight
-when the XOFF left, which the circuit's window bounds: ``xoff_cells + cap`` cells. A sender that
+What an endpoint buffers per stream is therefore at most ``xoff_cells`` plus what arrives after the
+XOFF left: cells in flight then, and cells sent before it arrived, which the sender counts in
+flight too (no SENDME for them can overtake the XOFF), so the window bounds both together:
+``xoff_cells + cap`` cells. A sender that
 passes that ignored the XOFF: the circuit is destroyed (``FLOW_VIOLATION``).
 """
 
@@ -80,7 +82,7 @@ class XonXoff:
         self.buffered += 1
         if self.buffered > self.bound:
             raise CircuitFailure(DestroyReason.FLOW_VIOLATION, "the sender ignored XOFF")
-        if self.xoff_sent or self.buffered <= self.xoff_cells:
+        if self.xoff_sent or self.buffered < self.xoff_cells:
             return None
         self.xoff_sent, self._xoff_at, self._drained = True, now, 0
         return b""
