@@ -34,11 +34,14 @@ def _bodies(count: int) -> list[bytearray]:
     return bodies
 
 
-def _simulate(rate_bytes: float, rtt: float, seconds: float, cap: int = 4096) -> tuple[float, float, VegasFlow]:
+def _simulate(rate_bytes: float, rtt: float, seconds: float, cap: int = 4096,
+              early_exit: int | None = None) -> tuple[float, float, VegasFlow]:
     """One VegasFlow sender through a bottleneck of ``rate_bytes`` (bytes of cells per second) with
     base round trip ``rtt``: returns (delivered ÷ bottleneck over the second half, worst queueing
     delay, the flow). Event-driven on simulated time; the receiver is a second VegasFlow."""
     sender, receiver = VegasFlow(cap), VegasFlow(cap)
+    if early_exit is not None:  # as if a burst of RTT noise had ended slow start at this window
+        sender.cwnd, sender.slow_start = early_exit, False
     service = CELL_SIZE / rate_bytes  # seconds per cell at the bottleneck
     acks: list[tuple[float, int, bytes]] = []
     now, free_at, worst, delivered, seq = 0.0, 0.0, 0.0, 0, 0
@@ -76,6 +79,14 @@ def test_vegas_fills_a_10_MBps_bottleneck_without_a_standing_queue(rtt):
     bdp_cells = 10 * MB * rtt / CELL_SIZE
     assert bdp_cells * 0.9 <= flow.cwnd <= bdp_cells * 1.5 + 2 * VegasParams().delta
     assert flow.rate_bytes_per_s() == pytest.approx(flow.cwnd * CELL_SIZE / flow.ewma_rtt)
+
+
+def test_a_window_that_left_slow_start_early_regains_the_path_in_a_few_seconds():
+    """At 300 ms, 256 cells is a tenth of the path; one step (32 cells) per round trip would need
+    80 round trips (24 s) to fill it (that rule moves 39 % of the bottleneck over seconds 6–12).
+    Closing half the gap to alpha per round trip fills it in the first 6 s."""
+    fraction, _, flow = _simulate(10 * MB, 0.3, seconds=12.0, early_exit=256)
+    assert fraction >= 0.9, (fraction, flow.cwnd)
 
 
 def test_the_window_never_passes_the_negotiated_cap():

@@ -4,9 +4,10 @@ Fixed windows (``zmesh.flow``) let one circuit have 1000 cells in flight whateve
 carry, so at 100 ms round trip it cannot pass ~10 MB/s and at 300 ms ~3 MB/s. ``VegasFlow`` instead
 sizes the window to the path, in the spirit of Tor-Vegas (proposal 324): slow start doubles the
 window every round trip until the queue the circuit keeps on its path (its queue-use estimate)
-passes ``gamma``; after that it adds or removes ``step`` cells once per window, keeping the queue
-between ``alpha`` and ``beta`` cells, and cuts straight back to the estimated bandwidth-delay
-product plus ``delta`` when the queue passes ``delta``. Past ``SCALE_FROM`` cells of window the
+passes ``gamma``; after that, once per window, it removes ``step`` cells while the queue is above
+``beta``, grows while it is below ``alpha`` (by half the gap to ``alpha``, at least ``step``: FAST
+TCP's update, quicker than Vegas' one step), and cuts straight back to the estimated
+bandwidth-delay product plus ``delta`` when the queue passes ``delta``. Past ``SCALE_FROM`` cells of window the
 thresholds and the step grow with the window (one deliberate difference from Tor, see there).
 
 Units, stated once because mixing them is the classic bug (Arti once sent 8× less than allowed by
@@ -135,7 +136,10 @@ class VegasFlow:
         elif queue > params.beta * scale:
             self.cwnd -= int(params.step * scale)
         elif queue < params.alpha * scale:
-            self.cwnd += int(params.step * scale)
+            # FAST TCP's update rather than Vegas' single step: close half the gap to a queue of
+            # alpha, so a window that left slow start early (a burst of RTT noise) regains the path
+            # in a few round trips instead of one step per round trip.
+            self.cwnd += int(max(params.step * scale, (params.alpha * scale - queue) / 2))
         floor = min(params.cwnd_min, self.cap)
         if self.cwnd <= floor and not self.slow_start:
             # As Tor does: at the floor the path's base RTT has probably grown (a new route, a
