@@ -238,6 +238,21 @@ def test_a_hop_refuses_a_second_offer_and_an_accept_answers_only_an_offer(provid
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("message", ["stream SENDME", "malformed XON"])
+def test_a_congestion_controlled_stream_refuses_window_messages(provider, message):
+    """Streams on a congestion-controlled circuit have no window: a stream SENDME, like an XON
+    that does not parse, is a protocol failure that destroys the circuit."""
+    async def main():
+        wire, client, middle, exit_, circuit, stream, exit_circuit = await _open(provider)
+        command, payload = ((RelayCommand.SENDME, b"") if message == "stream SENDME" else (RelayCommand.XON, b"\x00"))
+        await client._send_edge(client._circuits[circuit], [encode_relay_body(command, stream, payload)])
+        await wire.pump()
+        assert exit_.metrics["circuit_failures_protocol"] == 1
+        assert exit_.circuits() == [] and client.circuits() == []
+
+    asyncio.run(main())
+
+
 # ---------------------------------------------------------------------- on a memory mesh with drivers
 
 
