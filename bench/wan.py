@@ -186,23 +186,27 @@ async def run(folder: Path, rtts_ms: list[int], rate: float, seconds: float, par
                 Process, "relay", "--signal", url, "--listen", f"{relay[0]}:{relay[1]}",
                 "--advertise", f"ws://{proxy.listen[0]}:{proxy.listen[1]}/v1/link",
                 "--data-dir", str(folder / f"r{n}"), *extra))
-        client = await asyncio.to_thread(Process, "client", "--signal", url, "--socks", "127.0.0.1:0")
-        processes.append(client)
-        host, socks_port = client.address[0].rsplit(":", 1)
-        socks = (host, int(socks_port))
-        await _throughput(socks, port, 1, 0.0, 1.0)  # build the circuit and open every link
         results = {}
         for rtt in rtts_ms:
             for proxy in proxies:
                 proxy.delay = rtt / 1000 / 6  # 3 links, each crossed twice per round trip
-            warmup, measured = max(1.0, 4 * rtt / 1000), max(seconds, 20 * rtt / 1000)
-            for proxy in proxies:
-                proxy.queueing.clear()
-            one = await _throughput(socks, port, 1, warmup, measured)
-            queue_one = _p95(proxies)
-            for proxy in proxies:
-                proxy.queueing.clear()
-            many = await _throughput(socks, port, parallel, warmup, measured)
+            # A fresh client per row, so each row's circuit is built at its RTT: a real circuit has
+            # one base RTT, and a controller that measured 0 ms would misread 100 ms as queueing.
+            client = await asyncio.to_thread(Process, "client", "--signal", url, "--socks", "127.0.0.1:0")
+            try:
+                host, socks_port = client.address[0].rsplit(":", 1)
+                socks = (host, int(socks_port))
+                await _throughput(socks, port, 1, 0.0, 1.0)  # build the circuit and open every link
+                warmup, measured = max(1.0, 4 * rtt / 1000), max(seconds, 20 * rtt / 1000)
+                for proxy in proxies:
+                    proxy.queueing.clear()
+                one = await _throughput(socks, port, 1, warmup, measured)
+                queue_one = _p95(proxies)
+                for proxy in proxies:
+                    proxy.queueing.clear()
+                many = await _throughput(socks, port, parallel, warmup, measured)
+            finally:
+                await asyncio.to_thread(client.stop)
             results[rtt] = {"one": one, "many": many, "queue_one_ms": queue_one * 1000,
                             "queue_many_ms": _p95(proxies) * 1000}
         return results
@@ -245,8 +249,8 @@ def main() -> None:
         figures[f"fraction_one_stream_rtt_{rtt}ms"] = round(r["one"] / rate, 3)
         figures[f"fraction_{args.parallel}_streams_rtt_{rtt}ms"] = round(r["many"] / rate, 3)
         figures[f"queueing_p95_ms_rtt_{rtt}ms"] = round(queueing, 1)
-    print("Fixed SENDME windows (500 cells per stream, 1000 per circuit) allow about 0.5 MB per stream "
-          "and 1 MB per circuit per round trip.")
+    print("Circuits run congestion control (docs/protocol.md §10) when every hop negotiates it: the window "
+          "follows the path, up to 4096 cells (about 4 MB) per round trip.")
     figures["fraction_multipath_rtt_100ms"] = None  # multipath is not built yet: nothing to measure
     if args.json:
         print(json.dumps(figures))

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from zmesh import cells, handshake, streams
+from zmesh import cells, handshake, streamflow, streams
 from zmesh.aio import http
 from zmesh.aio.rtc import _decode as decode_rtc_signal
 from zmesh.browser import x509
@@ -299,6 +299,7 @@ def targets() -> list[Target]:
         Target("cells.parse_relay_body", cells.parse_relay_body, (
             bytes(cells.encode_relay_body(RelayCommand.BEGIN, 3, b"example.com:443")),
             bytes(cells.encode_relay_body(RelayCommand.EXTEND, 0, bytes(300), cells.FLAG_MORE)))),
+        Target("streamflow.parse_xon", streamflow.parse_xon, (streamflow.encode_xon(0), streamflow.encode_xon(5e6))),
         Target("streams.parse_target", streams.parse_target,
                (b"example.com:443", b"[2001:db8::1]:80", b":7", b"1.2.3.4:1")),
         Target("encoding.unpack_canonical", _canonical, (

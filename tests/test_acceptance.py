@@ -26,12 +26,12 @@ from zmesh.testing.wire import Wire
 UNKNOWN = 0x7E  # a relay command byte no RelayCommand has (a newer peer's)
 
 
-async def open_stream(provider):
+async def open_stream(provider, client_limits=None, middle_limits=None, exit_limits=None):
     """A client with an open stream over a middle and an exit: (wire, client, exit, circuit, stream,
-    the exit's circuit handle)."""
+    the exit's circuit handle). ``*_limits``: each node's ``NodeLimits``."""
     wire = Wire()
-    client = await wire.add(provider, accept_circuits=False)
-    middle, exit_ = await wire.add(provider), await wire.add(provider)
+    client = await wire.add(provider, accept_circuits=False, limits=client_limits)
+    middle, exit_ = await wire.add(provider, limits=middle_limits), await wire.add(provider, limits=exit_limits)
     circuit = await client.build_circuit([middle.identity, exit_.identity])
     await wire.pump()
     assert any(isinstance(e, CircuitBuilt) for e in wire.events[client])
@@ -96,7 +96,7 @@ def test_an_origin_drops_an_unknown_relay_command_from_its_exit(provider):
 
 @pytest.mark.parametrize("sender, command", [
     ("exit", RelayCommand.CONNECTED),  # CONNECTED for a stream that is already open
-    ("exit", RelayCommand.SENDME),  # a circuit SENDME for cells never sent: past the window
+    # a circuit SENDME for cells never sent: tests/test_congestion.py (BAD_SENDME, or PROTOCOL on fixed windows)
     ("exit", RelayCommand.BEGIN),  # a command only a relay accepts
     ("client", RelayCommand.EXTENDED),  # a command only an origin accepts
     ("client", RelayCommand.CONNECTED),

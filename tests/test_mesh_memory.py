@@ -9,10 +9,12 @@ import pytest
 
 from tests.conftest import wait_until
 from zmesh.cells import CELL_SIZE, CellCommand, DestroyReason, EndReason, encode_cell
+from zmesh.congestion import VegasFlow
 from zmesh.errors import CircuitError, ConfigError, StreamError
 from zmesh.events import CircuitClosed
 from zmesh.flow import CIRCUIT_WINDOW, STREAM_WINDOW
-from zmesh.node import Node
+from zmesh.negotiation import queue_bound
+from zmesh.node import Node, NodeLimits
 from zmesh.testing.memnet import MemoryNetwork, blob_service, echo_service
 
 MiB = 1024 * 1024
@@ -133,14 +135,20 @@ def test_one_tampered_byte_at_any_hop_tears_the_circuit_down(provider, hop, dire
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("mode", ["congestion-control", "fixed-windows"])
 @pytest.mark.parametrize("stall", ["application", "client-link"])
-def test_stalled_reader_keeps_every_relay_under_the_bound(provider, stall):
+def test_stalled_reader_keeps_every_relay_under_the_bound(provider, stall, mode):
     """An application that stops reading (or a client whose link stops draining) must stop the
-    exit after one window: no relay buffers more than (CIRCUIT_WINDOW + 64) cells per circuit."""
+    exit: with fixed windows after one window, so no relay buffers more than (CIRCUIT_WINDOW + 64)
+    cells per circuit; with congestion control by XOFF or the congestion window, so no relay buffers
+    more than the negotiated window's queue bound (docs/protocol.md §7, §10)."""
     payload = os.urandom(8 * MiB)
+    cc = mode == "congestion-control"
+    limits = NodeLimits() if cc else NodeLimits(cc_max_window=0)
 
     async def main():
-        net, client, path = await make_mesh(provider, 3, blob_service(payload), link_capacity=64 * 1024)
+        net, client, path = await make_mesh(provider, 3, blob_service(payload), link_capacity=64 * 1024,
+                                            limits=limits)
         try:
             circuit = await client.build_circuit(path)
             streams = [await client.open_stream(circuit, "files.test", 80) for _ in range(3)]
@@ -155,21 +163,24 @@ def test_stalled_reader_keeps_every_relay_under_the_bound(provider, stall):
 
                 client_end.recv = stalled_recv
             exit_node = net.drivers[path[-1].peer_id].node
+            circ = next(iter(exit_node._circuits.values()))
+            assert isinstance(circ.edge.flow, VegasFlow) == cc
 
             def settled():
                 """The exit has used up its windows and its cells have moved as far as they can."""
-                circ = next(iter(exit_node._circuits.values()))
-                blocked = circ.edge.send.value == 0 or all(s.send.value == 0 for s in circ.edge.streams.values())
+                blocked = circ.edge.flow.room() == 0 or all(s.flow.room() == 0 for s in circ.edge.streams.values())
                 return blocked and net.queued_bytes(path[-1].peer_id) == 0 and net.queued_bytes(path[1].peer_id) == 0
 
             await wait_until(settled)
-            bound = (CIRCUIT_WINDOW + 64) * CELL_SIZE
+            window = circ.edge.flow.cap if cc else CIRCUIT_WINDOW
+            bound = (queue_bound(window) if cc else CIRCUIT_WINDOW + 64) * CELL_SIZE
             buffered = [net.queued_bytes(relay.peer_id) for relay in path[:-1]]
             assert all(b <= bound for b in buffered), buffered
-            if stall == "client-link":  # the relay next to the client really holds the backlog
-                assert buffered[0] > 3 * 64 * 1024
+            if stall == "client-link":  # the relay next to the client really holds the backlog (with cc,
+                assert buffered[0] > (1 if cc else 3) * 64 * 1024  # no SENDME came back: the window stayed small)
             client_buffered = sum(len(b"".join(s._chunks)) for s in streams)
-            assert client_buffered <= len(streams) * STREAM_WINDOW * CELL_SIZE
+            per_stream = limits.xoff_cells + window if cc else STREAM_WINDOW
+            assert client_buffered <= len(streams) * per_stream * CELL_SIZE
             gate.set()
             data = await asyncio.wait_for(asyncio.gather(*(read_all(s) for s in streams)), 60)
         finally:

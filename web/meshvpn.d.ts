@@ -81,7 +81,7 @@ export type StreamEndCode = "MISC" | "RESOLVE_FAILED" | "CONNECT_REFUSED" | "EXI
   | "TIMEOUT" | "PROTOCOL" | "DONE";
 /** Why a circuit failed to build or was torn down. */
 export type CircuitDestroyCode = "NONE" | "PROTOCOL" | "INTERNAL" | "REQUESTED" | "TIMEOUT" | "CONNECT_FAILED"
-  | "RESOURCE_LIMIT" | "LINK_CLOSED" | "TAMPERED" | "ONION_KEY_OUTDATED";
+  | "RESOURCE_LIMIT" | "LINK_CLOSED" | "TAMPERED" | "ONION_KEY_OUTDATED" | "BAD_SENDME" | "FLOW_VIOLATION";
 
 type Events = {
   message: (data: Uint8Array) => void;

@@ -37,12 +37,17 @@ CELL_TABLE: dict[tuple[Role, Enum, Side, CellCommand], str] = {
     **{(_R, state, Side.NEXT, CellCommand.RELAY): "_on_backward_cells" for state in _RELAYING},
 }
 
-_EDGE_MESSAGES = {RelayCommand.DATA: "_on_data", RelayCommand.END: "_on_end", RelayCommand.SENDME: "_on_sendme"}
+_EDGE_MESSAGES = {RelayCommand.DATA: "_on_data", RelayCommand.END: "_on_end", RelayCommand.SENDME: "_on_sendme",
+                  RelayCommand.XOFF: "_on_xoff", RelayCommand.XON: "_on_xon"}
 
 # (role, state, relay command) -> handler(circ, msg): messages from the circuit's far end. A relay
 # accepts only what is meant for it, at its own hop; an origin hears only its last hop (see INNER_HOP).
 RELAY_TABLE: dict[tuple[Role, Enum, RelayCommand], str] = {
     (_R, RelayState.OPEN, RelayCommand.EXTEND): "_on_extend",
+    # congestion control is offered to each hop before anything else reaches it (zmesh.negotiation)
+    (_R, RelayState.OPEN, RelayCommand.CC_OFFER): "_on_cc_offer",
+    (_O, BuildState.BUILDING, RelayCommand.CC_ACCEPT): "_on_cc_accept",
+    (_O, BuildState.OPEN, RelayCommand.CC_ACCEPT): "_on_cc_accept",
     (_R, RelayState.OPEN, RelayCommand.BEGIN): "_on_begin",
     (_R, RelayState.EDGE, RelayCommand.BEGIN): "_on_begin",
     **{(_R, RelayState.EDGE, command): handler for command, handler in _EDGE_MESSAGES.items()},

@@ -69,6 +69,11 @@ class RelayCommand(IntEnum):
     EXTEND = 6
     EXTENDED = 7
     DROP = 8  # long-range padding: recognised by the hop it is for, then discarded
+    # congestion and flow control (docs/protocol.md §10): 40–47
+    CC_OFFER = 40  # client → each hop once it answered: "I run congestion control; buffer this much"
+    CC_ACCEPT = 41  # hop → client: the window (cells) this hop buffers per circuit and link
+    XOFF = 42  # stream receiver → sender: stop sending on this stream (its reader is behind)
+    XON = 43  # stream receiver → sender: resume, with the rate the reader drained at (bytes/s)
 
 
 class DestroyReason(IntEnum):
@@ -82,6 +87,9 @@ class DestroyReason(IntEnum):
     LINK_CLOSED = 7
     TAMPERED = 8
     ONION_KEY_OUTDATED = 9  # the CREATE named an onion key the relay no longer holds: refetch its descriptor
+    # congestion and flow control (docs/protocol.md §10): 28–31
+    BAD_SENDME = 28  # a SENDME named a cell that was never sent (or not yet received): a forged acknowledgement
+    FLOW_VIOLATION = 29  # a sender ignored XOFF, or a congestion-control message broke its negotiation
 
 
 class EndReason(IntEnum):
@@ -191,12 +199,15 @@ class RelayMessage(NamedTuple):
     """A decrypted, recognised relay body (a NamedTuple for the same reason as ``Cell``).
 
     ``command`` is a plain int when it is no ``RelayCommand`` this version knows: a newer peer's
-    command, which the receiver counts and drops (zmesh.acceptance) rather than failing the circuit."""
+    command, which the receiver counts and drops (zmesh.acceptance) rather than failing the circuit.
+    ``tag`` is the body's digest field: the sender's running digest after this body, which only the
+    two ends of the circuit can compute, so an authenticated SENDME names a cell by it (§10)."""
 
     command: RelayCommand | int
     stream_id: int
     data: bytes
     flags: int = 0
+    tag: bytes = b""
 
 
 def encode_relay_body(command: RelayCommand, stream_id: int, data: bytes, flags: int = 0) -> bytearray:
@@ -215,14 +226,14 @@ def parse_relay_body(body: bytes) -> RelayMessage:
     command byte is not one: it comes back as an int, for the receiver to drop."""
     if len(body) != BODY_SIZE:
         raise ProtocolError(f"relay body must be {BODY_SIZE} bytes, got {len(body)}")
-    _recognized, command, flags, stream_id, length, _digest = _RELAY_HEADER.unpack_from(body)
+    _recognized, command, flags, stream_id, length, digest = _RELAY_HEADER.unpack_from(body)
     if length > RELAY_DATA_SIZE or flags & ~FLAG_MORE:
         raise ProtocolError("relay length or flags out of range")
     end = RELAY_HEADER_SIZE + length
     if body[end:] != _ZERO_BODY[end:]:
         raise ProtocolError("relay cell padding must be zero")
     return RelayMessage(RelayCommand(command) if command in _RELAY_COMMANDS else command, stream_id,
-                        bytes(body[RELAY_HEADER_SIZE:end]), flags)
+                        bytes(body[RELAY_HEADER_SIZE:end]), flags, digest)
 
 
 def fragments(payload: bytes, chunk: int) -> list[tuple[bytes, int]]:

@@ -15,17 +15,12 @@ from enum import Enum
 from typing import Protocol
 
 from .cells import Reassembler
-from .flow import (
-    CIRCUIT_INCREMENT,
-    CIRCUIT_WINDOW,
-    STREAM_INCREMENT,
-    STREAM_WINDOW,
-    ReceiveWindow,
-    SendWindow,
-)
+from .congestion import VegasFlow
+from .flow import CircuitWindow, StreamWindow
 from .handshake import ClientHandshake
 from .identity import OnionKeys, PeerId
 from .relaycrypto import HopCrypto, edge_seal, onion_encrypt
+from .streamflow import XonXoff
 
 MIN_HOPS, MAX_HOPS = 2, 8  # how long a circuit may be, for whoever builds or chooses one
 MAX_HANDSHAKE_PAYLOAD = 4096
@@ -60,16 +55,24 @@ class StreamState(Enum):
 class Stream:
     stream_id: int
     state: StreamState
-    send: SendWindow = field(default_factory=lambda: SendWindow(STREAM_WINDOW, STREAM_INCREMENT))
-    recv: ReceiveWindow = field(default_factory=lambda: ReceiveWindow(STREAM_WINDOW, STREAM_INCREMENT))
+    flow: StreamWindow | XonXoff = field(default_factory=StreamWindow)
     blocked: bool = False
 
 
 @dataclass(slots=True)
 class Edge:
+    """``flow`` is fixed windows (``flow.CircuitWindow``) unless the far end negotiated congestion
+    control (``congestion.VegasFlow``, docs/protocol.md §10); its streams follow the same mode."""
+
     streams: dict[int, Stream] = field(default_factory=dict)
-    send: SendWindow = field(default_factory=lambda: SendWindow(CIRCUIT_WINDOW, CIRCUIT_INCREMENT))
-    recv: ReceiveWindow = field(default_factory=lambda: ReceiveWindow(CIRCUIT_WINDOW, CIRCUIT_INCREMENT))
+    flow: CircuitWindow | VegasFlow = field(default_factory=CircuitWindow)
+    xoff_cells: int = 0  # with VegasFlow: the XOFF threshold each stream gets (NodeLimits.xoff_cells)
+
+    def stream_flow(self) -> StreamWindow | XonXoff:
+        """A new stream's flow control, in the circuit's mode."""
+        if isinstance(self.flow, VegasFlow):
+            return XonXoff(self.xoff_cells, self.flow.cap)
+        return StreamWindow()
 
 
 class BuildState(Enum):

@@ -18,7 +18,7 @@ from .cells import (
     relay_cells,
     split_bodies,
 )
-from .circuit import Edge, OriginCircuit, RelayCircuit, RelayState, Stream, StreamState
+from .circuit import OriginCircuit, RelayCircuit, RelayState, Stream, StreamState
 from .errors import InvalidState, ProtocolError
 from .events import StreamData, StreamEnded, StreamRequested, StreamWritable
 from .links import CircuitFailure
@@ -57,17 +57,17 @@ class EdgeRole:
         if stream.state != StreamState.OPEN:
             raise InvalidState("stream is not open yet")
         edge = circ.edge
-        cells = min(stream.send.value, edge.send.value, -(-len(data) // RELAY_DATA_SIZE))
+        cells = min(stream.flow.room(), edge.flow.room(), -(-len(data) // RELAY_DATA_SIZE))
         if cells <= 0:
             stream.blocked = bool(data)
             return 0
         taken = min(len(data), cells * RELAY_DATA_SIZE)
         bodies = [encode_relay_body(RelayCommand.DATA, stream_id, data[i:i + RELAY_DATA_SIZE])
                   for i in range(0, taken, RELAY_DATA_SIZE)]
-        stream.send.take(len(bodies))
-        edge.send.take(len(bodies))
         stream.blocked = taken < len(data)
         await self._send_edge(circ, bodies)
+        stream.flow.sent(len(bodies))
+        edge.flow.sent(bodies, self.clock())  # sealed now: each body's digest field holds its tag
         self.metrics["data_cells_sent"] += len(bodies)
         return taken
 
@@ -77,10 +77,10 @@ class EdgeRole:
         stream = circ.edge.streams.get(stream_id) if circ is not None and circ.edge else None
         if stream is None:
             return
-        due = stream.recv.consume(cells)
+        due = stream.flow.consume(cells, self.clock())
         if due:
-            await self._send_edge(circ, [encode_relay_body(RelayCommand.SENDME, stream_id, b"")
-                                         for _ in range(due)])
+            self.metrics["xon_sent"] += due[0][0] == RelayCommand.XON
+            await self._send_edge(circ, [encode_relay_body(command, stream_id, payload) for command, payload in due])
 
     def _stream(self, circuit: int, stream_id: int) -> tuple[_Circuit, Stream]:
         circ = self._circuits.get(circuit)
@@ -102,30 +102,32 @@ class EdgeRole:
         self.metrics["padding_cells_in"] += 1
 
     async def _on_begin(self, circ: RelayCircuit, msg: RelayMessage) -> None:
-        edge = circ.edge = circ.edge or Edge()
+        edge = circ.edge = circ.edge or self._new_edge(circ)
         circ.state = RelayState.EDGE
         if not msg.stream_id or msg.stream_id in edge.streams:
             raise ProtocolError("BEGIN with a zero or duplicate stream id")
         if len(edge.streams) >= self.limits.max_streams_per_circuit:
             raise CircuitFailure(DestroyReason.RESOURCE_LIMIT, "too many streams")
         host, port = parse_target(msg.data)
-        edge.streams[msg.stream_id] = Stream(msg.stream_id, StreamState.CONNECTING)
+        edge.streams[msg.stream_id] = Stream(msg.stream_id, StreamState.CONNECTING, edge.stream_flow())
         self._events.append(StreamRequested(circ.handle, msg.stream_id, host, port))
 
     async def _on_data(self, circ: _Circuit, msg: RelayMessage) -> None:
         if not msg.stream_id:
             raise ProtocolError("DATA on stream 0")
         edge = circ.edge
-        edge.recv.on_data()
-        due = edge.recv.consume(1)
-        if due:
-            await self._send_edge(circ, [encode_relay_body(RelayCommand.SENDME, 0, b"") for _ in range(due)])
+        sendme = edge.flow.received(msg.tag)
+        if sendme is not None:
+            await self._send_edge(circ, [encode_relay_body(RelayCommand.SENDME, 0, sendme)])
         stream = edge.streams.get(msg.stream_id)
         if stream is None:  # ended by us while the peer's data was in flight
             return
         if stream.state != StreamState.OPEN:
             raise ProtocolError("DATA on a stream that is not open")
-        stream.recv.on_data()
+        xoff = stream.flow.received(self.clock())
+        if xoff is not None:
+            self.metrics["xoff_sent"] += 1
+            await self._send_edge(circ, [encode_relay_body(RelayCommand.XOFF, msg.stream_id, xoff)])
         self._events.append(StreamData(circ.handle, msg.stream_id, msg.data))
 
     async def _on_end(self, circ: _Circuit, msg: RelayMessage) -> None:
@@ -136,15 +138,33 @@ class EdgeRole:
                                             else EndReason.MISC))
 
     async def _on_sendme(self, circ: _Circuit, msg: RelayMessage) -> None:
-        """A SENDME for more than was sent breaks the window (``flow.SendWindow``): a peer fault."""
+        """A SENDME for more than was sent breaks the window (``flow.SendWindow``), a forged one the
+        congestion window (``congestion.VegasFlow``): a peer fault either way."""
         edge = circ.edge
         stream = edge.streams.get(msg.stream_id)
         if msg.stream_id == 0:
-            edge.send.on_sendme()
+            edge.flow.on_sendme(msg.data, self.clock())
         elif stream is not None:
-            stream.send.on_sendme()
-        if edge.send.value > 0:
+            stream.flow.on_sendme()
+        self._wake_blocked(circ)
+
+    async def _on_xoff(self, circ: _Circuit, msg: RelayMessage) -> None:
+        """The far end's reader is behind (docs/protocol.md §10): package nothing for the stream."""
+        stream = circ.edge.streams.get(msg.stream_id)
+        if stream is not None:
+            stream.flow.on_xoff()
+
+    async def _on_xon(self, circ: _Circuit, msg: RelayMessage) -> None:
+        stream = circ.edge.streams.get(msg.stream_id)
+        if stream is not None:
+            stream.flow.on_xon(msg.data)
+            self._wake_blocked(circ)
+
+    def _wake_blocked(self, circ: _Circuit) -> None:
+        """Announce ``StreamWritable`` for the streams that were refused and may send again."""
+        edge = circ.edge
+        if edge.flow.room() > 0:
             for blocked in edge.streams.values():
-                if blocked.blocked and blocked.send.value > 0:
+                if blocked.blocked and blocked.flow.room() > 0:
                     blocked.blocked = False
                     self._events.append(StreamWritable(circ.handle, blocked.stream_id))

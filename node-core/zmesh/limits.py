@@ -76,6 +76,12 @@ class NodeLimits:
     handshake_burst: int = 32
     max_pending_handshakes_per_link: int = 64
     handshake_queue_delay: float = 1.75  # Tor's MaxOnionQueueDelay: older CREATEs are refused
+    # Congestion control (docs/protocol.md §10): the most cells a circuit may have in flight, which this
+    # node offers as a client and grants as a hop (then buffering up to about that much per circuit and
+    # link); 0 keeps fixed windows, as an older node. 4096 cells ≈ 4 MB: 10 MB/s at 400 ms round trip.
+    cc_max_window: int = 4096
+    # With congestion control a stream's receiver sends XOFF once this many cells wait for its reader.
+    xoff_cells: int = 500
 
     def __post_init__(self) -> None:
         for name in ("max_links", "max_circuits", "max_circuits_per_link", "max_queued_cells_per_circuit"):
@@ -87,6 +93,10 @@ class NodeLimits:
         if self.max_queued_cells_per_link < self.max_queued_link_cells + self.max_queued_cells_per_circuit:
             raise ConfigError(f"max_queued_cells_per_link ({self.max_queued_cells_per_link}) must hold "
                               f"max_queued_link_cells plus one circuit's max_queued_cells_per_circuit")
+        if not (self.cc_max_window == 0 or self.cc_max_window >= 64):
+            raise ConfigError(f"cc_max_window must be 0 (fixed windows) or at least 64 cells, got {self.cc_max_window}")
+        if self.xoff_cells < 1:
+            raise ConfigError(f"xoff_cells must be at least 1, got {self.xoff_cells}")
         if not self.keepalive_interval > 0:
             raise ConfigError(f"keepalive_interval must be positive, got {self.keepalive_interval}")
         if not self.dead_after > self.keepalive_interval:

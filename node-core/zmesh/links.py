@@ -267,7 +267,7 @@ class LinkTable:
         limits = self.limits
         if link.link_cells > limits.max_queued_link_cells or link.queued_cells > limits.max_queued_cells_per_link:
             self._shed(link_id, link)
-        elif handle and self._queued[key] > limits.max_queued_cells_per_circuit:
+        elif handle and self._queued[key] > self._circuit_queue_bound(handle):
             raise CircuitFailure(DestroyReason.RESOURCE_LIMIT, "circuit queue over its bound")
 
     def _shed(self, link_id: int, link: LinkState) -> None:

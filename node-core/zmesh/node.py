@@ -33,6 +33,7 @@ from .identity import Identity, PeerId
 from .limits import NodeLimits
 from .link import LinkRole
 from .links import LINK_AUTH_DOMAIN, CircuitFailure, LinkState, LinkTable
+from .negotiation import NegotiationRole, PathNegotiation
 from .onionkeys import OnionKeyRing, OnionKeySet
 from .origin import OriginRole
 from .relaying import RelayRole
@@ -43,13 +44,13 @@ _Circuit = OriginCircuit | RelayCircuit
 _NONE: dict = {}
 
 
-class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
+class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole):
     """Protocol state of one mesh node. ``clock`` returns seconds (monotonic).
 
     The facade: input, output, timers, routing to the circuit a cell belongs to, and teardown. The
     roles live in their own modules (``zmesh.links``, ``zmesh.origin``, ``zmesh.relaying``,
-    ``zmesh.edge``) and share this object's state; ``zmesh.acceptance`` says which handler, if any,
-    takes each cell and message.
+    ``zmesh.edge``, ``zmesh.negotiation``) and share this object's state; ``zmesh.acceptance`` says
+    which handler, if any, takes each cell and message.
     """
 
     def __init__(self, identity: Identity, provider: CryptoProvider, clock: Callable[[], float], *,
@@ -78,6 +79,8 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
         # it to its own link's new deadline (O(1)); handle_timer recomputes it over all links.
         self._link_timer = math.inf
         self._queued: Counter[tuple[int, int]] = Counter()
+        self._cc_windows: dict[int, int] = {}  # circuit handle -> congestion window negotiated (zmesh.negotiation)
+        self._cc_paths: dict[int, PathNegotiation] = {}  # origin circuits still negotiating
         self._events: list[Event] = []
         limits = self.limits
         self._handshakes: HandshakeQueue[tuple[RelayCircuit, bytes]] = HandshakeQueue(
@@ -279,6 +282,8 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole):
         if self._circuits.pop(circ.handle, None) is None:
             return
         self._deadlines.pop(circ.handle, None)
+        self._cc_windows.pop(circ.handle, None)
+        self._cc_paths.pop(circ.handle, None)
         for link_id, circ_id in circ.ends():
             if not circ_id:
                 continue

@@ -106,6 +106,7 @@ class OriginRole:
             raise InvalidState("a hop answered an origin circuit that sent no handshake")
         keys = await client_finish(self.provider, circ.handshake, reply)
         circ.hops.append(HopCrypto(self.provider, keys))
+        await self._cc_offer(circ)  # zmesh.negotiation: before anything else reaches the new hop
         if len(circ.hops) == len(circ.path):
             circ.state, circ.handshake = BuildState.OPEN, None
             self._deadlines.pop(circ.handle, None)
@@ -138,5 +139,6 @@ class OriginRole:
         stream = circ.edge.streams.get(msg.stream_id)
         if stream is None or stream.state != StreamState.CONNECTING:
             raise ProtocolError("CONNECTED for a stream that is not connecting")
-        stream.state = StreamState.OPEN
+        self._cc_settle(circ)
+        stream.state, stream.flow = StreamState.OPEN, circ.edge.stream_flow()
         self._events.append(StreamConnected(circ.handle, msg.stream_id))

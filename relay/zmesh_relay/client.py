@@ -62,7 +62,8 @@ class Client:
         # A fresh identity per run: a client has no reason to be recognisable across restarts.
         identity = await Identity.generate(self.provider)
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,
-                    limits=NodeLimits(build_timeout=self.config["core.build_timeout"]))
+                    limits=NodeLimits(build_timeout=self.config["core.build_timeout"],
+                                      cc_max_window=self.config["core.cc_max_window"]))
         # No inbound handler: a client answers no WebRTC offers and publishes nothing.
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider)
         await self.transports.start()

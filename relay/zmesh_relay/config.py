@@ -199,6 +199,12 @@ def _link_address(value: str) -> str:
     return value
 
 
+def _cc_window(value: int) -> int:
+    if not (value == 0 or 64 <= value <= 65536):
+        raise ValueError("must be 0 (fixed windows) or 64..65536 cells")
+    return value
+
+
 def _build_timeout(value: float) -> float:
     if not 0 < value <= 600:
         raise ValueError("must be more than 0 and at most 600 seconds")
@@ -235,6 +241,9 @@ _NODE = NodeLimits()  # the core's defaults are the relay's
 SETTINGS: dict[str, Setting] = {
     "core.hops": Setting(int, 3, _hops, "relays per circuit"),
     "core.build_timeout": Setting(float, 30.0, _build_timeout, "seconds to build one circuit"),
+    "core.cc_max_window": Setting(int, _NODE.cc_max_window, _cc_window,
+                                  "congestion window cap in cells, offered and granted per circuit "
+                                  "(docs/protocol.md §10); 0: fixed windows"),
     "transport.kind": Setting(str, "auto", _transport, "auto (WebRTC, else WebSocket), webrtc, websocket"),
     "transport.webrtc_timeout": Setting(float, 10.0, _webrtc_timeout, "seconds for WebRTC to open before a fallback"),
     "transport.dial_timeout": Setting(float, 10.0, _dial_timeout,

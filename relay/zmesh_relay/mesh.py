@@ -54,7 +54,8 @@ async def open_native_mesh(signal_url: str, destination: str | None = None, **op
     directory = DirectoryView(signal.relay_updates, provider)
     identity = await Identity.generate(provider)
     node = Node(identity, provider, time.monotonic, accept_circuits=False,
-                limits=NodeLimits(build_timeout=config["core.build_timeout"]))
+                limits=NodeLimits(build_timeout=config["core.build_timeout"],
+                                  cc_max_window=config["core.cc_max_window"]))
     transports = NativeTransports(config, signal, directory, identity, provider)
     driver = NodeDriver(node, dialer=transports.dialer)
     options.setdefault("tls", stdlib_connector())

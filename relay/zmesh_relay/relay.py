@@ -85,7 +85,8 @@ class Relay:
             grace=self.config["relay.onion_key_grace"])
         await self._tend_onion_keys()  # a ring saved long ago rotates before it is published
         node = Node(identity, self.provider, time.monotonic, onion_ring=ring, limits=NodeLimits(
-            build_timeout=self.config["core.build_timeout"], max_links=self.config["relay.max_links"],
+            build_timeout=self.config["core.build_timeout"], cc_max_window=self.config["core.cc_max_window"],
+            max_links=self.config["relay.max_links"],
             max_circuits=self.config["relay.max_circuits"], handshake_rate=self.config["relay.handshake_rate"],
             peer_tiers=PeerTiers.parse(self.config["relay.max_peers"])))
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider,
