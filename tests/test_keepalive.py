@@ -225,7 +225,7 @@ def test_a_client_builds_around_a_relay_that_hangs(provider):
             await asyncio.wait_for(vpn.connect(), 10)
             assert vpn.get_stats()["path"] == [descriptors[good].peer_id.text, descriptors[exit_].peer_id.text]
             assert vpn.driver.node.metrics["links_dead"] == 1
-            assert vpn.selector.stats[descriptors[hung].peer_id].failures == 1
+            assert vpn.selector.trust.records[descriptors[hung].peer_id].builds_failed == 1
             stream = await vpn.open_stream("echo.test", 7)
             await stream.write(b"around")
             assert await asyncio.wait_for(stream.read(), 10) == b"around"

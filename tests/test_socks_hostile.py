@@ -154,7 +154,7 @@ def test_the_client_builds_around_listed_relays_that_cannot_be_reached(mesh, pro
             target_port = mesh["target"].server_address[1]
             response = await asyncio.wait_for(_get(("127.0.0.1", client.socks_port), target_port), 120)
             assert response.endswith(b"small page")
-            assert {p: s.failures for p, s in client.selector.stats.items() if s.failures} \
+            assert {p: r.builds_failed for p, r in client.selector.trust.records.items() if r.builds_failed} \
                 == dict.fromkeys((f.peer_id for f in fakes), 1)
         finally:
             await client.stop()
