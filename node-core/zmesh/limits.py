@@ -35,9 +35,18 @@ class NodeLimits:
     handshake_burst: int = 32
     max_pending_handshakes_per_link: int = 64
     handshake_queue_delay: float = 1.75  # Tor's MaxOnionQueueDelay: older CREATEs are refused
+    # Onion services (zmesh.points): how many intro and rendezvous points this relay serves at once,
+    # how long a rendezvous cookie waits for its service, and each intro point's INTRODUCE1 budget
+    # (a token bucket, Tor's HiddenServiceEnableIntroDoS defaults: 25/s, bursts of 200).
+    max_intro_points: int = 4096
+    max_rendezvous_points: int = 4096
+    rendezvous_lifetime: float = 60.0
+    introduce_rate: float = 25.0
+    introduce_burst: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("max_links", "max_circuits", "max_circuits_per_link", "max_queued_cells_per_circuit"):
+        for name in ("max_links", "max_circuits", "max_circuits_per_link", "max_queued_cells_per_circuit",
+                     "max_intro_points", "max_rendezvous_points", "introduce_burst"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queued_link_cells <= self.max_circuits_per_link:
@@ -46,6 +55,9 @@ class NodeLimits:
         if self.max_queued_cells_per_link < self.max_queued_link_cells + self.max_queued_cells_per_circuit:
             raise ConfigError(f"max_queued_cells_per_link ({self.max_queued_cells_per_link}) must hold "
                               f"max_queued_link_cells plus one circuit's max_queued_cells_per_circuit")
+        for name in ("rendezvous_lifetime", "introduce_rate"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.keepalive_interval > 0:
             raise ConfigError(f"keepalive_interval must be positive, got {self.keepalive_interval}")
         if not self.dead_after > self.keepalive_interval:

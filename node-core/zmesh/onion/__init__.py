@@ -1,0 +1,1 @@
+"""Onion services: ``.mesh`` addresses, descriptors, introduction and rendezvous (docs/onion-services.md)."""

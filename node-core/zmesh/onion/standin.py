@@ -1,0 +1,62 @@
+"""STAND-IN until the descriptor work lands (helper onion-desc): the shapes of ``address.py`` and
+``descriptor.py`` that introduction and rendezvous are built against. Delete on merge."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+
+from ..crypto.provider import KEY_SIZE
+from ..errors import ConfigError
+
+_SUFFIX = ".mesh"
+
+
+def encode_address(service_public32: bytes) -> str:
+    check = hashlib.sha256(b".mesh checksum" + service_public32).digest()[:2]
+    return base64.b32encode(service_public32 + check + b"\x01").decode().rstrip("=").lower() + _SUFFIX
+
+
+def decode_address(text: str) -> bytes:
+    label = text.lower().removesuffix(_SUFFIX)
+    try:
+        raw = base64.b32decode(label.upper() + "=" * (-len(label) % 8))
+    except ValueError as exc:
+        raise ConfigError(f"{text!r} is not a .mesh address") from exc
+    if len(raw) != KEY_SIZE + 3 or encode_address(raw[:KEY_SIZE]) != text.lower():
+        raise ConfigError(f"{text!r} is not a valid .mesh address (a typo?)")
+    return raw[:KEY_SIZE]
+
+
+def is_mesh_name(host: str) -> bool:
+    return host.lower().endswith(_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class IntroPoint:
+    relay_id: str
+    auth_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDescriptor:
+    intro_points: tuple[IntroPoint, ...]
+    x25519_public: bytes
+    mlkem768_public: bytes
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ServiceKeys:
+    """A service's secret keys: its Ed25519 address key and the handshake keys its descriptor names."""
+
+    signing_key: bytes
+    public: bytes
+    onion: object  # OnionKeySet
+
+    @classmethod
+    async def generate(cls, provider) -> ServiceKeys:  # noqa: ANN001
+        from ..identity import Identity
+        from ..onionkeys import OnionKeySet
+        identity = await Identity.generate(provider)
+        return cls(identity.signing_key, identity.peer_id.key, OnionKeySet.of(identity))

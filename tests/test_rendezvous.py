@@ -1,0 +1,299 @@
+"""Introduction and rendezvous at the node level (docs/onion-services.md, "Introduction and rendezvous"),
+on the in-memory wire with a fake clock: the intro and rendezvous points' maps and bounds, replayed
+and unknown cookies, the per-intro-point rate limit, malformed cells, and a joined circuit that
+carries a stream end to end."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from zmesh.cells import DestroyReason, RelayCommand, encode_relay_body
+from zmesh.circuit import BuildState, Purpose
+from zmesh.errors import CryptoError, InvalidState, ProtocolError
+from zmesh.events import (
+    CircuitBuilt,
+    CircuitClosed,
+    IntroduceAcked,
+    IntroduceReceived,
+    IntroEstablished,
+    RendezvousEstablished,
+    RendezvousJoined,
+    StreamConnected,
+    StreamData,
+    StreamRequested,
+)
+from zmesh.identity import Identity
+from zmesh.node import NodeLimits
+from zmesh.onion.introduce import RendezvousPoint, answer_introduction, open_introduction, seal_introduction
+from zmesh.onion.wire import IntroduceStatus, establish_intro_message
+from zmesh.onionkeys import OnionKeySet
+from zmesh.testing.wire import Wire
+
+
+class Mesh:
+    """Four relays, a service and a client on one wire. Circuits are two hops (the minimum)."""
+
+    def __init__(self, wire: Wire, relays: list, service, client) -> None:
+        self.wire, self.relays, self.service, self.client = wire, relays, service, client
+
+    @classmethod
+    async def make(cls, provider, limits: NodeLimits | None = None) -> Mesh:
+        wire = Wire()
+        relays = [await wire.add(provider, limits=limits or NodeLimits()) for _ in range(4)]
+        service = await wire.add(provider, accept_circuits=False)
+        client = await wire.add(provider, accept_circuits=False)
+        return cls(wire, relays, service, client)
+
+    def of(self, node, kind):
+        return [e for e in self.wire.events[node] if isinstance(e, kind)]
+
+    async def build(self, node, *hops) -> int:
+        circuit = await node.build_circuit([self.relays[i].identity for i in hops])
+        await self.wire.pump()
+        assert any(e.circuit == circuit for e in self.of(node, CircuitBuilt)), "circuit did not build"
+        return circuit
+
+    def closed(self, node, circuit) -> DestroyReason | None:
+        return next((e.reason for e in self.of(node, CircuitClosed) if e.circuit == circuit), None)
+
+    async def intro(self, via: int, at: int) -> tuple[int, bytes, bytes]:
+        circuit = await self.build(self.service, via, at)
+        private, public = await self.service.provider.ed25519_generate()
+        await self.service.establish_intro(circuit, private, public)
+        await self.wire.pump()
+        assert IntroEstablished(circuit) in self.of(self.service, IntroEstablished)
+        return circuit, private, public
+
+    async def rendezvous(self, via: int, at: int, cookie: bytes) -> int:
+        circuit = await self.build(self.client, via, at)
+        await self.client.establish_rendezvous(circuit, cookie)
+        await self.wire.pump()
+        return circuit
+
+    async def introduce(self, via: int, at: int, auth_key: bytes, encrypted: bytes) -> tuple[int, int]:
+        circuit = await self.build(self.client, via, at)
+        await self.client.introduce(circuit, auth_key, encrypted)
+        await self.wire.pump()
+        acks = [e.status for e in self.of(self.client, IntroduceAcked) if e.circuit == circuit]
+        return circuit, acks[0] if acks else -1
+
+
+async def raw(node, circuit: int, command: RelayCommand, data: bytes) -> None:
+    """Send any relay message to a circuit's last hop, as a hostile client or service would."""
+    await node._send_edge(node._circuits[circuit], [encode_relay_body(command, 0, data)])
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_joined_circuit_carries_a_stream_end_to_end_and_the_rendezvous_point_sees_only_ciphertext(provider):
+    async def main():
+        mesh = await Mesh.make(provider)
+        identity = await Identity.generate(provider)  # the service's keys, apart from its node identity
+        keyset = OnionKeySet.of(identity)
+        intro, _, auth_key = await mesh.intro(0, 1)
+        cookie = provider.random_bytes(20)
+        rend = await mesh.rendezvous(2, 3, cookie)
+        assert RendezvousEstablished(rend) in mesh.of(mesh.client, RendezvousEstablished)
+        point = RendezvousPoint(mesh.relays[3].identity.peer_id, mesh.relays[3].identity.onion_keys.x25519, cookie)
+        encrypted, handshake = await seal_introduction(provider, identity.peer_id.key, keyset.public, auth_key, point)
+        await mesh.client.await_rendezvous(rend, handshake)
+        _, status = await mesh.introduce(0, 1, auth_key, encrypted)
+        assert status == IntroduceStatus.SUCCESS
+        (received,) = mesh.of(mesh.service, IntroduceReceived)
+        assert received.circuit == intro and received.auth_key == auth_key
+        opened, create = await open_introduction(provider, identity.peer_id.key, keyset, auth_key, received.encrypted)
+        assert opened == point
+        reply, keys = await answer_introduction(provider, identity.peer_id.key, keyset, create)
+        side = await mesh.build(mesh.service, 0, 3)
+        await mesh.service.join_rendezvous(side, cookie, reply, keys)
+        await mesh.wire.pump()
+        assert RendezvousJoined(rend) in mesh.of(mesh.client, RendezvousJoined)
+        assert mesh.client.circuit_purpose(rend) is Purpose.RENDEZVOUS
+        assert mesh.service.circuit_purpose(side) is Purpose.SERVICE_RENDEZVOUS
+        assert mesh.relays[3].point_counts() == {"intro": 0, "rendezvous": 0}
+
+        stream = await mesh.client.open_stream(rend, "", 80)
+        await mesh.wire.pump()
+        (request,) = mesh.of(mesh.service, StreamRequested)
+        assert (request.circuit, request.host, request.port) == (side, "", 80)
+        await mesh.service.accept_stream(side, request.stream_id)
+        await mesh.wire.pump()
+        assert StreamConnected(rend, stream) in mesh.of(mesh.client, StreamConnected)
+        secret = b"only the two ends can read this " * 40
+        await mesh.client.send(rend, stream, secret)
+        await mesh.service.send(side, request.stream_id, secret[::-1])
+        await mesh.wire.pump()
+        got = b"".join(e.data for e in mesh.of(mesh.service, StreamData))
+        back = b"".join(e.data for e in mesh.of(mesh.client, StreamData))
+        assert got == secret and back == secret[::-1]
+        assert mesh.relays[3].metrics["cells_rendezvous"] >= 4  # BEGIN, CONNECTED and the data went through
+
+        await mesh.client.destroy_circuit(rend)  # one side closes: the rendezvous point closes the other
+        await mesh.wire.pump()
+        assert mesh.closed(mesh.service, side) is DestroyReason.REND_CLOSED
+
+    run(main())
+
+
+def test_establish_intro_signed_for_another_circuit_is_refused_and_registers_nothing(provider):
+    async def main():
+        mesh = await Mesh.make(provider)
+        first = await mesh.build(mesh.service, 0, 1)
+        second = await mesh.build(mesh.service, 2, 1)
+        private, public = await provider.ed25519_generate()
+        other_binding = mesh.service._circuits[first].hops[-1].binding
+        signature = await provider.ed25519_sign(private, establish_intro_message(public, other_binding))
+        await raw(mesh.service, second, RelayCommand.ESTABLISH_INTRO, public + signature)
+        await mesh.wire.pump()
+        assert mesh.closed(mesh.service, second) is DestroyReason.INTRO_BAD_AUTH
+        assert mesh.relays[1].point_counts()["intro"] == 0
+        assert mesh.relays[1].metrics["intro_refused_auth"] == 1
+
+    run(main())
+
+
+def test_a_newer_intro_circuit_with_the_same_auth_key_replaces_the_older(provider):
+    async def main():
+        mesh = await Mesh.make(provider)
+        old, private, public = await mesh.intro(0, 1)
+        new = await mesh.build(mesh.service, 2, 1)
+        await mesh.service.establish_intro(new, private, public)
+        await mesh.wire.pump()
+        assert mesh.closed(mesh.service, old) is DestroyReason.INTRO_REPLACED
+        assert mesh.closed(mesh.service, new) is None
+        assert mesh.relays[1].point_counts()["intro"] == 1
+
+    run(main())
+
+
+def test_rendezvous_cookies_unknown_replayed_and_expired_are_refused_with_typed_reasons(provider):
+    async def main():
+        mesh = await Mesh.make(provider, NodeLimits(rendezvous_lifetime=30.0))
+        cookie = bytes(range(20))
+        waiting = await mesh.rendezvous(0, 3, cookie)
+        twin = await mesh.rendezvous(1, 3, cookie)  # a second circuit claims the same cookie
+        assert mesh.closed(mesh.client, twin) is DestroyReason.REND_COOKIE_IN_USE
+        assert mesh.closed(mesh.client, waiting) is None
+        stranger = await mesh.build(mesh.service, 0, 3)
+        await raw(mesh.service, stranger, RelayCommand.RENDEZVOUS1, bytes(20) + bytes(64))
+        await mesh.wire.pump()
+        assert mesh.closed(mesh.service, stranger) is DestroyReason.REND_UNKNOWN_COOKIE
+        assert mesh.relays[3].point_counts()["rendezvous"] == 1
+        await mesh.wire.advance(mesh.wire.clock.now + 31)
+        assert mesh.closed(mesh.client, waiting) is DestroyReason.TIMEOUT
+        assert mesh.relays[3].point_counts()["rendezvous"] == 0
+        late = await mesh.build(mesh.service, 1, 3)  # the expired cookie is unknown now
+        await raw(mesh.service, late, RelayCommand.RENDEZVOUS1, cookie + bytes(64))
+        await mesh.wire.pump()
+        assert mesh.closed(mesh.service, late) is DestroyReason.REND_UNKNOWN_COOKIE
+
+    run(main())
+
+
+def test_intro_and_rendezvous_maps_are_bounded(provider):
+    async def main():
+        mesh = await Mesh.make(provider, NodeLimits(max_intro_points=2, max_rendezvous_points=2))
+        for via in (0, 2):
+            await mesh.intro(via, 1)
+        third = await mesh.build(mesh.service, 3, 1)
+        private, public = await provider.ed25519_generate()
+        await mesh.service.establish_intro(third, private, public)
+        await mesh.wire.pump()
+        assert mesh.closed(mesh.service, third) is DestroyReason.RESOURCE_LIMIT
+        cookies = [bytes([n]) * 20 for n in range(3)]
+        circuits = [await mesh.rendezvous(n, 3, cookie) for n, cookie in enumerate(cookies)]
+        assert [mesh.closed(mesh.client, c) for c in circuits] == [None, None, DestroyReason.RESOURCE_LIMIT]
+        assert mesh.relays[1].point_counts()["intro"] == 2 and mesh.relays[3].point_counts()["rendezvous"] == 2
+
+    run(main())
+
+
+def test_introduce_flood_at_one_intro_point_is_rate_limited_without_touching_another(provider):
+    async def main():
+        mesh = await Mesh.make(provider, NodeLimits(introduce_rate=1.0, introduce_burst=3))
+        flooded, _, flooded_key = await mesh.intro(0, 1)
+        spared, _, spared_key = await mesh.intro(2, 1)  # another intro point on the same relay
+        filler = bytes(1285)
+        statuses = [(await mesh.introduce(3, 1, flooded_key, filler))[1] for _ in range(8)]
+        assert statuses == [IntroduceStatus.SUCCESS] * 3 + [IntroduceStatus.RATE_LIMITED] * 5
+        assert (await mesh.introduce(3, 1, spared_key, filler))[1] == IntroduceStatus.SUCCESS
+        forwarded = [e.circuit for e in mesh.of(mesh.service, IntroduceReceived)]
+        assert forwarded.count(flooded) == 3 and forwarded.count(spared) == 1
+        await mesh.wire.advance(mesh.wire.clock.now + 2.0)  # the bucket refills at its rate
+        assert [(await mesh.introduce(3, 1, flooded_key, filler))[1] for _ in range(3)] == \
+            [IntroduceStatus.SUCCESS] * 2 + [IntroduceStatus.RATE_LIMITED]
+        assert mesh.relays[1].metrics["introduce_rate_limited"] == 6
+
+    run(main())
+
+
+@pytest.mark.parametrize("command, data, reason", [
+    (RelayCommand.ESTABLISH_INTRO, bytes(95), DestroyReason.PROTOCOL),
+    (RelayCommand.ESTABLISH_RENDEZVOUS, bytes(19), DestroyReason.PROTOCOL),
+    (RelayCommand.RENDEZVOUS1, bytes(83), DestroyReason.PROTOCOL),
+    (RelayCommand.INTRODUCE2, bytes(64), DestroyReason.PROTOCOL),  # only an intro point sends that
+    (RelayCommand.RENDEZVOUS2, bytes(64), DestroyReason.PROTOCOL),
+])
+def test_malformed_or_misdirected_onion_cells_destroy_only_their_circuit(provider, command, data, reason):
+    async def main():
+        mesh = await Mesh.make(provider)
+        intro, _, _ = await mesh.intro(0, 1)
+        victim = await mesh.build(mesh.client, 2, 1)
+        await raw(mesh.client, victim, command, data)
+        await mesh.wire.pump()
+        assert mesh.closed(mesh.client, victim) is reason
+        assert mesh.closed(mesh.service, intro) is None and mesh.relays[1].point_counts()["intro"] == 1
+
+    run(main())
+
+
+def test_introduce1_malformed_unknown_or_repeated_gets_its_status_and_forwards_nothing(provider):
+    async def main():
+        mesh = await Mesh.make(provider)
+        _, _, auth_key = await mesh.intro(0, 1)
+        assert (await mesh.introduce(2, 1, bytes(32), bytes(100)))[1] == IntroduceStatus.UNKNOWN_SERVICE
+        circuit = await mesh.build(mesh.client, 2, 1)
+        mesh.client._circuits[circuit].state = BuildState.INTRODUCING  # what introduce() would have done
+        await raw(mesh.client, circuit, RelayCommand.INTRODUCE1, auth_key)  # no encrypted part at all
+        await mesh.wire.pump()
+        assert IntroduceAcked(circuit, IntroduceStatus.BAD_FORMAT) in mesh.of(mesh.client, IntroduceAcked)
+        await raw(mesh.client, circuit, RelayCommand.INTRODUCE1, auth_key + bytes(100))  # one per circuit
+        await mesh.wire.pump()
+        assert mesh.closed(mesh.client, circuit) is DestroyReason.PROTOCOL
+        assert mesh.of(mesh.service, IntroduceReceived) == []
+
+    run(main())
+
+
+def test_introduction_sealed_to_other_keys_or_tampered_is_a_crypto_error(provider):
+    async def main():
+        identity, other = await Identity.generate(provider), await Identity.generate(provider)
+        keyset = OnionKeySet.of(identity)
+        point = RendezvousPoint(other.peer_id, other.onion_keys.x25519, bytes(20))
+        encrypted, _ = await seal_introduction(provider, identity.peer_id.key, keyset.public, bytes(32), point)
+        with pytest.raises(CryptoError):
+            await open_introduction(provider, identity.peer_id.key, OnionKeySet.of(other), bytes(32), encrypted)
+        with pytest.raises(CryptoError):  # the auth key is bound in: another intro point's key fails
+            await open_introduction(provider, identity.peer_id.key, keyset, bytes([1]) * 32, encrypted)
+        tampered = encrypted[:-1] + bytes([encrypted[-1] ^ 1])
+        with pytest.raises(CryptoError):
+            await open_introduction(provider, identity.peer_id.key, keyset, bytes(32), tampered)
+        with pytest.raises(ProtocolError):
+            await open_introduction(provider, identity.peer_id.key, keyset, bytes(32), encrypted[:-1])
+
+    run(main())
+
+
+def test_onion_operations_need_an_unused_general_circuit(provider):
+    async def main():
+        mesh = await Mesh.make(provider)
+        intro, private, public = await mesh.intro(0, 1)
+        with pytest.raises(InvalidState):
+            await mesh.service.establish_intro(intro, private, public)
+        assert mesh.service._circuits[intro].state is BuildState.INTRO
+
+    run(main())
