@@ -9,9 +9,10 @@ import asyncio
 
 import pytest
 
-from zmesh.cells import DestroyReason, RelayCommand, encode_relay_body
+from zmesh.aio.onion import OnionClient, OnionLimits, OnionService
+from zmesh.cells import DestroyReason, EndReason, RelayCommand, encode_relay_body
 from zmesh.circuit import BuildState, Purpose
-from zmesh.errors import CryptoError, InvalidState, ProtocolError
+from zmesh.errors import CircuitError, ConfigError, CryptoError, InvalidState, ProtocolError, StreamError
 from zmesh.events import (
     CircuitBuilt,
     CircuitClosed,
@@ -27,9 +28,13 @@ from zmesh.events import (
 from zmesh.identity import Identity
 from zmesh.node import NodeLimits
 from zmesh.onion.introduce import RendezvousPoint, answer_introduction, open_introduction, seal_introduction
+from zmesh.onion.standin import ServiceDescriptor, ServiceKeys, encode_address
 from zmesh.onion.wire import IntroduceStatus, establish_intro_message
 from zmesh.onionkeys import OnionKeySet
+from zmesh.testing.memnet import MemoryNetwork, echo_service
 from zmesh.testing.wire import Wire
+
+from .conftest import wait_until
 
 
 class Mesh:
@@ -297,3 +302,147 @@ def test_onion_operations_need_an_unused_general_circuit(provider):
         assert mesh.service._circuits[intro].state is BuildState.INTRO
 
     run(main())
+
+
+# ---------------------------------------------------------------------- the asyncio ends (zmesh.aio.onion)
+
+
+class MemoryDescriptors:
+    """The descriptor store, in memory: a stand-in for the signal server's ``/v1/onion/`` store."""
+
+    def __init__(self) -> None:
+        self.published: dict[str, ServiceDescriptor] = {}
+        self.lookups = 0
+
+    async def publish(self, keys, descriptor: ServiceDescriptor) -> None:
+        self.published[encode_address(keys.public)] = descriptor
+
+    async def lookup(self, address: str) -> ServiceDescriptor:
+        self.lookups += 1
+        if address not in self.published:
+            raise CircuitError(f"no descriptor for {address}")
+        return self.published[address]
+
+
+async def onion_mesh(provider, relays: int = 6, limits: OnionLimits | None = None):
+    net = MemoryNetwork(provider)
+    peers = [(await net.add_node()).node.identity.peer_id for _ in range(relays)]
+
+    async def listing(_refresh: bool) -> list:
+        return [net.descriptors[p] for p in peers]
+
+    store = MemoryDescriptors()
+    keys = await ServiceKeys.generate(provider)
+
+    async def echo_on_80(request):
+        if request.port != 80:
+            await request.reject(EndReason.SERVICE_PORT)
+            return
+        await echo_service(request)
+
+    service = OnionService(await net.add_node(accept_circuits=False), keys, listing, store, echo_on_80,
+                           limits=limits)
+    client = OnionClient(await net.add_node(accept_circuits=False), listing, store, limits=limits)
+    return net, service, client, store
+
+
+def test_service_and_client_join_reuse_the_circuit_and_refuse_other_ports(provider):
+    async def main():
+        net, service, client, store = await onion_mesh(provider)
+        try:
+            address = await service.start()
+            descriptor = store.published[address]
+            assert len({p.relay_id for p in descriptor.intro_points}) == 3  # distinct relays
+            stream = await client.open_stream(address, 80)
+            await stream.write(b"ping over six hops")
+            assert await stream.read_exactly(18) == b"ping over six hops"
+            again = await client.open_stream(address, 80)
+            assert again.circuit == stream.circuit and store.lookups == 1  # reused, no second lookup
+            with pytest.raises(StreamError) as refused:
+                await client.open_stream(address, 22)
+            assert refused.value.reason is EndReason.SERVICE_PORT
+            assert client.driver.node.circuit_purpose(stream.circuit) is Purpose.RENDEZVOUS
+            with pytest.raises(ConfigError):
+                await client.open_stream(address.replace(address[3], "a" if address[3] != "a" else "b"), 80)
+            await stream.close()
+            await again.close()
+        finally:
+            await service.close()
+            await net.close()
+
+    run(main())
+
+
+def test_a_closed_intro_circuit_is_rebuilt_and_the_descriptor_republished(provider):
+    async def main():
+        net, service, client, store = await onion_mesh(provider)
+        try:
+            address = await service.start()
+            first = store.published[address]
+            victim = next(iter(service._intros))
+            await service.driver.destroy_circuit(victim)
+            await wait_until(lambda: store.published[address] != first and len(service._intros) == 3)
+            assert victim not in service._intros
+            stream = await client.open_stream(address, 80)
+            await stream.close()
+        finally:
+            await service.close()
+            await net.close()
+
+    run(main())
+
+
+def test_introduce_flood_through_one_intro_point_does_not_starve_another(provider):
+    """Every intro circuit has its own bounded queue, served round-robin: an honest introduction
+    through intro point B waits behind at most one flooded introduction per turn, not the whole
+    flood through A, and A's queue never holds more than ``max_pending_per_intro``."""
+    limits = OnionLimits(intro_points=2, max_pending_per_intro=8, max_rendezvous_builds=1)
+
+    async def main():
+        net, service, client, store = await onion_mesh(provider, limits=limits)
+        try:
+            address = await service.start()
+            (a, b) = service._intros.values()
+            taken: list[bytes] = []
+            rendezvous = service._rendezvous
+
+            async def recording(auth_key, encrypted):
+                taken.append(auth_key)
+                await rendezvous(auth_key, encrypted)
+
+            service._rendezvous = recording
+            await service._builds.acquire()  # hold the service's one build slot while the flood arrives
+            flooder = await net.add_node(accept_circuits=False)
+            relays = await service.relays(False)
+            a_relay = net.descriptors[a.relay]
+            rp = next(r for r in relays if r.peer_id not in (a.relay, b.relay))
+            floods = 24
+            for n in range(floods):
+                point = RendezvousPoint(rp.peer_id, rp.onion_keys.x25519, bytes([n]) * 20)
+                encrypted, _ = await seal_introduction(provider, service.keys.public, service.keys.onion.public,
+                                                       a.auth_key, point)
+                via = next(r for r in relays if r.peer_id not in (a.relay, rp.peer_id))
+                circuit = await flooder.build_circuit([via, a_relay])  # a circuit per INTRODUCE1, as Tor needs
+                await flooder.call(flooder.node.introduce, circuit, a.auth_key, encrypted)
+            await wait_until(lambda: len(a.pending) == limits.max_pending_per_intro
+                             and service.metrics["introduce_dropped_queue_full"] >= floods - 9)
+            store.published[address] = _only(store.published[address], b.auth_key)  # the client must use B
+            honest = asyncio.ensure_future(client.open_stream(address, 80))
+            await wait_until(lambda: b.pending)
+            assert len(a.pending) <= limits.max_pending_per_intro
+            service._builds.release()
+            stream = await asyncio.wait_for(honest, 60)
+            await stream.close()
+            position = taken.index(b.auth_key)
+            assert position <= 2, f"the honest introduction waited behind {position} flooded ones"
+            assert service.metrics["introduce_dropped_queue_full"] >= floods - limits.max_pending_per_intro - 1
+        finally:
+            await service.close()
+            await net.close()
+
+    run(main())
+
+
+def _only(descriptor: ServiceDescriptor, auth_key: bytes) -> ServiceDescriptor:
+    return ServiceDescriptor(tuple(p for p in descriptor.intro_points if p.auth_key == auth_key),
+                             descriptor.x25519_public, descriptor.mlkem768_public)
