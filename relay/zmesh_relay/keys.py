@@ -39,9 +39,11 @@ def _read_private(path: Path) -> bytes:
     return path.read_bytes()
 
 
-async def load_or_create_identity(provider: CryptoProvider, data_dir: str | Path) -> Identity:
+async def load_or_create_identity(provider: CryptoProvider, data_dir: str | Path, name: str = KEY_FILE) -> Identity:
+    """The identity in ``data_dir/name``, created 0600 if absent (an onion service keeps its
+    service key, apart from any node identity, the same way: ``zmesh_relay.service``)."""
     folder = Path(data_dir).expanduser()
-    path = folder / KEY_FILE
+    path = folder / name
     try:
         folder = _folder(data_dir)
         if path.exists():

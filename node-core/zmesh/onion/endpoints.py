@@ -17,6 +17,8 @@ the edge that takes BEGINs (``EdgeRole._request_stream``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..cells import RELAY_DATA_SIZE, RelayCommand, RelayMessage, encode_relay_body, fragments
 from ..circuit import BuildState, OriginCircuit, Purpose
 from ..errors import InvalidState, ProtocolError
@@ -39,6 +41,15 @@ class OnionEndpointRole:
 
     def circuit_purpose(self, circuit: int) -> Purpose:
         return self._origin(circuit, open_only=False).purpose
+
+    def onion_circuits(self) -> list[dict[str, Any]]:
+        """This node's onion-service circuits as the control port lists them (docs/control.md); the
+        path names the three relays (a joined circuit's fourth hop, the other end, has no PeerId)."""
+        now = self.clock()
+        return [{"id": str(c.handle), "purpose": c.purpose.value, "path": [r.peer_id.text for r in c.path],
+                 "isolation": None, "age_s": round(now - c.started, 3), "streams": len(c.edge.streams)}
+                for c in self._circuits.values()
+                if isinstance(c, OriginCircuit) and c.purpose is not Purpose.GENERAL]
 
     async def establish_intro(self, circuit: int, auth_private: bytes, auth_key: bytes) -> None:
         """Service: make the last hop an intro point for ``auth_key``; ``IntroEstablished`` follows."""

@@ -8,7 +8,11 @@ import hashlib
 from dataclasses import dataclass
 
 from ..crypto.provider import KEY_SIZE
-from ..errors import ConfigError
+from ..errors import ProtocolError
+
+
+class OnionAddressError(ProtocolError):
+    """A malformed ``.mesh`` address."""
 
 _SUFFIX = ".mesh"
 
@@ -23,9 +27,9 @@ def decode_address(text: str) -> bytes:
     try:
         raw = base64.b32decode(label.upper() + "=" * (-len(label) % 8))
     except ValueError as exc:
-        raise ConfigError(f"{text!r} is not a .mesh address") from exc
+        raise OnionAddressError(f"{text!r} is not a .mesh address") from exc
     if len(raw) != KEY_SIZE + 3 or encode_address(raw[:KEY_SIZE]) != text.lower():
-        raise ConfigError(f"{text!r} is not a valid .mesh address (a typo?)")
+        raise OnionAddressError(f"{text!r} is not a valid .mesh address (a typo?)")
     return raw[:KEY_SIZE]
 
 
