@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from zmesh.aio.api import MeshVPN
 from zmesh.aio.onion import OnionClient, OnionLimits, OnionService
 from zmesh.cells import DestroyReason, EndReason, RelayCommand, encode_relay_body
 from zmesh.circuit import BuildState, Purpose
@@ -28,7 +29,7 @@ from zmesh.events import (
 from zmesh.identity import Identity
 from zmesh.node import NodeLimits
 from zmesh.onion.introduce import RendezvousPoint, answer_introduction, open_introduction, seal_introduction
-from zmesh.onion.standin import ServiceDescriptor, ServiceKeys, encode_address
+from zmesh.onion.standin import OnionAddressError, ServiceDescriptor, ServiceKeys, encode_address
 from zmesh.onion.wire import IntroduceStatus, establish_intro_message
 from zmesh.onionkeys import OnionKeySet
 from zmesh.testing.memnet import MemoryNetwork, echo_service
@@ -446,3 +447,33 @@ def test_introduce_flood_through_one_intro_point_does_not_starve_another(provide
 def _only(descriptor: ServiceDescriptor, auth_key: bytes) -> ServiceDescriptor:
     return ServiceDescriptor(tuple(p for p in descriptor.intro_points if p.auth_key == auth_key),
                              descriptor.x25519_public, descriptor.mlkem768_public)
+
+
+def test_meshvpn_open_stream_and_fetch_reach_a_mesh_name_without_connect(provider):
+    async def main():
+        net, service, client, store = await onion_mesh(provider)
+        page = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from an onion service"
+
+        async def answer(request):
+            stream = await request.accept()
+            while b"\r\n\r\n" not in (request_bytes := await stream.read()):
+                assert request_bytes
+            await stream.write(page)
+            await stream.close()
+
+        service._handler = answer
+        vpn = MeshVPN(await net.add_node(accept_circuits=False), lambda: list(net.descriptors.values()),
+                      descriptors=store)
+        try:
+            address = await service.start()
+            response = await vpn.fetch(f"http://{address}/")
+            assert response.status == 200 and response.body == b"hello from an onion service"
+            assert not vpn.connected  # no exit circuit was built for it
+            with pytest.raises(OnionAddressError):
+                await vpn.open_stream("nonsense.mesh", 80)
+        finally:
+            await vpn.close()
+            await service.close()
+            await net.close()
+
+    run(main())
