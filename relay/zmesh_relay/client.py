@@ -65,6 +65,7 @@ class Client:
     async def start(self) -> None:
         # A fresh identity per run: a client has no reason to be recognisable across restarts.
         identity = await Identity.generate(self.provider)
+        log.info("this run's node identity: %s", identity.peer_id.text)  # the client's own log only
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"]))
         # No inbound handler: a client answers no WebRTC offers and publishes nothing.

@@ -61,6 +61,7 @@ class Service:
         key = await load_or_create_identity(self.provider, self.config["service.data_dir"], SERVICE_KEY_FILE)
         keys = ServiceKeys(key.signing_key, key.peer_id.key, OnionKeySet.of(key))
         identity = await Identity.generate(self.provider)  # the carrier node's: fresh, never the service key
+        log.info("this run's node identity: %s", identity.peer_id.text)  # the service's own log only
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"]))
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider)

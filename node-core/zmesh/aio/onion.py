@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import random
 import time
 from collections import OrderedDict, deque
@@ -75,6 +76,7 @@ class OnionLimits:
     replay_cache: int = 4096
     max_rendezvous_builds: int = 8
     step_timeout: float = 30.0  # one INTRO_ESTABLISHED / INTRODUCE_ACK / RENDEZVOUS2 wait
+    republish_interval: float = 3600.0  # descriptors live 3 h at the store: republish well before
     descriptor_ttl: float = 600.0
     max_cached: int = 256  # descriptors and joined circuits the client keeps
 
@@ -85,7 +87,7 @@ class OnionLimits:
                 raise ConfigError(f"onion {name} must be an integer 1..{1 << 20}, got {value!r}")
         if not 1 <= self.intro_points <= 10:
             raise ConfigError(f"onion intro_points must be 1..10, got {self.intro_points}")
-        for name in ("intro_lifetime", "step_timeout", "descriptor_ttl"):
+        for name in ("intro_lifetime", "step_timeout", "descriptor_ttl", "republish_interval"):
             if not 0 < getattr(self, name) <= 7 * 86400:
                 raise ConfigError(f"onion {name} must be more than 0 and at most a week, got {getattr(self, name)}")
 
@@ -156,11 +158,13 @@ class OnionService:
         self._clock = clock
         self._handler = handler
         self._intros: dict[int, _Intro] = {}
+        self._reserved: set[PeerId] = set()  # intro relays of builds under way
         self._joined: set[int] = set()
         self._replays: OrderedDict[bytes, None] = OrderedDict()
         self._changed = asyncio.Event()
         self._work = asyncio.Event()
         self._published = asyncio.Event()
+        self._published_at = -math.inf
         self._builds = asyncio.Semaphore(self.limits.max_rendezvous_builds)
         self._tasks = OwnedTasks("onion service")
         self._waiters = _Waiters(driver, self._on_event)
@@ -192,38 +196,53 @@ class OnionService:
                 for result in results:
                     if isinstance(result, ZmeshError):
                         log.info("an intro circuit failed: %s", result)
-            if self._intros and (missing > 0 or not self._published.is_set()):
-                await self._publish()
+            stale = self._clock() - self._published_at >= self.limits.republish_interval
+            if self._intros and (missing > 0 or stale or not self._published.is_set()):
+                try:
+                    await self._publish()
+                except ZmeshError as exc:  # the store refused or is unreachable: try again soon
+                    log.warning("publishing the descriptor failed: %s", exc)
             self._changed.clear()
-            soonest = min((i.since + self.limits.intro_lifetime for i in self._intros.values()), default=now + 5)
+            soonest = min([i.since + self.limits.intro_lifetime for i in self._intros.values()]
+                          + [self._published_at + self.limits.republish_interval])
             wait = max(0.5, soonest - self._clock()) if len(self._intros) == self.limits.intro_points else 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), wait)
 
     async def _new_intro(self) -> None:
         relays = await self.relays(False)
-        taken = {i.relay for i in self._intros.values()}
+        mine: set[PeerId] = set()  # the relay this build has reserved, so concurrent builds pick others
 
         def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
-            return self.selector.select(relays, hops=3, exit_required=False,
+            self._reserved -= mine
+            taken = {i.relay for i in self._intros.values()} | self._reserved
+            path = self.selector.select(relays, hops=3, exit_required=False,
                                         exclude=avoid | taken | {self.driver.node.identity.peer_id})
+            mine.clear()
+            mine.add(path[-1].peer_id)
+            self._reserved |= mine
+            return path
 
-        circuit, path = await build_around_failures(self.driver, choose, self.selector)
-        auth_private, auth_key = await self.driver.node.provider.ed25519_generate()
-        established = self._waiters.expect(circuit, IntroEstablished)
         try:
-            await self.driver.call(self.driver.node.establish_intro, circuit, auth_private, auth_key)
-            await _within(established, self.limits.step_timeout, "INTRO_ESTABLISHED")
-        except BaseException:
-            await self.driver.destroy_circuit(circuit)
-            raise
-        self._intros[circuit] = _Intro(circuit, path[-1].peer_id, auth_private, auth_key, self._clock())
+            circuit, path = await build_around_failures(self.driver, choose, self.selector)
+            auth_private, auth_key = await self.driver.node.provider.ed25519_generate()
+            established = self._waiters.expect(circuit, IntroEstablished)
+            try:
+                await self.driver.call(self.driver.node.establish_intro, circuit, auth_private, auth_key)
+                await _within(established, self.limits.step_timeout, "INTRO_ESTABLISHED")
+            except BaseException:
+                await self.driver.destroy_circuit(circuit)
+                raise
+            self._intros[circuit] = _Intro(circuit, path[-1].peer_id, auth_private, auth_key, self._clock())
+        finally:
+            self._reserved -= mine
 
     async def _publish(self) -> None:
         onion = self.keys.onion.public
         descriptor = ServiceDescriptor(tuple(IntroPoint(i.relay.text, i.auth_key) for i in self._intros.values()),
                                        onion.x25519, onion.mlkem768)
         await self.directory.publish(self.keys, descriptor)
+        self._published_at = self._clock()
         self._published.set()
 
     async def _retire(self, circuit: int) -> None:
@@ -343,13 +362,14 @@ class OnionClient:
             for address in [a for a, c in self._joined.items() if c == event.circuit]:
                 del self._joined[address]
 
-    def cached(self, address: str) -> bool:
-        """Whether a descriptor for ``address`` is cached (for benchmarks and the control port)."""
-        return address.lower() in self._descriptors
-
-    def forget_circuit(self, address: str) -> int | None:
-        """Drop the joined circuit kept for ``address`` (the next stream makes a new rendezvous)."""
-        return self._joined.pop(address.lower(), None)
+    async def forget(self, address: str, *, descriptor: bool = False) -> None:
+        """Close the joined circuit kept for ``address``, so the next stream makes a new rendezvous;
+        with ``descriptor`` drop the cached descriptor too (it is looked up again)."""
+        circuit = self._joined.pop(address.lower(), None)
+        if circuit is not None:
+            await self.driver.destroy_circuit(circuit)
+        if descriptor:
+            self._descriptors.pop(address.lower(), None)
 
     async def open_stream(self, address: str, port: int) -> MeshStream:
         """A stream to ``port`` of the service at ``address`` (``<base32>.mesh``)."""
