@@ -29,7 +29,7 @@ from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
-from zmesh.onion.standin import is_mesh_name
+from zmesh.onion.standin import StoreDescriptors, is_mesh_name
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
@@ -42,12 +42,15 @@ from .transports import NativeTransports
 log = logging.getLogger(__name__)
 
 class Client:
-    def __init__(self, config: dict[str, Any], descriptors: DescriptorDirectory) -> None:
+    def __init__(self, config: dict[str, Any], descriptors: DescriptorDirectory | None = None) -> None:
+        """``descriptors``: where onion descriptors are published and looked up (default: the signal
+        server's store, ``/v1/onion/``)."""
         self.config = config
-        self.descriptors = descriptors
         self.control_address = control_address(config)  # refused before anything starts
         self.provider = NativeCryptoProvider()
         self.signal = SignalClient(config["signaling.url"])
+        self.descriptors = descriptors or StoreDescriptors(self.signal, config["signaling.url"].split(",")[0],
+                                                           self.provider)
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.selector = PathSelector()
         self.guards = open_guards(config["client.data_dir"])

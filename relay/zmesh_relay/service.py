@@ -23,7 +23,7 @@ from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
-from zmesh.onion.standin import ServiceKeys
+from zmesh.onion.standin import ServiceKeys, StoreDescriptors
 from zmesh.onionkeys import OnionKeySet
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
@@ -40,13 +40,16 @@ SERVICE_KEY_FILE = "service.key"
 
 
 class Service:
-    def __init__(self, config: dict[str, Any], descriptors: DescriptorDirectory) -> None:
+    def __init__(self, config: dict[str, Any], descriptors: DescriptorDirectory | None = None) -> None:
+        """``descriptors``: where onion descriptors are published and looked up (default: the signal
+        server's store, ``/v1/onion/``)."""
         self.config = config
         self.forwards = {vport: (host, port) for vport, host, port in config["service.forward"]}
         self.provider = NativeCryptoProvider()
         self.signal = SignalClient(config["signaling.url"])
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
-        self.descriptors = descriptors
+        self.descriptors = descriptors or StoreDescriptors(self.signal, config["signaling.url"].split(",")[0],
+                                                           self.provider)
         self.limits = OnionLimits(intro_points=config["service.intro_points"],
                                   intro_lifetime=config["service.intro_lifetime"])
         self.transports: NativeTransports | None = None

@@ -64,3 +64,16 @@ class ServiceKeys:
         from ..onionkeys import OnionKeySet
         identity = await Identity.generate(provider)
         return cls(identity.signing_key, identity.peer_id.key, OnionKeySet.of(identity))
+
+
+class StoreDescriptors:
+    """The signal server's descriptor store: not in this branch yet."""
+
+    def __init__(self, http: object, signal_url: str, provider: object) -> None:
+        pass
+
+    async def publish(self, keys: ServiceKeys, descriptor: ServiceDescriptor) -> None:
+        raise ProtocolError("the onion descriptor store is not in this build yet")
+
+    async def lookup(self, address: str) -> ServiceDescriptor:
+        raise ProtocolError("the onion descriptor store is not in this build yet")
