@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.native import _get  # noqa: E402
 from tests.private_network import relay_listen  # noqa: E402
 from tests.test_native_mesh import PAYLOAD, Process, _http_server  # noqa: E402
 from zmesh_relay import config  # noqa: E402
@@ -45,13 +46,9 @@ async def _fetch(socks: tuple[str, int], host: str, port: int, path: str) -> tup
     """(seconds from SOCKS CONNECT to the first response byte, body)."""
     start = time.perf_counter()
     reader, writer = await socks5_connect(socks[0], socks[1], host, port)
-    writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-    await writer.drain()
-    first = await reader.read(1)
-    ttfb = time.perf_counter() - start
-    rest = await reader.read()
-    writer.close()
-    return ttfb, (first + rest).partition(b"\r\n\r\n")[2]
+    connected = time.perf_counter() - start
+    ttfb, body = await _get(reader, writer, path)
+    return connected + ttfb, body
 
 
 async def _ttfbs(runs: int, fetch: Callable[[], Awaitable[tuple[float, bytes]]],

@@ -477,3 +477,36 @@ def test_meshvpn_open_stream_and_fetch_reach_a_mesh_name_without_connect(provide
             await net.close()
 
     run(main())
+
+
+def test_a_replayed_introduction_is_dropped_by_the_service_before_any_crypto(provider):
+    async def main():
+        net, service, client, store = await onion_mesh(provider)
+        seen: list[IntroduceReceived] = []
+        previous = service.driver.on_event
+
+        def spy(event):
+            previous(event)
+            if isinstance(event, IntroduceReceived):
+                seen.append(event)
+
+        service.driver.on_event = spy
+        try:
+            address = await service.start()
+            stream = await client.open_stream(address, 80)
+            await stream.close()
+            (original,) = seen
+            intro = service._intros[original.circuit]
+            replayer = await net.add_node(accept_circuits=False)
+            relays = await service.relays(False)
+            via = next(r for r in relays if r.peer_id != intro.relay)
+            circuit = await replayer.build_circuit([via, net.descriptors[intro.relay]])
+            await replayer.call(replayer.node.introduce, circuit, original.auth_key, original.encrypted)
+            await wait_until(lambda: service.metrics["introduce_replayed"] == 1)
+            assert service.metrics["rendezvous_joined"] == 1 and service.metrics["rendezvous_failed"] == 0
+            assert len(seen) == 2  # it did reach the service, which refused it
+        finally:
+            await service.close()
+            await net.close()
+
+    run(main())

@@ -258,6 +258,8 @@ class OnionService:
             intro = self._intros.get(event.circuit)
             if intro is None or event.auth_key != intro.auth_key:
                 self.metrics["introduce_invalid"] += 1
+            elif self._replayed(event.encrypted):
+                self.metrics["introduce_replayed"] += 1
             elif len(intro.pending) >= self.limits.max_pending_per_intro:
                 self.metrics["introduce_dropped_queue_full"] += 1
             else:
@@ -288,9 +290,6 @@ class OnionService:
 
     async def _rendezvous(self, auth_key: bytes, encrypted: bytes) -> None:
         try:
-            if self._replayed(encrypted):
-                self.metrics["introduce_replayed"] += 1
-                return
             provider = self.driver.node.provider
             try:
                 point, create = await open_introduction(provider, self.keys.public, self.keys.onion, auth_key,
