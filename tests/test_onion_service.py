@@ -7,8 +7,10 @@ address."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -87,14 +89,23 @@ def test_curl_fetches_ten_mib_from_a_mesh_address_and_no_relay_learns_either_end
     assert intro_points == 3
 
 
+def _circuit_ids(control: str) -> set[str]:
+    with urllib.request.urlopen(f"http://{control}/v1/circuits", timeout=5) as response:
+        return {c["id"] for c in json.load(response)["circuits"]}
+
+
 def test_a_typo_in_the_address_gets_a_socks_error_and_builds_nothing(onion):
     address = onion["address"]
     typo = ("b" if address[0] != "b" else "c") + address[1:]
+    before = _circuit_ids(onion["control"])
     done = _curl(onion["socks"], f"http://{typo}:{VPORT}/small", onion["root"] / "typo", timeout=20)
-    assert done.returncode == 97, done.stderr  # curl: "could not connect to proxy / SOCKS error"
-    assert "0xf6" in done.stderr.lower() or "f6" in done.stderr.lower() or "246" in done.stderr, done.stderr
+    assert done.returncode == 97 and "(246)" in done.stderr, done.stderr  # Tor's 0xF6: invalid onion address
+    assert _circuit_ids(onion["control"]) <= before
 
 
-def test_a_port_the_service_does_not_forward_is_refused(onion):
+def test_a_port_the_service_does_not_forward_is_refused_and_the_listing_shows_onion_purposes(onion):
     done = _curl(onion["socks"], f"http://{onion['address']}:22/", onion["root"] / "refused", timeout=60)
-    assert done.returncode == 97 and done.stdout == "000", done.stderr
+    assert done.returncode == 97 and "(2)" in done.stderr, done.stderr  # SOCKS "not allowed": END SERVICE_PORT
+    with urllib.request.urlopen(f"http://{onion['control']}/v1/circuits", timeout=5) as response:
+        purposes = [c["purpose"] for c in json.load(response)["circuits"]]
+    assert "rendezvous" in purposes

@@ -510,3 +510,28 @@ def test_a_replayed_introduction_is_dropped_by_the_service_before_any_crypto(pro
             await net.close()
 
     run(main())
+
+
+def test_a_service_that_joins_before_the_intro_ack_is_handled_is_not_missed(provider):
+    """RENDEZVOUS2 may overtake the client's handling of INTRODUCE_ACK: the client listens for it
+    before it introduces itself."""
+    async def main():
+        net, service, client, store = await onion_mesh(provider, limits=OnionLimits(step_timeout=5.0))
+        introduce = client._introduce
+
+        async def slow_ack(*args, **kwargs):
+            acked = await introduce(*args, **kwargs)
+            node = client.driver.node  # returns only once RENDEZVOUS2 has given the client its fourth hop
+            await wait_until(lambda: node.metrics["rendezvous_joined"] == 1)
+            return acked
+
+        client._introduce = slow_ack
+        try:
+            stream = await client.open_stream(await service.start(), 80)
+            await stream.close()
+            assert service.metrics["rendezvous_joined"] == 1 and store.lookups == 1  # the first one took
+        finally:
+            await service.close()
+            await net.close()
+
+    run(main())

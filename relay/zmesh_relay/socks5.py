@@ -7,7 +7,8 @@ a reply:
 - a name no BEGIN can carry (empty, a space, NUL, ``%``, not valid IDNA, over 255 bytes): 0x04
   host unreachable, since no host can be reached by that name (the mesh is not asked);
 - port 0: 0x02 not allowed, the answer every exit's policy would give; so is a port no exit in the
-  directory accepts (``ExitPolicyError`` from path selection: no circuit is built for it);
+  directory accepts (``ExitPolicyError`` from path selection: no circuit is built for it), and a
+  port an onion service does not forward (END ``SERVICE_PORT``);
 - an upstream-proxy exit whose proxy failed (``EndReason.UPSTREAM_FAILED``): 0x03 network unreachable;
 - an address type other than IPv4, name or IPv6: 0x08; a command other than CONNECT: 0x07;
 - a malformed ``.mesh`` name (a typo the address checksum caught): 0xF6, Tor's extended code for an
@@ -51,7 +52,7 @@ ONION_BAD_ADDRESS = 0xF6  # Tor's extended SOCKS error for an onion address that
 # An upstream-proxy exit whose proxy failed: the exit's way out is down, whatever the target.
 _STREAM_REPLIES = {EndReason.EXIT_POLICY: NOT_ALLOWED, EndReason.RESOLVE_FAILED: HOST_UNREACHABLE,
                    EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED,
-                   EndReason.UPSTREAM_FAILED: NETWORK_UNREACHABLE}
+                   EndReason.UPSTREAM_FAILED: NETWORK_UNREACHABLE, EndReason.SERVICE_PORT: NOT_ALLOWED}
 
 
 @dataclass(frozen=True, slots=True)

@@ -441,13 +441,13 @@ class OnionClient:
             point = RendezvousPoint(path[-1].peer_id, path[-1].onion_keys.x25519, cookie)
             keys = OnionKeys(descriptor.x25519_public, descriptor.mlkem768_public)
             self._rng.shuffle(intros)
+            joined = self._waiters.expect(rend, RendezvousJoined)  # before any INTRODUCE1: the service may be quick
             for relay, intro in intros:
                 encrypted, handshake = await seal_introduction(self.driver.node.provider, service_key, keys,
                                                                intro.auth_key, point)
                 await self.driver.call(self.driver.node.await_rendezvous, rend, handshake)
                 if await self._introduce(relays, relay, intro.auth_key, encrypted, exclude={path[-1].peer_id, me}):
-                    joined = self._waiters.expect(rend, RendezvousJoined)
-                    await _within(joined, self.limits.step_timeout, "the service's RENDEZVOUS2")
+                    await _within(asyncio.shield(joined), self.limits.step_timeout, "the service's RENDEZVOUS2")
                     return rend
             raise CircuitError("no intro point of the service accepted the introduction")
         except BaseException:
