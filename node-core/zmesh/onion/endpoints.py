@@ -61,7 +61,8 @@ class OnionEndpointRole:
     async def introduce(self, circuit: int, auth_key: bytes, encrypted: bytes) -> None:
         """Client: send INTRODUCE1 through the last hop (an intro point); ``IntroduceAcked`` follows."""
         payload = auth_key + encrypted
-        parse_introduce(payload)
+        if len(auth_key) != 32 or not encrypted or len(payload) > MAX_INTRODUCE_SIZE:
+            raise InvalidState(f"an introduction is a 32-byte auth key and 1..{MAX_INTRODUCE_SIZE - 32} bytes")
         circ = self._unused(circuit, Purpose.INTRODUCING, BuildState.INTRODUCING)
         await self._send_edge(circ, [encode_relay_body(RelayCommand.INTRODUCE1, 0, piece, flags)
                                      for piece, flags in fragments(payload, RELAY_DATA_SIZE)])
