@@ -28,8 +28,14 @@ from zmesh.events import (
 )
 from zmesh.identity import Identity
 from zmesh.node import NodeLimits
-from zmesh.onion.introduce import RendezvousPoint, answer_introduction, open_introduction, seal_introduction
-from zmesh.onion.standin import OnionAddressError, ServiceDescriptor, ServiceKeys, encode_address
+from zmesh.onion.introduce import (
+    RendezvousPoint,
+    ServiceKeys,
+    answer_introduction,
+    open_introduction,
+    seal_introduction,
+)
+from zmesh.onion.standin import OnionAddressError, ServiceDescriptor, encode_address
 from zmesh.onion.wire import IntroduceStatus, establish_intro_message
 from zmesh.onionkeys import OnionKeySet
 from zmesh.testing.memnet import MemoryNetwork, echo_service
@@ -333,7 +339,7 @@ async def onion_mesh(provider, relays: int = 6, limits: OnionLimits | None = Non
         return [net.descriptors[p] for p in peers]
 
     store = MemoryDescriptors()
-    keys = await ServiceKeys.generate(provider)
+    keys = await ServiceKeys.from_seed(provider, provider.random_bytes(32))
 
     async def echo_on_80(request):
         if request.port != 80:
@@ -533,5 +539,16 @@ def test_a_service_that_joins_before_the_intro_ack_is_handled_is_not_missed(prov
         finally:
             await service.close()
             await net.close()
+
+    run(main())
+
+
+def test_service_keys_come_from_the_seed_alone(provider):
+    async def main():
+        seed = provider.random_bytes(32)
+        one, two = await ServiceKeys.from_seed(provider, seed), await ServiceKeys.from_seed(provider, seed)
+        other = await ServiceKeys.from_seed(provider, provider.random_bytes(32))
+        assert one.public == await provider.ed25519_public(seed)
+        assert one.onion.public == two.onion.public != other.onion.public  # the key file moves the service
 
     run(main())

@@ -39,11 +39,9 @@ def _read_private(path: Path) -> bytes:
     return path.read_bytes()
 
 
-async def load_or_create_identity(provider: CryptoProvider, data_dir: str | Path, name: str = KEY_FILE) -> Identity:
-    """The identity in ``data_dir/name``, created 0600 if absent (an onion service keeps its
-    service key, apart from any node identity, the same way: ``zmesh_relay.service``)."""
+async def load_or_create_identity(provider: CryptoProvider, data_dir: str | Path) -> Identity:
     folder = Path(data_dir).expanduser()
-    path = folder / name
+    path = folder / KEY_FILE
     try:
         folder = _folder(data_dir)
         if path.exists():
@@ -55,6 +53,18 @@ async def load_or_create_identity(provider: CryptoProvider, data_dir: str | Path
         return identity
     except OSError as exc:
         raise ConfigError(f"cannot use data dir {folder}: {exc.strerror}") from exc
+
+
+async def load_or_create_service_key(provider: CryptoProvider, data_dir: str | Path) -> bytes:
+    """STAND-IN (the descriptor work brings the real one): the service's 32-byte seed, 0600."""
+    path = _folder(data_dir) / "service.key"
+    if path.exists():
+        return _read_private(path)
+    seed, _ = await provider.ed25519_generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(seed)
+    return seed
 
 
 async def load_or_create_onion_ring(provider: CryptoProvider, data_dir: str | Path, clock: Callable[[], float], *,

@@ -23,21 +23,18 @@ from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
-from zmesh.onion.standin import ServiceKeys, StoreDescriptors
-from zmesh.onionkeys import OnionKeySet
+from zmesh.onion.introduce import ServiceKeys
+from zmesh.onion.standin import StoreDescriptors
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
 from .config import control_address
 from .control import ControlServer
-from .keys import load_or_create_identity
+from .keys import load_or_create_service_key
 from .splice import splice
 from .transports import NativeTransports
 
 log = logging.getLogger(__name__)
-
-SERVICE_KEY_FILE = "service.key"
-
 
 class Service:
     def __init__(self, config: dict[str, Any], descriptors: DescriptorDirectory | None = None) -> None:
@@ -61,8 +58,8 @@ class Service:
         self.control_port = 0
 
     async def start(self) -> None:
-        key = await load_or_create_identity(self.provider, self.config["service.data_dir"], SERVICE_KEY_FILE)
-        keys = ServiceKeys(key.signing_key, key.peer_id.key, OnionKeySet.of(key))
+        seed = await load_or_create_service_key(self.provider, self.config["service.data_dir"])
+        keys = await ServiceKeys.from_seed(self.provider, seed)
         identity = await Identity.generate(self.provider)  # the carrier node's: fresh, never the service key
         log.info("this run's node identity: %s", identity.peer_id.text)  # the service's own log only
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,

@@ -44,8 +44,8 @@ from ..events import (
     RendezvousJoined,
 )
 from ..identity import OnionKeys, PeerId
-from ..onion.introduce import RendezvousPoint, answer_introduction, open_introduction, seal_introduction
-from ..onion.standin import IntroPoint, ServiceDescriptor, ServiceKeys, decode_address, encode_address
+from ..onion.introduce import RendezvousPoint, ServiceKeys, answer_introduction, open_introduction, seal_introduction
+from ..onion.standin import IntroPoint, ServiceDescriptor, decode_address, encode_address
 from ..onion.wire import COOKIE_SIZE, IntroduceStatus
 from ..path import PathSelector
 from .building import build_around_failures

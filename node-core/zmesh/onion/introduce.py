@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from ..crypto.provider import KEY_SIZE, CryptoProvider
+from ..crypto.provider import KEY_SIZE, MLKEM768_SEED_SIZE, CryptoProvider
 from ..errors import CryptoError, ProtocolError
 from ..handshake import CREATE_SIZE, ClientHandshake, HopKeys, client_finish, client_start, respond_as
 from ..identity import OnionKeys, PeerId
@@ -30,10 +30,31 @@ from ..onionkeys import OnionKeySet
 from .wire import COOKIE_SIZE
 
 INTRO_PROTOID = b"zmesh-introduce-x25519-mlkem768-v1"
+_SERVICE_KEYS = b"zmesh-service-handshake-keys-v1"
 _VERSION = 1
 _NONCE = bytes(12)
 _PLAINTEXT_SIZE = 1 + 2 * KEY_SIZE + COOKIE_SIZE
 ENCRYPTED_SIZE = CREATE_SIZE + _PLAINTEXT_SIZE + 16
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ServiceKeys:
+    """A service's keys, all from its 32-byte Ed25519 seed (the service key file holds only that):
+    ``public`` is the address key, ``onion`` the handshake keys its descriptor publishes, derived as
+    ``HKDF-SHA256(seed, salt = "zmesh-service-handshake-keys-v1", info = "x25519" | "mlkem768")``.
+    Session keys stay forward secret (both handshake ends add ephemeral X25519); a stolen seed would
+    open recorded introductions (rendezvous point and cookie), as a stolen relay onion key would."""
+
+    seed: bytes
+    public: bytes
+    onion: OnionKeySet
+
+    @classmethod
+    async def from_seed(cls, provider: CryptoProvider, seed: bytes) -> ServiceKeys:
+        x_private = await provider.hkdf_sha256(seed, _SERVICE_KEYS, b"x25519", KEY_SIZE)
+        kem_seed = await provider.hkdf_sha256(seed, _SERVICE_KEYS, b"mlkem768", MLKEM768_SEED_SIZE)
+        public = OnionKeys(await provider.x25519_public(x_private), await provider.mlkem768_public(kem_seed))
+        return cls(seed, await provider.ed25519_public(seed), OnionKeySet(x_private, kem_seed, public))
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,29 +50,13 @@ class ServiceDescriptor:
     mlkem768_public: bytes
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class ServiceKeys:
-    """A service's secret keys: its Ed25519 address key and the handshake keys its descriptor names."""
-
-    signing_key: bytes
-    public: bytes
-    onion: object  # OnionKeySet
-
-    @classmethod
-    async def generate(cls, provider) -> ServiceKeys:  # noqa: ANN001
-        from ..identity import Identity
-        from ..onionkeys import OnionKeySet
-        identity = await Identity.generate(provider)
-        return cls(identity.signing_key, identity.peer_id.key, OnionKeySet.of(identity))
-
-
 class StoreDescriptors:
     """The signal server's descriptor store: not in this branch yet."""
 
     def __init__(self, http: object, signal_url: str, provider: object) -> None:
         pass
 
-    async def publish(self, keys: ServiceKeys, descriptor: ServiceDescriptor) -> None:
+    async def publish(self, keys: object, descriptor: ServiceDescriptor) -> None:
         raise ProtocolError("the onion descriptor store is not in this build yet")
 
     async def lookup(self, address: str) -> ServiceDescriptor:
