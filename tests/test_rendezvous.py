@@ -39,7 +39,7 @@ from zmesh.onion.standin import OnionAddressError, ServiceDescriptor, encode_add
 from zmesh.onion.wire import IntroduceStatus, establish_intro_message
 from zmesh.onionkeys import OnionKeySet
 from zmesh.testing.memnet import MemoryNetwork, echo_service
-from zmesh.testing.wire import Wire
+from zmesh.testing.wire import FakeClock, Wire
 
 from .conftest import wait_until
 
@@ -550,5 +550,45 @@ def test_service_keys_come_from_the_seed_alone(provider):
         other = await ServiceKeys.from_seed(provider, provider.random_bytes(32))
         assert one.public == await provider.ed25519_public(seed)
         assert one.onion.public == two.onion.public != other.onion.public  # the key file moves the service
+
+    run(main())
+
+
+def test_intro_points_are_rotated_after_their_lifetime_and_the_old_circuits_closed(provider):
+    async def main():
+        clock = FakeClock()
+        net = MemoryNetwork(provider)
+        peers = [(await net.add_node()).node.identity.peer_id for _ in range(6)]
+
+        async def listing(_refresh: bool) -> list:
+            return [net.descriptors[p] for p in peers]
+
+        store = MemoryDescriptors()
+        keys = await ServiceKeys.from_seed(provider, provider.random_bytes(32))
+        service = OnionService(await net.add_node(accept_circuits=False), keys, listing, store, echo_service,
+                               limits=OnionLimits(intro_lifetime=600.0), clock=clock)
+        published_when_closed: list[set[bytes]] = []
+        old: set[int] = set()
+        previous = service.driver.on_event
+
+        def spy(event):
+            previous(event)
+            if isinstance(event, CircuitClosed) and event.circuit in old:
+                published_when_closed.append({p.auth_key for p in store.published[address].intro_points})
+
+        service.driver.on_event = spy
+        try:
+            address = await service.start()
+            old |= set(service._intros)
+            old_keys = {p.auth_key for p in store.published[address].intro_points}
+            clock.now += 601
+            service._changed.set()  # what the service's own wake-up would do after 600 s
+            await wait_until(lambda: len(service._intros) == 3 and not old & set(service._intros)
+                             and not old_keys & {p.auth_key for p in store.published[address].intro_points})
+            await wait_until(lambda: not old & set(service.driver.node.circuits()))
+            assert len(published_when_closed) == 3 and not any(old_keys & keys for keys in published_when_closed)
+        finally:
+            await service.close()
+            await net.close()
 
     run(main())

@@ -159,6 +159,7 @@ class OnionService:
         self._handler = handler
         self._intros: dict[int, _Intro] = {}
         self._reserved: set[PeerId] = set()  # intro relays of builds under way
+        self._retiring: list[int] = []  # rotated intro circuits, open until a descriptor without them is out
         self._joined: set[int] = set()
         self._replays: OrderedDict[bytes, None] = OrderedDict()
         self._changed = asyncio.Event()
@@ -188,8 +189,8 @@ class OnionService:
         while True:
             now = self._clock()
             for intro in [i for i in self._intros.values() if now - i.since >= self.limits.intro_lifetime]:
-                self._intros.pop(intro.circuit)  # rotated: a fresh one is built and published first
-                self._tasks.spawn(self._retire(intro.circuit))
+                self._intros.pop(intro.circuit)  # rotated: closed once a descriptor without it is published
+                self._retiring.append(intro.circuit)
             missing = self.limits.intro_points - len(self._intros)
             if missing > 0:
                 results = await asyncio.gather(*(self._new_intro() for _ in range(missing)), return_exceptions=True)
@@ -202,6 +203,10 @@ class OnionService:
                     await self._publish()
                 except ZmeshError as exc:  # the store refused or is unreachable: try again soon
                     log.warning("publishing the descriptor failed: %s", exc)
+                else:
+                    retiring, self._retiring = self._retiring, []
+                    for circuit in retiring:
+                        await self.driver.destroy_circuit(circuit)
             self._changed.clear()
             soonest = min([i.since + self.limits.intro_lifetime for i in self._intros.values()]
                           + [self._published_at + self.limits.republish_interval])
@@ -244,10 +249,6 @@ class OnionService:
         await self.directory.publish(self.keys, descriptor)
         self._published_at = self._clock()
         self._published.set()
-
-    async def _retire(self, circuit: int) -> None:
-        await self._published.wait()
-        await self.driver.destroy_circuit(circuit)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, CircuitClosed):
@@ -336,7 +337,7 @@ class OnionService:
 
     async def close(self) -> None:
         await self._tasks.close()
-        for circuit in list(self._intros) + list(self._joined):
+        for circuit in [*self._intros, *self._joined, *self._retiring]:
             await self.driver.destroy_circuit(circuit)
 
 
