@@ -20,7 +20,6 @@ order until one acknowledges.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -179,10 +178,6 @@ class OnionService:
         await self._published.wait()
         return self.address
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"address": self.address, "intro_circuits": sorted(self._intros),
-                "rendezvous_circuits": sorted(self._joined), **self.metrics}
-
     # ---------------------------------------------------------------- intro points
 
     async def _maintain(self) -> None:
@@ -197,6 +192,8 @@ class OnionService:
                 for result in results:
                     if isinstance(result, ZmeshError):
                         log.info("an intro circuit failed: %s", result)
+                    elif isinstance(result, BaseException):  # our bug, or a cancellation: not swallowed
+                        raise result
             stale = self._clock() - self._published_at >= self.limits.republish_interval
             if self._intros and (missing > 0 or stale or not self._published.is_set()):
                 try:
@@ -211,8 +208,12 @@ class OnionService:
             soonest = min([i.since + self.limits.intro_lifetime for i in self._intros.values()]
                           + [self._published_at + self.limits.republish_interval])
             wait = max(0.5, soonest - self._clock()) if len(self._intros) == self.limits.intro_points else 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait)
+            # a call_later wake-up, not wait_for: see zmesh.aio.driver._timer_loop
+            alarm = asyncio.get_running_loop().call_later(wait, self._changed.set)
+            try:
+                await self._changed.wait()
+            finally:
+                alarm.cancel()
 
     async def _new_intro(self) -> None:
         relays = await self.relays(False)
