@@ -592,3 +592,20 @@ def test_intro_points_are_rotated_after_their_lifetime_and_the_old_circuits_clos
             await net.close()
 
     run(main())
+
+
+def test_an_intro_circuit_over_its_queue_bound_is_the_one_destroyed_not_the_introducing_client(provider):
+    async def main():
+        mesh = await Mesh.make(provider)
+        intro, _, auth_key = await mesh.intro(0, 1)
+        ip = mesh.relays[1]
+        service_side = ip._circuits[ip._intro_points[auth_key].circuit]
+        # the service's link does not read: its circuit's queue at the intro point is at the bound
+        ip._queued[(service_side.handle, service_side.prev_link)] = ip.limits.max_queued_cells_per_circuit
+        client_circuit, status = await mesh.introduce(2, 1, auth_key, bytes(1285))
+        assert status == IntroduceStatus.UNKNOWN_SERVICE
+        assert mesh.closed(mesh.service, intro) is DestroyReason.RESOURCE_LIMIT
+        assert mesh.closed(mesh.client, client_circuit) is None
+        assert ip.point_counts()["intro"] == 0
+
+    run(main())

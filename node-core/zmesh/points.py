@@ -117,8 +117,12 @@ class PointRole:
         if point.tokens < 1:
             return IntroduceStatus.RATE_LIMITED
         point.tokens -= 1
-        await self._send_edge(service, [encode_relay_body(RelayCommand.INTRODUCE2, 0, piece, flags)
-                                        for piece, flags in fragments(payload, RELAY_DATA_SIZE)])
+        try:
+            await self._send_edge(service, [encode_relay_body(RelayCommand.INTRODUCE2, 0, piece, flags)
+                                            for piece, flags in fragments(payload, RELAY_DATA_SIZE)])
+        except CircuitFailure as exc:  # the service's circuit is over its queue bound: it, not the client's, goes
+            await self._destroy(service, exc.reason)
+            return IntroduceStatus.UNKNOWN_SERVICE
         return IntroduceStatus.SUCCESS
 
     # ------------------------------------------------------------------ rendezvous point
