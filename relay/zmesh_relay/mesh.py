@@ -3,9 +3,11 @@
     async with zmesh.connect("http://signal.example:8080", hops=3) as vpn:
         response = await vpn.fetch("http://example.org/")
 
-or ``vpn = await zmesh.connect(...)`` and later ``await vpn.close()``. Like ``zmesh client``, the
-node has a fresh identity, publishes nothing and answers no WebRTC offers; settings beyond the
-``MeshVPN`` options come from the usual configuration (``ZMESH_*`` environment, ``zmesh.toml``).
+or ``vpn = await zmesh.connect(...)`` and later ``await vpn.close()``. ``vpn.open_stream`` and
+``vpn.fetch`` also reach ``.mesh`` onion services (descriptors from the signal server's store).
+Like ``zmesh client``, the node has a fresh identity, publishes nothing and answers no WebRTC
+offers; settings beyond the ``MeshVPN`` options come from the usual configuration (``ZMESH_*``
+environment, ``zmesh.toml``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
+from zmesh.onion.standin import StoreDescriptors
 from zmesh_signal.client import SignalClient
 
 from . import config as settings
@@ -30,8 +33,9 @@ class NativeMeshVPN(MeshVPN):
     """A ``MeshVPN`` that owns its node's transports and signal client: ``close`` ends them too."""
 
     def __init__(self, driver: NodeDriver, directory: DirectoryView, transports: NativeTransports,
-                 signal: SignalClient, **options: Any) -> None:
-        super().__init__(driver, directory.live, **options)
+                 signal: SignalClient, signal_url: str, **options: Any) -> None:
+        super().__init__(driver, directory.live,
+                         descriptors=StoreDescriptors(signal, signal_url, driver.node.provider), **options)
         self._transports, self._signal = transports, signal
 
     async def close(self) -> None:
@@ -54,7 +58,7 @@ async def open_native_mesh(signal_url: str, destination: str | None = None, **op
                 limits=NodeLimits(build_timeout=config["core.build_timeout"]))
     transports = NativeTransports(config, signal, directory, identity, provider)
     driver = NodeDriver(node, dialer=transports.dialer)
-    vpn = NativeMeshVPN(driver, directory, transports, signal, **options)
+    vpn = NativeMeshVPN(driver, directory, transports, signal, config["signaling.url"].split(",")[0], **options)
     try:
         await transports.start()
         await directory.refresh()
