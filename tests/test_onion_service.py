@@ -1,11 +1,13 @@
 """An onion service between real processes (issue 12, "Done when"): a signal server, six relays on
-127.N.0.1, `zmesh service` forwarding to a local HTTP server, a `zmesh client`, and curl with
+127.N.0.1 (one an exit, for ``zmesh.connect``), `zmesh service` forwarding to a local HTTP server, a
+`zmesh client`, and curl with
 ``--socks5-hostname`` fetching 10 MiB from ``http://<addr>.mesh:VPORT/`` byte-exact. Afterwards no
 relay's log (at debug level) or /metrics names the service's or the client's PeerId, nor the
 address."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import zmesh
 from zmesh.identity import PeerId
 from zmesh.onion.standin import decode_address
 
@@ -41,8 +44,9 @@ def onion(tmp_path_factory):
         url = processes[0].address[0]
         relays = []
         for number in range(1, 7):
+            exit_flags = ["--exit", "--exit-allow", f"127.0.0.1/32:{files_port}"] if number == 6 else []
             relay = Process("--log-level", "debug", "relay", "--signal", url, "--listen", relay_listen(number),
-                            "--metrics", "127.0.0.1:0", "--data-dir", str(root / f"r{number}"),
+                            "--metrics", "127.0.0.1:0", "--data-dir", str(root / f"r{number}"), *exit_flags,
                             log=root / f"relay{number}.log")
             relays.append(relay)
             processes.append(relay)
@@ -52,7 +56,7 @@ def onion(tmp_path_factory):
         client = Process("client", "--signal", url, "--socks", "127.0.0.1:0", "--control", "127.0.0.1:0",
                          log=root / "client.log")
         processes.append(client)
-        yield {"relays": relays, "service": service, "client": client, "address": service.address[0],
+        yield {"signal": url, "relays": relays, "service": service, "client": client, "address": service.address[0],
                "socks": client.address[0], "control": client.next_ready("control")[0], "root": root,
                "files_port": files_port}
     finally:
@@ -109,3 +113,20 @@ def test_a_port_the_service_does_not_forward_is_refused_and_the_listing_shows_on
     with urllib.request.urlopen(f"http://{onion['control']}/v1/circuits", timeout=5) as response:
         purposes = [c["purpose"] for c in json.load(response)["circuits"]]
     assert "rendezvous" in purposes
+
+
+def test_python_connect_fetches_and_streams_to_a_mesh_address(onion):
+    address = onion["address"]
+
+    async def main() -> tuple[int, bytes, bytes]:
+        async with zmesh.connect(onion["signal"]) as vpn:
+            response = await vpn.fetch(f"http://{address}:{VPORT}/small")
+            stream = await vpn.open_stream(address, VPORT)
+            await stream.write(f"GET /small HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+            answer = b""
+            while chunk := await stream.read():
+                answer += chunk
+            return response.status, response.body, answer
+
+    status, body, answer = asyncio.run(asyncio.wait_for(main(), 120))
+    assert status == 200 and body == b"small page" and answer.endswith(b"\r\n\r\nsmall page")
