@@ -38,11 +38,20 @@ from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.netaddr import LinkAddress
 from zmesh.node import Node
-from zmesh.onion import introduce, wire
+from zmesh.onion import blinding, introduce, wire
+from zmesh.onion import descriptor as onion_descriptor
+from zmesh.onion.address import decode_address, encode_address
 from zmesh.onionkeys import OnionKeySet
 from zmesh.signaling import parse_server_message
 from zmesh_relay import config, socks5
-from zmesh_relay.keys import KEY_FILE, ONION_FILE, load_or_create_identity, load_or_create_onion_ring
+from zmesh_relay.keys import (
+    KEY_FILE,
+    ONION_FILE,
+    SERVICE_KEY_FILE,
+    load_or_create_identity,
+    load_or_create_onion_ring,
+    load_or_create_service_key,
+)
 from zmesh_signal import ws
 
 NOW = 1_800_000_000
@@ -87,6 +96,12 @@ class _World:
                                                       self.identity.onion_keys))
         self.created, _ = run_sync(handshake.server_respond(self.provider, self.identity,
                                                             self.client.create_payload()))
+        self.service_seed, service_public = run_sync(self.provider.ed25519_generate())
+        self.service_address = encode_address(service_public)
+        self.onion = run_sync(onion_descriptor.seal_descriptor(
+            self.provider, self.service_seed, onion_descriptor.ServiceDescriptor(
+                (onion_descriptor.IntroPoint(self.identity.peer_id.text, bytes(32)),),
+                self.identity.onion_keys.x25519, self.identity.onion_keys.mlkem768), now=NOW, revision=1))
         self.key_dir = Path(tempfile.mkdtemp(prefix="zmesh-fuzz-", dir=_RAM_DIR))
         atexit.register(shutil.rmtree, self.key_dir, ignore_errors=True)
         self.config_file = self.key_dir / "zmesh.toml"
@@ -145,20 +160,47 @@ def _signal_server(data: bytes) -> object:
     return ws.send_fields(message) if message["type"] == "send" else ws.auth_fields(message)
 
 
+def _saved(name: str, data: bytes) -> Path:
+    """The key folder with ``data`` as its file ``name`` (0600, so it is read, not refused)."""
+    folder = world().key_dir
+    (folder / name).write_bytes(data)
+    os.chmod(folder / name, 0o600)
+    return folder
+
+
 def _key_file(data: bytes) -> object:
-    w = world()
-    path = w.key_dir / KEY_FILE
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
-    return run_sync(load_or_create_identity(w.provider, w.key_dir))
+    return run_sync(load_or_create_identity(world().provider, _saved(KEY_FILE, data)))
 
 
 def _onion_state(data: bytes) -> object:
+    return run_sync(load_or_create_onion_ring(world().provider, _saved(ONION_FILE, data), lambda: NOW,
+                                              lifetime=86400, grace=3600))
+
+
+def _service_key(data: bytes) -> object:
+    return run_sync(load_or_create_service_key(world().provider, _saved(SERVICE_KEY_FILE, data)))
+
+
+def _onion_check(data: bytes) -> object:
+    return run_sync(onion_descriptor.check_sealed(world().provider, data, now=NOW + 60))
+
+
+def _onion_open(data: bytes) -> object:
     w = world()
-    path = w.key_dir / ONION_FILE
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
-    return run_sync(load_or_create_onion_ring(w.provider, w.key_dir, lambda: NOW, lifetime=86400, grace=3600))
+    return run_sync(onion_descriptor.open_descriptor(w.provider, w.service_address, data, now=NOW + 60))
+
+
+def _onion_body(data: bytes) -> object:
+    """Sign whatever body we are given with the service's blinded key, so the fuzzer reaches the
+    parser behind the signature."""
+    w = world()
+    period = blinding.time_period(NOW, blinding.DEFAULT_PERIOD)
+    signature = blinding.blinded_sign(w.service_seed, period, blinding.DEFAULT_PERIOD, onion_descriptor.DOMAIN + data)
+    return _onion_open(pack_canonical([data, signature]))
+
+
+def _onion_address(data: bytes) -> object:
+    return decode_address(text(data))
 
 
 def _config(data: bytes) -> object:
@@ -285,6 +327,11 @@ def targets() -> list[Target]:
         Target("keys.onion key state", _onion_state, (pack_canonical({
             "v": 1, "current": {"x25519": bytes(range(32)), "mlkem768_seed": bytes(64), "at": float(NOW)},
             "retired": [{"x25519": bytes(32), "mlkem768_seed": bytes(range(64)), "at": NOW - 10.0}]}),)),
+        Target("keys.service key file", _service_key, (pack_canonical({"v": 1, "seed": bytes(32)}),)),
+        Target("onion.decode_address", _onion_address, (w.service_address.encode(),), is_text=True),
+        Target("onion.check_sealed", _onion_check, (w.onion.blob,)),
+        Target("onion.open_descriptor", _onion_open, (w.onion.blob,)),
+        Target("onion descriptor body (signed)", _onion_body, (msgpack.unpackb(w.onion.blob)[0],)),
         Target("config.load (TOML)", _config, (
             b'[core]\nhops = 3\n[relay]\ncountry = "DE"\nlisten = "127.0.0.1:0"\nexit = true\n',
             b'[transport]\nice_servers = ["stun:h:3478", {urls = ["turn:h"], username = "u", credential = "p"}]\n'

@@ -58,7 +58,8 @@ def test_a_client_builds_around_many_unreachable_relays(provider):
         try:
             await asyncio.wait_for(vpn.connect(), 30)
             assert selector.paths == 11
-            assert {p: s.failures for p, s in selector.stats.items() if s.failures} == dict.fromkeys(net.unreachable, 1)
+            assert {p: r.builds_failed for p, r in selector.trust.records.items() if r.builds_failed} == dict.fromkeys(
+                net.unreachable, 1)
             stream = await vpn.open_stream("echo.test", 7)
             await stream.write(b"around them all")
             assert await asyncio.wait_for(stream.read(), 10) == b"around them all"
@@ -118,7 +119,7 @@ def test_a_chosen_entry_that_fails_is_not_routed_around(provider):
         try:
             with pytest.raises(CircuitError) as info:
                 await asyncio.wait_for(vpn.connect(), 30)
-            assert info.value.failed_peer == dead and vpn.selector.stats[dead].failures == 1
+            assert info.value.failed_peer == dead and vpn.selector.trust.records[dead].builds_failed == 1
         finally:
             await vpn.close()
             await net.close()
@@ -200,7 +201,7 @@ def test_the_first_hop_takes_its_measured_link_rtt(provider):
     async def main():
         selector = PathSelector()
         await times_chosen(provider, selector, builds=1)
-        first, *rest = [s.latency_ms for s in selector.stats.values() if s.successes]
+        first, *rest = [r.rtt_ms for r in selector.trust.records.values() if r.builds_ok]
         assert first != rest[0]  # hop 0: its link's 10 ms RTT blended in, not the path estimate
 
     asyncio.run(main())

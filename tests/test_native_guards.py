@@ -7,6 +7,7 @@ exactly the relays that accepted the client's links and carry its circuits' firs
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 from zmesh.errors import ConfigError
 from zmesh.guards import decode_guards
 from zmesh_relay.guard_file import GUARD_FILE, open_guards
+from zmesh_relay.trust_file import TRUST_FILE
 
 from .test_native_mesh import ZMESH, Process, _http_server, fetch
 
@@ -109,6 +111,11 @@ def test_circuits_enter_at_persisted_guards_across_restarts_and_fail_over_along_
         assert stat.S_IMODE((data_dir / GUARD_FILE).stat().st_mode) == 0o600
 
         assert client.stop() == 0
+        # Issue 20: the client measured every relay it used and kept the scores (0600) across the stop.
+        trust = json.loads((data_dir / TRUST_FILE).read_text())["relays"]
+        assert stat.S_IMODE((data_dir / TRUST_FILE).stat().st_mode) == 0o600
+        assert sum(entry["streams"][0] for entry in trust.values()) > 19.9  # 20 streams opened at exits
+        assert trust[sample[0]]["builds"][0] > 19.9 and trust[sample[0]]["rtt_ms"] is not None
         client = start_client(url, data_dir)
         processes.append(client)
         for index in range(5):

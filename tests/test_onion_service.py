@@ -19,7 +19,7 @@ import pytest
 
 import zmesh
 from zmesh.identity import PeerId
-from zmesh.onion.standin import decode_address
+from zmesh.onion.address import decode_address
 
 from .private_network import relay_listen
 from .test_native_mesh import PAYLOAD, Process, _http_server

@@ -13,7 +13,7 @@ from zmesh.aio.api import MeshVPN
 from zmesh.aio.onion import OnionClient, OnionLimits, OnionService
 from zmesh.cells import DestroyReason, EndReason, RelayCommand, encode_relay_body
 from zmesh.circuit import BuildState, Purpose
-from zmesh.errors import CircuitError, CryptoError, InvalidState, ProtocolError, StreamError
+from zmesh.errors import CircuitError, CryptoError, InvalidState, OnionAddressError, ProtocolError, StreamError
 from zmesh.events import (
     CircuitBuilt,
     CircuitClosed,
@@ -28,6 +28,8 @@ from zmesh.events import (
 )
 from zmesh.identity import Identity
 from zmesh.node import NodeLimits
+from zmesh.onion.address import encode_address
+from zmesh.onion.descriptor import ServiceDescriptor
 from zmesh.onion.introduce import (
     RendezvousPoint,
     ServiceKeys,
@@ -35,7 +37,6 @@ from zmesh.onion.introduce import (
     open_introduction,
     seal_introduction,
 )
-from zmesh.onion.standin import OnionAddressError, ServiceDescriptor, encode_address
 from zmesh.onion.wire import IntroduceStatus, establish_intro_message
 from zmesh.onionkeys import OnionKeySet
 from zmesh.testing.memnet import MemoryNetwork, echo_service

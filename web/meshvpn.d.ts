@@ -112,4 +112,15 @@ export class MeshVPN {
   on<E extends keyof Events>(event: E, callback: Events[E]): void;
   getStats(): MeshStats;
   updateConfig(options: Partial<MeshOptions>): void;
+  /** This origin's onion-service key: the 32-byte Ed25519 seed behind its .mesh address, kept in
+   *  IndexedDB and made on first use (no connect() needed). The same bytes as the "seed" in a native
+   *  `zmesh service`'s service.key (docs/onion-services.md). Anyone holding it can run the service. */
+  exportServiceKey(): Promise<Uint8Array>;
+  /** Make `seed` this origin's service key. Rejects if a different key is already kept, unless
+   *  `replace` is true (that key's address is then lost unless it was exported); TypeError unless
+   *  `seed` is 32 bytes. */
+  importServiceKey(seed: Uint8Array, options?: { replace?: boolean }): Promise<void>;
 }
+
+/** This origin's onion-service key, made on first use (what exportServiceKey returns). */
+export function loadServiceKey(): Promise<Uint8Array>;

@@ -83,6 +83,25 @@ async function claimSavedIdentity() {
            guards: (await idb("readonly", (store) => store.get("guards"))) || null };
 }
 
+// An onion service's key (whose public half is its .mesh address) lives in IndexedDB beside the
+// identity, made on first use, so a reload keeps the address. It is the 32-byte Ed25519 seed, the same
+// bytes as the "seed" of a native `zmesh service`'s service.key, so exportServiceKey/importServiceKey
+// move an address between tabs, origins and native services. Anyone holding it can run the service.
+const SERVICE_KEY_SIZE = 32;
+
+export async function loadServiceKey() {
+  const saved = await idb("readonly", (store) => store.get("service"));
+  if (saved) return new Uint8Array(saved);
+  const seed = crypto.getRandomValues(new Uint8Array(SERVICE_KEY_SIZE));
+  try {
+    await idb("readwrite", (store) => store.add(seed, "service"));  // add, not put: never replace a key
+  } catch (err) {
+    if (err && err.name === "ConstraintError") return loadServiceKey();  // another tab made one first
+    throw err;
+  }
+  return seed;
+}
+
 function validate(options) {
   const out = {};
   for (const [key, value] of Object.entries(options)) {
@@ -186,6 +205,24 @@ export class MeshVPN {
       this._emit("error", error);
       throw error;
     }
+  }
+
+  /** This origin's onion-service key (made on first use); works before connect(). */
+  async exportServiceKey() {
+    return loadServiceKey();
+  }
+
+  /** Make `seed` (from exportServiceKey or a native service.key) this origin's service key. An
+   * existing different key is replaced only with `{ replace: true }`: its address would be lost. */
+  async importServiceKey(seed, { replace = false } = {}) {
+    if (!(seed instanceof Uint8Array) || seed.length !== SERVICE_KEY_SIZE)
+      throw new TypeError(`a service key is a Uint8Array of ${SERVICE_KEY_SIZE} bytes`);
+    const saved = await idb("readonly", (store) => store.get("service"));
+    const same = saved && saved.length === seed.length && seed.every((byte, i) => byte === saved[i]);
+    if (saved && !same && !replace)
+      throw new Error("importServiceKey: this origin already has a different service key; pass { replace: true } "
+                      + "to replace it (its .mesh address is then lost unless exported)");
+    await idb("readwrite", (store) => store.put(new Uint8Array(seed), "service"));
   }
 
   _require() {

@@ -67,6 +67,8 @@ class DirectoryView:
         self._relays: dict[PeerId, Descriptor] = {}
         self._cursor: str | None = None
         self._fetched = float("-inf")
+        # told the live relays after each refresh (a relay sizes its peer table by them)
+        self.on_refresh: Callable[[list[Descriptor]], Awaitable[None]] | None = None
 
     async def refresh(self) -> list[Descriptor]:
         """Fetch what changed since the last answer (everything the first time) and verify it; a
@@ -84,7 +86,10 @@ class DirectoryView:
                 continue
             relays[descriptor.peer_id] = descriptor
         self._relays, self._cursor, self._fetched = relays, update.cursor or None, self.clock()
-        return self.live()
+        live = self.live()
+        if self.on_refresh is not None:
+            await self.on_refresh(live)
+        return live
 
     def live(self) -> list[Descriptor]:
         """The relays as last fetched, less those that expired since."""

@@ -5,7 +5,8 @@ and the message says what to do about it. Who is at fault is visible in the clas
 
     ZmeshError
     ├── ProtocolError        a peer sent bytes that break the wire protocol (malformed, oversized,
-    │                        out of state); the core turns these into a closed circuit or link
+    │   │                    out of state); the core turns these into a closed circuit or link
+    │   └── OnionAddressError  a ``.mesh`` service address is malformed or mistyped
     ├── CryptoError          a signature, MAC or digest did not verify, or a key has the wrong size
     ├── CircuitError         a circuit could not be built or was torn down (``reason``: a DestroyReason)
     ├── StreamError          a stream was refused or ended abnormally (``reason``: an EndReason)
@@ -13,6 +14,7 @@ and the message says what to do about it. Who is at fault is visible in the clas
     ├── TransportError       a link could not be opened or broke
     │   └── LinkClosed       the link is closed; nothing more will arrive
     ├── ExitPolicyError      an exit refused the target
+    ├── OnionAuthError       an onion service's descriptor is for authorised clients, and this is not one
     ├── FECError             forward-error-correction input was inconsistent
     └── InvalidState         API misuse: the call is not valid in the object's current state
 """
@@ -33,6 +35,11 @@ class ZmeshError(Exception):
 
 class ProtocolError(ZmeshError):
     """A peer violated the wire protocol. Never carries secret material."""
+
+
+class OnionAddressError(ProtocolError):
+    """A ``.mesh`` onion-service address is malformed: wrong length or alphabet, a checksum that
+    does not match (a typo), an unknown version, or no ``.mesh`` suffix."""
 
 
 class CryptoError(ZmeshError):
@@ -78,6 +85,12 @@ class LinkClosed(TransportError):
 
 class ExitPolicyError(ZmeshError):
     """The exit's policy refuses the requested target."""
+
+
+class OnionAuthError(ZmeshError):
+    """The service encrypts its descriptor to a list of clients' keys and this client's key (or
+    lack of one) is not on it. Distinct from a malformed descriptor (``ProtocolError``): the
+    descriptor is genuine, this client is just not invited."""
 
 
 class FECError(ZmeshError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .crypto.provider import KEY_SIZE, MLKEM768_EK_SIZE, MLKEM768_SEED_SIZE, CryptoProvider
 from .encoding import pack_canonical, unpack_canonical
-from .errors import ConfigError, CryptoError, ProtocolError
+from .errors import ConfigError, CryptoError, ProtocolError, ZmeshError
 
 PEER_ID_VERSION = 1
 PEER_ID_TEXT_LEN = 56
@@ -23,6 +23,31 @@ _BASE32 = re.compile(r"[a-z2-7]*")
 
 def _checksum(key: bytes) -> bytes:
     return hashlib.sha3_256(b".mesh checksum" + key + bytes([PEER_ID_VERSION])).digest()[:2]
+
+
+def key_text(key: bytes) -> str:
+    """A 32-byte Ed25519 key's text form, base32(key ‖ checksum[2] ‖ version), lower case: a
+    PeerId's, and an onion service's address (``zmesh.onion.address``) without ``.mesh``."""
+    return base64.b32encode(key + _checksum(key) + bytes([PEER_ID_VERSION])).decode("ascii").lower()
+
+
+def key_from_text(text: str, *, what: str, error: type[ZmeshError]) -> bytes:
+    """The key of ``key_text`` (already stripped of any ``.mesh``), or ``error`` naming ``what``.
+
+    Peers and URLs supply this text, so anything that is not exactly 56 base32 letters is refused
+    (ASCII is checked first: case mapping can change a non-ASCII string's length, and padding
+    would decode to fewer than 35 bytes)."""
+    if len(text) != PEER_ID_TEXT_LEN:
+        raise error(f"{what} is {PEER_ID_TEXT_LEN} base32 characters, got {len(text)}")
+    if not _BASE32.fullmatch(text):
+        raise error(f"{what} contains characters outside base32 (a-z, 2-7)")
+    raw = base64.b32decode(text.upper())
+    key, checksum, version = raw[:32], raw[32:34], raw[34]
+    if version != PEER_ID_VERSION:
+        raise error(f"{what} has version {version}, which is not supported")
+    if checksum != _checksum(key):
+        raise error(f"{what} checksum does not match: it is mistyped")
+    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,30 +62,14 @@ class PeerId:
 
     @property
     def text(self) -> str:
-        raw = self.key + _checksum(self.key) + bytes([PEER_ID_VERSION])
-        return base64.b32encode(raw).decode("ascii").lower()
+        return key_text(self.key)
 
     @classmethod
     def from_text(cls, text: str) -> PeerId:
-        """Parse the text form (with or without ``.mesh``); raise ``ConfigError`` if mistyped.
-
-        Peers and URLs supply this text, so anything that is not exactly 56 base32 letters is a
-        ``ConfigError`` (ASCII is checked first: case mapping can change a non-ASCII string's length,
-        and padding would decode to fewer than 35 bytes)."""
+        """Parse the text form (with or without ``.mesh``); raise ``ConfigError`` if mistyped."""
         if not isinstance(text, str) or not text.isascii():
             raise ConfigError("a PeerId is ASCII text")
-        text = text.strip().lower().removesuffix(".mesh")
-        if len(text) != PEER_ID_TEXT_LEN:
-            raise ConfigError(f"a PeerId is {PEER_ID_TEXT_LEN} base32 characters, got {len(text)}")
-        if not _BASE32.fullmatch(text):
-            raise ConfigError("PeerId contains characters outside base32 (a-z, 2-7)")
-        raw = base64.b32decode(text.upper())
-        key, checksum, version = raw[:32], raw[32:34], raw[34]
-        if version != PEER_ID_VERSION:
-            raise ConfigError(f"PeerId version {version} is not supported")
-        if checksum != _checksum(key):
-            raise ConfigError("PeerId checksum does not match: the id is mistyped")
-        return cls(key)
+        return cls(key_from_text(text.strip().lower().removesuffix(".mesh"), what="a PeerId", error=ConfigError))
 
     def short(self) -> str:
         """First characters of the text form, for logs and dashboards."""

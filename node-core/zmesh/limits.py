@@ -7,6 +7,46 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .flow import CIRCUIT_WINDOW
 
+# The QNet document's peer-table tiers: (networks smaller than this many nodes, peer links kept).
+DEFAULT_PEER_TIERS: tuple[tuple[int, int], ...] = ((10, 8), (100, 50), (1000, 100))
+DEFAULT_PEER_LIMIT_LARGEST = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTiers:
+    """How many *peer* links (relay links: ones this node dialed to relay, and inbound ones whose
+    dialer proved its PeerId) a node keeps, by the size of the network it sees. A node in a small
+    mesh has no use for hundreds of peer links, and each costs memory, keep-alives and a socket; in
+    a large one it needs more to reach the relays its circuits extend to. Clients' anonymous links
+    are not peers: ``NodeLimits.max_links`` bounds those. ``fixed`` replaces the tiers by one number.
+    Text form (config): ``auto`` or ``N``."""
+
+    tiers: tuple[tuple[int, int], ...] = DEFAULT_PEER_TIERS
+    largest: int = DEFAULT_PEER_LIMIT_LARGEST  # networks at least as large as the last tier's bound
+    fixed: int | None = None
+
+    def __post_init__(self) -> None:
+        bounds = [bound for bound, _ in self.tiers]
+        limits = [limit for _, limit in self.tiers] + [self.largest]
+        if bounds != sorted(set(bounds)) or any(limit < 1 for limit in limits) or limits != sorted(limits):
+            raise ConfigError("peer tiers must have increasing network sizes and non-decreasing limits of at least 1")
+        if self.fixed is not None and self.fixed < 1:
+            raise ConfigError(f"a fixed peer limit must be at least 1, got {self.fixed}")
+
+    def limit(self, network_size: int) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        return next((limit for bound, limit in self.tiers if network_size < bound), self.largest)
+
+    @classmethod
+    def parse(cls, text: str) -> PeerTiers:
+        text = str(text).strip().lower()
+        if text == "auto":
+            return cls()
+        if not text.isdigit():
+            raise ConfigError(f"a peer limit is 'auto' or a number of links, got {text!r}")
+        return cls(fixed=int(text))
+
 
 @dataclass(frozen=True, slots=True)
 class NodeLimits:
@@ -24,6 +64,7 @@ class NodeLimits:
     dead_after: float = 45.0
     # Global caps (defect: a relay held whatever it was sent): ~22 KiB per link, ~3.4 KiB per circuit.
     max_links: int = 1000  # a link opened to this node beyond this many links is closed at once
+    peer_tiers: PeerTiers = PeerTiers()  # peer (relay) links kept, by network size (see PeerTiers)
     max_circuits: int = 16384  # CREATEs beyond this many circuits are refused with RESOURCE_LIMIT
     # A peer that does not read loses its link once this much waits for it: link cells (PONG, DESTROY,
     # AUTH…), which must hold a DESTROY for every circuit a link can carry, and all cells together.

@@ -93,6 +93,8 @@ class LinkTable:
             await self.link_closed(link_id)
             return link_id
         if peer is not None:
+            if role is LinkRole.RELAY:
+                await self._make_room_for_peer(link_id)  # a link this node dialed is kept; an idle one may go
             await self._link_identified(link_id, peer)
         elif not initiator:
             link.challenge = self.provider.random_bytes(32)
@@ -131,8 +133,58 @@ class LinkTable:
         link.peer = PeerId(payload[:KEY_SIZE])
         self.metrics["links_authenticated"] += 1
         log.debug("link %d: its dialer proved it is %s", link_id, link.peer.text)
+        if not await self._make_room_for_peer(link_id):
+            return
         self._enqueue(link_id, 0, [encode_cell(CellCommand.AUTHENTICATED, 0)])
         await self._link_identified(link_id, link.peer)
+
+    # ------------------------------------------------------------------ peer limits
+
+    def peer_limit(self) -> int | None:
+        """Peer links this node keeps in the network it last saw (None: no size known yet)."""
+        return None if self.network_size is None else self.limits.peer_tiers.limit(self.network_size)
+
+    async def set_network_size(self, nodes: int) -> None:
+        """The directory this node reads lists ``nodes`` nodes; a smaller network means fewer peer
+        links, and idle ones beyond the new limit are closed now."""
+        self.network_size = max(0, nodes)
+        limit = self.peer_limit()
+        assert limit is not None
+        excess = len(self._peer_link_ids()) - limit
+        for link_id in self._idlest_peer_links()[:max(0, excess)]:
+            await self._close_for_peer_limit(link_id, limit, "peer_links_closed_for_limit")
+
+    def _peer_link_ids(self) -> list[int]:
+        return [link_id for link_id, link in self._links.items()
+                if link.role is LinkRole.RELAY and link.peer is not None and not link.closed]
+
+    def _idlest_peer_links(self, *, besides: int | None = None) -> list[int]:
+        """Peer links carrying no circuit, the longest silent first: the ones to close first."""
+        idle = [link_id for link_id in self._peer_link_ids()
+                if link_id != besides and not self._links[link_id].circuits]
+        return sorted(idle, key=lambda link_id: (self._links[link_id].last_rx, link_id))
+
+    async def _make_room_for_peer(self, link_id: int) -> bool:
+        """A new peer link ``link_id`` is identified. Over the tier's limit, close the idlest idle
+        peer link; if every other one carries circuits, refuse this one if it is inbound (a link
+        this node opened is kept: a circuit is waiting for it). False if it was refused."""
+        limit = self.peer_limit()
+        if limit is None or len(self._peer_link_ids()) <= limit:
+            return True
+        idle = self._idlest_peer_links(besides=link_id)
+        if idle:
+            await self._close_for_peer_limit(idle[0], limit, "peer_links_closed_for_limit")
+            return True
+        if self._links[link_id].initiator:
+            return True
+        await self._close_for_peer_limit(link_id, limit, "links_refused_peer_limit")
+        return False
+
+    async def _close_for_peer_limit(self, link_id: int, limit: int, counter: str) -> None:
+        self.metrics[counter] += 1
+        self._events.append(CloseLink(link_id, f"this node keeps at most {limit} peer links in a network of "
+                                               f"{self.network_size} nodes"))
+        await self.link_closed(link_id)
 
     async def link_closed(self, link_id: int) -> None:
         """The link is gone: every circuit on it is destroyed (DESTROY sent the other way), naming

@@ -69,6 +69,7 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, PointRole, OnionEndpointR
         self.build_seconds = Histogram(BUILD_SECONDS_BUCKETS)  # how long this node's own circuits took to build
         self._links: dict[int, LinkState] = {}
         self._peer_links: dict[tuple[LinkRole, PeerId], int] = {}  # the link each role uses to each peer
+        self.network_size: int | None = None  # nodes in the directory this node reads (peer limits)
         self._next_link = 1
         self._routes: dict[tuple[int, int], tuple[_Circuit, Side]] = {}
         self._circuits: dict[int, _Circuit] = {}

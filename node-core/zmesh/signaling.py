@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +41,25 @@ class SignalError(TransportError):
     def __init__(self, code: str, detail: str, *, status: int | None = None, to: str | None = None) -> None:
         super().__init__(f"signal server: {code}: {detail}" if detail else f"signal server: {code}")
         self.code, self.detail, self.status, self.to = code, detail, status, to
+
+
+def http_answer(status: int, body: bytes, what: str) -> dict[str, Any]:
+    """The JSON object of a signal server's HTTP answer to ``what``; ``SignalError`` with the
+    server's code for a refusal (non-2xx), ``ProtocolError`` for a 2xx that is not a JSON object.
+    One reading of the API's answers for every client of it (native, tab, onion store)."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
+        answer = None
+    if not 200 <= status < 300:
+        if isinstance(answer, dict):
+            error, detail = answer.get("error"), answer.get("detail")
+            raise SignalError(error[:200] if isinstance(error, str) and error else f"http_{status}",
+                              detail[:200] if isinstance(detail, str) else "", status=status)
+        raise SignalError(f"http_{status}", "the answer was not the API's JSON", status=status)
+    if not isinstance(answer, dict):
+        raise ProtocolError(f"the signal server answered {what} without a JSON object")
+    return answer
 
 
 class TextChannel(Protocol):
@@ -78,7 +98,13 @@ class Relayed:
     signature: bytes
 
 
-ServerMessage = Challenge | Ready | Relayed | SignalError | None
+@dataclass(frozen=True, slots=True)
+class DirectoryChanged:
+    """The server's notice that the listing changed. It carries nothing to trust: the subscriber
+    refetches what changed and verifies it."""
+
+
+ServerMessage = Challenge | Ready | Relayed | DirectoryChanged | SignalError | None
 
 
 def _server_text(value: object) -> str:
@@ -106,6 +132,8 @@ def parse_server_message(text: str | None) -> ServerMessage:
         return Challenge(nonce)
     if kind == "ready":
         return Ready()
+    if kind == "directory":
+        return DirectoryChanged()
     if kind == "error":
         to = data.get("to")
         return SignalError(_server_text(data.get("error")) or "error", _server_text(data.get("detail")),
@@ -124,14 +152,20 @@ class SignalSession:
 
     def __init__(self, channel: TextChannel, identity: Identity, provider: CryptoProvider) -> None:
         self._channel, self._identity, self._provider = channel, identity, provider
+        self._on_directory: Callable[[], None] | None = None
 
     @classmethod
     async def open(cls, channel: TextChannel, identity: Identity, provider: CryptoProvider,
-                   timeout: float) -> SignalSession:
-        """Prove ``identity``'s PeerId over a freshly opened ``channel``; closes it on failure."""
+                   timeout: float, *, on_directory: Callable[[], None] | None = None) -> SignalSession:
+        """Prove ``identity``'s PeerId over a freshly opened ``channel``; closes it on failure.
+        With ``on_directory`` the session subscribes to the server's "the listing changed" notices,
+        and ``receive`` calls it for each (docs/signaling.md, WebSocket step 5)."""
         session = cls(channel, identity, provider)
         try:
             await session._authenticate(timeout)
+            if on_directory is not None:
+                session._on_directory = on_directory
+                await session._send_json({"type": "subscribe", "topic": "directory"})
         except BaseException:
             await channel.close()
             raise
@@ -160,6 +194,8 @@ class SignalSession:
                 raise message
             if isinstance(message, Relayed):
                 return await self._verified(message)
+            if isinstance(message, DirectoryChanged) and self._on_directory is not None:
+                self._on_directory()
 
     async def close(self) -> None:
         await self._channel.close()

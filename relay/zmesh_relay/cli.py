@@ -200,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--family", dest="relay.family", action="append", metavar="PEERID",
                        help="another relay of the same operator (repeatable); honoured when it lists this one too")
     relay.add_argument("--max-links", dest="relay.max_links", type=int, metavar="N")
+    relay.add_argument("--max-peers", dest="relay.max_peers", metavar="auto|N")
     relay.add_argument("--max-links-per-address", dest="relay.max_links_per_address", type=int, metavar="N")
     relay.add_argument("--max-circuits", dest="relay.max_circuits", type=int, metavar="N")
     relay.add_argument("--handshake-rate", dest="relay.handshake_rate", type=float, metavar="PER_S")

@@ -22,14 +22,14 @@ from typing import Any
 
 from zmesh.aio.circuits import CircuitManager, TrackedStream
 from zmesh.aio.driver import MeshStream, NodeDriver
-from zmesh.aio.onion import DescriptorDirectory, OnionClient
+from zmesh.aio.onion import DescriptorDirectory, OnionClient, StoreDescriptors
 from zmesh.circuit_plan import CircuitPlan
 from zmesh.descriptor import Descriptor
 from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
-from zmesh.onion.standin import StoreDescriptors, is_mesh_name
+from zmesh.onion.address import is_mesh_name
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
@@ -38,6 +38,7 @@ from .control import ControlServer
 from .guard_file import open_guards
 from .socks5 import Credentials, Socks5Server
 from .transports import NativeTransports
+from .trust_file import TrustFile
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Client:
                                                            self.provider)
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.selector = PathSelector()
+        self.trust_file = TrustFile(config["client.data_dir"], self.selector.trust)
         self.guards = open_guards(config["client.data_dir"])
         self.plan = CircuitPlan(circuit_policy(config), clock=time.monotonic)
         self.driver: NodeDriver | None = None
@@ -124,3 +126,4 @@ class Client:
         if self.transports is not None:
             await self.transports.close()
         await self.signal.close()
+        self.trust_file.save()

@@ -25,6 +25,7 @@ from zmesh.circuit_plan import CircuitPolicy
 from zmesh.descriptor import EXIT_KINDS, MAX_FAMILY
 from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
+from zmesh.limits import PeerTiers
 from zmesh.netaddr import LinkAddress
 from zmesh.node import NodeLimits
 from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
@@ -136,6 +137,11 @@ def _level(value: str) -> str:
 
 def _transport(value: str) -> str:
     return check_transport(value)
+
+
+def _peer_limit(value: str) -> str:
+    PeerTiers.parse(value)  # a ConfigError names what is wrong
+    return value
 
 
 def _at_least_one(value: int | float) -> int | float:
@@ -291,6 +297,9 @@ SETTINGS: dict[str, Setting] = {
                                   "seconds to wait for the directory to list this relay before it reports ready"),
     "relay.max_links": Setting(int, _NODE.max_links, _at_least_one,
                                "links held (both directions) beyond which inbound ones are refused"),
+    "relay.max_peers": Setting(str, "auto", _peer_limit,
+                               "peer (relay) links kept: auto scales with the network (8 / 50 / 100 / 500 for "
+                               "fewer than 10 / 100 / 1000 nodes or more), or a number"),
     "relay.max_links_per_address": Setting(int, 32, _at_least_one, "WebSocket links one remote address may hold"),
     "relay.max_circuits": Setting(int, _NODE.max_circuits, _at_least_one, "circuits; more CREATEs get RESOURCE_LIMIT"),
     "relay.handshake_rate": Setting(float, _NODE.handshake_rate, _at_least_one,

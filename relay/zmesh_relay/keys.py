@@ -1,5 +1,6 @@
-"""A relay's keys on disk, in ``<data_dir>`` (created 0700): its long-term identity ``identity.key``
-and its rotating onion keys ``onion_keys.state`` (``zmesh.onionkeys``), both 0600.
+"""A node's keys on disk, in ``<data_dir>`` (created 0700): its long-term identity ``identity.key``,
+its rotating onion keys ``onion_keys.state`` (``zmesh.onionkeys``) and, for ``zmesh service``, the
+onion service's key ``service.key`` (whose public half is the ``.mesh`` address), all 0600.
 
 A key file that others can read is refused (like ssh does): whoever reads it can impersonate the
 relay or decrypt the ML-KEM half of its circuit handshakes. The onion key state is rewritten on
@@ -14,16 +15,21 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
-from zmesh.crypto.provider import CryptoProvider
-from zmesh.errors import ConfigError
+from zmesh.crypto.provider import KEY_SIZE, CryptoProvider
+from zmesh.encoding import pack_canonical, unpack_canonical
+from zmesh.errors import ConfigError, ZmeshError
 from zmesh.identity import Identity
 from zmesh.onionkeys import OnionKeyRing
 
 KEY_FILE = "identity.key"
 ONION_FILE = "onion_keys.state"
+SERVICE_KEY_FILE = "service.key"
+_SERVICE_KEY_VERSION = 1
+T = TypeVar("T")
 
 
 def _folder(data_dir: str | Path) -> Path:
@@ -39,32 +45,53 @@ def _read_private(path: Path) -> bytes:
     return path.read_bytes()
 
 
-async def load_or_create_identity(provider: CryptoProvider, data_dir: str | Path) -> Identity:
+async def _load_or_create(data_dir: str | Path, name: str, load: Callable[[bytes], Awaitable[T]],
+                          create: Callable[[], Awaitable[tuple[T, bytes]]]) -> T:
+    """The key in ``<data_dir>/<name>`` (refused if others can read it), or a new one from
+    ``create`` (the key and its file bytes) written 0600 with O_EXCL before it is used."""
     folder = Path(data_dir).expanduser()
-    path = folder / KEY_FILE
+    path = folder / name
     try:
         folder = _folder(data_dir)
         if path.exists():
-            return await Identity.from_bytes(provider, _read_private(path))
-        identity = await Identity.generate(provider)
+            return await load(_read_private(path))
+        key, data = await create()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(identity.to_bytes())
-        return identity
+            handle.write(data)
+        return key
     except OSError as exc:
         raise ConfigError(f"cannot use data dir {folder}: {exc.strerror}") from exc
 
 
+async def load_or_create_identity(provider: CryptoProvider, data_dir: str | Path) -> Identity:
+    async def create() -> tuple[Identity, bytes]:
+        identity = await Identity.generate(provider)
+        return identity, identity.to_bytes()
+
+    return await _load_or_create(data_dir, KEY_FILE, lambda data: Identity.from_bytes(provider, data), create)
+
+
 async def load_or_create_service_key(provider: CryptoProvider, data_dir: str | Path) -> bytes:
-    """STAND-IN (the descriptor work brings the real one): the service's 32-byte seed, 0600."""
-    path = _folder(data_dir) / "service.key"
-    if path.exists():
-        return _read_private(path)
-    seed, _ = await provider.ed25519_generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(seed)
-    return seed
+    """The onion service's Ed25519 seed from ``<data_dir>/service.key``, or a new one saved there.
+    Losing the file loses the ``.mesh`` address; copying it (and nothing else) moves the service.
+    The file is canonical msgpack ``{"v": 1, "seed": <32 bytes>}``."""
+    async def load(data: bytes) -> bytes:
+        path = Path(data_dir).expanduser() / SERVICE_KEY_FILE
+        try:
+            saved = unpack_canonical(data, max_size=256, what=str(path))
+        except ZmeshError as exc:
+            raise ConfigError(f"{path} is not a zmesh service key: {exc}") from exc
+        if (not isinstance(saved, dict) or saved.keys() != {"v", "seed"} or saved["v"] != _SERVICE_KEY_VERSION
+                or not isinstance(saved["seed"], bytes) or len(saved["seed"]) != KEY_SIZE):
+            raise ConfigError(f"{path} is not a version-{_SERVICE_KEY_VERSION} zmesh service key")
+        return saved["seed"]
+
+    async def create() -> tuple[bytes, bytes]:
+        seed, _ = await provider.ed25519_generate()
+        return seed, pack_canonical({"v": _SERVICE_KEY_VERSION, "seed": seed})
+
+    return await _load_or_create(data_dir, SERVICE_KEY_FILE, load, create)
 
 
 async def load_or_create_onion_ring(provider: CryptoProvider, data_dir: str | Path, clock: Callable[[], float], *,

@@ -18,11 +18,11 @@ from typing import Any
 
 from zmesh.aio.api import MeshVPN
 from zmesh.aio.driver import NodeDriver
+from zmesh.aio.onion import StoreDescriptors
 from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
-from zmesh.onion.standin import StoreDescriptors
 from zmesh_signal.client import SignalClient
 
 from . import config as settings

@@ -52,11 +52,12 @@ _LABELLED: tuple[tuple[str, str, str, dict[str, str]], ...] = (
      {"answered": "handshakes", "queue_full": "handshakes_refused_queue_full", "expired": "handshakes_expired"}),
     ("zmesh_cells_dropped", "cells discarded: for no known circuit, or a relay command this version does not know",
      "reason", {"unknown_circuit": "cells_unknown_circuit", "unknown_command": "relay_unknown_commands"}),
-    ("zmesh_links_refused", "inbound links refused: over max_links, or over the per-address limit", "reason",
-     {"max_links": "links_refused", "per_address": "links_refused_per_address"}),
+    ("zmesh_links_refused", "inbound links refused: over max_links, the per-address limit, or the peer limit",
+     "reason", {"max_links": "links_refused", "per_address": "links_refused_per_address",
+                "peer_limit": "links_refused_peer_limit"}),
     ("zmesh_links_dropped", "links this node closed on its peer, by why", "reason",
      {"dead": "links_dead", "queue_bound": "links_over_queue_bound", "auth_failed": "link_auth_failures",
-      "malformed_frame": "malformed_frames"}),
+      "malformed_frame": "malformed_frames", "peer_limit": "peer_links_closed_for_limit"}),
 )
 # Counters without labels.
 _PLAIN = (
@@ -152,6 +153,11 @@ class NodeCollector(Collector):
         yield family
         yield GaugeMetricFamily("zmesh_buffered_bytes", "bytes of cells queued in this node for their links",
                                 value=driver.node.buffered_bytes())
+        node = driver.node
+        yield GaugeMetricFamily("zmesh_network_size", "nodes in the directory this node last read (-1: none yet)",
+                                value=-1 if node.network_size is None else node.network_size)
+        yield GaugeMetricFamily("zmesh_peer_link_limit", "peer links this node keeps in that network (-1: none yet)",
+                                value=-1 if (limit := node.peer_limit()) is None else limit)
 
     @staticmethod
     def _build_histogram(driver: NodeDriver) -> Metric:

@@ -26,6 +26,7 @@ from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_de
 from zmesh.directory_view import DirectoryView
 from zmesh.errors import ConfigError, ZmeshError
 from zmesh.identity import PeerId
+from zmesh.limits import PeerTiers
 from zmesh.link import Link
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
@@ -85,11 +86,17 @@ class Relay:
         await self._tend_onion_keys()  # a ring saved long ago rotates before it is published
         node = Node(identity, self.provider, time.monotonic, onion_ring=ring, limits=NodeLimits(
             build_timeout=self.config["core.build_timeout"], max_links=self.config["relay.max_links"],
-            max_circuits=self.config["relay.max_circuits"], handshake_rate=self.config["relay.handshake_rate"]))
+            max_circuits=self.config["relay.max_circuits"], handshake_rate=self.config["relay.handshake_rate"],
+            peer_tiers=PeerTiers.parse(self.config["relay.max_peers"])))
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider,
                                            on_inbound=self._accept_rtc_link)
         self.driver = NodeDriver(node, dialer=self.transports.dialer,
                                  stream_handler=self._exit if self.exit_policy else None)
+        driver = self.driver
+
+        async def size_peer_table(relays: list[Descriptor]) -> None:
+            await driver.set_network_size(len(relays))
+        self.directory.on_refresh = size_peer_table
         await self.transports.start()
         app = web.Application(middlewares=[_json_errors])
         app.router.add_get(wslink.LINK_PATH, self._accept_link)

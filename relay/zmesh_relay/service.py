@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from zmesh.aio.driver import IncomingStream, NodeDriver
-from zmesh.aio.onion import DescriptorDirectory, OnionLimits, OnionService
+from zmesh.aio.onion import DescriptorDirectory, OnionLimits, OnionService, StoreDescriptors
 from zmesh.cells import EndReason
 from zmesh.descriptor import Descriptor
 from zmesh.directory_view import DirectoryView
@@ -24,7 +24,6 @@ from zmesh.identity import Identity
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
 from zmesh.onion.introduce import ServiceKeys
-from zmesh.onion.standin import StoreDescriptors
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 

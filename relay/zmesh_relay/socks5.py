@@ -32,8 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from zmesh.cells import EndReason
-from zmesh.errors import ConfigError, ExitPolicyError, StreamError, TransportError, ZmeshError
-from zmesh.onion.standin import OnionAddressError
+from zmesh.errors import ConfigError, ExitPolicyError, OnionAddressError, StreamError, TransportError, ZmeshError
 from zmesh.streams import format_target
 
 from .splice import StreamLike, splice

@@ -1,5 +1,6 @@
-"""``zmesh signal``: the relay directory, WebSocket signaling between PeerIds and the static files
-of ``web/``, all on one origin; its state in memory or shared with other servers through Redis
+"""``zmesh signal``: the relay directory, WebSocket signaling between PeerIds, the onion-service
+descriptor store (``/v1/onion/…``, docs/onion-services.md) and the static files of ``web/``, all on
+one origin; its state in memory or shared with other servers through Redis
 (``backend.py``, docs/signaling.md).
 
 Nothing a client sends is trusted: descriptors are verified before they are stored (and again by
@@ -28,11 +29,14 @@ from zmesh.errors import ConfigError, CryptoError, ProtocolError, TransportError
 from zmesh.identity import PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.netaddr import descriptor_refusal
+from zmesh.onion.descriptor import MAX_LIFETIME as MAX_ONION_LIFETIME
+from zmesh.onion.descriptor import MAX_SEALED_SIZE, check_sealed
 
 from .backend import BackendUnavailable, MemoryBackend
 from .directory import FLAGS, Directory, Stored
-from .limits import KeyedLimiter, TooLarge, read_limited
+from .limits import KeyedLimiter, TooLarge, check_rate, read_limited
 from .metrics import SignalMetrics, scrape
+from .onion_store import OnionStore, OnionStored
 from .probe import Prober
 from .ws import SignalHub, WsLimits
 
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _CURSOR = re.compile(r"[0-9a-f]{16}:[0-9]{1,18}")
+_BLINDED_KEY = re.compile(r"[0-9a-f]{64}")
 _ERROR_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                 413: "too_large", 429: "rate_limited"}
 
@@ -59,6 +64,11 @@ class SignalConfig:
     ``redis`` (``redis://HOST:PORT/DB``) shares the listing, rate limits and routes with every
     server on that Redis (``redis_backend.py``); None keeps everything in this process.
     ``presence_ttl`` is how long Redis remembers a peer's server after that server last said so.
+    Onion-service descriptors: at most ``max_onion_descriptors`` live ones (a blob is at most
+    ``MAX_SEALED_SIZE``, 8 KiB, so 32 MiB at the default), each PUT also spending a token of a
+    per-address bucket (``onion_put_rate``/``onion_put_burst``; a service PUTs two descriptors,
+    this period's and the next, whenever its intro points change), none expiring more than
+    ``onion_max_lifetime`` seconds ahead.
     """
 
     web_root: Path | None = None
@@ -79,10 +89,20 @@ class SignalConfig:
     allow_private_addresses: bool = False
     redis: str | None = None
     presence_ttl: float = 30.0
+    max_onion_descriptors: int = 4096
+    onion_put_rate: float = 0.5
+    onion_put_burst: float = 20.0
+    onion_max_lifetime: int = MAX_ONION_LIFETIME
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_lifetime, int) or self.max_lifetime < 60:
             raise ConfigError(f"max_lifetime must be at least 60 seconds, got {self.max_lifetime!r}")
+        if not isinstance(self.onion_max_lifetime, int) or not 60 <= self.onion_max_lifetime <= MAX_ONION_LIFETIME:
+            raise ConfigError(f"onion_max_lifetime must be 60 to {MAX_ONION_LIFETIME} seconds, "
+                              f"got {self.onion_max_lifetime!r}")
+        if not isinstance(self.max_onion_descriptors, int) or self.max_onion_descriptors < 1:
+            raise ConfigError(f"max_onion_descriptors must be a positive integer, got {self.max_onion_descriptors!r}")
+        check_rate(self.onion_put_rate, self.onion_put_burst)
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"signaling.redis must be a redis://HOST:PORT/DB URL, got {self.redis!r}")
 
@@ -91,11 +111,15 @@ def _backend(config: SignalConfig, directory: Directory, provider: NativeCryptoP
     """In memory (the default), or shared with every server on ``config.redis``."""
     if config.redis is None:
         return MemoryBackend(directory, KeyedLimiter(config.post_rate, config.post_burst),
-                             KeyedLimiter(config.get_rate, config.get_burst))
+                             KeyedLimiter(config.get_rate, config.get_burst),
+                             onion_puts=KeyedLimiter(config.onion_put_rate, config.onion_put_burst),
+                             onion=OnionStore(config.max_onion_descriptors))
     from .redis_backend import RedisBackend  # redis is needed only by servers that use it
 
     return RedisBackend(config.redis, directory, provider, post=(config.post_rate, config.post_burst),
                         get=(config.get_rate, config.get_burst), capacity=config.max_descriptors,
+                        onion_put=(config.onion_put_rate, config.onion_put_burst),
+                        onion_capacity=config.max_onion_descriptors,
                         presence_ttl=config.presence_ttl, clock=config.clock)
 
 
@@ -216,6 +240,58 @@ class _Api:
             return json_error(404, "not_found", "no live descriptor for that PeerId")
         return web.json_response({"descriptor": base64.b64encode(descriptor.raw).decode()})
 
+    async def put_onion(self, request: web.Request) -> web.Response:
+        """Store a sealed onion descriptor under its blinded key, after checking what the store can
+        check (``check_sealed``). Blinded keys are never logged: each names one service's period."""
+        key = _blinded_key(request)
+        if key is None:
+            return json_error(400, "bad_key", "the path must end in the blinded key as 64 lowercase hex digits")
+        wait = await self.backend.take("onion", request.remote or "unknown")
+        if wait:
+            return json_error(429, "rate_limited", "too many onion descriptors from your address; slow down",
+                              {"Retry-After": str(math.ceil(wait))})
+        now = self.config.clock()
+        try:
+            raw = await read_limited(request.content, declared=request.content_length, limit=MAX_SEALED_SIZE)
+            info = await check_sealed(self.provider, raw, now=now, max_lifetime=self.config.onion_max_lifetime)
+        except TooLarge as exc:
+            return json_error(413, "too_large", str(exc))
+        except ProtocolError as exc:
+            return json_error(400, "malformed", str(exc))
+        except CryptoError as exc:
+            return json_error(422, "invalid", str(exc))
+        if info.blinded_key != key:
+            return json_error(400, "key_mismatch", "the descriptor is signed by another blinded key than the path")
+        outcome = await self.backend.onion_put(info, raw, now)
+        if outcome is OnionStored.STALE:
+            return json_error(409, "stale", "a higher revision is stored for this blinded key")
+        if outcome is OnionStored.REPLAY:
+            return json_error(409, "replay", "this revision is already stored for this blinded key")
+        if outcome is OnionStored.FULL:
+            return json_error(507, "full", "the onion descriptor store is full; try again later", {"Retry-After": "60"})
+        return web.json_response({"revision": info.revision, "expires": info.expires}, status=201)
+
+    async def get_onion(self, request: web.Request) -> web.Response:
+        key = _blinded_key(request)
+        if key is None:
+            return json_error(400, "bad_key", "the path must end in the blinded key as 64 lowercase hex digits")
+        now = self.config.clock()
+        raw = await self.backend.onion_get(key, now)
+        if raw is not None:
+            try:  # checked again: a shared store is writable by more than this server
+                await check_sealed(self.provider, raw, now=now, max_lifetime=self.config.onion_max_lifetime)
+            except (ProtocolError, CryptoError) as exc:
+                log.warning("not serving a stored onion descriptor that no longer checks: %s", exc)
+                raw = None
+        if raw is None:
+            return json_error(404, "not_found", "no live onion descriptor for that blinded key")
+        return web.json_response({"descriptor": base64.b64encode(raw).decode()})
+
+
+def _blinded_key(request: web.Request) -> bytes | None:
+    text = request.match_info["key"]
+    return bytes.fromhex(text) if _BLINDED_KEY.fullmatch(text) else None
+
 
 def _static(web_root: Path) -> Handler:
     """Files under ``web_root`` (``/`` is its index.html); anything that is not a regular file
@@ -300,6 +376,8 @@ def create_app(config: SignalConfig | None = None) -> web.Application:
     app.router.add_post("/v1/descriptors", api.publish)
     app.router.add_get("/v1/relays", api.list_relays)
     app.router.add_get("/v1/relays/{peer_id}", api.get_relay)
+    app.router.add_put("/v1/onion/{key}", api.put_onion)
+    app.router.add_get("/v1/onion/{key}", api.get_onion)
     app.router.add_get("/v1/ws", hub.handle)
     if config.web_root is not None and config.web_root.is_dir():
         app.router.add_get("/{path:.*}", _static(config.web_root))

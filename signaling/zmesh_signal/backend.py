@@ -5,7 +5,8 @@ buckets and who is signed in where (docs/signaling.md, "Several servers").
 ``redis_backend.RedisBackend`` keeps the listing, the buckets and the routes in Redis so that any
 number of servers on one Redis answer as one. Both decide admission with the same pure
 ``Directory`` (pending set, probes, per-source limits, eviction) for what was posted to *this*
-server, so the rules cannot drift between them.
+server, so the rules cannot drift between them. Onion-service descriptors (``onion_put``,
+``onion_get``) live in an ``OnionStore`` here and in Redis there, under the same rules.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Protocol
 from zmesh.descriptor import Descriptor
 from zmesh.errors import TransportError
 from zmesh.identity import PeerId
+from zmesh.onion.descriptor import SealedInfo
 
 from .directory import Changes, Directory, Stored
 from .limits import KeyedLimiter
+from .onion_store import OnionStore, OnionStored
 
 
 class BackendUnavailable(TransportError):
@@ -36,17 +39,24 @@ class LocalPeers(Protocol):
     async def kick(self, peer: PeerId) -> None:
         """``peer`` signed in on another server: close its socket here (4000, replaced)."""
 
+    def directory_changed(self) -> None:
+        """The listing changed (here or on another server): tell the subscribed sockets, coalesced."""
+
 
 class MemoryBackend:
     """Everything in this process: one server, lost on restart."""
 
     name = "memory"
 
-    def __init__(self, directory: Directory, posts: KeyedLimiter, gets: KeyedLimiter) -> None:
-        self.directory, self._limiters = directory, {"post": posts, "get": gets}
+    def __init__(self, directory: Directory, posts: KeyedLimiter, gets: KeyedLimiter, *,
+                 onion_puts: KeyedLimiter, onion: OnionStore) -> None:
+        self.directory, self._limiters = directory, {"post": posts, "get": gets, "onion": onion_puts}
+        self._onion = onion
+        self._peers: LocalPeers | None = None
 
     async def start(self, peers: LocalPeers) -> None:
         """Begin serving; ``peers`` is the hub that holds this server's sockets."""
+        self._peers = peers
 
     async def stop(self) -> None:
         """Release what ``start`` opened."""
@@ -56,7 +66,8 @@ class MemoryBackend:
         return "ok"
 
     async def take(self, kind: str, key: str) -> float:
-        """Spend a ``kind`` (``post`` or ``get``) token for client ``key``: 0.0 or seconds to wait."""
+        """Spend a ``kind`` (``post``, ``get`` or ``onion``: an onion descriptor PUT, on top of its
+        ``post``) token for client ``key``: 0.0 or seconds to wait."""
         return self._limiters[kind].take(key)
 
     async def put(self, descriptor: Descriptor, now: float, source: str) -> Stored:
@@ -66,7 +77,9 @@ class MemoryBackend:
         return self.directory.probed(descriptor, reachable, now)
 
     def listing_changed(self, peer: PeerId, old: Descriptor | None, new: Descriptor | None) -> None:
-        """The directory's ``on_listing`` hook: nothing to share in memory."""
+        """The directory's ``on_listing`` hook: only this server's sockets are told."""
+        if self._peers is not None:
+            self._peers.directory_changed()
 
     async def changes(self, now: float, cursor: str | None, *, flag: str | None,
                       country: str | None) -> Changes:
@@ -77,6 +90,14 @@ class MemoryBackend:
 
     async def count(self, now: float) -> int:
         return self.directory.count(now)
+
+    async def onion_put(self, info: SealedInfo, blob: bytes, now: float) -> OnionStored:
+        """Store a checked onion descriptor under ``info.blinded_key`` (``onion_store`` rules)."""
+        return self._onion.put(info, blob, now)
+
+    async def onion_get(self, key: bytes, now: float) -> bytes | None:
+        """The live blob stored under blinded key ``key``, for the caller to check again."""
+        return self._onion.get(key, now)
 
     async def signed_in(self, peer: PeerId) -> None:
         """``peer`` authenticated on this server's socket (a newer one replaces it elsewhere)."""

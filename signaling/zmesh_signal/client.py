@@ -7,17 +7,19 @@ every relayed message is verified against its sender's PeerId before it is hande
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
 from zmesh.crypto.provider import CryptoProvider
 from zmesh.directory_view import RelayUpdate
-from zmesh.errors import LinkClosed, ProtocolError, TransportError
+from zmesh.errors import LinkClosed, TransportError
 from zmesh.identity import Identity
-from zmesh.signaling import SignalError, SignalSession
+from zmesh.onion.directory import MAX_ANSWER
+from zmesh.signaling import SignalError, SignalSession, http_answer
 
+from .limits import read_limited
 from .ws import WsLimits
 
 __all__ = ["RelayUpdate", "SignalClient", "SignalError", "SignalSession"]
@@ -84,19 +86,18 @@ class SignalClient:
                 status, body = response.status, await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unreachable("reach the signal server", exc) from exc
+        return http_answer(status, body, f"{method} {path}")
+
+    async def request(self, method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """One HTTP exchange with any URL (``zmesh.onion.directory.HttpClient``): the status and
+        the body, which may be at most ``MAX_ANSWER`` bytes (``TooLarge`` beyond)."""
+        headers = {"Content-Type": "application/octet-stream"} if body is not None else None
         try:
-            answer = json.loads(body)
-        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
-            answer = None
-        if not 200 <= status < 300:
-            if isinstance(answer, dict):
-                error, detail = answer.get("error"), answer.get("detail")
-                raise SignalError(error[:200] if isinstance(error, str) and error else f"http_{status}",
-                                  detail[:200] if isinstance(detail, str) else "", status=status)
-            raise SignalError(f"http_{status}", "the answer was not the API's JSON", status=status)
-        if not isinstance(answer, dict):
-            raise ProtocolError(f"the signal server answered {method} {path} without a JSON object")
-        return answer
+            async with self._http().request(method, url, data=body, headers=headers) as response:
+                return response.status, await read_limited(response.content, declared=response.content_length,
+                                                           limit=MAX_ANSWER)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TransportError(f"cannot reach {url.split('/v1/')[0]}: {exc}") from exc
 
     async def publish(self, raw: bytes) -> dict[str, Any]:
         """Publish a signed descriptor; returns ``{"peer_id", "expires"}``. ``SignalError`` with
@@ -116,13 +117,16 @@ class SignalClient:
         params = {k: v for k, v in (("since", since), ("flag", flag), ("country", country)) if v}
         return RelayUpdate.from_answer(await self._request("GET", "/v1/relays", params=params))
 
-    async def connect_ws(self, identity: Identity, provider: CryptoProvider) -> SignalSession:
-        """Open the signaling WebSocket and prove ``identity``'s PeerId to the server."""
+    async def connect_ws(self, identity: Identity, provider: CryptoProvider, *,
+                         on_directory: Callable[[], None] | None = None) -> SignalSession:
+        """Open the signaling WebSocket and prove ``identity``'s PeerId to the server (subscribed
+        to directory notices with ``on_directory``: ``SignalSession.open``)."""
         try:
             ws = await self._http().ws_connect(self.base_url + "/v1/ws", max_msg_size=WsLimits().max_message)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unreachable("open the signaling socket", exc) from exc
-        return await SignalSession.open(_AiohttpText(ws), identity, provider, self._timeout)
+        return await SignalSession.open(_AiohttpText(ws), identity, provider, self._timeout,
+                                        on_directory=on_directory)
 
     async def close(self) -> None:
         if self._session is not None:

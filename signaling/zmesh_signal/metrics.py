@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 DESCRIPTOR_RESULTS = ("accepted", "malformed", "invalid", "stale", "too_large", "full", "source_limit")
 PROBE_RESULTS = ("reachable", "unreachable")
 WS_MESSAGE_RESULTS = ("relayed", "bad_message", "bad_signature", "too_large", "offline", "busy",
-                      "rate_limited")
+                      "rate_limited", "directory_notice", "directory_notice_dropped")
 
 
 class SignalMetrics:

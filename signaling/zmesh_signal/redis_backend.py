@@ -8,11 +8,14 @@ What lives in Redis, under one key prefix, every key with a TTL or a cap:
   only), ``removed`` (tombstones, at most ``max_tombstones``), ``seq``, ``horizon``, ``epoch``;
 - rate-limit buckets ``rl:<kind>:<client>`` (a token bucket in Lua, TTL: until it would be full);
 - routes ``peer:<peer>`` → the id of the server holding that peer's socket (TTL ``presence_ttl``,
-  refreshed while the socket is open).
+  refreshed while the socket is open);
+- onion-service descriptors ``o:<blinded key hex>`` (a hash: revision, expiry, blob; TTL until it
+  expires) indexed by ``onion-expires`` (a sorted set, at most ``onion_capacity`` members).
 
 Each server subscribes to its own channel ``server:<id>`` (messages for its peers, errors for its
 senders, "your peer signed in elsewhere") and to ``presence`` (who signed in or out, so every
-server lists tabs alike). Admission (pending set, probes, per-source limits) stays in this
+server lists tabs alike; and "the listing changed", so every server's subscribed sockets hear of
+a relay that published to another). Admission (pending set, probes, per-source limits) stays in this
 server's pure ``Directory``; whatever it lists or unlists is written here, and every read of the
 listing comes from here, so all servers and a restarted one serve the same directory at once.
 
@@ -41,10 +44,12 @@ from zmesh.crypto.provider import CryptoProvider
 from zmesh.descriptor import Descriptor, verify_descriptor
 from zmesh.errors import ConfigError, ZmeshError
 from zmesh.identity import PeerId
+from zmesh.onion.descriptor import SealedInfo
 
 from .backend import BackendUnavailable, LocalPeers, MemoryBackend
 from .directory import Changes, Directory, Stored, matches, needs_probe
 from .limits import check_rate
+from .onion_store import OnionStored
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,24 @@ _PRUNE = _NOTE + """
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 for _, peer in ipairs(gone) do unlist(peer) end
 return #gone
+"""
+# The onion store's rules (zmesh_signal.onion_store) in one atomic step. Revisions are decimal
+# text (64-bit: beyond a Lua number's exact range), compared by length then bytes. KEYS: the
+# entry, the expiry index. ARGV: hex key, blob, revision, expires, now, capacity, TTL in ms.
+_ONION_PUT = """
+local function less(a, b) if #a ~= #b then return #a < #b end return a < b end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+local current = redis.call('HMGET', KEYS[1], 'revision', 'expires')
+if current[1] and tonumber(current[2]) > tonumber(ARGV[5]) then
+  if less(ARGV[3], current[1]) then return 'stale' end
+  if ARGV[3] == current[1] then return 'replay' end
+elseif redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) then
+  return 'full'
+end
+redis.call('HSET', KEYS[1], 'revision', ARGV[3], 'expires', ARGV[4], 'blob', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return 'stored'
 """
 # A token bucket on Redis's own clock (servers' clocks may differ). KEYS: bucket; ARGV: rate, burst.
 _TAKE = """
@@ -195,11 +218,14 @@ class RedisBackend(MemoryBackend):
 
     def __init__(self, url: str, directory: Directory, provider: CryptoProvider, *,
                  post: tuple[float, float], get: tuple[float, float], capacity: int,
+                 onion_put: tuple[float, float] = (0.5, 20.0), onion_capacity: int = 4096,
                  max_tombstones: int | None = None, presence_ttl: float = 30.0,
                  prefix: str = "zmesh:signal:", max_connections: int = 64,
                  clock: Callable[[], float] = time.time) -> None:
-        for rate, burst in (post, get):
+        for rate, burst in (post, get, onion_put):
             check_rate(rate, burst)
+        if not isinstance(onion_capacity, int) or onion_capacity < 1:
+            raise ConfigError(f"max_onion_descriptors must be a positive integer, got {onion_capacity!r}")
         if not presence_ttl >= 3:
             raise ConfigError(f"presence_ttl must be at least 3 seconds, got {presence_ttl!r}")
         try:
@@ -209,12 +235,14 @@ class RedisBackend(MemoryBackend):
             raise ConfigError(f"signaling.redis: {exc} (expected redis://HOST:PORT/DB)") from exc
         self.directory, self._provider, self._clock = directory, provider, clock
         self._redis = aioredis.Redis(connection_pool=pool)
-        self._rates = {"post": post, "get": get}
+        self._rates = {"post": post, "get": get, "onion": onion_put}
         self._capacity, self._max_tombstones = capacity, max_tombstones or capacity
+        self._onion_capacity = onion_capacity
         self._presence_ttl, self._prefix = presence_ttl, prefix
         self.server_id = secrets.token_hex(8)
         self._index = [prefix + name for name in ("expires", "published", "changed", "removed", "seq", "horizon")]
-        self._list, self._unlist, self._prune = (self._redis.register_script(s) for s in (_LIST, _UNLIST, _PRUNE))
+        self._list, self._unlist, self._prune, self._onion_put = (
+            self._redis.register_script(s) for s in (_LIST, _UNLIST, _PRUNE, _ONION_PUT))
         self._batches = _Batches(self._redis)
         self._dirty: dict[PeerId, tuple[Descriptor | None, Descriptor | None]] = {}  # listing changes to write
         self._gone: set[PeerId] = set()  # sign-outs not yet written
@@ -324,6 +352,10 @@ class RedisBackend(MemoryBackend):
             relay = new if new is not None and needs_probe(new) else None
             if result in (b"ok", 1) and (relay is not None or (old is not None and needs_probe(old))):
                 await self._announce_relay(peer, relay)
+        if len(refused) < len(written):  # the listing in Redis changed: every server tells its subscribers
+            assert self._peers is not None
+            self._peers.directory_changed()
+            await self._publish(self._key("presence"), {"directory": True})
         return refused
 
     async def _announce_relay(self, peer: PeerId, listed: Descriptor | None) -> None:
@@ -412,6 +444,22 @@ class RedisBackend(MemoryBackend):
     async def count(self, now: float) -> int:
         return int(await self._io(self._redis.zcount(self._key("expires"), f"({now}", "+inf")))
 
+    # ------------------------------------------------------------------ onion descriptors
+
+    async def onion_put(self, info: SealedInfo, blob: bytes, now: float) -> OnionStored:
+        key = info.blinded_key.hex()
+        ttl = max(1000, int((info.expires - now) * 1000))
+        outcome = await self._io(self._onion_put(
+            keys=[self._key(f"o:{key}"), self._key("onion-expires")],
+            args=[key, blob, str(info.revision), info.expires, now, self._onion_capacity, ttl]))
+        return OnionStored(outcome.decode())
+
+    async def onion_get(self, key: bytes, now: float) -> bytes | None:
+        """Whatever Redis holds; the caller checks it again, since anyone who can write to Redis
+        could have put it there."""
+        blob, expires = await self._io(self._redis.hmget(self._key(f"o:{key.hex()}"), "blob", "expires"))
+        return blob if blob is not None and expires is not None and now < float(expires) else None
+
     # ------------------------------------------------------------------ presence and routing
 
     async def signed_in(self, peer: PeerId) -> None:
@@ -463,7 +511,9 @@ class RedisBackend(MemoryBackend):
         if channel == self._key("presence"):
             if data["server"] == self.server_id:
                 return
-            if "relay" in data:
+            if "directory" in data:
+                self._peers.directory_changed()
+            elif "relay" in data:
                 expires = data["expires"]
                 self.directory.set_listed_elsewhere(PeerId.from_text(data["relay"]),
                                                     None if expires is None else float(expires))

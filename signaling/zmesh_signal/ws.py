@@ -43,6 +43,7 @@ class WsLimits:
     auth_timeout: float = 30.0
     heartbeat: float = 30.0
     outbox: int = 64
+    announce_interval: float = 1.0  # at most one "directory" notice per this many seconds (coalesced)
 
 
 class _Reject(ProtocolError):
@@ -112,6 +113,7 @@ class _Connection:
     def __init__(self, ws: web.WebSocketResponse, peer: PeerId, outbox: int) -> None:
         self.ws, self.peer = ws, peer
         self._outbox: asyncio.Queue[str] = asyncio.Queue(outbox)
+        self.subscribed = False  # to "directory" notices
 
     def offer(self, message: dict[str, str]) -> bool:
         """Queue ``message`` for this peer; False if its outbox is full (it is not reading)."""
@@ -141,6 +143,8 @@ class SignalHub:
         self._backend = backend
         self._peers: dict[PeerId, _Connection] = {}
         self._open: set[web.WebSocketResponse] = set()
+        self._announce: asyncio.TimerHandle | None = None  # the next "directory" notice, if one is due
+        self._announced_at = float("-inf")
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=self._limits.max_message, heartbeat=self._limits.heartbeat)
@@ -162,6 +166,9 @@ class SignalHub:
     async def close_all(self, _app: web.Application | None = None) -> None:
         """Close every socket (1001, going away): an ``on_shutdown`` hook, so that stopping the
         server does not wait for clients to hang up."""
+        if self._announce is not None:
+            self._announce.cancel()
+            self._announce = None
         for ws in list(self._open):
             await ws.close(code=1001, message=b"server shutting down")
 
@@ -231,6 +238,25 @@ class SignalHub:
         if conn is not None:
             await conn.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection")
 
+    def directory_changed(self) -> None:
+        """Schedule one "directory" notice to every subscribed socket, at most one per
+        ``announce_interval``: a burst of publications costs each subscriber one notice (and one
+        refetch of what changed), whatever its size. A subscriber whose outbox is full misses that
+        notice; the next one, or its own periodic refetch, brings it up to date."""
+        if self._announce is not None:
+            return  # the notice already due covers this change too
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._announced_at + self._limits.announce_interval - loop.time())
+        self._announce = loop.call_later(delay, self._send_notices)
+
+    def _send_notices(self) -> None:
+        self._announce = None
+        self._announced_at = asyncio.get_running_loop().time()
+        for conn in self._peers.values():
+            if conn.subscribed:
+                self._metrics.ws_messages.labels("directory_notice" if conn.offer({"type": "directory"})
+                                                 else "directory_notice_dropped").inc()
+
     async def _read(self, conn: _Connection) -> None:
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(self._limits.rate, self._limits.burst, now=loop.time())
@@ -243,7 +269,7 @@ class SignalHub:
                     raise _Reject("rate_limited", "too many messages; slow down", bad=False)
                 if msg.type is not WSMsgType.TEXT:
                     raise _Reject("bad_message", "messages are JSON text")
-                reply = await self._dispatch(conn.peer, parse_message(msg.data))
+                reply = await self._dispatch(conn, parse_message(msg.data))
             except _Reject as exc:
                 self._metrics.ws_messages.labels(exc.code).inc()
                 bad += exc.bad
@@ -255,13 +281,18 @@ class SignalHub:
                 await conn.ws.close(code=1008, message=b"not reading replies")
                 return
 
-    async def _dispatch(self, sender: PeerId, data: dict[str, Any]) -> dict[str, str] | None:
+    async def _dispatch(self, conn: _Connection, data: dict[str, Any]) -> dict[str, str] | None:
         """Act on one message; return the reply to its sender, if any."""
         if data["type"] == "ping":
             return {"type": "pong"}
         if data["type"] == "send":
-            await self._relay(sender, data)
+            await self._relay(conn.peer, data)
             return None
+        if data["type"] == "subscribe":
+            if data.get("topic") != "directory":
+                raise _Reject("bad_message", "the only topic is 'directory'")
+            conn.subscribed = True
+            return {"type": "subscribed", "topic": "directory"}
         raise _Reject("bad_message", f"unknown message type {data['type'][:32]!r}")
 
     async def _relay(self, sender: PeerId, data: dict[str, Any]) -> None:

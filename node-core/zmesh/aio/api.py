@@ -33,7 +33,7 @@ from ..descriptor import EXIT_KINDS, Descriptor
 from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from ..guards import GuardManager
 from ..identity import PeerId
-from ..onion.standin import is_mesh_name
+from ..onion.address import is_mesh_name
 from ..path import PathSelector, listens
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver

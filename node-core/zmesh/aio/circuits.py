@@ -18,7 +18,7 @@ from typing import Any
 
 from ..backoff import Backoff
 from ..cells import EndReason
-from ..circuit_plan import CircuitPlan, IsolationKey
+from ..circuit_plan import CircuitPlan, IsolationKey, PlannedCircuit
 from ..descriptor import Descriptor
 from ..errors import CircuitError, StreamError, ZmeshError
 from ..events import CircuitClosed, Event
@@ -29,6 +29,11 @@ from .driver import MeshStream, NodeDriver
 from .tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
+
+# Stream failures that count against the exit's trust score. A refused connection, a name that does
+# not resolve or a port its policy refuses are the destination's (or the user's) doing; a destroyed
+# circuit is counted against the hop that failed, when the circuit is rebuilt.
+EXIT_FAULTS = frozenset({EndReason.MISC, EndReason.TIMEOUT, EndReason.PROTOCOL, EndReason.UPSTREAM_FAILED})
 
 # choose(port or None for a pool circuit, relays to avoid, refetch the directory first?) -> a path
 ChooseFor = Callable[[int | None, frozenset[PeerId], bool], Awaitable[list[Descriptor]]]
@@ -91,28 +96,33 @@ class CircuitManager:
 
     async def open_stream(self, host: str, port: int, key: IsolationKey) -> TrackedStream:
         """A stream to ``host:port`` on a circuit of ``key`` (built if none may take it). A circuit
-        that dies under the BEGIN is replaced once."""
+        that dies under the BEGIN is replaced once. The exit's part in the outcome is fed to the
+        selector's trust scores."""
         for _ in range(2):
-            circuit = await self._attach(key, port)
+            planned = await self._attach(key, port)
+            circuit, exit_peer = planned.handle, planned.path[-1]
             try:
                 stream = await self.driver.open_stream(circuit, host, port)
             except BaseException as exc:
                 self._changed.set()
                 await self._detached(circuit)
+                if isinstance(exc, StreamError) and exc.reason in EXIT_FAULTS:
+                    self._selector.record_stream(exit_peer, ok=False)
                 if not (isinstance(exc, StreamError) and exc.reason is EndReason.DESTROYED):
                     raise
                 self.plan.forget(circuit)  # the circuit died under us: build another
                 continue
+            self._selector.record_stream(exit_peer, ok=True)
             self._changed.set()  # a pool circuit may have been claimed: plan its refill
             return TrackedStream(stream, functools.partial(self._detached, circuit))
         raise CircuitError("circuits keep failing; the mesh may be unreachable")
 
-    async def _attach(self, key: IsolationKey, port: int) -> int:
+    async def _attach(self, key: IsolationKey, port: int) -> PlannedCircuit:
         while True:
             self.plan.keep_only(set(self.driver.node.circuits()))
             circuit = self.plan.attach(key, port)
             if circuit is not None:
-                return circuit.handle
+                return circuit
             pending = self._pending.get(key.digest)
             if pending is not None:  # one build per key at a time; then try again
                 await asyncio.shield(pending)

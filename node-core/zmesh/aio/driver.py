@@ -330,6 +330,10 @@ class NodeDriver:
         """Stop delivering to a stream the application closed."""
         self._streams.pop((circuit, stream_id), None)
 
+    async def set_network_size(self, nodes: int) -> None:
+        """The directory lists ``nodes`` nodes: the node sizes its peer table by it (``PeerTiers``)."""
+        await self._call(self.node.set_network_size, nodes)
+
     def clock_moved(self) -> None:
         """Re-read the node's clock now rather than at the next planned deadline: for a test that
         moves a fake clock (a real monotonic clock needs no telling)."""
@@ -387,9 +391,10 @@ class NodeDriver:
                     future.set_result(None)
             case LinkNeeded(peer, role):
                 self._tasks.spawn(self._dial(peer, role))
-            case CloseLink(link_id, _):
+            case CloseLink(link_id, reason):
                 link = self._links.get(link_id)
                 if link is not None:
+                    log.info("closing link %d: %s", link_id, reason)  # reasons name limits, never addresses
                     self._tasks.spawn(self._drop_link(link_id, link))
             case CircuitBuilt(circuit, _, _):
                 future = self._building.pop(circuit, None)
