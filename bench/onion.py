@@ -115,8 +115,10 @@ async def measure(url: str, address: str, files_port: int, runs: int) -> dict[st
             await onion.forget(address)
 
         small = lambda: _fetch(socks, address, VPORT, "/small")  # noqa: E731
-        cold_ms = await _ttfbs(runs, small, cold)
-        warm_ms = await _ttfbs(runs, small, warm)
+        cold_ms, warm_ms = [], []
+        for _ in range(runs):  # interleaved, so a load that drifts during the run hits both alike
+            cold_ms += await _ttfbs(1, small, cold)
+            warm_ms += await _ttfbs(1, small, warm)
         joined_ms = await _ttfbs(runs * 4, small)
         onion_rate = await _rates(runs, lambda: _fetch(socks, address, VPORT, "/big"))
         exit_small = lambda: _fetch(socks, "127.0.0.1", files_port, "/small")  # noqa: E731
