@@ -6,6 +6,8 @@ carries a stream end to end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 
 import pytest
 
@@ -332,7 +334,9 @@ class MemoryDescriptors:
         return self.published[address]
 
 
-async def onion_mesh(provider, relays: int = 6, limits: OnionLimits | None = None):
+@contextlib.asynccontextmanager
+async def onion_mesh(provider, relays: int = 6, limits: OnionLimits | None = None, clock=time.monotonic):
+    """Relays, a service echoing on port 80 and a client, all on memory links; closed at the end."""
     net = MemoryNetwork(provider)
     peers = [(await net.add_node()).node.identity.peer_id for _ in range(relays)]
 
@@ -349,15 +353,18 @@ async def onion_mesh(provider, relays: int = 6, limits: OnionLimits | None = Non
         await echo_service(request)
 
     service = OnionService(await net.add_node(accept_circuits=False), keys, listing, store, echo_on_80,
-                           limits=limits)
+                           limits=limits, clock=clock)
     client = OnionClient(await net.add_node(accept_circuits=False), listing, store, limits=limits)
-    return net, service, client, store
+    try:
+        yield net, service, client, store
+    finally:
+        await service.close()
+        await net.close()
 
 
 def test_service_and_client_join_reuse_the_circuit_and_refuse_other_ports(provider):
     async def main():
-        net, service, client, store = await onion_mesh(provider)
-        try:
+        async with onion_mesh(provider) as (net, service, client, store):
             address = await service.start()
             descriptor = store.published[address]
             assert len({p.relay_id for p in descriptor.intro_points}) == 3  # distinct relays
@@ -374,17 +381,13 @@ def test_service_and_client_join_reuse_the_circuit_and_refuse_other_ports(provid
                 await client.open_stream(address.replace(address[3], "a" if address[3] != "a" else "b"), 80)
             await stream.close()
             await again.close()
-        finally:
-            await service.close()
-            await net.close()
 
     run(main())
 
 
 def test_a_closed_intro_circuit_is_rebuilt_and_the_descriptor_republished(provider):
     async def main():
-        net, service, client, store = await onion_mesh(provider)
-        try:
+        async with onion_mesh(provider) as (net, service, client, store):
             address = await service.start()
             first = store.published[address]
             victim = next(iter(service._intros))
@@ -393,9 +396,6 @@ def test_a_closed_intro_circuit_is_rebuilt_and_the_descriptor_republished(provid
             assert victim not in service._intros
             stream = await client.open_stream(address, 80)
             await stream.close()
-        finally:
-            await service.close()
-            await net.close()
 
     run(main())
 
@@ -407,8 +407,7 @@ def test_introduce_flood_through_one_intro_point_does_not_starve_another(provide
     limits = OnionLimits(intro_points=2, max_pending_per_intro=8, max_rendezvous_builds=1)
 
     async def main():
-        net, service, client, store = await onion_mesh(provider, limits=limits)
-        try:
+        async with onion_mesh(provider, limits=limits) as (net, service, client, store):
             address = await service.start()
             (a, b) = service._intros.values()
             taken: list[bytes] = []
@@ -444,9 +443,6 @@ def test_introduce_flood_through_one_intro_point_does_not_starve_another(provide
             position = taken.index(b.auth_key)
             assert position <= 2, f"the honest introduction waited behind {position} flooded ones"
             assert service.metrics["introduce_dropped_queue_full"] >= floods - limits.max_pending_per_intro - 1
-        finally:
-            await service.close()
-            await net.close()
 
     run(main())
 
@@ -458,47 +454,44 @@ def _only(descriptor: ServiceDescriptor, auth_key: bytes) -> ServiceDescriptor:
 
 def test_meshvpn_open_stream_and_fetch_reach_a_mesh_name_without_connect(provider):
     async def main():
-        net, service, client, store = await onion_mesh(provider)
-        page = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from an onion service"
+        async with onion_mesh(provider) as (net, service, client, store):
+            page = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from an onion service"
 
-        async def answer(request):
-            stream = await request.accept()
-            while b"\r\n\r\n" not in (request_bytes := await stream.read()):
-                assert request_bytes
-            await stream.write(page)
-            await stream.close()
+            async def answer(request):
+                stream = await request.accept()
+                while b"\r\n\r\n" not in (request_bytes := await stream.read()):
+                    assert request_bytes
+                await stream.write(page)
+                await stream.close()
 
-        service._handler = answer
-        vpn = MeshVPN(await net.add_node(accept_circuits=False), lambda: list(net.descriptors.values()),
-                      descriptors=store)
-        try:
-            address = await service.start()
-            response = await vpn.fetch(f"http://{address}/")
-            assert response.status == 200 and response.body == b"hello from an onion service"
-            assert not vpn.connected  # no exit circuit was built for it
-            with pytest.raises(OnionAddressError):
-                await vpn.open_stream("nonsense.mesh", 80)
-        finally:
-            await vpn.close()
-            await service.close()
-            await net.close()
+            service._handler = answer
+            vpn = MeshVPN(await net.add_node(accept_circuits=False), lambda: list(net.descriptors.values()),
+                          descriptors=store)
+            try:
+                address = await service.start()
+                response = await vpn.fetch(f"http://{address}/")
+                assert response.status == 200 and response.body == b"hello from an onion service"
+                assert not vpn.connected  # no exit circuit was built for it
+                with pytest.raises(OnionAddressError):
+                    await vpn.open_stream("nonsense.mesh", 80)
+            finally:
+                await vpn.close()
 
     run(main())
 
 
 def test_a_replayed_introduction_is_dropped_by_the_service_before_any_crypto(provider):
     async def main():
-        net, service, client, store = await onion_mesh(provider)
-        seen: list[IntroduceReceived] = []
-        previous = service.driver.on_event
+        async with onion_mesh(provider) as (net, service, client, store):
+            seen: list[IntroduceReceived] = []
+            previous = service.driver.on_event
 
-        def spy(event):
-            previous(event)
-            if isinstance(event, IntroduceReceived):
-                seen.append(event)
+            def spy(event):
+                previous(event)
+                if isinstance(event, IntroduceReceived):
+                    seen.append(event)
 
-        service.driver.on_event = spy
-        try:
+            service.driver.on_event = spy
             address = await service.start()
             stream = await client.open_stream(address, 80)
             await stream.close()
@@ -512,9 +505,6 @@ def test_a_replayed_introduction_is_dropped_by_the_service_before_any_crypto(pro
             await wait_until(lambda: service.metrics["introduce_replayed"] == 1)
             assert service.metrics["rendezvous_joined"] == 1 and service.metrics["rendezvous_failed"] == 0
             assert len(seen) == 2  # it did reach the service, which refused it
-        finally:
-            await service.close()
-            await net.close()
 
     run(main())
 
@@ -523,23 +513,19 @@ def test_a_service_that_joins_before_the_intro_ack_is_handled_is_not_missed(prov
     """RENDEZVOUS2 may overtake the client's handling of INTRODUCE_ACK: the client listens for it
     before it introduces itself."""
     async def main():
-        net, service, client, store = await onion_mesh(provider, limits=OnionLimits(step_timeout=5.0))
-        introduce = client._introduce
+        async with onion_mesh(provider, limits=OnionLimits(step_timeout=5.0)) as (net, service, client, store):
+            introduce = client._introduce
 
-        async def slow_ack(*args, **kwargs):
-            acked = await introduce(*args, **kwargs)
-            node = client.driver.node  # returns only once RENDEZVOUS2 has given the client its fourth hop
-            await wait_until(lambda: node.metrics["rendezvous_joined"] == 1)
-            return acked
+            async def slow_ack(*args, **kwargs):
+                acked = await introduce(*args, **kwargs)
+                node = client.driver.node  # returns only once RENDEZVOUS2 has given the client its fourth hop
+                await wait_until(lambda: node.metrics["rendezvous_joined"] == 1)
+                return acked
 
-        client._introduce = slow_ack
-        try:
+            client._introduce = slow_ack
             stream = await client.open_stream(await service.start(), 80)
             await stream.close()
             assert service.metrics["rendezvous_joined"] == 1 and store.lookups == 1  # the first one took
-        finally:
-            await service.close()
-            await net.close()
 
     run(main())
 
@@ -558,27 +544,18 @@ def test_service_keys_come_from_the_seed_alone(provider):
 def test_intro_points_are_rotated_after_their_lifetime_and_the_old_circuits_closed(provider):
     async def main():
         clock = FakeClock()
-        net = MemoryNetwork(provider)
-        peers = [(await net.add_node()).node.identity.peer_id for _ in range(6)]
+        limits = OnionLimits(intro_lifetime=600.0)
+        async with onion_mesh(provider, limits=limits, clock=clock) as (_net, service, _client, store):
+            published_when_closed: list[set[bytes]] = []
+            old: set[int] = set()
+            previous = service.driver.on_event
 
-        async def listing(_refresh: bool) -> list:
-            return [net.descriptors[p] for p in peers]
+            def spy(event):
+                previous(event)
+                if isinstance(event, CircuitClosed) and event.circuit in old:
+                    published_when_closed.append({p.auth_key for p in store.published[address].intro_points})
 
-        store = MemoryDescriptors()
-        keys = await ServiceKeys.from_seed(provider, provider.random_bytes(32))
-        service = OnionService(await net.add_node(accept_circuits=False), keys, listing, store, echo_service,
-                               limits=OnionLimits(intro_lifetime=600.0), clock=clock)
-        published_when_closed: list[set[bytes]] = []
-        old: set[int] = set()
-        previous = service.driver.on_event
-
-        def spy(event):
-            previous(event)
-            if isinstance(event, CircuitClosed) and event.circuit in old:
-                published_when_closed.append({p.auth_key for p in store.published[address].intro_points})
-
-        service.driver.on_event = spy
-        try:
+            service.driver.on_event = spy
             address = await service.start()
             old |= set(service._intros)
             old_keys = {p.auth_key for p in store.published[address].intro_points}
@@ -588,9 +565,6 @@ def test_intro_points_are_rotated_after_their_lifetime_and_the_old_circuits_clos
                              and not old_keys & {p.auth_key for p in store.published[address].intro_points})
             await wait_until(lambda: not old & set(service.driver.node.circuits()))
             assert len(published_when_closed) == 3 and not any(old_keys & keys for keys in published_when_closed)
-        finally:
-            await service.close()
-            await net.close()
 
     run(main())
 
