@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 
 import pytest
 
 from zmesh.aio.api import MeshVPN
-from zmesh.aio.onion import OnionClient, OnionLimits, OnionService
+from zmesh.aio.onion import OnionClient, OnionLimits, OnionService, _Paths
 from zmesh.cells import DestroyReason, EndReason, RelayCommand, encode_relay_body
 from zmesh.circuit import BuildState, Purpose
 from zmesh.errors import CircuitError, CryptoError, InvalidState, OnionAddressError, ProtocolError, StreamError
@@ -28,6 +29,7 @@ from zmesh.events import (
     StreamData,
     StreamRequested,
 )
+from zmesh.guards import GuardManager
 from zmesh.identity import Identity
 from zmesh.node import NodeLimits
 from zmesh.onion.address import encode_address
@@ -335,7 +337,8 @@ class MemoryDescriptors:
 
 
 @contextlib.asynccontextmanager
-async def onion_mesh(provider, relays: int = 6, limits: OnionLimits | None = None, clock=time.monotonic):
+async def onion_mesh(provider, relays: int = 6, limits: OnionLimits | None = None, clock=time.monotonic,
+                     guards: GuardManager | None = None):
     """Relays, a service echoing on port 80 and a client, all on memory links; closed at the end."""
     net = MemoryNetwork(provider)
     peers = [(await net.add_node()).node.identity.peer_id for _ in range(relays)]
@@ -353,7 +356,7 @@ async def onion_mesh(provider, relays: int = 6, limits: OnionLimits | None = Non
         await echo_service(request)
 
     service = OnionService(await net.add_node(accept_circuits=False), keys, listing, store, echo_on_80,
-                           limits=limits, clock=clock)
+                           limits=limits, clock=clock, guards=guards)
     client = OnionClient(await net.add_node(accept_circuits=False), listing, store, limits=limits)
     try:
         yield net, service, client, store
@@ -582,5 +585,51 @@ def test_an_intro_circuit_over_its_queue_bound_is_the_one_destroyed_not_the_intr
         assert mesh.closed(mesh.service, intro) is DestroyReason.RESOURCE_LIMIT
         assert mesh.closed(mesh.client, client_circuit) is None
         assert ip.point_counts()["intro"] == 0
+
+    run(main())
+
+
+def test_with_entry_guards_every_service_circuit_enters_at_a_primary_guard(provider):
+    async def main():
+        guards = GuardManager(clock=time.time, rng=random.Random(7))
+        limits = OnionLimits(step_timeout=5.0)
+        async with onion_mesh(provider, relays=8, guards=guards, limits=limits) as (_net, service, client, _store):
+            firsts = []
+            previous = service.driver.on_event
+
+            def spy(event):
+                previous(event)
+                if isinstance(event, CircuitBuilt):
+                    firsts.append(event.path[0])
+
+            service.driver.on_event = spy
+            address = await service.start()
+            for _ in range(5):
+                stream = await client.open_stream(address, 80)
+                await stream.close()
+                await client.forget(address)  # a new rendezvous, so a new service circuit, each time
+            # a rendezvous point that is one of the service's guards too is reached through another guard
+            assert service.metrics["rendezvous_joined"] == 5 and service.metrics["rendezvous_failed"] == 0
+            assert len(firsts) == 8 and set(firsts) <= set(guards.primary())  # 3 intro + 5 rendezvous circuits
+
+    run(main())
+
+
+def test_a_fixed_last_hop_that_is_the_first_guard_is_reached_through_another_guard(provider):
+    async def main():
+        net = MemoryNetwork(provider)
+        try:
+            for _ in range(6):
+                await net.add_node()
+            driver = await net.add_node(accept_circuits=False)
+            relays = [d for p, d in net.descriptors.items() if p != driver.node.identity.peer_id]
+            guards = GuardManager(clock=time.time, rng=random.Random(3))
+            guards.update(relays)
+            first = guards.primary()[0]
+            destination = next(r for r in relays if r.peer_id == first)  # e.g. a client's rendezvous point
+            _, path = await _Paths(driver, None, guards).build(relays, destination=destination, pinned={first})
+            assert path[-1].peer_id == first and path[0].peer_id in guards.primary()[1:]
+        finally:
+            await net.close()
 
     run(main())

@@ -80,7 +80,8 @@ class Client:
         self.circuits = CircuitManager(self.driver, self._choose, self.selector, self.plan,
                                        first_hop=self.guards.first_hop)
         self.circuits.start()
-        self.onion = OnionClient(self.driver, self._relays, self.descriptors, selector=self.selector, rng=self._rng)
+        self.onion = OnionClient(self.driver, self._relays, self.descriptors, selector=self.selector,
+                                 guards=self.guards, rng=self._rng)
         self.socks = Socks5Server(self.open_stream, socks_limits(self.config))
         host, port = split_host_port(self.config["client.socks"])
         self.socks_port = await self.socks.start(host, port)

@@ -29,6 +29,7 @@ from zmesh_signal.client import SignalClient
 
 from .config import control_address
 from .control import ControlServer
+from .guard_file import open_guards
 from .keys import load_or_create_service_key
 from .splice import splice
 from .transports import NativeTransports
@@ -48,6 +49,9 @@ class Service:
                                                            self.provider)
         self.limits = OnionLimits(intro_points=config["service.intro_points"],
                                   intro_lifetime=config["service.intro_lifetime"])
+        # Entry guards kept with the service key: a service that drew a new first hop for every
+        # circuit would soon use a relay of whoever floods it with introductions (guard discovery).
+        self.guards = open_guards(config["service.data_dir"])
         self.transports: NativeTransports | None = None
         self.driver: NodeDriver | None = None
         self.onion: OnionService | None = None
@@ -67,7 +71,7 @@ class Service:
         await self.transports.start()
         self.driver = NodeDriver(node, dialer=self.transports.dialer)
         self.onion = OnionService(self.driver, keys, self._relays, self.descriptors, self._forward,
-                                  selector=PathSelector(), limits=self.limits)
+                                  selector=PathSelector(), guards=self.guards, limits=self.limits)
         self.address = await self.onion.start()
         if self.control_address is not None:
             self.control = ControlServer(self.status)

@@ -136,7 +136,8 @@ class MeshVPN:
         self._retired_in = self._retired_out = 0  # bytes of streams no longer open
         self._readers = OwnedTasks("MeshVPN message readers")
         self._onion = None if descriptors is None else OnionClient(driver, self._relays, descriptors,
-                                                                   selector=self.selector, clock=clock)
+                                                                   selector=self.selector, guards=guards,
+                                                                   clock=clock)
         driver.stream_handler = self._serve_messages_then(driver.stream_handler)
 
     @property

@@ -43,6 +43,7 @@ from ..events import (
     RendezvousEstablished,
     RendezvousJoined,
 )
+from ..guards import GuardManager
 from ..identity import OnionKeys, PeerId
 from ..onion.address import decode_address, encode_address
 from ..onion.blinding import DEFAULT_PERIOD, time_period
@@ -136,6 +137,35 @@ async def _within(future: Awaitable[Any], timeout: float, what: str) -> Any:
         raise CircuitError(f"{what} did not come within {timeout:g} s") from None
 
 
+class _Paths:
+    """How both ends draw and build their 3-hop circuits: the normal path selection, entering at an
+    entry guard when there is a guard manager (an onion service most of all: Tor's guard-discovery
+    attacks are on services that draw a new first hop per circuit)."""
+
+    def __init__(self, driver: NodeDriver, selector: PathSelector | None, guards: GuardManager | None) -> None:
+        self.driver, self.selector, self.guards = driver, selector or PathSelector(), guards
+
+    async def build(self, relays: list[Descriptor], *, exclude: Iterable[PeerId] = (), pinned: Iterable[PeerId] = (),
+                    chosen: Callable[[list[Descriptor]], None] | None = None,
+                    **path: Any) -> tuple[int, list[Descriptor]]:
+        """Build a circuit on ``relays`` (``PathSelector.select`` keywords), around failed hops;
+        ``chosen(path)`` is told each path drawn, before it is built."""
+        me = self.driver.node.identity.peer_id
+        # a fixed last hop is never drawn as the entry (a guard that is the rendezvous point, say)
+        avoid_always = frozenset(exclude) | {me} | ({path["destination"].peer_id} if "destination" in path else set())
+
+        def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+            kwargs = {"hops": 3, "exclude": avoid | avoid_always, **path}
+            drawn = (self.guards.select(self.selector, relays, **kwargs) if self.guards is not None
+                     else self.selector.select(relays, **kwargs))
+            if chosen is not None:
+                chosen(drawn)
+            return drawn
+
+        return await build_around_failures(self.driver, choose, self.selector, pinned=frozenset(pinned),
+                                           first_hop=None if self.guards is None else self.guards.first_hop)
+
+
 @dataclass(slots=True, eq=False)
 class _Intro:
     circuit: int
@@ -150,10 +180,10 @@ class OnionService:
     """One onion service on ``driver``'s node (which should accept no circuits: it is no relay)."""
 
     def __init__(self, driver: NodeDriver, keys: ServiceKeys, relays: Relays, directory: DescriptorDirectory,
-                 handler: StreamHandler, *, selector: PathSelector | None = None,
+                 handler: StreamHandler, *, selector: PathSelector | None = None, guards: GuardManager | None = None,
                  limits: OnionLimits | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.driver, self.keys, self.relays, self.directory = driver, keys, relays, directory
-        self.selector = selector or PathSelector()
+        self._paths = _Paths(driver, selector, guards)
         self.limits = limits or OnionLimits()
         self.address = encode_address(keys.public)
         self.metrics: dict[str, int] = {"introduce_replayed": 0, "introduce_dropped_queue_full": 0,
@@ -223,18 +253,15 @@ class OnionService:
         relays = await self.relays(False)
         mine: set[PeerId] = set()  # the relay this build has reserved, so concurrent builds pick others
 
-        def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+        def reserve(path: list[Descriptor]) -> None:
             self._reserved -= mine
-            taken = {i.relay for i in self._intros.values()} | self._reserved
-            path = self.selector.select(relays, hops=3, exit_required=False,
-                                        exclude=avoid | taken | {self.driver.node.identity.peer_id})
             mine.clear()
             mine.add(path[-1].peer_id)
             self._reserved |= mine
-            return path
 
         try:
-            circuit, path = await build_around_failures(self.driver, choose, self.selector)
+            taken = {i.relay for i in self._intros.values()} | self._reserved
+            circuit, path = await self._paths.build(relays, exclude=taken, exit_required=False, chosen=reserve)
             auth_private, auth_key = await self.driver.node.provider.ed25519_generate()
             established = self._waiters.expect(circuit, IntroEstablished)
             try:
@@ -304,12 +331,7 @@ class OnionService:
                 self.metrics["introduce_invalid"] += 1
                 return
             rp, relays = await self._find_relay(point)
-            me = self.driver.node.identity.peer_id
-
-            def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
-                return self.selector.select(relays, hops=3, destination=rp, exclude=avoid | {me})
-
-            circuit, _ = await build_around_failures(self.driver, choose, self.selector, pinned={rp.peer_id})
+            circuit, _ = await self._paths.build(relays, destination=rp, pinned={rp.peer_id})
             reply, keys = await answer_introduction(provider, self.keys.public, self.keys.onion, create)
             await self.driver.call(self.driver.node.join_rendezvous, circuit, point.cookie, reply, keys)
             self._joined.add(circuit)
@@ -350,10 +372,11 @@ class OnionClient:
     """Streams to ``.mesh`` addresses over ``driver``'s node: descriptor lookup, rendezvous, reuse."""
 
     def __init__(self, driver: NodeDriver, relays: Relays, directory: DescriptorDirectory, *,
-                 selector: PathSelector | None = None, limits: OnionLimits | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+                 selector: PathSelector | None = None, guards: GuardManager | None = None,
+                 limits: OnionLimits | None = None, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self.driver, self.relays, self.directory = driver, relays, directory
-        self.selector = selector or PathSelector()
+        self._paths = _Paths(driver, selector, guards)
         self.limits = limits or OnionLimits()
         self._clock = clock
         self._rng = rng or random.SystemRandom()
@@ -435,10 +458,8 @@ class OnionClient:
         intros = [(by_id[p.relay_id], p) for p in descriptor.intro_points if p.relay_id in by_id]
         if not intros:
             raise CircuitError("none of the service's intro points is in the directory")
-        me = self.driver.node.identity.peer_id
-        intro_relays = {relay.peer_id for relay, _ in intros}
-        rend, path = await build_around_failures(self.driver, lambda avoid, _refetch: self.selector.select(
-            relays, hops=3, exit_required=False, exclude=avoid | intro_relays | {me}), self.selector)
+        rend, path = await self._paths.build(relays, exclude={relay.peer_id for relay, _ in intros},
+                                             exit_required=False)
         try:
             cookie = self.driver.node.provider.random_bytes(COOKIE_SIZE)
             established = self._waiters.expect(rend, RendezvousEstablished)
@@ -452,7 +473,7 @@ class OnionClient:
                 encrypted, handshake = await seal_introduction(self.driver.node.provider, service_key, keys,
                                                                intro.auth_key, point)
                 await self.driver.call(self.driver.node.await_rendezvous, rend, handshake)
-                if await self._introduce(relays, relay, intro.auth_key, encrypted, exclude={path[-1].peer_id, me}):
+                if await self._introduce(relays, relay, intro.auth_key, encrypted, exclude={path[-1].peer_id}):
                     await _within(asyncio.shield(joined), self.limits.step_timeout, "the service's RENDEZVOUS2")
                     return rend
             raise CircuitError("no intro point of the service accepted the introduction")
@@ -466,8 +487,7 @@ class OnionClient:
         """Send one INTRODUCE1 through ``intro``; whether it was acknowledged as forwarded."""
         relays = list(relays)
         try:
-            circuit, _ = await build_around_failures(self.driver, lambda avoid, _refetch: self.selector.select(
-                relays, hops=3, destination=intro, exclude=avoid | exclude), self.selector, pinned={intro.peer_id})
+            circuit, _ = await self._paths.build(relays, destination=intro, exclude=exclude, pinned={intro.peer_id})
         except CircuitError as exc:
             log.info("no circuit to an intro point: %s", exc)
             return False
