@@ -3,7 +3,9 @@
 
 The protocol is the node's (``zmesh.points`` at relays, ``zmesh.onion.endpoints`` at the ends); this
 module decides which circuits to build and when, and waits for the node's events. Where descriptors
-live is behind ``DescriptorDirectory``.
+live is behind ``DescriptorDirectory``: ``StoreDescriptors`` is the signal server's ``/v1/onion/``
+store, over any ``HttpClient`` (natively the ``SignalClient``, in a tab the page's fetch). Every
+circuit is a normal 3-hop path, entering at entry guards when there is a ``GuardManager`` (``_Paths``).
 
 Service: keeps ``intro_points`` intro circuits (distinct relays, drawn like any path; rebuilt when one
 closes, rotated after ``intro_lifetime``), republishes its descriptor whenever that set changes, and
