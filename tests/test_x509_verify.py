@@ -112,3 +112,14 @@ def test_rsa_pss_signatures_are_checked_and_sha1_is_refused():
     assert sha1 != leaf.der
     with pytest.raises(CertificateError, match="unsupported"):
         verify_chain([sha1], "127.0.0.1", STORE, NOW_S)
+
+
+def test_name_constraints_refuse_the_chain_even_when_not_critical():
+    """A name-constrained intermediate (the CA/Browser Forum lets its nameConstraints be
+    non-critical) must not issue for names outside its constraint; this check cannot evaluate
+    constraints, so any nameConstraints refuses the chain."""
+    constraint = x509.NameConstraints(permitted_subtrees=[x509.DNSName("allowed.test")], excluded_subtrees=None)
+    for critical in (False, True):
+        middle = issue("middle", ROOT, ca=True, extra=((constraint, critical),))
+        leaf = issue("leaf", middle, dns=("victim.test",))
+        assert refused([leaf, middle], "victim.test") == "unsupported"

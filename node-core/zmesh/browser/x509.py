@@ -11,8 +11,10 @@ What ``verify_chain`` checks, and nothing more (docs/browser.md lists it for use
 - the server's certificate: extendedKeyUsage serverAuth when present, and the host name or IP
   address against its subjectAltName (dNSName, a wildcard only as the whole leftmost label;
   iPAddress); the subject's common name is never used;
-- any critical extension not named here (name constraints, policies, ...) makes the chain refused.
-Not checked: revocation (no CRL, no OCSP), Certificate Transparency, policies, name constraints.
+- any critical extension not named here (policies, ...) makes the chain refused, and so does
+  nameConstraints, critical or not: the CA/Browser Forum lets a constrained intermediate mark it
+  non-critical, and ignoring it would let that intermediate issue for any name.
+Not checked: revocation (no CRL, no OCSP), Certificate Transparency, policies.
 
 DER is parsed here with strict lengths; the keys and signature arithmetic are tlslite-ng's (and
 its ``ecdsa`` dependency's). Every failure is a ``CertificateError`` naming the check.
@@ -35,6 +37,7 @@ SEQUENCE, BOOLEAN, INTEGER, BIT_STRING, OCTET_STRING, OID = 0x30, 0x01, 0x02, 0x
 UTC_TIME, GENERALIZED_TIME = 0x17, 0x18
 
 _BASIC_CONSTRAINTS, _KEY_USAGE, _SAN, _EKU = "2.5.29.19", "2.5.29.15", "2.5.29.17", "2.5.29.37"
+_NAME_CONSTRAINTS = "2.5.29.30"
 _SERVER_AUTH, _ANY_EKU = "1.3.6.1.5.5.7.3.1", "2.5.29.37.0"
 # signatureAlgorithm OID -> (key kind, hash); RSA-PSS ("1.2.840.113549.1.1.10") takes its hash from its parameters
 _SIGNATURES = {
@@ -126,7 +129,7 @@ class Certificate:
     eku: tuple[str, ...] | None
     dns_names: tuple[str, ...]
     ip_addresses: tuple[bytes, ...]
-    unknown_critical: tuple[str, ...]
+    unknown_critical: tuple[str, ...]  # and nameConstraints, critical or not: extensions that refuse it
 
     @property
     def key_cert_sign(self) -> bool:
@@ -199,7 +202,7 @@ def parse_certificate(der: bytes) -> Certificate:
                             dns.append(name.decode("ascii").lower())
                         elif ntag == 0x87:
                             ips.append(bytes(name))
-                elif critical:
+                elif critical or oid == _NAME_CONSTRAINTS:
                     unknown.append(oid)
         return Certificate(der, tbs, _signature_alg(algorithm), signature[1:], issuer[2], subject[2],
                            _time(before_tag, before), _time(after_tag, after), ca, path_len, key_usage, eku,
@@ -293,7 +296,7 @@ def verify_chain(chain: list[bytes], host: str, store: TrustStore, now: float) -
     certs = [parse_certificate(der) for der in chain[:MAX_DEPTH]]
     leaf = certs[0]
     if leaf.unknown_critical:
-        raise CertificateError("unsupported", f"critical extension {leaf.unknown_critical[0]} is not understood")
+        raise CertificateError("unsupported", f"extension {leaf.unknown_critical[0]} is not supported")
     if leaf.eku is not None and not {_SERVER_AUTH, _ANY_EKU} & set(leaf.eku):
         raise CertificateError("usage", "the certificate is not for TLS servers (extendedKeyUsage)")
     if not _matches_host(leaf, host):
@@ -316,6 +319,6 @@ def verify_chain(chain: list[bytes], host: str, store: TrustStore, now: float) -
         if issuer.path_len is not None and below > issuer.path_len:
             raise CertificateError("not a CA", "the chain is longer than an intermediate's pathLenConstraint")
         if issuer.unknown_critical:
-            raise CertificateError("unsupported", f"critical extension {issuer.unknown_critical[0]} is not understood")
+            raise CertificateError("unsupported", f"extension {issuer.unknown_critical[0]} is not supported")
         current, below = issuer, below + 1
     raise CertificateError("untrusted", f"no trusted root within {MAX_DEPTH} certificates")
