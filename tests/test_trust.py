@@ -170,7 +170,12 @@ def test_the_trust_file_survives_a_restart_and_decays_over_the_time_offline(tmp_
 @pytest.mark.parametrize("content", ["not json", "[]", '{"format": 1, "saved_at": 0, "relays": {"x": {}}}',
                                      '{"format": 1, "saved_at": 0, "relays": {"%s": {"age": -1, "rtt_ms": null, '
                                      '"builds": [0, 0], "streams": [0, 0], "first_seen_age": null, '
-                                     '"listed_seconds": 0, "benched_for": 0, "benchings": 0}}}'])
+                                     '"listed_seconds": 0, "benched_for": 0, "benchings": 0}}}',
+                                     # integers beyond a float's range: math.isfinite raised OverflowError
+                                     '{"format": 1, "saved_at": 0, "relays": {"%s": {"age": 1' + '0' * 400 + ', '
+                                     '"rtt_ms": null, "builds": [0, 0], "streams": [0, 0], "first_seen_age": null, '
+                                     '"listed_seconds": 0, "benched_for": 0, "benchings": 0}}}',
+                                     '{"format": 1, "saved_at": 1' + '0' * 400 + ', "relays": {}}'])
 def test_a_malformed_trust_file_is_a_warning_and_the_scores_start_neutral(tmp_path, relays, content, caplog):
     (tmp_path / TRUST_FILE).write_text(content.replace("%s", relays[0].peer_id.text))
     store = TrustStore(Clock())

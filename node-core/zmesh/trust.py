@@ -190,7 +190,7 @@ class TrustStore:
                 raise ValueError("bad relay table")
             saved_at = self.clock() - max(0.0, offline)
             loaded = {PeerId.from_text(text): self._parse(entry, saved_at) for text, entry in relays.items()}
-        except (ValueError, TypeError, KeyError, ZmeshError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, ZmeshError) as exc:  # Overflow: an int beyond floats
             raise ProtocolError(f"trust file is malformed: {exc}") from None
         self.records = loaded
 
