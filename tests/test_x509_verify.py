@@ -123,3 +123,33 @@ def test_name_constraints_refuse_the_chain_even_when_not_critical():
         middle = issue("middle", ROOT, ca=True, extra=((constraint, critical),))
         leaf = issue("leaf", middle, dns=("victim.test",))
         assert refused([leaf, middle], "victim.test") == "unsupported"
+
+
+def _intermediate_with_rsa_key(modulus_bits: int, exponent: int) -> tuple[bytes, bytes]:
+    """(leaf, intermediate) where ROOT certified an RSA key of that size and exponent (nobody holds
+    its private key: the leaf's signature cannot verify, and checking it is the cost)."""
+    import secrets
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from .https_support import Issued
+
+    public = rsa.RSAPublicNumbers(exponent, secrets.randbits(modulus_bits) | (1 << modulus_bits - 1) | 1).public_key()
+    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "middle")])
+    middle = (x509.CertificateBuilder().subject_name(subject).issuer_name(ROOT.cert.subject).public_key(public)
+              .serial_number(1).not_valid_before(NOW - DAY).not_valid_after(NOW + DAY)
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .sign(ROOT.key, hashes.SHA256()))
+    leaf = issue("leaf", Issued(middle, issue("other").key), ips=("127.0.0.1",))
+    return leaf.der, middle.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize(("bits", "exponent"), [(4096, (1 << 2048) + 1), (8200, 65537)], ids=["exponent", "modulus"])
+def test_rsa_keys_too_costly_to_check_are_refused_before_any_arithmetic(bits, exponent):
+    """A hostile server (or the exit, in the middle) sends intermediates with huge RSA exponents
+    or moduli: each signature check is one pow(s, e, n), some 30 s for a 16384-bit e and n in
+    CPython, several times that in a tab, and verify_chain tries every intermediate it was sent."""
+    leaf, middle = _intermediate_with_rsa_key(bits, exponent)
+    with pytest.raises(CertificateError) as caught:
+        verify_chain([leaf, middle], "127.0.0.1", STORE, NOW_S)
+    assert caught.value.reason == "unsupported"

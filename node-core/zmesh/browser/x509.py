@@ -5,7 +5,8 @@ What ``verify_chain`` checks, and nothing more (docs/browser.md lists it for use
   trust store (issuer and subject names compared byte for byte, RFC 5280 §7.1), at most
   ``MAX_DEPTH`` certificates long;
 - each signature on the path, with the issuer's key: RSA PKCS#1 v1.5 and RSA-PSS with SHA-256/384/512,
-  ECDSA with SHA-256/384/512, Ed25519 (SHA-1 and MD5 signatures are refused);
+  ECDSA with SHA-256/384/512, Ed25519 (SHA-1 and MD5 signatures are refused, and RSA keys beyond
+  ``MAX_RSA_BITS`` / ``MAX_RSA_EXPONENT_BITS``);
 - every certificate's notBefore/notAfter, the trust anchor's included;
 - intermediates: basicConstraints cA, keyUsage keyCertSign when keyUsage is present, pathLenConstraint;
 - the server's certificate: extendedKeyUsage serverAuth when present, and the host name or IP
@@ -33,6 +34,10 @@ from ..errors import CertificateError
 
 MAX_DEPTH = 8  # certificates on a path, the anchor included
 MAX_CERT_SIZE = 64 * 1024
+# A signature check is one pow(s, e, n) in pure Python: a hostile chain of RSA keys with huge
+# exponents or moduli would cost minutes per certificate tried (BoringSSL's bounds: 33-bit e, and
+# tlslite-ng's own for the server's key: 8192-bit n).
+MAX_RSA_BITS, MAX_RSA_EXPONENT_BITS = 8192, 33
 SEQUENCE, BOOLEAN, INTEGER, BIT_STRING, OCTET_STRING, OID = 0x30, 0x01, 0x02, 0x03, 0x04, 0x06
 UTC_TIME, GENERALIZED_TIME = 0x17, 0x18
 
@@ -143,7 +148,12 @@ class Certificate:
             parsed.parseBinary(self.der)
         except Exception as exc:  # tlslite-ng raises SyntaxError and friends on keys it cannot read
             raise CertificateError("unsupported", f"its public key cannot be read ({exc})") from None
-        return parsed.publicKey
+        key = parsed.publicKey
+        if getattr(key, "key_type", None) in ("rsa", "rsa-pss") and (
+                key.n.bit_length() > MAX_RSA_BITS or key.e.bit_length() > MAX_RSA_EXPONENT_BITS):
+            raise CertificateError("unsupported", f"an RSA key over {MAX_RSA_BITS} bits or with an exponent over "
+                                                  f"{MAX_RSA_EXPONENT_BITS} bits is not accepted")
+        return key
 
 
 def _signature_alg(algorithm: bytes) -> tuple[str, str | None, str | None]:
