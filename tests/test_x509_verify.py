@@ -153,3 +153,30 @@ def test_rsa_keys_too_costly_to_check_are_refused_before_any_arithmetic(bits, ex
     with pytest.raises(CertificateError) as caught:
         verify_chain([leaf, middle], "127.0.0.1", STORE, NOW_S)
     assert caught.value.reason == "unsupported"
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    head = bytes([size]) if size < 0x80 else bytes([0x80 | (size.bit_length() + 7) // 8]) + size.to_bytes(
+        (size.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + head + content
+
+
+def test_the_signed_algorithm_must_be_the_one_the_signature_is_checked_with():
+    """RFC 5280 4.1.1.2: the outer signatureAlgorithm (unsigned) must equal the signature field
+    inside the signed part; here the signed part says PKCS#1 v1.5 and the outer label PSS, with a
+    valid PSS signature over it."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    leaf = issue("leaf", ROOT, ips=("127.0.0.1",))
+    assert isinstance(ROOT.key, rsa.RSAPrivateKey)
+    tbs = leaf.cert.tbs_certificate_bytes
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+    raw = _resigned(leaf, ROOT, algorithm=hashes.SHA256(), rsa_padding=pss)
+    start = raw.index(pss_tbs := x509.load_der_x509_certificate(raw).tbs_certificate_bytes) + len(pss_tbs)
+    pss_alg = raw[start:start + 2 + raw[start + 1]]  # the AlgorithmIdentifier after the signed part
+    signature = ROOT.key.sign(tbs, pss, hashes.SHA256())
+    mixed = _der(0x30, tbs + pss_alg + _der(0x03, b"\x00" + signature))
+    with pytest.raises(CertificateError) as caught:
+        verify_chain([mixed], "127.0.0.1", STORE, NOW_S)
+    assert caught.value.reason == "malformed"

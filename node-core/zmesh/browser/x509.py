@@ -4,7 +4,8 @@ What ``verify_chain`` checks, and nothing more (docs/browser.md lists it for use
 - a path from the server's certificate, through the intermediates it sent, to a certificate in the
   trust store (issuer and subject names compared byte for byte, RFC 5280 §7.1), at most
   ``MAX_DEPTH`` certificates long;
-- each signature on the path, with the issuer's key: RSA PKCS#1 v1.5 and RSA-PSS with SHA-256/384/512,
+- each signature on the path, with the issuer's key and the algorithm the certificate signs (the
+  unsigned outer label must equal it): RSA PKCS#1 v1.5 and RSA-PSS with SHA-256/384/512,
   ECDSA with SHA-256/384/512, Ed25519 (SHA-1 and MD5 signatures are refused, and RSA keys beyond
   ``MAX_RSA_BITS`` / ``MAX_RSA_EXPONENT_BITS``);
 - every certificate's notBefore/notAfter, the trust anchor's included;
@@ -182,7 +183,9 @@ def parse_certificate(der: bytes) -> Certificate:
         fields = _children(tbs_body)
         if fields[0][0] == 0xA0:  # [0] version
             fields = fields[1:]
-        _serial, _alg, issuer, validity, subject, _spki, *rest = fields
+        _serial, signed_alg, issuer, validity, subject, _spki, *rest = fields
+        if signed_alg[1] != algorithm:  # RFC 5280 4.1.1.2: the unsigned outer label must be the signed one
+            raise _Malformed("the signature algorithm differs from the one the certificate signs")
         (before_tag, before, _), (after_tag, after, _) = _children(validity[1])
         ca, path_len, key_usage, eku, dns, ips, unknown = False, None, None, None, [], [], []
         for tag, value, _ in rest:
