@@ -180,3 +180,16 @@ def test_the_signed_algorithm_must_be_the_one_the_signature_is_checked_with():
     with pytest.raises(CertificateError) as caught:
         verify_chain([mixed], "127.0.0.1", STORE, NOW_S)
     assert caught.value.reason == "malformed"
+
+
+def test_a_critical_flag_that_is_not_der_true_is_malformed_not_ignored():
+    """DER's TRUE is 0xff; a BER-style 0x01 must not read as "not critical" (which would skip the
+    refusal of a critical extension nobody here understands)."""
+    odd = x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+    der = issue("leaf", ROOT, ips=("127.0.0.1",), extra=((odd, True),)).der
+    marker = bytes.fromhex("06092b06010401868d1f010101ff")  # the OID, then BOOLEAN (01 01) TRUE (ff)
+    assert der.count(marker[:-1]) == 1
+    relabelled = der.replace(marker[:-1] + b"\xff", marker[:-1] + b"\x01")
+    with pytest.raises(CertificateError) as caught:
+        parse_certificate(relabelled)
+    assert caught.value.reason == "malformed"

@@ -105,6 +105,13 @@ def _oid(content: bytes) -> str:
     return ".".join(str(arc) for arc in (first, arcs[0] - 40 * first, *arcs[1:]))
 
 
+def _boolean(content: bytes) -> bool:
+    """DER: TRUE is 0xff and FALSE 0x00, one byte; anything else is not read as either."""
+    if content not in (b"\x00", b"\xff"):
+        raise _Malformed("a BOOLEAN that is not DER")
+    return content == b"\xff"
+
+
 def _time(tag: int, content: bytes) -> int:
     """Seconds since the epoch of a UTCTime / GeneralizedTime in the ``Z`` form RFC 5280 requires."""
     text = content.decode("ascii", "replace")
@@ -193,14 +200,14 @@ def parse_certificate(der: bytes) -> Certificate:
                 continue
             for _, extension, _ in _children(_children(value)[0][1]):
                 parts = _children(extension)
-                oid, critical = _oid(parts[0][1]), parts[1][0] == BOOLEAN and parts[1][1] == b"\xff"
+                oid, critical = _oid(parts[0][1]), parts[1][0] == BOOLEAN and _boolean(parts[1][1])
                 if parts[-1][0] != OCTET_STRING:
                     raise _Malformed("extension value")
                 inner = _tlv(parts[-1][1])
                 if oid == _BASIC_CONSTRAINTS:
                     for ctag, cvalue, _ in _children(inner[1]):
                         if ctag == BOOLEAN:
-                            ca = cvalue == b"\xff"
+                            ca = _boolean(cvalue)
                         elif ctag == INTEGER:
                             path_len = int.from_bytes(cvalue, "big")
                 elif oid == _KEY_USAGE:
