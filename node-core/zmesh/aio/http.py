@@ -42,6 +42,8 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
         raise ConfigError(f"malformed URL {url!r}: {exc}") from exc
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
         raise ConfigError(f"only http:// and https:// URLs can be fetched through the mesh, got {url!r}")
+    if not url.isascii():  # the request line and Host header are ASCII
+        raise ConfigError(f"the URL must be ASCII (a punycode host, a percent-encoded path), got {url!r}")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme], path
 
