@@ -77,6 +77,26 @@ def test_uptime_is_the_share_of_observations_listing_the_relay(relays):
     assert trust.reliability(steady) > trust.reliability(flapping)
 
 
+def test_time_the_client_was_off_is_not_time_the_relay_was_unlisted(relays):
+    """Uptime is the share of this client's observations listing the relay: a week with the client
+    off holds no observation, so it must not count as a week the relay was missing."""
+    clock = Clock()
+    trust = TrustStore(clock)
+    steady = relays[0].peer_id
+    for _ in range(61):
+        trust.observe_listing([steady])
+        clock.now += 60
+    before = trust.records[steady].uptime(clock.now)
+    restarted_clock = Clock()
+    restarted = TrustStore(restarted_clock)
+    restarted.load_json(json.loads(json.dumps(trust.to_json())), offline=7 * 86400)
+    assert restarted.records[steady].uptime(restarted_clock.now) > 0.9 * before, before
+    restarted.observe_listing([steady])
+    restarted_clock.now += 60
+    restarted.observe_listing([steady])
+    assert restarted.records[steady].uptime(restarted_clock.now) > 0.9 * before
+
+
 def test_repeated_build_failures_bench_a_relay_for_a_doubling_while(relays):
     clock = Clock()
     trust = TrustStore(clock, TrustPolicy(bench_after=3, bench_for=60, bench_max=200))
