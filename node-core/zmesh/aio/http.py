@@ -84,6 +84,6 @@ def parse_response(data: bytes) -> HttpResponse:
         key, text = name.decode("latin-1").lower(), value.strip().decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     length = headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) != len(body)):
+    if length is not None and (not (length.isascii() and length.isdigit()) or int(length) != len(body)):
         raise ProtocolError(f"the body is {len(body)} bytes but Content-Length says {length!r}: cut short or malformed")
     return HttpResponse(int(status_line[1]), headers, body)
