@@ -193,3 +193,15 @@ def test_a_critical_flag_that_is_not_der_true_is_malformed_not_ignored():
     with pytest.raises(CertificateError) as caught:
         parse_certificate(relabelled)
     assert caught.value.reason == "malformed"
+
+
+def test_an_intermediate_restricted_to_other_usages_cannot_vouch_for_a_tls_server():
+    """An intermediate whose extendedKeyUsage leaves out serverAuth (an S/MIME-only CA, say) is not
+    trusted for TLS servers by browsers, so its certificates for TLS servers are refused."""
+    email_only = x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.EMAIL_PROTECTION])
+    middle = issue("middle", ROOT, ca=True, extra=((email_only, False),))
+    assert refused([issue("leaf", middle, ips=("127.0.0.1",)), middle]) == "usage"
+    tls_too = x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.EMAIL_PROTECTION,
+                                     x509.oid.ExtendedKeyUsageOID.SERVER_AUTH])
+    middle = issue("middle", ROOT, ca=True, extra=((tls_too, False),))
+    verify_chain([issue("leaf", middle, ips=("127.0.0.1",)).der, middle.der], "127.0.0.1", STORE, NOW_S)

@@ -9,7 +9,8 @@ What ``verify_chain`` checks, and nothing more (docs/browser.md lists it for use
   ECDSA with SHA-256/384/512, Ed25519 (SHA-1 and MD5 signatures are refused, and RSA keys beyond
   ``MAX_RSA_BITS`` / ``MAX_RSA_EXPONENT_BITS``);
 - every certificate's notBefore/notAfter, the trust anchor's included;
-- intermediates: basicConstraints cA, keyUsage keyCertSign when keyUsage is present, pathLenConstraint;
+- intermediates: basicConstraints cA, keyUsage keyCertSign when keyUsage is present, pathLenConstraint,
+  extendedKeyUsage serverAuth when present (as browsers require: an S/MIME-only CA vouches for no server);
 - the server's certificate: extendedKeyUsage serverAuth when present, and the host name or IP
   address against its subjectAltName (dNSName, a wildcard only as the whole leftmost label;
   iPAddress); the subject's common name is never used;
@@ -308,6 +309,11 @@ def _matches_host(cert: Certificate, host: str) -> bool:
     return address.packed in cert.ip_addresses
 
 
+def _for_tls_servers(cert: Certificate) -> bool:
+    """No extendedKeyUsage, or one naming serverAuth (or any usage)."""
+    return cert.eku is None or bool({_SERVER_AUTH, _ANY_EKU} & set(cert.eku))
+
+
 def verify_chain(chain: list[bytes], host: str, store: TrustStore, now: float) -> None:
     """Accept the server's ``chain`` (its certificate first) for ``host`` at time ``now``, or raise
     ``CertificateError``. See the module docstring for exactly what is checked."""
@@ -317,7 +323,7 @@ def verify_chain(chain: list[bytes], host: str, store: TrustStore, now: float) -
     leaf = certs[0]
     if leaf.unknown_critical:
         raise CertificateError("unsupported", f"extension {leaf.unknown_critical[0]} is not supported")
-    if leaf.eku is not None and not {_SERVER_AUTH, _ANY_EKU} & set(leaf.eku):
+    if not _for_tls_servers(leaf):
         raise CertificateError("usage", "the certificate is not for TLS servers (extendedKeyUsage)")
     if not _matches_host(leaf, host):
         raise CertificateError("hostname", f"the certificate is not for {host!r}")
@@ -338,6 +344,8 @@ def verify_chain(chain: list[bytes], host: str, store: TrustStore, now: float) -
             raise CertificateError("not a CA", "an intermediate certificate is not allowed to sign certificates")
         if issuer.path_len is not None and below > issuer.path_len:
             raise CertificateError("not a CA", "the chain is longer than an intermediate's pathLenConstraint")
+        if not _for_tls_servers(issuer):
+            raise CertificateError("usage", "an intermediate certificate is not for TLS servers (extendedKeyUsage)")
         if issuer.unknown_critical:
             raise CertificateError("unsupported", f"extension {issuer.unknown_critical[0]} is not supported")
         current, below = issuer, below + 1
