@@ -205,3 +205,17 @@ def test_an_intermediate_restricted_to_other_usages_cannot_vouch_for_a_tls_serve
                                      x509.oid.ExtendedKeyUsageOID.SERVER_AUTH])
     middle = issue("middle", ROOT, ca=True, extra=((tls_too, False),))
     verify_chain([issue("leaf", middle, ips=("127.0.0.1",)).der, middle.der], "127.0.0.1", STORE, NOW_S)
+
+
+def test_an_extension_given_twice_is_malformed():
+    """RFC 5280 4.2: at most one instance of an extension; with two subjectAltNames (or two
+    basicConstraints) which one counts would be this parser's guess."""
+    second = x509.UnrecognizedExtension(ObjectIdentifier("2.5.29.99"),
+                                        x509.SubjectAlternativeName([x509.DNSName("b.test")]).public_bytes())
+    der = issue("leaf", ROOT, dns=("a.test",), extra=((second, False),)).der
+    # cryptography builds no duplicate: relabel 2.5.29.99 as subjectAltName (2.5.29.17), same length
+    unknown, san = bytes.fromhex("0603551d63"), bytes.fromhex("0603551d11")
+    assert der.count(unknown) == 1
+    with pytest.raises(CertificateError) as caught:
+        parse_certificate(der.replace(unknown, san))
+    assert caught.value.reason == "malformed"

@@ -196,12 +196,16 @@ def parse_certificate(der: bytes) -> Certificate:
             raise _Malformed("the signature algorithm differs from the one the certificate signs")
         (before_tag, before, _), (after_tag, after, _) = _children(validity[1])
         ca, path_len, key_usage, eku, dns, ips, unknown = False, None, None, None, [], [], []
+        seen: set[str] = set()
         for tag, value, _ in rest:
             if tag != 0xA3:  # [1] / [2] unique identifiers
                 continue
             for _, extension, _ in _children(_children(value)[0][1]):
                 parts = _children(extension)
                 oid, critical = _oid(parts[0][1]), parts[1][0] == BOOLEAN and _boolean(parts[1][1])
+                if oid in seen:  # RFC 5280 4.2: which of two instances counts would be a guess
+                    raise _Malformed(f"extension {oid} appears twice")
+                seen.add(oid)
                 if parts[-1][0] != OCTET_STRING:
                     raise _Malformed("extension value")
                 inner = _tlv(parts[-1][1])
