@@ -84,6 +84,11 @@ def test_found_by_the_adversarial_run() -> None:
     # an HTTP status of 5,000 digits (was ValueError) and a URL with a bad port
     _refused("http.parse_response", b"HTTP/1.0 " + b"9" * 5000 + b" OK\r\n\r\n")
     _refused("http.parse_url", b"http://example.com:99999/")
+    # a non-ASCII host or path (was UnicodeEncodeError in http_get, after the stream and TLS were up)
+    _refused("http.parse_url", "http://bücher.example/".encode())
+    # a Content-Length of latin-1 "²" passed str.isdigit (was ValueError from int())
+    _refused("http.parse_response", b"HTTP/1.0 200 OK\r\nContent-Length: \xb2\r\n\r\nhi")
+    _refused("http.parse_url", "https://example.com/ü".encode())
 
 
 def test_a_country_with_a_trailing_newline_is_refused() -> None:

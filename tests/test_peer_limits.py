@@ -19,7 +19,7 @@ def test_the_default_tiers_are_the_documents():
     assert PeerTiers.parse("auto") == tiers and PeerTiers.parse("12").limit(5000) == 12
 
 
-@pytest.mark.parametrize("text", ["", "-3", "0", "lots", "8.5"])
+@pytest.mark.parametrize("text", ["", "-3", "0", "lots", "8.5", "²", "٣"])
 def test_a_bad_peer_limit_is_a_config_error(text):
     with pytest.raises(ConfigError):
         PeerTiers.parse(text)

@@ -77,6 +77,26 @@ def test_uptime_is_the_share_of_observations_listing_the_relay(relays):
     assert trust.reliability(steady) > trust.reliability(flapping)
 
 
+def test_time_the_client_was_off_is_not_time_the_relay_was_unlisted(relays):
+    """Uptime is the share of this client's observations listing the relay: a week with the client
+    off holds no observation, so it must not count as a week the relay was missing."""
+    clock = Clock()
+    trust = TrustStore(clock)
+    steady = relays[0].peer_id
+    for _ in range(61):
+        trust.observe_listing([steady])
+        clock.now += 60
+    before = trust.records[steady].uptime(clock.now)
+    restarted_clock = Clock()
+    restarted = TrustStore(restarted_clock)
+    restarted.load_json(json.loads(json.dumps(trust.to_json())), offline=7 * 86400)
+    assert restarted.records[steady].uptime(restarted_clock.now) > 0.9 * before, before
+    restarted.observe_listing([steady])
+    restarted_clock.now += 60
+    restarted.observe_listing([steady])
+    assert restarted.records[steady].uptime(restarted_clock.now) > 0.9 * before
+
+
 def test_repeated_build_failures_bench_a_relay_for_a_doubling_while(relays):
     clock = Clock()
     trust = TrustStore(clock, TrustPolicy(bench_after=3, bench_for=60, bench_max=200))
@@ -170,7 +190,12 @@ def test_the_trust_file_survives_a_restart_and_decays_over_the_time_offline(tmp_
 @pytest.mark.parametrize("content", ["not json", "[]", '{"format": 1, "saved_at": 0, "relays": {"x": {}}}',
                                      '{"format": 1, "saved_at": 0, "relays": {"%s": {"age": -1, "rtt_ms": null, '
                                      '"builds": [0, 0], "streams": [0, 0], "first_seen_age": null, '
-                                     '"listed_seconds": 0, "benched_for": 0, "benchings": 0}}}'])
+                                     '"listed_seconds": 0, "benched_for": 0, "benchings": 0}}}',
+                                     # integers beyond a float's range: math.isfinite raised OverflowError
+                                     '{"format": 1, "saved_at": 0, "relays": {"%s": {"age": 1' + '0' * 400 + ', '
+                                     '"rtt_ms": null, "builds": [0, 0], "streams": [0, 0], "first_seen_age": null, '
+                                     '"listed_seconds": 0, "benched_for": 0, "benchings": 0}}}',
+                                     '{"format": 1, "saved_at": 1' + '0' * 400 + ', "relays": {}}'])
 def test_a_malformed_trust_file_is_a_warning_and_the_scores_start_neutral(tmp_path, relays, content, caplog):
     (tmp_path / TRUST_FILE).write_text(content.replace("%s", relays[0].peer_id.text))
     store = TrustStore(Clock())

@@ -43,7 +43,7 @@ class PeerTiers:
         text = str(text).strip().lower()
         if text == "auto":
             return cls()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # str.isdigit also takes "²" and other scripts' digits
             raise ConfigError(f"a peer limit is 'auto' or a number of links, got {text!r}")
         return cls(fixed=int(text))
 

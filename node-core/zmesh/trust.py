@@ -188,14 +188,18 @@ class TrustStore:
             relays = data["relays"]
             if not isinstance(relays, dict) or len(relays) > self.policy.max_relays:
                 raise ValueError("bad relay table")
-            saved_at = self.clock() - max(0.0, offline)
-            loaded = {PeerId.from_text(text): self._parse(entry, saved_at) for text, entry in relays.items()}
-        except (ValueError, TypeError, KeyError, ZmeshError) as exc:
+            now = self.clock()
+            saved_at = now - max(0.0, offline)
+            loaded = {PeerId.from_text(text): self._parse(entry, saved_at, now) for text, entry in relays.items()}
+        except (ValueError, TypeError, KeyError, OverflowError, ZmeshError) as exc:  # Overflow: an int beyond floats
             raise ProtocolError(f"trust file is malformed: {exc}") from None
         self.records = loaded
 
     @staticmethod
-    def _parse(entry: dict[str, Any], now: float) -> RelayRecord:
+    def _parse(entry: dict[str, Any], saved_at: float, loaded_at: float) -> RelayRecord:
+        """``saved_at``: when the entry was saved (counts decay and benchings run out over the time
+        offline); ``loaded_at``: the clock now. Uptime's first sighting moves with the clock, as
+        no observation was made while the client was off."""
         def number(value: object, *, optional: bool = False) -> float | None:
             if value is None and optional:
                 return None
@@ -210,12 +214,12 @@ class TrustStore:
         benchings = entry["benchings"]
         if not isinstance(benchings, int) or not 0 <= benchings <= 64:
             raise ValueError("bad benchings")
-        return RelayRecord(updated=now - number(entry["age"]), rtt_ms=number(entry["rtt_ms"], optional=True),
+        return RelayRecord(updated=saved_at - number(entry["age"]), rtt_ms=number(entry["rtt_ms"], optional=True),
                            builds_ok=number(builds[0]), builds_failed=number(builds[1]),
                            streams_ok=number(streams[0]), streams_failed=number(streams[1]),
-                           first_seen=None if first_age is None else now - first_age,
+                           first_seen=None if first_age is None else loaded_at - first_age,
                            listed_seconds=number(entry["listed_seconds"]),
-                           benched_until=now + number(entry["benched_for"]), benchings=benchings)
+                           benched_until=saved_at + number(entry["benched_for"]), benchings=benchings)
 
     # -- internals --------------------------------------------------------------------------------
     def _changed(self) -> None:

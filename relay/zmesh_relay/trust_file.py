@@ -48,7 +48,7 @@ class TrustFile:
             data = json.loads(text)
             offline = time.time() - float(data["saved_at"])
             self.store.load_json(data, offline=offline)
-        except (ValueError, TypeError, KeyError, ProtocolError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, ProtocolError) as exc:
             log.warning("ignoring trust file %s (%s): relay scores start neutral", self._path, exc)
 
     def _save_throttled(self) -> None:

@@ -42,6 +42,8 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
         raise ConfigError(f"malformed URL {url!r}: {exc}") from exc
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
         raise ConfigError(f"only http:// and https:// URLs can be fetched through the mesh, got {url!r}")
+    if not url.isascii():  # the request line and Host header are ASCII
+        raise ConfigError(f"the URL must be ASCII (a punycode host, a percent-encoded path), got {url!r}")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme], path
 
@@ -82,6 +84,6 @@ def parse_response(data: bytes) -> HttpResponse:
         key, text = name.decode("latin-1").lower(), value.strip().decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     length = headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) != len(body)):
+    if length is not None and (not (length.isascii() and length.isdigit()) or int(length) != len(body)):
         raise ProtocolError(f"the body is {len(body)} bytes but Content-Length says {length!r}: cut short or malformed")
     return HttpResponse(int(status_line[1]), headers, body)

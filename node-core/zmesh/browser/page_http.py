@@ -21,7 +21,7 @@ class PageHttp:
         except OSError as exc:  # what pyfetch raises for a network failure or a CORS refusal
             raise TransportError(f"cannot reach {url.split('/v1/')[0]}: {exc}") from exc
         declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_ANSWER:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > MAX_ANSWER:
             raise ProtocolError(f"the answer is {declared} bytes; the limit is {MAX_ANSWER}")
         data = await response.bytes()
         if len(data) > MAX_ANSWER:

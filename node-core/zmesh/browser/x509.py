@@ -4,15 +4,20 @@ What ``verify_chain`` checks, and nothing more (docs/browser.md lists it for use
 - a path from the server's certificate, through the intermediates it sent, to a certificate in the
   trust store (issuer and subject names compared byte for byte, RFC 5280 §7.1), at most
   ``MAX_DEPTH`` certificates long;
-- each signature on the path, with the issuer's key: RSA PKCS#1 v1.5 and RSA-PSS with SHA-256/384/512,
-  ECDSA with SHA-256/384/512, Ed25519 (SHA-1 and MD5 signatures are refused);
+- each signature on the path, with the issuer's key and the algorithm the certificate signs (the
+  unsigned outer label must equal it): RSA PKCS#1 v1.5 and RSA-PSS with SHA-256/384/512,
+  ECDSA with SHA-256/384/512, Ed25519 (SHA-1 and MD5 signatures are refused, and RSA keys beyond
+  ``MAX_RSA_BITS`` / ``MAX_RSA_EXPONENT_BITS``);
 - every certificate's notBefore/notAfter, the trust anchor's included;
-- intermediates: basicConstraints cA, keyUsage keyCertSign when keyUsage is present, pathLenConstraint;
+- intermediates: basicConstraints cA, keyUsage keyCertSign when keyUsage is present, pathLenConstraint,
+  extendedKeyUsage serverAuth when present (as browsers require: an S/MIME-only CA vouches for no server);
 - the server's certificate: extendedKeyUsage serverAuth when present, and the host name or IP
   address against its subjectAltName (dNSName, a wildcard only as the whole leftmost label;
   iPAddress); the subject's common name is never used;
-- any critical extension not named here (name constraints, policies, ...) makes the chain refused.
-Not checked: revocation (no CRL, no OCSP), Certificate Transparency, policies, name constraints.
+- any critical extension not named here (policies, ...) makes the chain refused, and so does
+  nameConstraints, critical or not: the CA/Browser Forum lets a constrained intermediate mark it
+  non-critical, and ignoring it would let that intermediate issue for any name.
+Not checked: revocation (no CRL, no OCSP), Certificate Transparency, policies.
 
 DER is parsed here with strict lengths; the keys and signature arithmetic are tlslite-ng's (and
 its ``ecdsa`` dependency's). Every failure is a ``CertificateError`` naming the check.
@@ -31,10 +36,15 @@ from ..errors import CertificateError
 
 MAX_DEPTH = 8  # certificates on a path, the anchor included
 MAX_CERT_SIZE = 64 * 1024
+# A signature check is one pow(s, e, n) in pure Python: a hostile chain of RSA keys with huge
+# exponents or moduli would cost minutes per certificate tried (BoringSSL's bounds: 33-bit e, and
+# tlslite-ng's own for the server's key: 8192-bit n).
+MAX_RSA_BITS, MAX_RSA_EXPONENT_BITS = 8192, 33
 SEQUENCE, BOOLEAN, INTEGER, BIT_STRING, OCTET_STRING, OID = 0x30, 0x01, 0x02, 0x03, 0x04, 0x06
 UTC_TIME, GENERALIZED_TIME = 0x17, 0x18
 
 _BASIC_CONSTRAINTS, _KEY_USAGE, _SAN, _EKU = "2.5.29.19", "2.5.29.15", "2.5.29.17", "2.5.29.37"
+_NAME_CONSTRAINTS = "2.5.29.30"
 _SERVER_AUTH, _ANY_EKU = "1.3.6.1.5.5.7.3.1", "2.5.29.37.0"
 # signatureAlgorithm OID -> (key kind, hash); RSA-PSS ("1.2.840.113549.1.1.10") takes its hash from its parameters
 _SIGNATURES = {
@@ -96,6 +106,13 @@ def _oid(content: bytes) -> str:
     return ".".join(str(arc) for arc in (first, arcs[0] - 40 * first, *arcs[1:]))
 
 
+def _boolean(content: bytes) -> bool:
+    """DER: TRUE is 0xff and FALSE 0x00, one byte; anything else is not read as either."""
+    if content not in (b"\x00", b"\xff"):
+        raise _Malformed("a BOOLEAN that is not DER")
+    return content == b"\xff"
+
+
 def _time(tag: int, content: bytes) -> int:
     """Seconds since the epoch of a UTCTime / GeneralizedTime in the ``Z`` form RFC 5280 requires."""
     text = content.decode("ascii", "replace")
@@ -126,7 +143,7 @@ class Certificate:
     eku: tuple[str, ...] | None
     dns_names: tuple[str, ...]
     ip_addresses: tuple[bytes, ...]
-    unknown_critical: tuple[str, ...]
+    unknown_critical: tuple[str, ...]  # and nameConstraints, critical or not: extensions that refuse it
 
     @property
     def key_cert_sign(self) -> bool:
@@ -140,7 +157,12 @@ class Certificate:
             parsed.parseBinary(self.der)
         except Exception as exc:  # tlslite-ng raises SyntaxError and friends on keys it cannot read
             raise CertificateError("unsupported", f"its public key cannot be read ({exc})") from None
-        return parsed.publicKey
+        key = parsed.publicKey
+        if getattr(key, "key_type", None) in ("rsa", "rsa-pss") and (
+                key.n.bit_length() > MAX_RSA_BITS or key.e.bit_length() > MAX_RSA_EXPONENT_BITS):
+            raise CertificateError("unsupported", f"an RSA key over {MAX_RSA_BITS} bits or with an exponent over "
+                                                  f"{MAX_RSA_EXPONENT_BITS} bits is not accepted")
+        return key
 
 
 def _signature_alg(algorithm: bytes) -> tuple[str, str | None, str | None]:
@@ -169,22 +191,28 @@ def parse_certificate(der: bytes) -> Certificate:
         fields = _children(tbs_body)
         if fields[0][0] == 0xA0:  # [0] version
             fields = fields[1:]
-        _serial, _alg, issuer, validity, subject, _spki, *rest = fields
+        _serial, signed_alg, issuer, validity, subject, _spki, *rest = fields
+        if signed_alg[1] != algorithm:  # RFC 5280 4.1.1.2: the unsigned outer label must be the signed one
+            raise _Malformed("the signature algorithm differs from the one the certificate signs")
         (before_tag, before, _), (after_tag, after, _) = _children(validity[1])
         ca, path_len, key_usage, eku, dns, ips, unknown = False, None, None, None, [], [], []
+        seen: set[str] = set()
         for tag, value, _ in rest:
             if tag != 0xA3:  # [1] / [2] unique identifiers
                 continue
             for _, extension, _ in _children(_children(value)[0][1]):
                 parts = _children(extension)
-                oid, critical = _oid(parts[0][1]), parts[1][0] == BOOLEAN and parts[1][1] == b"\xff"
+                oid, critical = _oid(parts[0][1]), parts[1][0] == BOOLEAN and _boolean(parts[1][1])
+                if oid in seen:  # RFC 5280 4.2: which of two instances counts would be a guess
+                    raise _Malformed(f"extension {oid} appears twice")
+                seen.add(oid)
                 if parts[-1][0] != OCTET_STRING:
                     raise _Malformed("extension value")
                 inner = _tlv(parts[-1][1])
                 if oid == _BASIC_CONSTRAINTS:
                     for ctag, cvalue, _ in _children(inner[1]):
                         if ctag == BOOLEAN:
-                            ca = cvalue == b"\xff"
+                            ca = _boolean(cvalue)
                         elif ctag == INTEGER:
                             path_len = int.from_bytes(cvalue, "big")
                 elif oid == _KEY_USAGE:
@@ -199,7 +227,7 @@ def parse_certificate(der: bytes) -> Certificate:
                             dns.append(name.decode("ascii").lower())
                         elif ntag == 0x87:
                             ips.append(bytes(name))
-                elif critical:
+                elif critical or oid == _NAME_CONSTRAINTS:
                     unknown.append(oid)
         return Certificate(der, tbs, _signature_alg(algorithm), signature[1:], issuer[2], subject[2],
                            _time(before_tag, before), _time(after_tag, after), ca, path_len, key_usage, eku,
@@ -285,6 +313,11 @@ def _matches_host(cert: Certificate, host: str) -> bool:
     return address.packed in cert.ip_addresses
 
 
+def _for_tls_servers(cert: Certificate) -> bool:
+    """No extendedKeyUsage, or one naming serverAuth (or any usage)."""
+    return cert.eku is None or bool({_SERVER_AUTH, _ANY_EKU} & set(cert.eku))
+
+
 def verify_chain(chain: list[bytes], host: str, store: TrustStore, now: float) -> None:
     """Accept the server's ``chain`` (its certificate first) for ``host`` at time ``now``, or raise
     ``CertificateError``. See the module docstring for exactly what is checked."""
@@ -293,8 +326,8 @@ def verify_chain(chain: list[bytes], host: str, store: TrustStore, now: float) -
     certs = [parse_certificate(der) for der in chain[:MAX_DEPTH]]
     leaf = certs[0]
     if leaf.unknown_critical:
-        raise CertificateError("unsupported", f"critical extension {leaf.unknown_critical[0]} is not understood")
-    if leaf.eku is not None and not {_SERVER_AUTH, _ANY_EKU} & set(leaf.eku):
+        raise CertificateError("unsupported", f"extension {leaf.unknown_critical[0]} is not supported")
+    if not _for_tls_servers(leaf):
         raise CertificateError("usage", "the certificate is not for TLS servers (extendedKeyUsage)")
     if not _matches_host(leaf, host):
         raise CertificateError("hostname", f"the certificate is not for {host!r}")
@@ -315,7 +348,9 @@ def verify_chain(chain: list[bytes], host: str, store: TrustStore, now: float) -
             raise CertificateError("not a CA", "an intermediate certificate is not allowed to sign certificates")
         if issuer.path_len is not None and below > issuer.path_len:
             raise CertificateError("not a CA", "the chain is longer than an intermediate's pathLenConstraint")
+        if not _for_tls_servers(issuer):
+            raise CertificateError("usage", "an intermediate certificate is not for TLS servers (extendedKeyUsage)")
         if issuer.unknown_critical:
-            raise CertificateError("unsupported", f"critical extension {issuer.unknown_critical[0]} is not understood")
+            raise CertificateError("unsupported", f"extension {issuer.unknown_critical[0]} is not supported")
         current, below = issuer, below + 1
     raise CertificateError("untrusted", f"no trusted root within {MAX_DEPTH} certificates")

@@ -14,8 +14,9 @@ someone who knows the address can compute. So the store checks what it must (``c
 size, shape, the blinded key's signature, times) without learning which service it holds, and a
 client who knows the address reads it (``open_descriptor``). With client authorisation the inner
 key also takes a random descriptor cookie, encrypted to each listed client's X25519 key with an
-ephemeral key (Tor's scheme); the client list is always padded with random entries, so the store
-cannot tell whether a service restricts its clients, nor to how many.
+ephemeral key (Tor's scheme); the client list is always padded with random entries to a multiple
+of 16, so from a blob's size the store cannot tell whether a service lists up to 16 clients or none;
+a longer list does show, by size, that the service restricts its clients, and to how many within 16.
 
 Every decoder raises only our errors: ``ProtocolError`` (malformed), ``CryptoError`` (signature,
 time, wrong address), ``OnionAuthError`` (genuine, but this client is not authorised).
