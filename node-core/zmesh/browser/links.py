@@ -1,24 +1,31 @@
 """The page's message pipes (imported only under Pyodide): links over ``WebSocket`` and
 ``RTCDataChannel``, and the text socket the signaling session runs on.
 
-Bytes cross the JS bridge as whole frames (one ``Uint8Array`` per frame, no per-byte loop). Links
-apply backpressure through ``bufferedAmount``, so a fast sender cannot make the tab buffer
-without bound.
+Bytes cross the JS bridge as whole frames (one ``Uint8Array`` per frame, no per-byte loop), and
+``recv`` hands the node every frame that has arrived at once, joined up to ``MAX_FRAME_SIZE``: the
+node's per-frame work (one crypto call per hop per run of cells, its lock, its events) is then paid
+per batch rather than per small frame a relay happened to send. Links apply backpressure through
+``bufferedAmount``, so a fast sender cannot make the tab buffer without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
 
-from ..cells import MAX_FRAME_SIZE
+from ..cells import CELL_SIZE, MAX_FRAME_SIZE
 from ..errors import LinkClosed, TransportError
 
 HIGH_WATER = 1 << 20  # bytes the browser may hold in a socket's send buffer before we wait
 MAX_QUEUED_SIGNALS = 256  # signaling messages received and not yet handled
+
+
+def _whole(frame: bytes) -> bool:
+    return bool(frame) and not len(frame) % CELL_SIZE
 
 
 async def _opened(target: Any, what: str, timeout: float) -> None:
@@ -51,7 +58,9 @@ class BrowserChannelLink:
                  on_close: Any = None) -> None:
         self._target, self.transport, self.ordered, self.reliable = target, transport, ordered, reliable
         self._on_close_hook = on_close  # e.g. closing the RTCPeerConnection that owns a DataChannel
-        self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._frames: deque[bytes] = deque()
+        self._arrived = asyncio.Event()
+        self._ended = False  # no frame comes after those in ``_frames``
         self._closed = asyncio.Event()
         self._proxies = [create_proxy(self._on_message), create_proxy(self._on_close)]
         target.binaryType = "arraybuffer"
@@ -76,11 +85,16 @@ class BrowserChannelLink:
         if isinstance(data, str) or data.byteLength > MAX_FRAME_SIZE:
             self._target.close(1003)  # frames are binary and bounded; anything else ends the link
             return
-        self._frames.put_nowait(js.Uint8Array.new(data).to_bytes())
+        self._frames.append(js.Uint8Array.new(data).to_bytes())
+        self._arrived.set()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._arrived.set()
+        self._closed.set()
 
     def _on_close(self, _event: Any) -> None:
-        self._frames.put_nowait(None)
-        self._closed.set()
+        self._end()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -93,16 +107,32 @@ class BrowserChannelLink:
         self._target.send(to_js(frame))
 
     async def recv(self) -> bytes:
-        frame = await self._frames.get()
-        if frame is None:
-            self._frames.put_nowait(None)
-            raise LinkClosed(f"{self.transport} link closed")
-        return frame
+        """The next frame, or the frames that have arrived joined (whole cells, at most
+        ``MAX_FRAME_SIZE``). A frame of no whole cells (or none) is handed over alone, for the node
+        to refuse as it would anyway."""
+        if self._frames:
+            # Yield once even so: the crypto rarely awaits, and without this a reader with frames
+            # queued would keep the page's main thread (and the stream readers sending SENDMEs)
+            # for as long as frames keep arriving. Frames that arrive meanwhile join the batch.
+            await asyncio.sleep(0)
+        while not self._frames:
+            if self._ended:
+                raise LinkClosed(f"{self.transport} link closed")
+            self._arrived.clear()
+            await self._arrived.wait()
+        frames = self._frames
+        first = frames.popleft()
+        if not frames or not _whole(first):
+            return first
+        batch, size = [first], len(first)
+        while frames and _whole(frames[0]) and size + len(frames[0]) <= MAX_FRAME_SIZE:
+            size += len(frames[0])
+            batch.append(frames.popleft())
+        return b"".join(batch) if len(batch) > 1 else first
 
     async def close(self) -> None:
         self._target.close()
-        self._frames.put_nowait(None)
-        self._closed.set()
+        self._end()
         if self._on_close_hook is not None:
             self._on_close_hook()
 
