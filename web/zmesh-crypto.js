@@ -94,6 +94,7 @@ export async function aesGcmDecrypt(raw, iv, data, additionalData) {
 // a stream holds at most 2 * MAX_AHEAD bytes of keystream (the ready part and one refill in flight).
 const MIN_AHEAD = 16 * 1024;
 const MAX_AHEAD = 256 * 1024;
+const ZEROS = new Uint8Array(MAX_AHEAD);  // what a refill encrypts (WebCrypto copies its input)
 
 function addCounter(iv, blocks) {  // the 128-bit big-endian counter block iv + blocks (mod 2^128)
   const counter = new Uint8Array(iv);
@@ -125,7 +126,8 @@ export class CtrStream {
     const counter = addCounter(this.iv, this.made / 16);
     this.made += length;
     this.refill = this.key
-      .then((key) => subtle.encrypt({ name: "AES-CTR", counter, length: 128 }, key, new Uint8Array(length)))
+      .then((key) => subtle.encrypt({ name: "AES-CTR", counter, length: 128 }, key,
+        length <= ZEROS.length ? ZEROS.subarray(0, length) : new Uint8Array(length)))
       .then((buffer) => { this.chunks.push(new Uint8Array(buffer)); this.ready += length; })
       .finally(() => { this.refill = null; });
     this.ahead = Math.min(this.ahead * 2, MAX_AHEAD);
