@@ -2,7 +2,8 @@
 WebRTC and over WebSocket, beside a native client in the same run. Real Chromium, real `zmesh`
 processes; run it inside the private namespace (`tests/netns-run`, as `make bench` does).
 
-Run: ``python bench/browser.py`` (about a minute).
+Run: ``python bench/browser.py [--json]`` (about a minute). docs/browser.md ("Performance") has the
+profile of where a tab's time goes and how it was taken.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "playwright"))
 from playwright.sync_api import sync_playwright  # noqa: E402
 from playwright_support import CHROMIUM_ARGS  # noqa: E402
 
+from bench.figures import add_json_flag, print_json  # noqa: E402
 from bench.native import local_mesh, measure, via_mesh  # noqa: E402
 from tests.test_native_mesh import PAYLOAD  # noqa: E402
 
@@ -48,6 +50,7 @@ JOIN = """async ([target, transport]) => {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
+    add_json_flag(parser)
     args = parser.parse_args()
     # `zmesh signal` serves the repository's web/ by default: the page and the directory share an origin.
     with local_mesh() as (url, socks, port):
@@ -79,6 +82,12 @@ def main() -> None:
     print(f"| {'3-hop download throughput (MB/s, median)':45} | {med(rtc['samples']):11.1f} "
           f"| {med(ws['samples']):14.1f} | {med(native):13.1f} | {med(rtc['samples']) / med(native):6.2f} |")
     print("* tab over WebRTC / native client, same run")
+    print_json(args, {"tab_webrtc_MBps": round(med(rtc["samples"]), 2),
+                      "tab_websocket_MBps": round(med(ws["samples"]), 2),
+                      "native_MBps": round(med(native), 2), "join_ms": round(max(rtc["joined"], ws["joined"])),
+                      "join_ms_webrtc": round(rtc["joined"]), "join_ms_websocket": round(ws["joined"]),
+                      "longest_task_ms": max(rtc["worst"], ws["worst"]),
+                      "tab_websocket_over_native": round(med(ws["samples"]) / med(native), 3)})
 
 
 async def _native_rates(socks: tuple[str, int], port: int, runs: int) -> list[float]:

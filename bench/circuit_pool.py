@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import add_json_flag, print_json  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 from tests.test_circuit_control import ClientProcess  # noqa: E402
 from tests.test_native_mesh import Process, _http_server  # noqa: E402
@@ -87,22 +87,20 @@ async def measure(signal: str, port: int, runs: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--json", action="store_true", help="print the medians as JSON")
+    add_json_flag(parser)
     args = parser.parse_args()
     with local_mesh() as (signal, port):
         samples = asyncio.run(measure(signal, port, args.runs))
     medians = {name: 1000 * statistics.median(values) for name, values in samples.items()}
     baseline = medians["built circuit"]
-    if args.json:
-        print(json.dumps({"runs": args.runs, "cpus": os.cpu_count(), "ttfb_ms_median": medians,
-                          "ratio_to_built_circuit": {k: v / baseline for k, v in medians.items()}}, indent=2))
-        return
     print(f"time to first byte of a new key's first stream — {os.cpu_count()} CPUs, 3 hops, "
           f"median of {args.runs}, real processes on loopback")
     print("| stream                 | TTFB (ms) | × built circuit |")
     print("|------------------------|-----------|-----------------|")
     for name, value in medians.items():
         print(f"| {name:<22} | {value:9.2f} | {value / baseline:15.2f} |")
+    print_json(args, {"runs": args.runs, "cpus": os.cpu_count(), "ttfb_ms_median": medians,
+                      "ratio_to_built_circuit": {k: v / baseline for k, v in medians.items()}})
 
 
 if __name__ == "__main__":

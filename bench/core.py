@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -22,6 +24,10 @@ from zmesh.link import LinkRole
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node
 from zmesh.testing.memnet import MemoryNetwork, blob_service
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.figures import add_json_flag, print_json  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -154,6 +160,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=32, help="bytes moved per throughput run")
     parser.add_argument("--runs", type=int, default=5)
+    add_json_flag(parser)
     args = parser.parse_args()
     provider = NativeCryptoProvider()
     size = args.size_mib * MiB
@@ -170,6 +177,9 @@ async def main() -> None:
               f"= {statistics.median(relay) * CELL_SIZE / 1e6:,.0f} MB/s"))
     print(row("3-hop in-memory stream throughput", mesh_tp, "MB/s", f"{ratio:.3f}x raw AES-GCM"))
     print(row("baseline: raw AES-256-GCM, 1 KiB messages", gcm, "MB/s", "1.000x"))
+    med = statistics.median
+    print_json(args, {"circuit_build_ms": med(build), "relay_cells_per_s": med(relay), "three_hop_MBps": med(mesh_tp),
+                      "aes_gcm_MBps": med(gcm), "three_hop_over_aes_gcm": round(ratio, 4)})
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import add_json_flag, print_json  # noqa: E402
 from zmesh.descriptor import Capabilities, sign_descriptor  # noqa: E402
 from zmesh.identity import Identity  # noqa: E402
 from zmesh.native.crypto import NativeCryptoProvider  # noqa: E402
@@ -99,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--relays", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=9)
+    add_json_flag(parser)
     args = parser.parse_args()
     rows = asyncio.run(fetch_sizes(args.relays))
     print(f"{'relays':>7} {'plain':>10} {'gzip':>10} {'ratio':>6} {'since, none':>12} {'since, one':>11}")
@@ -107,6 +109,10 @@ def main() -> None:
     samples = asyncio.run(listing_latency(args.rounds))
     print(f"\nPOST → listed (probe: link + CREATE/CREATED), median of {len(samples)}: "
           f"{statistics.median(samples) * 1000:.1f} ms (min {min(samples) * 1000:.1f}, max {max(samples) * 1000:.1f})")
+    print_json(args, {"listing_bytes": {str(count): {"plain": plain, "gzip": gzipped, "since_unchanged": unchanged,
+                                                     "since_one_changed": one}
+                                        for count, plain, gzipped, unchanged, one in rows},
+                      "post_to_listed_ms_median": statistics.median(samples) * 1000})
 
 
 if __name__ == "__main__":

@@ -19,15 +19,22 @@ time it spends per 17-byte update. Every figure is the median of ``RUNS`` runs. 
 
 from __future__ import annotations
 
+import argparse
 import heapq
 import os
 import random
 import statistics
 import struct
+import sys
 import time
 from collections import deque
+from pathlib import Path
 
 from zmesh.fec import Delivered, FecEndpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.figures import add_json_flag, print_json  # noqa: E402
 
 SYMBOL = 1200
 DELAY = 0.025  # s one way
@@ -150,6 +157,10 @@ def summary(run: tuple[list[float], float]) -> tuple[float, float, float, float]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_json_flag(parser)
+    args = parser.parse_args()
+    figures: dict[str, float] = {}
     began = time.perf_counter()
     print(f"zmesh Tetrys FEC benchmark: {os.cpu_count()} CPUs, medians of {RUNS} runs")
     print(f"\nCodec, {SYMBOL}-byte symbols, adaptive repair, updates lagging 32 packets each way:")
@@ -159,6 +170,7 @@ def main() -> None:
         runs = [codec_mb_s(loss, seed=seed) for seed in range(RUNS)]
         encode, decode, span = (statistics.median(r[i] for r in runs) for i in range(3))
         print(f"| {loss:4.0%} | {encode:11.1f} | {decode:11.1f} | {span:26.1f} |")
+        figures |= {f"encode_MBps_loss_{loss:.0%}": encode, f"decode_MBps_loss_{loss:.0%}": decode}
     print(f"\nDelivery latency (ms), {DELAY * 1e3:.0f} ms one way, one frame per ms, in order:")
     print("| loss | method         |   p50 |   p95 |   p99 | p50 / ARQ | p99 / ARQ | extra packets/frame |")
     print("|------|----------------|-------|-------|-------|-----------|-----------|---------------------|")
@@ -169,6 +181,8 @@ def main() -> None:
         for name, (p50, p95, p99, extra) in (("FEC (adaptive)", fec_m), ("ARQ", arq_m)):
             print(f"| {loss:4.0%} | {name:<14} | {p50:5.1f} | {p95:5.1f} | {p99:5.1f} | "
                   f"{p50 / arq_m[0]:9.2f} | {p99 / arq_m[2]:9.2f} | {extra:19.2f} |")
+        figures |= {f"fec_p99_ms_loss_{loss:.0%}": fec_m[2], f"arq_p99_ms_loss_{loss:.0%}": arq_m[2],
+                    f"fec_extra_packets_per_frame_loss_{loss:.0%}": fec_m[3]}
     runs = [lying_updates(seed=seed) for seed in range(RUNS)]
     first, mean, cpu = (statistics.median(r[i] for r in runs) for i in range(3))
     print("\nLying window updates (17 bytes each, claiming every packet lost) against a full window:")
@@ -176,6 +190,8 @@ def main() -> None:
     print("|----------------------------|------------------------------|---------------------|")
     print(f"| {first:26.0f} | {mean:28.0f} | {cpu:19.1f} |")
     print(f"\n(bench ran {time.perf_counter() - began:.0f} s)")
+    print_json(args, figures | {"lying_update_first_repair_bytes": first, "lying_update_mean_repair_bytes": mean,
+                                "lying_update_cpu_us": cpu})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import random
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import add_json_flag, print_json  # noqa: E402
 from tests.fuzz_targets import Target, mutate, outcome, targets  # noqa: E402
 
 BATCH = 100
@@ -86,7 +86,7 @@ def main() -> int:
     parser.add_argument("--inputs", type=int, help="total inputs over all targets")
     parser.add_argument("--seconds", type=float, help="stop after this long")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_flag(parser)
     args = parser.parse_args()
     if args.inputs is None and args.seconds is None:
         args.inputs = 100_000
@@ -95,19 +95,17 @@ def main() -> int:
     fuzz(tallies, random.Random(args.seed), inputs=args.inputs, seconds=args.seconds)
     elapsed = time.monotonic() - started
     foreign = sum(sum(t.foreign.values()) for t in tallies)
-    if args.json:
-        print(json.dumps({"seed": args.seed, "seconds": round(elapsed, 1), "foreign": foreign,
-                          "targets": [t.as_dict() for t in tallies]}, indent=2))
-    else:
-        print(f"{'target':34} {'inputs':>9} {'our errors':>10} {'accepted':>9} {'foreign':>8} {'inputs/s':>9}")
-        for t in tallies:
-            row = t.as_dict()
-            print(f"{t.target.name:34} {t.inputs:>9} {t.refused:>10} {t.accepted:>9} {row['foreign']:>8} "
-                  f"{row['inputs_per_s']:>9}")
-            for where, count in t.foreign.most_common():
-                print(f"    {count:>7} × {where}  e.g. {t.examples[where][:80]}")
-        total = sum(t.inputs for t in tallies)
-        print(f"{'total':34} {total:>9} {'':>10} {'':>9} {foreign:>8}   ({elapsed:.0f} s, seed {args.seed})")
+    print(f"{'target':34} {'inputs':>9} {'our errors':>10} {'accepted':>9} {'foreign':>8} {'inputs/s':>9}")
+    for t in tallies:
+        row = t.as_dict()
+        print(f"{t.target.name:34} {t.inputs:>9} {t.refused:>10} {t.accepted:>9} {row['foreign']:>8} "
+              f"{row['inputs_per_s']:>9}")
+        for where, count in t.foreign.most_common():
+            print(f"    {count:>7} × {where}  e.g. {t.examples[where][:80]}")
+    total = sum(t.inputs for t in tallies)
+    print(f"{'total':34} {total:>9} {'':>10} {'':>9} {foreign:>8}   ({elapsed:.0f} s, seed {args.seed})")
+    print_json(args, {"seed": args.seed, "seconds": round(elapsed, 1), "foreign": foreign,
+                      "targets": [t.as_dict() for t in tallies]})
     return 1 if foreign else 0
 
 

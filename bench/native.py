@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import add_json_flag, print_json  # noqa: E402
 from tests.test_native_mesh import PAYLOAD, _http_server, start_mesh  # noqa: E402
 from zmesh_relay import config  # noqa: E402
 from zmesh_relay.client import Client  # noqa: E402
@@ -102,6 +103,7 @@ def local_mesh() -> Iterator[tuple[str, tuple[str, int], int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
+    add_json_flag(parser)
     args = parser.parse_args()
     with local_mesh() as (url, socks, files_port):
 
@@ -122,6 +124,9 @@ def main() -> None:
             print(f"| 3-hop circuit build (ms, median)     | {med(builds):8.2f} |        — |      — |")
             print("Reference (issue 3): a private Tor network on the same kind of machine moved one stream "
                   "over 3 hops at ~16 MB/s with 11 ms TTFB.")
+            print_json(args, {"three_hop_MBps": med(mesh_rate), "direct_MBps": med(direct_rate),
+                              "three_hop_ttfb_ms": med(mesh_ttfb), "direct_ttfb_ms": med(direct_ttfb),
+                              "circuit_build_ms": med(builds)})
 
         asyncio.run(run())
 

@@ -36,6 +36,7 @@ import aiohttp  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "node-core"), str(ROOT / "relay"), str(ROOT / "signaling"), str(ROOT)]
 
+from bench.figures import add_json_flag, print_json  # noqa: E402
 from tests.signal_backends import redis_server  # noqa: E402
 from zmesh.identity import Identity  # noqa: E402
 from zmesh.native.crypto import NativeCryptoProvider  # noqa: E402
@@ -134,7 +135,7 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=2000, help="WebSocket peers held (default 2000)")
     parser.add_argument("--pairs", type=int, default=50, help="sender/recipient pairs sending (default 50)")
     parser.add_argument("--seconds", type=float, default=5.0, help="sending time per case (default 5)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_flag(parser)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,15 +147,14 @@ def main() -> None:
     if args.peers < 2 * args.pairs or args.peers + 100 > hard:
         parser.error(f"need 2 x pairs <= peers <= open-file limit - 100 ({hard - 100})")
     rows = asyncio.run(bench(args.peers, args.pairs, args.seconds))
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
     print(f"{'backend':8} {'servers':>7} {'peers held':>10} {'sign-in s':>9} {'msg/s':>7} {'p50 ms':>7} {'p99 ms':>7}")
     for row in rows:
         print(f"{row['backend']:8} {row['servers']:>7} {row['peers_held']:>10} {row['connect_s']:>9} "
               f"{row['messages_per_s']:>7} {row['p50_ms']:>7} {row['p99_ms']:>7}")
     base = rows[0]["messages_per_s"]
-    print(f"two servers on Redis / one in memory: {rows[1]['messages_per_s'] / base:.2f}x messages per second")
+    ratio = rows[1]["messages_per_s"] / base
+    print(f"two servers on Redis / one in memory: {ratio:.2f}x messages per second")
+    print_json(args, {"rows": rows, "redis_two_servers_over_memory": round(ratio, 3)})
 
 
 if __name__ == "__main__":

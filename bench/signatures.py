@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "playwright"))
 from playwright.sync_api import sync_playwright  # noqa: E402
 from playwright_support import CHROMIUM_ARGS  # noqa: E402
 
+from bench.figures import add_json_flag, print_json  # noqa: E402
 from tests.test_native_mesh import Process  # noqa: E402
 
 # One body for both runtimes: Python that times `runs` verifications of each kind with `provider`.
@@ -72,6 +73,7 @@ def native(runs: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=50)
+    add_json_flag(parser)
     args = parser.parse_args()
     web = Path(__file__).resolve().parent.parent / "web"
     server = Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(web))
@@ -95,6 +97,10 @@ def main() -> None:
     for label, mldsa in (("WebCrypto", statistics.median(tab["ML-DSA-65"])), ("dilithium-py", fallback)):
         print(f"consensus check in the tab, ML-DSA on {label} (3 ML-DSA-65 + 3 Ed25519): "
               f"{3 * (mldsa + ed25519):.1f} ms")
+    print_json(args, {"tab_mldsa65_verify_ms": statistics.median(tab["ML-DSA-65"]),
+                      "tab_ed25519_verify_ms": ed25519, "tab_mldsa65_dilithium_py_verify_ms": fallback,
+                      "native_mldsa65_verify_ms": statistics.median(here["ML-DSA-65"]),
+                      "native_ed25519_verify_ms": statistics.median(here["Ed25519"])})
 
 
 if __name__ == "__main__":

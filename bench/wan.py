@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import add_json_flag, print_json  # noqa: E402
 from tests.private_network import free_port  # noqa: E402
 from tests.test_native_mesh import Process  # noqa: E402
 from zmesh_relay.socks5 import socks5_connect  # noqa: E402
@@ -229,7 +229,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="bottleneck, MB/s (default 10)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per download, at least")
     parser.add_argument("--parallel", type=int, default=8, help="parallel streams (default 8)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON on the last line")
+    add_json_flag(parser)
     args = parser.parse_args()
     rtts = [0, *(args.rtt or [20, 100, 300])]  # 0: the proxies alone, the same-run ceiling
     rate = args.rate * MB
@@ -252,8 +252,7 @@ def main() -> None:
     print("Circuits run congestion control (docs/protocol.md §10) when every hop negotiates it: the window "
           "follows the path, up to 4096 cells (about 4 MB) per round trip.")
     figures["fraction_multipath_rtt_100ms"] = None  # multipath is not built yet: nothing to measure
-    if args.json:
-        print(json.dumps(figures))
+    print_json(args, figures)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from aiohttp import web  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 from playwright_support import CHROMIUM_ARGS  # noqa: E402
 
+from bench.figures import add_json_flag, print_json  # noqa: E402
 from tests.test_native_mesh import Process  # noqa: E402
 from zmesh.aio.rtc import RtcConnector, RtcOptions  # noqa: E402
 from zmesh.cells import CELL_SIZE  # noqa: E402
@@ -252,6 +253,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--burst", type=float, default=0.4, help="seconds of each throughput burst")
+    add_json_flag(parser)
     args = parser.parse_args()
     if not os.environ.get("ZMESH_NETNS"):
         raise SystemExit("run this inside the private namespace: tests/netns-run .venv/bin/python bench/webrtc.py")
@@ -347,6 +349,11 @@ def _print(results: dict[str, dict[str, Any]], failures: dict[str, str], args: a
           "Tab figures vary about ±2× between runs on this 2-CPU machine.")
     for key, why in failures.items():
         print(f"FAILED {key}: {why}")
+    figures: dict[str, Any] = {"failed": sorted(failures)}
+    for key in results:
+        figures[f"{key}/rtt_ms"] = cell(key, None)
+        figures |= {f"{key}/MBps_{size // 1024}KiB": cell(key, size) for size in SIZES}
+    print_json(args, figures)
 
 
 if __name__ == "__main__":

@@ -100,3 +100,70 @@ def test_malformed_cells_from_a_hostile_peer_do_not_break_the_tab(browser, mesh,
     }""", f"http://127.0.0.1:{port}/file")
     assert result == {"status": 200, "size": 5 * 1024 * 1024}
     page.close()
+
+
+FLOOD = """async ([url, limit]) => {
+    const { bootZmesh } = await import("/boot.mjs");
+    const { pyodide } = await bootZmesh();
+    pyodide.globals.set("URL", url);
+    pyodide.globals.set("LIMIT", limit);
+    return await pyodide.runPythonAsync(`
+import asyncio
+from zmesh.browser.links import BrowserChannelLink
+from zmesh.errors import LinkClosed
+link = await BrowserChannelLink.dial(URL, max_queued=LIMIT)
+await asyncio.wait_for(link.wait_closed(), 20)  # never read: the flood fills the queue
+held = 0
+try:
+    while True:
+        held += len(await link.recv())
+except LinkClosed:
+    pass
+[held, link._queued]
+`).then((r) => r.toJs());
+}"""
+
+
+def test_a_peer_flooding_a_tab_link_that_is_not_read_gets_it_closed(browser, signal_url):
+    """A page cannot pause a socket, so the frames a link holds for the node are bounded: a peer
+    sending past ``max_queued`` (here 1 MiB; it sends up to 16 MiB of 64 KiB frames, never read)
+    gets the link closed by the tab, which holds no more than the bound for the node to drain."""
+    loop = asyncio.new_event_loop()
+    codes: list[int | None] = []
+
+    async def flood(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        frame = bytes(64 * 1024)
+        for _ in range(256):  # 16 MiB at most
+            if ws.closed:
+                break
+            await ws.send_bytes(frame)
+        await ws.receive()
+        codes.append(ws.close_code)
+        return ws
+
+    async def start() -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_get("/flood", flood)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        page = browser.new_page()
+        page.goto(f"{signal_url}/")
+        held, queued = page.evaluate(FLOOD, [f"ws://127.0.0.1:{port}/flood", 1 << 20])
+        page.close()
+        assert 0 < held <= 1 << 20 and queued == 0
+        asyncio.run_coroutine_threadsafe(wait_until(lambda: bool(codes)), loop).result(10)
+        assert len(codes) == 1  # the server's receive() returned: the tab closed the socket
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

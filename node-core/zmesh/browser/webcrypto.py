@@ -2,7 +2,8 @@
 
 The page registers ``web/zmesh-crypto.js`` as the JS module ``zmesh_js_crypto``. Each primitive is
 one awaited call across the bridge (~0.1–0.2 ms), so the core calls the provider per handshake and
-per *batch* of cells: the AES-CTR stream encrypts a whole batch at a keystream offset in one call.
+per *batch* of cells; the AES-CTR streams, which every cell goes through once per hop, make their
+keystream ahead so that a batch rarely awaits at all (docs/browser.md, Performance).
 Chromium ≥ 156 has X25519, Ed25519, HKDF, AES-GCM/CTR, ML-KEM-768 and ML-DSA-65 in WebCrypto. Where a
 browser lacks ML-KEM, the pure-Python kyber-py (shipped in the page's bundle) takes over, with the
 same 64-byte seed keys, so both paths pass the same vector files. ML-DSA-65 (pure mode, empty
@@ -27,13 +28,21 @@ def _b(proxy) -> bytes:  # noqa: ANN001 - a JS Uint8Array proxy
 
 
 class _CtrStream:
+    """AES-256-CTR on ``zmesh-crypto.js``'s ``CtrStream``, which makes keystream ahead in big
+    WebCrypto calls and XORs it in JS: a batch of cells normally costs one synchronous call and two
+    copies, and only awaits when the keystream made ahead has run out."""
+
     def __init__(self, key: bytes, iv: bytes) -> None:
-        self._key, self._iv, self._offset = to_js(key), to_js(iv), 0
+        self._js = js.CtrStream.new(to_js(key), to_js(iv))
 
     async def apply(self, data: bytes) -> bytes:
-        out = _b(await js.aesCtrApply(self._key, self._iv, self._offset, to_js(data)))
-        self._offset += len(data)
-        return out
+        if not data:
+            return b""
+        array = to_js(data)  # a copy the JS side XORs in place
+        out = self._js.applyNow(array)
+        if out is None:
+            out = await self._js.apply(array)
+        return _b(out)
 
 
 class _KyberPy:
