@@ -54,7 +54,7 @@ def test_fewer_than_k_shares_reveal_nothing_exhaustively() -> None:
         seen: Counter[tuple[int, int]] = Counter()
         for a, b in itertools.product(range(256), repeat=2):
             coefficients = iter((bytes([a]), bytes([b])))
-            ys = shamir_split(bytes([secret]), 3, 5, lambda _size: next(coefficients))
+            ys = shamir_split(bytes([secret]), 3, 5, lambda _size, drawn=coefficients: next(drawn))
             seen[ys[xs[0] - 1][0], ys[xs[1] - 1][0]] += 1
         return seen
 
