@@ -10,7 +10,8 @@ An exit circuit takes new streams for ``CircuitPolicy.max_dirtiness`` seconds (1
 first, then ``open_stream`` moves on to a fresh one, as ``zmesh client`` does (``docs/control.md``).
 
 Messages to a destination travel on a stream to the destination's message service (empty host,
-port ``MESSAGE_PORT``), each framed as a 4-byte big-endian length and the bytes. The node wiring
+port ``MESSAGE_PORT``), each framed as a 4-byte big-endian length and the bytes. ``send_split`` sends
+one as k-of-n shares over disjoint circuits to its share service instead (``zmesh.aio.split``). The node wiring
 (links, directory) is supplied by the caller: memory links in tests, real transports natively and
 in the browser.
 """
@@ -241,7 +242,7 @@ class MeshVPN:
             raise ConfigError(f"a message is at most {MAX_MESSAGE_SIZE} bytes")
         await self._message_stream.write(_LENGTH.pack(len(data)) + bytes(data))
 
-    async def send_split(self, destination: PeerId | str, data: bytes, *, k: int = 2, n: int = 3,
+    async def send_split(self, destination: PeerId | str, data: bytes, k: int = 2, n: int = 3,
                          ttl: float = 300) -> int:
         """Send ``data`` as ``n`` shares over pairwise disjoint circuits to ``destination``, any ``k``
         of which rebuild it within ``ttl`` s (``zmesh.aio.split``); returns how many were stored."""

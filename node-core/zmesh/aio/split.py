@@ -68,8 +68,8 @@ async def send_split(vpn: MeshVPN, destination: PeerId | str, data: bytes, *, k:
     circuits, failures = await _build_disjoint(vpn, destination, n)
     try:
         if len(circuits) < k:
-            raise SplitDeliveryError(0, k, n, [*failures, *(f"share {i + 1}: not sent (too few circuits)"
-                                                            for i in range(len(failures), n))])
+            raise SplitDeliveryError(0, k, n, [*failures, f"no share sent: {len(circuits)} disjoint circuit(s) built, "
+                                                          f"{k} needed"])
         answers = await asyncio.gather(*(send_share(vpn.driver, circuit, share, ack_timeout)
                                          for circuit, share in zip(circuits, shares, strict=False)))
         stored = sum(answer in ARRIVED for answer in answers)
@@ -147,7 +147,7 @@ async def _build_disjoint(vpn: MeshVPN, destination: PeerId | str, n: int) -> tu
             circuit, path = await build_around_failures(vpn.driver, choose, vpn.selector, policy=vpn.build_policy,
                                                         pinned=pinned)
         except CircuitError as exc:
-            failures.append(f"share {index}: no disjoint circuit ({exc})")
+            failures.append(f"path {index}: no disjoint circuit ({exc})")
             continue
         circuits.append(circuit)
         used.extend(hop for hop in path if hop.peer_id not in pinned)
