@@ -30,8 +30,9 @@ export interface MeshOptions {
   identity?: "persistent" | "ephemeral";
   /** Offer this tab as a relay for others (default true). */
   relay?: boolean;
-  /** Seconds a relaying tab's published descriptor is valid (default 10800, 60..86400; the signal
-   *  server may cap it). The tab republishes it every third of this, so it stays listed while open. */
+  /** Seconds a relaying tab's published descriptor is valid (default 10800, 60..86400, and no more
+   *  than the signal server accepts: 3 h by default). The tab republishes it every third of this, so
+   *  it stays listed while open. */
   descriptorLifetime?: number;
   /** PeerId of the first hop of every circuit (e.g. a friend's tab); otherwise the tab's entry guard. */
   entry?: string;

@@ -7,9 +7,9 @@ choice), and sends share ``i`` on circuit ``i``: a stream to the destination's s
 (empty host, port ``SHARE_PORT``), one frame (4-byte big-endian length, the encoded share), and
 the receiver answers one byte, 0 when it stored the share, else its ``Refusal`` code. With fewer
 than ``k`` stored, ``SplitDeliveryError`` names how many were and why each other failed. The split
-circuits are closed after. A destination reached ``via`` its relay (a browser tab) shares that
-relay, and itself, on every path: disjointness holds for the hops before it, so a tab destination
-needs ``hops >= 3``.
+circuits are closed after. A destination reached only ``via`` its home relay (a browser tab that
+answers no WebRTC offers) has that relay, and itself, on every path: disjointness holds for the
+hops before it, so such a destination needs ``hops >= 3``.
 
 Each circuit enters at its own first hop, so split circuits do not use entry guards: ``n`` entry
 relays see this node, where a guarded circuit shows it to one.
