@@ -26,16 +26,15 @@ from zmesh.split import (
     shamir_split,
     split,
 )
+from zmesh.testing.wire import FakeClock
 
 NOW = 1_800_000_000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
+def Clock() -> FakeClock:  # noqa: N802 (reads as the clock it makes)
+    clock = FakeClock()
+    clock.now = NOW
+    return clock
 
 
 def test_any_k_of_n_shares_rebuild_the_message() -> None:

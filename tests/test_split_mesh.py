@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -18,14 +19,21 @@ from zmesh.split import Refusal, split
 from zmesh.testing.memnet import MemoryNetwork
 
 
+@asynccontextmanager
 async def _mesh(provider, relays: int, countries: tuple[str | None, ...] = ()):
+    """``relays`` relays, a sender (hops=2: one relay and the destination) and a destination."""
     net = MemoryNetwork(provider)
     for index in range(relays):
         await net.add_node(country=countries[index] if index < len(countries) else None)
     directory = lambda: list(net.descriptors.values())  # noqa: E731
     alice = MeshVPN(await net.add_node(accept_circuits=False), directory, hops=2)
     bob = MeshVPN(await net.add_node(), directory)
-    return net, alice, bob
+    try:
+        yield net, alice, bob
+    finally:
+        await alice.close()
+        await bob.close()
+        await net.close()
 
 
 def _record_paths(vpn: MeshVPN) -> list[list[str]]:
@@ -41,12 +49,11 @@ def _record_paths(vpn: MeshVPN) -> list[list[str]]:
 
 def test_a_split_message_arrives_once_over_disjoint_paths(provider):
     async def main():
-        net, alice, bob = await _mesh(provider, 4)
-        events = []
-        bob.on("message", events.append)
-        paths = _record_paths(alice)
-        data = os.urandom(100_000)
-        try:
+        async with _mesh(provider, 4) as (net, alice, bob):
+            events = []
+            bob.on("message", events.append)
+            paths = _record_paths(alice)
+            data = os.urandom(100_000)
             stored = await alice.send_split(bob.peer_id, data, k=2, n=3)
             assert await asyncio.wait_for(bob.receive(), 10) == data
             middles = [path[0] for path in paths]
@@ -54,18 +61,13 @@ def test_a_split_message_arrives_once_over_disjoint_paths(provider):
             assert all(path[-1] == bob.peer_id.text for path in paths)
             assert events == [data]
             assert not alice.driver.node.circuits()  # the split circuits were closed
-        finally:
-            await alice.close()
-            await bob.close()
-            await net.close()
 
     asyncio.run(main())
 
 
 def test_too_few_disjoint_paths_is_a_typed_error_naming_the_count(provider):
     async def main():
-        net, alice, bob = await _mesh(provider, 1)
-        try:
+        async with _mesh(provider, 1) as (net, alice, bob):
             with pytest.raises(SplitDeliveryError) as failed:
                 await alice.send_split(bob.peer_id, b"secret", k=2, n=3)
             assert failed.value.delivered == 0 and failed.value.needed == 2
@@ -73,10 +75,6 @@ def test_too_few_disjoint_paths_is_a_typed_error_naming_the_count(provider):
             assert "path 2: no disjoint circuit" in str(failed.value)
             assert failed.value.failures[-1] == "no share sent: 1 disjoint circuit(s) built, 2 needed"
             assert bob.shares.inbox.pending_messages == 0  # nothing was sent on the one circuit built
-        finally:
-            await alice.close()
-            await bob.close()
-            await net.close()
 
     asyncio.run(main())
 
@@ -84,26 +82,20 @@ def test_too_few_disjoint_paths_is_a_typed_error_naming_the_count(provider):
 def test_paths_prefer_distinct_countries(provider):
     """Four relays, two in DE and two in FR: 2 shares take one of each country every time."""
     async def main():
-        net, alice, bob = await _mesh(provider, 4, ("DE", "DE", "FR", "FR"))
-        paths = _record_paths(alice)
-        countries = {d.peer_id.text: d.capabilities.country for d in net.descriptors.values()}
-        try:
+        async with _mesh(provider, 4, ("DE", "DE", "FR", "FR")) as (net, alice, bob):
+            paths = _record_paths(alice)
+            countries = {d.peer_id.text: d.capabilities.country for d in net.descriptors.values()}
             for _ in range(4):
                 paths.clear()
                 await alice.send_split(bob.peer_id, b"x", k=2, n=2)
                 assert sorted(countries[path[0]] for path in paths) == ["DE", "FR"]
-        finally:
-            await alice.close()
-            await bob.close()
-            await net.close()
 
     asyncio.run(main())
 
 
 def test_the_share_service_answers_replays_and_junk(provider):
     async def main():
-        net, alice, bob = await _mesh(provider, 2)
-        try:
+        async with _mesh(provider, 2) as (net, alice, bob):
             circuit, _ = await alice._build(bob.peer_id)
             shares = split(b"hello", k=2, n=3, now=time.time())
             assert await send_share(alice.driver, circuit, shares[0]) == STORED
@@ -120,9 +112,5 @@ def test_the_share_service_answers_replays_and_junk(provider):
                 await asyncio.wait_for(stream.read_exactly(1), 10)
             assert ended.value.reason is EndReason.PROTOCOL
             assert bob.shares.inbox.pending_bytes == 0 and bob._inbox.empty()
-        finally:
-            await alice.close()
-            await bob.close()
-            await net.close()
 
     asyncio.run(main())
