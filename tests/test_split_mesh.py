@@ -12,11 +12,13 @@ from contextlib import asynccontextmanager
 import pytest
 
 from zmesh.aio.api import MeshVPN
-from zmesh.aio.split import SHARE_PORT, STORED, send_share
+from zmesh.aio.split import SHARE_PORT, STORED, ShareService, send_share
 from zmesh.cells import EndReason
 from zmesh.errors import SplitDeliveryError, StreamError
 from zmesh.split import Refusal, split
 from zmesh.testing.memnet import MemoryNetwork
+
+from .conftest import wait_until
 
 
 @asynccontextmanager
@@ -112,5 +114,29 @@ def test_the_share_service_answers_replays_and_junk(provider):
                 await asyncio.wait_for(stream.read_exactly(1), 10)
             assert ended.value.reason is EndReason.PROTOCOL
             assert bob.shares.inbox.pending_bytes == 0 and bob._inbox.empty()
+
+    asyncio.run(main())
+
+
+def test_share_streams_read_at_once_are_bounded(provider):
+    """A peer that opens share streams and never finishes them holds at most ``max_streams``
+    readers; the next stream is refused (END MISC) and nothing is stored."""
+    async def main():
+        async with _mesh(provider, 2) as (net, alice, bob):
+            bob.shares = ShareService(bob._deliver, max_streams=2)
+            circuit, _ = await alice._build(bob.peer_id)
+            stalled = []
+            for _ in range(2):
+                stream = await alice.driver.open_stream(circuit, "", SHARE_PORT)
+                await stream.write(b"\x00\x00\x10\x00" + b"partial")  # 4096 bytes promised, 7 sent
+                stalled.append(stream)
+            await wait_until(lambda: bob.shares.active == 2)
+            with pytest.raises(StreamError) as refused:
+                await asyncio.wait_for(alice.driver.open_stream(circuit, "", SHARE_PORT), 10)
+            assert refused.value.reason is EndReason.MISC and bob.shares.active == 2
+            for stream in stalled:
+                await stream.close()
+            await wait_until(lambda: bob.shares.active == 0)
+            assert bob.shares.inbox.pending_messages == 0
 
     asyncio.run(main())

@@ -168,6 +168,11 @@ class ShareService:
         self._deliver = deliver
         self._active = 0
 
+    @property
+    def active(self) -> int:
+        """Share streams being read now."""
+        return self._active
+
     async def serve(self, request: IncomingStream) -> None:
         """Accept a share stream (or refuse it while ``max_streams`` are read), store its share and
         answer with the outcome; deliver the message if this share completed it."""
