@@ -245,7 +245,7 @@ class MeshVPN:
     async def send_split(self, destination: PeerId | str, data: bytes, k: int = 2, n: int = 3,
                          ttl: float = 300) -> int:
         """Send ``data`` as ``n`` shares over pairwise disjoint circuits to ``destination``, any ``k``
-        of which rebuild it within ``ttl`` s (``zmesh.aio.split``); returns how many were stored."""
+        of which rebuild it within ``ttl`` s (``zmesh.aio.split``); returns how many shares arrived."""
         return await send_split(self, destination, data, k=k, n=n, ttl=ttl)
 
     async def receive(self) -> bytes:
