@@ -30,6 +30,10 @@ export interface MeshOptions {
   identity?: "persistent" | "ephemeral";
   /** Offer this tab as a relay for others (default true). */
   relay?: boolean;
+  /** Seconds a relaying tab's published descriptor is valid (default 10800, 60..86400, and no more
+   *  than the signal server accepts: 3 h by default). The tab republishes it every third of this, so
+   *  it stays listed while open. */
+  descriptorLifetime?: number;
   /** PeerId of the first hop of every circuit (e.g. a friend's tab); otherwise the tab's entry guard. */
   entry?: string;
   /** Another node's PeerId: `send`/`receive` then carry messages end to end to it. */
@@ -114,7 +118,13 @@ export class MeshVPN {
   }>;
   /** Send one message to the `destination` node. */
   send(data: Uint8Array): Promise<void>;
-  /** The next message sent to this tab. */
+  /** Send `data` to `destination` (a PeerId) as `n` shares over pairwise disjoint circuits, any `k`
+   *  of which rebuild it before `ttl` seconds pass (default 2 of 3, 300 s; 2 <= k <= n <= 16, ttl
+   *  1..3600); fewer than `k` reveal nothing of it. The destination emits one "message" event.
+   *  Resolves how many shares arrived; rejects with a MeshError of type "SplitDeliveryError" (its
+   *  message names how many were stored and why the others failed) when fewer than `k` did. */
+  sendSplit(destination: string, data: Uint8Array, options?: { k?: number; n?: number; ttl?: number }): Promise<number>;
+  /** The next message sent to this tab (split messages included, once rebuilt). */
   receive(): Promise<Uint8Array>;
   on<E extends keyof Events>(event: E, callback: Events[E]): void;
   getStats(): MeshStats;

@@ -131,6 +131,10 @@ function validate(options) {
       case "webrtcTimeout":
         if (typeof value !== "number" || !(value > 0 && value <= 300)) throw new TypeError("webrtcTimeout must be seconds, 0 < t <= 300");
         out.webrtc_timeout = value; break;
+      case "descriptorLifetime":
+        if (!Number.isInteger(value) || value < 60 || value > 86400)
+          throw new TypeError(`descriptorLifetime must be whole seconds 60..86400, got ${value}`);
+        out.descriptor_lifetime = value; break;
       case "relay":
         if (typeof value !== "boolean") throw new TypeError("relay must be true or false");
         out.relay = value; break;
@@ -265,6 +269,13 @@ export class MeshVPN {
 
   async send(data) {
     await this._require().send(pyBytes(data));
+  }
+
+  /** Send `data` to `destination` (a PeerId) as `n` shares over pairwise disjoint circuits, any `k`
+   * of which rebuild it within `ttl` seconds; fewer reveal nothing of it. Resolves how many shares
+   * arrived; rejects with a MeshError of type "SplitDeliveryError" when fewer than `k` did. */
+  async sendSplit(destination, data, { k = 2, n = 3, ttl = 300 } = {}) {
+    return call("split message not delivered", this._require().send_split, destination, pyBytes(data), k, n, ttl);
   }
 
   async receive() {

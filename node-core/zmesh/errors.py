@@ -16,6 +16,7 @@ and the message says what to do about it. Who is at fault is visible in the clas
     ├── ExitPolicyError      an exit refused the target
     ├── OnionAuthError       an onion service's descriptor is for authorised clients, and this is not one
     ├── FECError             forward-error-correction input was inconsistent
+    ├── SplitDeliveryError   fewer than k shares of a split message reached the destination
     ├── TlsError             TLS to a destination server (``https://`` fetch) failed
     │   └── CertificateError the server's certificate was refused (``reason`` says which check)
     └── InvalidState         API misuse: the call is not valid in the object's current state
@@ -97,6 +98,16 @@ class OnionAuthError(ZmeshError):
 
 class FECError(ZmeshError):
     """Forward-error-correction input was inconsistent (lying headers, absurd sizes)."""
+
+
+class SplitDeliveryError(ZmeshError):
+    """Fewer than ``needed`` (k) of a split message's ``n`` shares were stored by the destination:
+    it cannot rebuild the message. ``failures`` says, share by share, why the others were not."""
+
+    def __init__(self, delivered: int, needed: int, n: int, failures: list[str]) -> None:
+        super().__init__(f"split message not delivered: {delivered} of {n} shares stored, {needed} needed; "
+                         + "; ".join(failures))
+        self.delivered, self.needed, self.n, self.failures = delivered, needed, n, tuple(failures)
 
 
 class TlsError(ZmeshError):

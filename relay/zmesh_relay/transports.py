@@ -11,6 +11,7 @@ import contextlib
 import logging
 from typing import Any
 
+from zmesh.aio.notices import RefetchOnNotice
 from zmesh.aio.rtc import LinkHandler, RtcConnector
 from zmesh.aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from zmesh.crypto.provider import CryptoProvider
@@ -37,8 +38,7 @@ class NativeTransports:
                  identity: Identity, provider: CryptoProvider, on_inbound: LinkHandler | None = None) -> None:
         self.config, self._signal, self._identity, self._provider = config, signal, identity, provider
         self._directory = directory
-        self._refresh: asyncio.Task | None = None  # a refetch a directory notice started
-        self._stale = False  # a notice came that no refetch has covered yet
+        self._notices = RefetchOnNotice(directory.refresh)  # the view and peer limit follow pushed changes
         self._on_inbound = on_inbound
         self.dialer = TransportDialer(directory.find, websocket=self._dial_websocket, rtc=None,
                                       mode=lambda: config["transport.kind"], websocket_first=True,
@@ -68,32 +68,12 @@ class NativeTransports:
         self._supervisor = asyncio.get_running_loop().create_task(keep_signaling(self.dialer, self._open))
 
     async def _open(self) -> RtcConnector:
-        session = await self._signal.connect_ws(self._identity, self._provider, on_directory=self._directory_changed)
+        session = await self._signal.connect_ws(self._identity, self._provider, on_directory=self._notices)
         return RtcConnector(session, AiortcBackend(), self._on_inbound or _unused, rtc_options(self.config),
                             accept=self._on_inbound is not None)
 
-    def _directory_changed(self) -> None:
-        """The signal server says the listing changed: refetch what changed now, so the node's view
-        and its peer limit follow the network without waiting for the view's max age. One refetch
-        at a time; a notice during one makes it run once more."""
-        self._stale = True
-        if self._refresh is None or self._refresh.done():
-            self._refresh = asyncio.get_running_loop().create_task(self._refetch())
-
-    async def _refetch(self) -> None:
-        while self._stale:
-            self._stale = False
-            try:
-                await self._directory.refresh()
-            except ZmeshError as exc:
-                log.info("could not refetch the directory after a notice: %s", exc)
-                return
-
     async def close(self) -> None:
-        if self._refresh is not None:
-            self._refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh
+        await self._notices.close()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,7 +11,8 @@ An exit circuit takes new streams for ``CircuitPolicy.max_dirtiness`` seconds (1
 first, then ``open_stream`` moves on to a fresh one, as ``zmesh client`` does (``docs/control.md``).
 
 Messages to a destination travel on a stream to the destination's message service (empty host,
-port ``MESSAGE_PORT``), each framed as a 4-byte big-endian length and the bytes. The node wiring
+port ``MESSAGE_PORT``), each framed as a 4-byte big-endian length and the bytes. ``send_split`` sends
+one as k-of-n shares over disjoint circuits to its share service instead (``zmesh.aio.split``). The node wiring
 (links, directory) is supplied by the caller: memory links in tests, real transports natively and
 in the browser.
 """
@@ -39,6 +40,7 @@ from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .http import HttpResponse, http_get, parse_url
 from .onion import DescriptorDirectory, OnionClient
+from .split import SHARE_PORT, ShareService, send_split
 from .tasks import OwnedTasks
 from .tls import TlsConnector, open_tls
 from .transport import check_transport, count_by_transport
@@ -142,6 +144,7 @@ class MeshVPN:
         self._onion = None if descriptors is None else OnionClient(driver, self._relays, descriptors,
                                                                    selector=self.selector, guards=guards,
                                                                    clock=clock)
+        self.shares = ShareService(self._deliver)  # split messages sent to this node (zmesh.aio.split)
         driver.stream_handler = self._serve_messages_then(driver.stream_handler)
 
     @property
@@ -254,6 +257,12 @@ class MeshVPN:
             raise ConfigError(f"a message is at most {MAX_MESSAGE_SIZE} bytes")
         await self._message_stream.write(_LENGTH.pack(len(data)) + bytes(data))
 
+    async def send_split(self, destination: PeerId | str, data: bytes, k: int = 2, n: int = 3,
+                         ttl: float = 300) -> int:
+        """Send ``data`` as ``n`` shares over pairwise disjoint circuits to ``destination``, any ``k``
+        of which rebuild it within ``ttl`` s (``zmesh.aio.split``); returns how many shares arrived."""
+        return await send_split(self, destination, data, k=k, n=n, ttl=ttl)
+
     async def receive(self) -> bytes:
         """The next message any node sent to this one (in order per sender)."""
         return await self._inbox.get()
@@ -324,6 +333,8 @@ class MeshVPN:
         async def handler(request: IncomingStream) -> None:
             if request.host == "" and request.port == MESSAGE_PORT:
                 self._readers.spawn(self._read_messages(await request.accept()))
+            elif request.host == "" and request.port == SHARE_PORT:
+                self._readers.spawn(self.shares.serve(request))
             elif fallback is not None:
                 await fallback(request)
             else:
@@ -339,11 +350,14 @@ class MeshVPN:
                 message = await stream.read_exactly(size)
                 if len(message) != size:
                     raise ProtocolError("message stream ended inside a message")
-                await self._inbox.put(message)
-                await self._emit("message", message)
+                await self._deliver(message)
         except ZmeshError as exc:
             await stream.close(EndReason.PROTOCOL)
             await self._emit("error", exc)
+
+    async def _deliver(self, message: bytes) -> None:
+        await self._inbox.put(message)
+        await self._emit("message", message)
 
     async def _emit(self, event: str, value: Any) -> None:
         for callback in self._handlers[event]:

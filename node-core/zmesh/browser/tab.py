@@ -20,11 +20,12 @@ from pyodide.ffi import to_js  # type: ignore[import-not-found]
 from pyodide.http import pyfetch  # type: ignore[import-not-found]
 
 from ..aio.driver import NodeDriver
+from ..aio.notices import RefetchOnNotice
 from ..aio.rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcConnector, RtcOptions
 from ..aio.tasks import OwnedTasks
 from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from ..backoff import Backoff
-from ..descriptor import Capabilities, Descriptor, sign_descriptor
+from ..descriptor import DEFAULT_LIFETIME, MAX_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from ..directory_view import DirectoryView, RelayUpdate
 from ..errors import CircuitError, ConfigError, ProtocolError, StreamError, TransportError, ZmeshError
 from ..guards import GuardManager
@@ -59,12 +60,16 @@ class BrowserNode:
     links over WebRTC (DataChannels, signalled through this page's origin) or WebSocket."""
 
     def __init__(self, identity: Identity, provider: WebCryptoProvider, onion_ring: OnionKeyRing, *,
-                 allow_private: bool = False, relay: bool = True) -> None:
+                 allow_private: bool = False, relay: bool = True, descriptor_lifetime: int = DEFAULT_LIFETIME) -> None:
+        if not isinstance(descriptor_lifetime, int) or not 60 <= descriptor_lifetime <= MAX_LIFETIME:
+            raise ConfigError(f"descriptorLifetime must be 60..{MAX_LIFETIME} seconds, got {descriptor_lifetime!r}")
         self.provider = provider
+        self.descriptor_lifetime = descriptor_lifetime  # republished every third of it (``_keep_published``)
         self.onion_ring = onion_ring  # in memory only: a reloaded tab publishes fresh onion keys
         self.allow_private = allow_private  # dial non-public link addresses: see ``netaddr.page_allows_private``
         self.relay = relay  # accept circuits (over the home link) and answer WebRTC offers as this node
         self.directory = DirectoryView(_fetch_relays, provider)
+        self.notices = RefetchOnNotice(self.directory.refresh)  # every signaling session subscribes
         self.dialer = TransportDialer(self.directory.find, websocket=self._dial_websocket, rtc=None,
                                       mode=lambda: "auto", rtc_names_node=relay)
         self.driver = NodeDriver(Node(identity, provider, time.monotonic, accept_circuits=relay, onion_ring=onion_ring),
@@ -75,7 +80,8 @@ class BrowserNode:
         self._tasks = OwnedTasks("browser node")
 
     @classmethod
-    async def start(cls, saved_identity: bytes | None = None, *, relay: bool = True) -> BrowserNode:
+    async def start(cls, saved_identity: bytes | None = None, *, relay: bool = True,
+                    descriptor_lifetime: int = DEFAULT_LIFETIME) -> BrowserNode:
         """A node with the tab's saved identity (kept in IndexedDB by meshvpn.js) or a new one,
         relaying for others if ``relay``. It dials non-public link addresses only if this page
         itself came from one."""
@@ -88,7 +94,8 @@ class BrowserNode:
                 identity = None  # a corrupt saved key: start afresh rather than fail to join
         return cls(identity or await Identity.generate(provider), provider,
                    await OnionKeyRing.generate(provider, time.time),
-                   allow_private=page_allows_private(js.location.hostname), relay=relay)
+                   allow_private=page_allows_private(js.location.hostname), relay=relay,
+                   descriptor_lifetime=descriptor_lifetime)
 
     async def _dial_websocket(self, address: LinkAddress) -> Link:
         # The browser resolves names itself, so only literals and localhost names can be checked here.
@@ -133,19 +140,28 @@ class BrowserNode:
             self._tasks.spawn(self._keep_signed_in())
         descriptor = await self._offer_once()
         self._tasks.spawn(self._keep_home())
-        self._tasks.spawn(self._rotate_onion_keys())
+        self._tasks.spawn(self._keep_published())
         return descriptor
 
-    async def _rotate_onion_keys(self) -> None:
-        """Rotate the onion keys on the ring's schedule and republish through the current home."""
+    async def _keep_published(self) -> None:
+        """Republish through the current home a third of the descriptor's lifetime after the last
+        publish, as native relays do, so a tab open for hours stays listed; and at once after its
+        onion keys rotate (on the ring's schedule). A failed publish is retried with backoff."""
+        backoff = Backoff()
         while True:
-            await asyncio.sleep(max(0.0, self.onion_ring.next_deadline() - time.time()))
-            if not await self.onion_ring.handle_timer(self.provider) or self.home is None:
+            republish_at = self._published + self.descriptor_lifetime / 3
+            await asyncio.sleep(max(0.0, min(republish_at, self.onion_ring.next_deadline()) - time.time()))
+            rotated = time.time() >= self.onion_ring.next_deadline() and await self.onion_ring.handle_timer(
+                self.provider)
+            if self.home is None or not (rotated or time.time() >= republish_at):
                 continue
             try:
                 await self._publish({"via": (self.home.text,), **(RTC_ADDRESS if self.dialer.rtc else {})})
+                backoff.opened()
             except (ZmeshError, OSError) as exc:  # the home keeper offers the tab again when it can
-                log.warning("could not republish this tab after rotating its onion keys: %s", exc)
+                log.warning("could not republish this tab's descriptor: %s", exc)
+                backoff.closed()
+                await asyncio.sleep(backoff.delay())
 
     async def _keep_signed_in(self) -> None:
         """Stay signed in to the signal server as this node (a tab that answers WebRTC offers
@@ -166,7 +182,7 @@ class BrowserNode:
     async def _open_session(self, identity: Identity) -> SignalSession:
         scheme = "wss" if js.location.protocol == "https:" else "ws"
         channel = await BrowserTextSocket.open(f"{scheme}://{js.location.host}/v1/ws")
-        return await SignalSession.open(channel, identity, self.provider, timeout=10.0)
+        return await SignalSession.open(channel, identity, self.provider, timeout=10.0, on_directory=self.notices)
 
     async def _keep_home(self) -> None:
         backoff = Backoff()
@@ -199,6 +215,7 @@ class BrowserNode:
         # strictly newer than the last one, or the directory keeps that one (a replay loses)
         self._published = max(int(time.time()), self._published + 1)
         descriptor = await sign_descriptor(self.provider, self.driver.node.identity, now=self._published,
+                                           lifetime=self.descriptor_lifetime,
                                            addresses=addresses, capabilities=Capabilities(relay=True),
                                            onion=self.onion_ring.current.public)
         response = await pyfetch("/v1/descriptors", method="POST", body=to_js(descriptor.raw),
@@ -212,6 +229,7 @@ class BrowserNode:
         first so none reopens what follows, then close the WebRTC connectors with their signaling
         sessions, and the driver with every link."""
         await self._tasks.close()
+        await self.notices.close()
         for connector in (self.dialer.rtc, self.dialer.client_rtc):
             if connector is not None:
                 await connector.close()
@@ -267,11 +285,13 @@ async def open_mesh(options: Any) -> Any:
     saved = settings.pop("saved_identity", None)
     saved_guards, save_guards = settings.pop("saved_guards", None), settings.pop("save_guards", None)
     relay = settings.pop("relay", True)
+    lifetime = settings.pop("descriptor_lifetime", DEFAULT_LIFETIME)
     ice_servers = tuple(IceServer(tuple(s["urls"]), s.get("username"), s.get("credential"))
                         for s in settings.pop("ice_servers", []))
     timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
     tls = TlsliteConnector(settings.pop("extra_cas", ()))  # https://: TLS in the tab (zmesh.browser.tls)
-    node = await BrowserNode.start(bytes(saved) if saved is not None else None, relay=relay)
+    node = await BrowserNode.start(bytes(saved) if saved is not None else None, relay=relay,
+                                   descriptor_lifetime=lifetime)
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
     vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, tls=tls,
                   **settings)
