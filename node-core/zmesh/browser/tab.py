@@ -27,7 +27,7 @@ from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from ..backoff import Backoff
 from ..descriptor import DEFAULT_LIFETIME, MAX_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from ..directory_view import DirectoryView, RelayUpdate
-from ..errors import CircuitError, ConfigError, ProtocolError, StreamError, TransportError, ZmeshError
+from ..errors import CircuitError, ConfigError, LinkClosed, ProtocolError, StreamError, TransportError, ZmeshError
 from ..guards import GuardManager
 from ..identity import Identity, PeerId
 from ..link import Link
@@ -41,6 +41,8 @@ from .tls import TlsliteConnector
 from .webcrypto import WebCryptoProvider
 
 log = logging.getLogger(__name__)
+
+HOME_ATTEMPTS = 4  # home relays tried per offer before the tab gives up (and its keeper retries later)
 
 
 async def _fetch_relays(cursor: str | None) -> RelayUpdate:
@@ -206,10 +208,17 @@ class BrowserNode:
         homes = [d for d in homes if d.peer_id != avoid] or homes
         if not homes:
             raise TransportError("no relay to offer this tab through")
-        home = random.choice(homes)
-        link_id = await self.driver.connect(home.peer_id, authenticated=True)
-        self.home, self._home_link = home.peer_id, self.driver.links().get(link_id)
-        return await self._publish({"via": (home.peer_id.text,), **(RTC_ADDRESS if self.dialer.rtc else {})})
+        failures = []
+        # A listed relay may have gone away before its descriptor expired: try others, in random order.
+        for home in random.sample(homes, min(len(homes), HOME_ATTEMPTS)):
+            try:
+                link_id = await self.driver.connect(home.peer_id, authenticated=True)
+            except (TransportError, LinkClosed) as exc:
+                failures.append(str(exc))
+                continue
+            self.home, self._home_link = home.peer_id, self.driver.links().get(link_id)
+            return await self._publish({"via": (home.peer_id.text,), **(RTC_ADDRESS if self.dialer.rtc else {})})
+        raise TransportError("no relay to offer this tab through would link: " + "; ".join(failures))
 
     async def _publish(self, addresses: dict[str, tuple[str, ...]]) -> Descriptor:
         # strictly newer than the last one, or the directory keeps that one (a replay loses)
