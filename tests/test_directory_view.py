@@ -52,6 +52,42 @@ def test_full_then_incremental_then_removed(provider) -> None:
     asyncio.run(main())
 
 
+def test_concurrent_refreshes_never_take_the_cursor_back_or_lose_a_change(provider) -> None:
+    """A pushed notice and a circuit build can refresh at once. Whichever answer comes back last, the
+    view ends at the newest cursor with every change: an older answer finishing after a newer one
+    was applied is dropped, and answers apply on top of each other."""
+    async def main(older_finishes_last: bool) -> None:
+        a, b, c = [await relay(provider) for _ in range(3)]
+        view = DirectoryView(FakeDirectory(RelayUpdate([a.raw], [], "c1", True)), provider, wall_clock=lambda: NOW + 10)
+        await view.refresh()
+        gates = [asyncio.Event(), asyncio.Event()]
+        scripted = [RelayUpdate([b.raw], [], "c2", False), RelayUpdate([b.raw, c.raw], [a.peer_id], "c3", False)]
+        asked = []
+
+        async def slow_fetch(cursor):
+            index = len(asked)
+            asked.append(cursor)
+            await gates[index].wait()
+            return scripted[index]
+
+        view.fetch = slow_fetch
+        older = asyncio.create_task(view.refresh())
+        await asyncio.sleep(0)  # lets it ask with cursor c1 (no time passes: a turn of the loop)
+        newer = asyncio.create_task(view.refresh())
+        await asyncio.sleep(0)
+        for index in ((1, 0) if older_finishes_last else (0, 1)):
+            gates[index].set()
+            await (newer if index == 1 else older)
+        assert asked == ["c1", "c1"]
+        assert peers(view.live()) == {b.peer_id, c.peer_id}
+        view.fetch = FakeDirectory(RelayUpdate([], [], "c4", False))
+        await view.refresh()
+        assert view.fetch.asked == ["c3"]
+
+    asyncio.run(main(older_finishes_last=True))
+    asyncio.run(main(older_finishes_last=False))
+
+
 def test_bad_descriptors_are_ignored_and_counted(provider) -> None:
     async def main() -> None:
         good, stale = await relay(provider), await relay(provider, now=NOW - 7200)

@@ -67,25 +67,35 @@ class DirectoryView:
         self._relays: dict[PeerId, Descriptor] = {}
         self._cursor: str | None = None
         self._fetched = float("-inf")
+        self._begun = 0  # refreshes begun so far: each answer is applied only if none begun later was
+        self._applied = 0
         # told the live relays after each refresh (a relay sizes its peer table by them)
         self.on_refresh: Callable[[list[Descriptor]], Awaitable[None]] | None = None
 
     async def refresh(self) -> list[Descriptor]:
         """Fetch what changed since the last answer (everything the first time) and verify it; a
         bad descriptor is skipped and counted in ``rejected``. Returns the live relays."""
+        self._begun += 1
+        ticket = self._begun
         update = await self.fetch(self._cursor)
-        relays = {} if update.full else dict(self._relays)
-        for peer in update.removed:
-            relays.pop(peer, None)
+        verified = []
         for raw in update.relays:
             try:
-                descriptor = await verify_descriptor(self.provider, raw, now=self.wall_clock())
+                verified.append(await verify_descriptor(self.provider, raw, now=self.wall_clock()))
             except (ProtocolError, CryptoError) as exc:
                 self.rejected += 1
                 log.warning("ignoring a bad descriptor from the directory: %s", exc)
-                continue
+        if ticket < self._applied:  # a refresh begun later already applied a newer answer: keep it
+            return self.live()
+        # No await from here on: concurrent refreshes (a notice and a build) apply one at a time,
+        # each on top of the last, so the cursor never goes back and no change is lost.
+        relays = {} if update.full else dict(self._relays)
+        for peer in update.removed:
+            relays.pop(peer, None)
+        for descriptor in verified:
             relays[descriptor.peer_id] = descriptor
         self._relays, self._cursor, self._fetched = relays, update.cursor or None, self.clock()
+        self._applied = ticket
         live = self.live()
         if self.on_refresh is not None:
             await self.on_refresh(live)
