@@ -118,6 +118,37 @@ def test_the_core_session_hands_each_notice_to_its_owner(provider):
     asyncio.run(main())
 
 
+def test_each_subscriber_refetches_after_its_own_random_delay_and_notices_coalesce():
+    """Subscribers hear a notice at one moment; each waits a delay drawn from [0, spread] first, so
+    their refetches do not arrive as one burst, and notices during the wait or the refetch cost
+    one more refetch, not one each."""
+    from zmesh.aio.notices import RefetchOnNotice
+
+    async def main() -> None:
+        draws, refetched, release = [], asyncio.Event(), asyncio.Event()
+
+        async def refresh() -> None:
+            refetched.set()
+            await release.wait()
+
+        def draw(low: float, high: float) -> float:
+            draws.append((low, high))
+            return 0.0
+
+        notices = RefetchOnNotice(refresh, spread=2.0, draw=draw)
+        notices()
+        await refetched.wait()
+        for _ in range(5):  # during the refetch: coalesced into one more
+            notices()
+        release.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert notices.refetches == 2 and draws == [(0.0, 2.0)] * 2
+        await notices.close()
+
+    asyncio.run(main())
+
+
 def test_a_webrtc_capable_relay_sees_relays_that_join_after_it_without_polling(tmp_path):
     """Real processes: relay 1 holds a signaling socket (it answers WebRTC offers), so it hears
     each later relay's publication pushed and refetches at once: its network size in /metrics
