@@ -38,6 +38,9 @@ def test_host_names_and_addresses_match_only_the_subject_alt_names():
         verify_chain([leaf.der], host, STORE, NOW_S)
     for host in ("127.0.0.2", "example.org", "a.b.example.org", "other.test", "leaf"):
         assert refused([leaf], host) == "hostname"  # "leaf" is the CN: never used
+    too_wide = issue("wide", ROOT, dns=("*.org", "*.", "*"))
+    for host in ("example.org", "org", "a"):
+        assert refused([too_wide], host) == "hostname"  # a wildcard over a whole top-level domain
 
 
 def test_untrusted_roots_and_forged_signatures_are_refused():

@@ -12,8 +12,8 @@ What ``verify_chain`` checks, and nothing more (docs/browser.md lists it for use
 - intermediates: basicConstraints cA, keyUsage keyCertSign when keyUsage is present, pathLenConstraint,
   extendedKeyUsage serverAuth when present (as browsers require: an S/MIME-only CA vouches for no server);
 - the server's certificate: extendedKeyUsage serverAuth when present, and the host name or IP
-  address against its subjectAltName (dNSName, a wildcard only as the whole leftmost label;
-  iPAddress); the subject's common name is never used;
+  address against its subjectAltName (dNSName, a wildcard only as the whole leftmost label of a
+  name with at least two more labels; iPAddress); the subject's common name is never used;
 - any critical extension not named here (policies, ...) makes the chain refused, and so does
   nameConstraints, critical or not: the CA/Browser Forum lets a constrained intermediate mark it
   non-critical, and ignoring it would let that intermediate issue for any name.
@@ -305,7 +305,9 @@ def _matches_host(cert: Certificate, host: str) -> bool:
         for pattern in cert.dns_names:
             if pattern == name:
                 return True
-            if pattern.startswith("*.") and "*" not in pattern[2:] and "." in name:
+            # A wildcard covers one label under at least two more: never "*.com" (the Public Suffix
+            # List is not bundled, so "*.co.uk" would still match; CAs may not issue such names).
+            if pattern.startswith("*.") and "*" not in pattern[2:] and "." in pattern[2:].strip("."):
                 label, _, rest = name.partition(".")
                 if rest == pattern[2:] and label:
                     return True
