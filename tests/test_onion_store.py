@@ -176,7 +176,8 @@ def test_store_is_bounded_and_evicts_only_expired_entries():
     """A flood of fresh keys fills the store to ``max_onion_descriptors`` and is then refused
     (507) without pushing anyone out; once entries expire, newcomers take their place."""
     clock = [time.time()]
-    config = SignalConfig(max_onion_descriptors=5, onion_put_burst=1000, post_burst=1000, clock=lambda: clock[0])
+    config = SignalConfig(max_onion_descriptors=5, onion_put_burst=1000, onion_new_key_burst=1000, post_burst=1000,
+                          clock=lambda: clock[0])
 
     async def test(client, url):
         start = clock[0]
@@ -189,6 +190,23 @@ def test_store_is_bounded_and_evicts_only_expired_entries():
         later = [await Service().seal(revision=1, now=clock[0], lifetime=HOUR) for _ in range(6)]
         answers = [await put(client, url, s.blinded_key, s.blob) for s in later]
         assert answers == [(201, None)] * 5 + [(507, "full")]
+
+    run(test, config)
+
+
+def test_one_address_cannot_fill_the_store_with_fresh_keys_but_updates_stay_cheap():
+    """Each blinded key not stored yet spends a token of the slow new-key bucket (burst 8): the
+    ninth fresh key from one address is refused, while new revisions of stored keys still pass."""
+    config = SignalConfig(onion_put_burst=1000, post_burst=1000)
+
+    async def test(client, url):
+        services = [Service() for _ in range(9)]
+        first = [await s.seal(revision=1) for s in services]
+        answers = [await put(client, url, s.blinded_key, s.blob) for s in first]
+        assert answers == [(201, None)] * 8 + [(429, "rate_limited")]
+        assert await stored(client, url, first[8].blinded_key) is None
+        updates = [await s.seal(revision=2) for s in services[:8]]
+        assert [await put(client, url, s.blinded_key, s.blob) for s in updates] == [(201, None)] * 8
 
     run(test, config)
 
@@ -212,8 +230,8 @@ def test_a_flood_from_one_address_is_rate_limited():
 
 
 def test_config_is_validated():
-    for bad in ({"max_onion_descriptors": 0}, {"onion_put_rate": 0}, {"onion_max_lifetime": 30},
-                {"onion_max_lifetime": 13 * HOUR}):
+    for bad in ({"max_onion_descriptors": 0}, {"onion_put_rate": 0}, {"onion_new_key_rate": 0},
+                {"onion_max_lifetime": 30}, {"onion_max_lifetime": 13 * HOUR}):
         with pytest.raises(ConfigError):
             SignalConfig(**bad)
 

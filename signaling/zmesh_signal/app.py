@@ -68,7 +68,10 @@ class SignalConfig:
     ``MAX_SEALED_SIZE``, 8 KiB, so 32 MiB at the default), each PUT also spending a token of a
     per-address bucket (``onion_put_rate``/``onion_put_burst``; a service PUTs two descriptors,
     this period's and the next, whenever its intro points change), none expiring more than
-    ``onion_max_lifetime`` seconds ahead.
+    ``onion_max_lifetime`` seconds ahead. A PUT for a blinded key not stored yet also spends a
+    token of a slower bucket (``onion_new_key_rate``/``onion_new_key_burst``, one a minute after a
+    burst of 8): updates stay cheap, but one address can no longer fill the store with fresh keys
+    (it holds at most ``burst + lifetime × rate`` of them, 728 at the defaults, not 4096).
     """
 
     web_root: Path | None = None
@@ -93,6 +96,8 @@ class SignalConfig:
     onion_put_rate: float = 0.5
     onion_put_burst: float = 20.0
     onion_max_lifetime: int = MAX_ONION_LIFETIME
+    onion_new_key_rate: float = 1 / 60
+    onion_new_key_burst: float = 8.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_lifetime, int) or self.max_lifetime < 60:
@@ -103,6 +108,7 @@ class SignalConfig:
         if not isinstance(self.max_onion_descriptors, int) or self.max_onion_descriptors < 1:
             raise ConfigError(f"max_onion_descriptors must be a positive integer, got {self.max_onion_descriptors!r}")
         check_rate(self.onion_put_rate, self.onion_put_burst)
+        check_rate(self.onion_new_key_rate, self.onion_new_key_burst)
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"signaling.redis must be a redis://HOST:PORT/DB URL, got {self.redis!r}")
 
@@ -113,12 +119,14 @@ def _backend(config: SignalConfig, directory: Directory, provider: NativeCryptoP
         return MemoryBackend(directory, KeyedLimiter(config.post_rate, config.post_burst),
                              KeyedLimiter(config.get_rate, config.get_burst),
                              onion_puts=KeyedLimiter(config.onion_put_rate, config.onion_put_burst),
+                             onion_new_keys=KeyedLimiter(config.onion_new_key_rate, config.onion_new_key_burst),
                              onion=OnionStore(config.max_onion_descriptors))
     from .redis_backend import RedisBackend  # redis is needed only by servers that use it
 
     return RedisBackend(config.redis, directory, provider, post=(config.post_rate, config.post_burst),
                         get=(config.get_rate, config.get_burst), capacity=config.max_descriptors,
                         onion_put=(config.onion_put_rate, config.onion_put_burst),
+                        onion_new_key=(config.onion_new_key_rate, config.onion_new_key_burst),
                         onion_capacity=config.max_onion_descriptors,
                         presence_ttl=config.presence_ttl, clock=config.clock)
 
@@ -262,6 +270,11 @@ class _Api:
             return json_error(422, "invalid", str(exc))
         if info.blinded_key != key:
             return json_error(400, "key_mismatch", "the descriptor is signed by another blinded key than the path")
+        if await self.backend.onion_get(key, now) is None:
+            wait = await self.backend.take("onion_new", request.remote or "unknown")
+            if wait:
+                return json_error(429, "rate_limited", "too many new onion services from your address; slow down",
+                                  {"Retry-After": str(math.ceil(wait))})
         outcome = await self.backend.onion_put(info, raw, now)
         if outcome is OnionStored.STALE:
             return json_error(409, "stale", "a higher revision is stored for this blinded key")

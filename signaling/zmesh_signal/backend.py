@@ -49,8 +49,9 @@ class MemoryBackend:
     name = "memory"
 
     def __init__(self, directory: Directory, posts: KeyedLimiter, gets: KeyedLimiter, *,
-                 onion_puts: KeyedLimiter, onion: OnionStore) -> None:
-        self.directory, self._limiters = directory, {"post": posts, "get": gets, "onion": onion_puts}
+                 onion_puts: KeyedLimiter, onion_new_keys: KeyedLimiter, onion: OnionStore) -> None:
+        self.directory = directory
+        self._limiters = {"post": posts, "get": gets, "onion": onion_puts, "onion_new": onion_new_keys}
         self._onion = onion
         self._peers: LocalPeers | None = None
 
@@ -66,8 +67,8 @@ class MemoryBackend:
         return "ok"
 
     async def take(self, kind: str, key: str) -> float:
-        """Spend a ``kind`` (``post``, ``get`` or ``onion``: an onion descriptor PUT, on top of its
-        ``post``) token for client ``key``: 0.0 or seconds to wait."""
+        """Spend a ``kind`` (``post``, ``get``, ``onion``: an onion descriptor PUT, or ``onion_new``:
+        one for a blinded key not stored yet) token for client ``key``: 0.0 or seconds to wait."""
         return self._limiters[kind].take(key)
 
     async def put(self, descriptor: Descriptor, now: float, source: str) -> Stored:

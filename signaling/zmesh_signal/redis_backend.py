@@ -218,11 +218,12 @@ class RedisBackend(MemoryBackend):
 
     def __init__(self, url: str, directory: Directory, provider: CryptoProvider, *,
                  post: tuple[float, float], get: tuple[float, float], capacity: int,
-                 onion_put: tuple[float, float] = (0.5, 20.0), onion_capacity: int = 4096,
+                 onion_put: tuple[float, float] = (0.5, 20.0), onion_new_key: tuple[float, float] = (1 / 60, 8.0),
+                 onion_capacity: int = 4096,
                  max_tombstones: int | None = None, presence_ttl: float = 30.0,
                  prefix: str = "zmesh:signal:", max_connections: int = 64,
                  clock: Callable[[], float] = time.time) -> None:
-        for rate, burst in (post, get, onion_put):
+        for rate, burst in (post, get, onion_put, onion_new_key):
             check_rate(rate, burst)
         if not isinstance(onion_capacity, int) or onion_capacity < 1:
             raise ConfigError(f"max_onion_descriptors must be a positive integer, got {onion_capacity!r}")
@@ -235,7 +236,7 @@ class RedisBackend(MemoryBackend):
             raise ConfigError(f"signaling.redis: {exc} (expected redis://HOST:PORT/DB)") from exc
         self.directory, self._provider, self._clock = directory, provider, clock
         self._redis = aioredis.Redis(connection_pool=pool)
-        self._rates = {"post": post, "get": get, "onion": onion_put}
+        self._rates = {"post": post, "get": get, "onion": onion_put, "onion_new": onion_new_key}
         self._capacity, self._max_tombstones = capacity, max_tombstones or capacity
         self._onion_capacity = onion_capacity
         self._presence_ttl, self._prefix = presence_ttl, prefix
