@@ -11,7 +11,7 @@ import pytest
 
 from zmesh.descriptor import Capabilities, sign_descriptor
 from zmesh.errors import ConfigError, ProtocolError
-from zmesh.identity import Identity
+from zmesh.identity import Identity, PeerId
 from zmesh.path import PathSelector
 from zmesh.trust import TrustPolicy, TrustStore
 from zmesh_relay.trust_file import TRUST_FILE, TrustFile
@@ -227,3 +227,13 @@ def test_the_table_is_bounded(relays):
         clock.now += 1
         trust.record_build(relay.peer_id, ok=True)
     assert len(trust.records) == 4 and relays[-1].peer_id in trust.records
+
+
+def test_a_full_table_forgets_the_relays_unseen_longest_a_tenth_at_a_time():
+    clock = Clock()
+    trust = TrustStore(clock, TrustPolicy(max_relays=20))
+    peers = [PeerId(bytes([n]) * 32) for n in range(21)]
+    for peer in peers:
+        clock.now += 1
+        trust.record_build(peer, ok=True)
+    assert set(trust.records) == set(peers[2:])  # the two oldest made room for the newcomer

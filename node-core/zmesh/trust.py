@@ -239,11 +239,20 @@ class TrustStore:
         record.updated = now
         return record
 
+    def _forget_longest_unseen(self) -> None:
+        """Make room by forgetting the tenth of the table unseen longest: one sort per tenth, not
+        a scan of the whole table per newcomer (a directory full of new relays made that quadratic)."""
+        def seen(peer: PeerId) -> float:
+            record = self.records[peer]
+            return record.last_listed or record.updated
+
+        for peer in sorted(self.records, key=seen)[:max(1, len(self.records) // 10)]:
+            del self.records[peer]
+
     def _record(self, peer: PeerId, now: float) -> RelayRecord:
         record = self.records.get(peer)
         if record is None:
             if len(self.records) >= self.policy.max_relays:
-                oldest = min(self.records, key=lambda p: self.records[p].last_listed or self.records[p].updated)
-                del self.records[oldest]
+                self._forget_longest_unseen()
             record = self.records[peer] = RelayRecord(updated=now)
         return record
