@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "playwright"))
@@ -47,6 +52,70 @@ JOIN = """async ([target, transport]) => {
 }"""
 
 
+RAW = """async ([url, size, runs]) => {
+    const samples = [];
+    for (let i = 0; i < runs; i++) {
+        const start = performance.now();
+        await new Promise((resolve, reject) => {
+            const socket = new WebSocket(url);
+            socket.binaryType = "arraybuffer";
+            let received = 0;
+            socket.onmessage = (event) => {
+                received += event.data.byteLength;
+                if (received >= size) { socket.close(); resolve(); }
+            };
+            socket.onerror = () => reject(new Error("raw WebSocket failed"));
+        });
+        samples.push(size / ((performance.now() - start) / 1000) / 1e6);
+    }
+    return samples;
+}"""
+
+
+@contextlib.contextmanager
+def raw_websocket_sender() -> Iterator[str]:
+    """A plain aiohttp WebSocket server that sends the benchmark's payload in 64 KiB binary frames
+    to whoever connects: the page receiving it measures what this browser's WebSocket path alone
+    carries on this machine, the ceiling for any tab over WebSocket links."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    address: list[str] = []
+
+    async def send(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0, compress=False)  # as relay links (zmesh_relay.wslink)
+        await ws.prepare(request)
+        for offset in range(0, len(PAYLOAD), 65536):
+            await ws.send_bytes(PAYLOAD[offset:offset + 65536])
+        await ws.receive()  # the page closes once it has everything
+        return ws
+
+    async def serve() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/raw", send)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        address.append(f"ws://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/raw")
+        return runner
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        runner = loop.run_until_complete(serve())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield address[0]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
@@ -62,6 +131,11 @@ def main() -> None:
             warm.evaluate("async () => { const { bootZmesh } = await import('/boot.mjs'); await bootZmesh(); }")
             warm.close()
             results = {}
+            with raw_websocket_sender() as raw_url:
+                page = browser.new_page()
+                page.goto(f"{url}/")
+                raw = page.evaluate(RAW, [raw_url, len(PAYLOAD), args.runs])
+                page.close()
             for transport in ("webrtc", "websocket"):  # the tab's links; the relays' own are WebSocket
                 page = browser.new_page()
                 page.goto(f"{url}/")
@@ -81,13 +155,18 @@ def main() -> None:
         print(f"| {label:45} | {rtc[key]:11.0f} | {ws[key]:14.0f} |             — |      — |")
     print(f"| {'3-hop download throughput (MB/s, median)':45} | {med(rtc['samples']):11.1f} "
           f"| {med(ws['samples']):14.1f} | {med(native):13.1f} | {med(rtc['samples']) / med(native):6.2f} |")
-    print("* tab over WebRTC / native client, same run")
+    print(f"| {'raw WebSocket into the page, no zmesh (MB/s)':45} |           — | {med(raw):14.1f} "
+          "|             — |      — |")
+    print("* tab over WebRTC / native client, same run. The raw row is one aiohttp sender straight into a")
+    print("  page's WebSocket (JS only): what this browser's socket path carries here, the tab's ceiling")
     print_json(args, {"tab_webrtc_MBps": round(med(rtc["samples"]), 2),
                       "tab_websocket_MBps": round(med(ws["samples"]), 2),
                       "native_MBps": round(med(native), 2), "join_ms": round(max(rtc["joined"], ws["joined"])),
                       "join_ms_webrtc": round(rtc["joined"]), "join_ms_websocket": round(ws["joined"]),
                       "longest_task_ms": max(rtc["worst"], ws["worst"]),
-                      "tab_websocket_over_native": round(med(ws["samples"]) / med(native), 3)})
+                      "tab_websocket_over_native": round(med(ws["samples"]) / med(native), 3),
+                      "raw_websocket_MBps": round(med(raw), 2),
+                      "tab_websocket_over_raw": round(med(ws["samples"]) / med(raw), 3)})
 
 
 async def _native_rates(socks: tuple[str, int], port: int, runs: int) -> list[float]:
