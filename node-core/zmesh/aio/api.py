@@ -5,6 +5,7 @@
     stream = await vpn.open_stream("example.org", 80)
     await vpn.connect(destination=peer_id)       # a circuit whose last hop is that node
     await vpn.send(b"hello"); reply = await vpn.receive()
+    stream = await vpn.open_stream("<base32>.mesh", 80)   # an onion service (needs ``descriptors``)
 
 An exit circuit takes new streams for ``CircuitPolicy.max_dirtiness`` seconds (10 min) after its
 first, then ``open_stream`` moves on to a fresh one, as ``zmesh client`` does (``docs/control.md``).
@@ -33,10 +34,12 @@ from ..descriptor import EXIT_KINDS, Descriptor
 from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from ..guards import GuardManager
 from ..identity import PeerId
+from ..onion.address import is_mesh_name
 from ..path import PathSelector, listens
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .http import HttpResponse, http_get, parse_url
+from .onion import DescriptorDirectory, OnionClient
 from .split import SHARE_PORT, ShareService, send_split
 from .tasks import OwnedTasks
 from .tls import TlsConnector, open_tls
@@ -112,10 +115,12 @@ class MeshVPN:
                  refresh: Callable[[], Awaitable[object]] | None = None,
                  selector: PathSelector | None = None, build_policy: BuildPolicy | None = None,
                  guards: GuardManager | None = None, circuit_policy: CircuitPolicy | None = None,
+                 descriptors: DescriptorDirectory | None = None,
                  clock: Callable[[], float] = time.monotonic, inbox_size: int = 256,
                  tls: TlsConnector | None = None, **options: Any) -> None:
         """``directory()`` lists the relays; ``refresh()``, if given, refetches that list (once, after
-        a build failed: see ``zmesh.aio.building``). ``tls`` makes the client sessions of
+        a build failed: see ``zmesh.aio.building``). ``descriptors``: where onion-service descriptors
+        are looked up, for ``.mesh`` names (``zmesh.aio.onion``). ``tls`` makes the client sessions of
         ``https://`` fetches (``zmesh.aio.tls``); without it only ``http://`` can be fetched."""
         self.driver = driver
         self.circuit_policy = circuit_policy or CircuitPolicy()  # its max_dirtiness; no pool here
@@ -136,6 +141,9 @@ class MeshVPN:
         self._streams: list[MeshStream] = []
         self._retired_in = self._retired_out = 0  # bytes of streams no longer open
         self._readers = OwnedTasks("MeshVPN message readers")
+        self._onion = None if descriptors is None else OnionClient(driver, self._relays, descriptors,
+                                                                   selector=self.selector, guards=guards,
+                                                                   clock=clock)
         self.shares = ShareService(self._deliver)  # split messages sent to this node (zmesh.aio.split)
         driver.stream_handler = self._serve_messages_then(driver.stream_handler)
 
@@ -203,7 +211,14 @@ class MeshVPN:
         """A TCP-like stream to ``host:port``, resolved and connected by the exit. An exit circuit
         that has carried streams for ``circuit_policy.max_dirtiness`` seconds is replaced first (the
         old one is closed once its streams have ended), so what a user does over hours is not
-        linkable at one exit."""
+        linkable at one exit. A ``*.mesh`` host is an onion service: reached by rendezvous, never
+        through an exit (and without ``connect()``)."""
+        if is_mesh_name(host):
+            if self._onion is None:
+                raise ConfigError("this MeshVPN has no onion descriptor directory: .mesh names need one")
+            stream = await self._onion.open_stream(host, port)
+            self._streams.append(stream)
+            return stream
         circuit = self._require_circuit()
         if self._message_stream is None and self.circuit_policy.past_dirtiness(self._dirty_since, self._clock()):
             self._circuit, _ = await self._build(None)
@@ -274,6 +289,11 @@ class MeshVPN:
         self.options = self.options.updated(**options)
 
     # ---------------------------------------------------------------- internals
+
+    async def _relays(self, refresh: bool) -> list[Descriptor]:
+        if refresh and self.refresh is not None:
+            await self.refresh()
+        return list(self.directory())
 
     def _listing(self, destination: PeerId | str | None
                  ) -> tuple[list[Descriptor], Descriptor | None, Descriptor | None]:
