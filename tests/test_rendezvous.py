@@ -579,7 +579,7 @@ def test_an_intro_circuit_over_its_queue_bound_is_the_one_destroyed_not_the_intr
         ip = mesh.relays[1]
         service_side = ip._circuits[ip._intro_points[auth_key].circuit]
         # the service's link does not read: its circuit's queue at the intro point is at the bound
-        ip._queued[(service_side.handle, service_side.prev_link)] = ip.limits.max_queued_cells_per_circuit
+        ip._queued[(service_side.handle, service_side.prev_link)] = ip._circuit_queue_bound(service_side.handle)
         client_circuit, status = await mesh.introduce(2, 1, auth_key, bytes(1285))
         assert status == IntroduceStatus.UNKNOWN_SERVICE
         assert mesh.closed(mesh.service, intro) is DestroyReason.RESOURCE_LIMIT

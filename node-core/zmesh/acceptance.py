@@ -54,6 +54,8 @@ RELAY_TABLE: dict[tuple[Role, Enum, RelayCommand], str] = {
     (_R, RelayState.OPEN, RelayCommand.CC_OFFER): "_on_cc_offer",
     (_O, BuildState.BUILDING, RelayCommand.CC_ACCEPT): "_on_cc_accept",
     (_O, BuildState.OPEN, RelayCommand.CC_ACCEPT): "_on_cc_accept",
+    # a point answers the offer before the onion message that followed it, so after the hand-over
+    **{(_O, state, RelayCommand.CC_ACCEPT): "_on_cc_accept" for state in _ONION_ORIGIN[:3]},
     (_R, RelayState.OPEN, RelayCommand.BEGIN): "_on_begin",
     (_R, RelayState.EDGE, RelayCommand.BEGIN): "_on_begin",
     **{(_R, RelayState.EDGE, command): handler for command, handler in _EDGE_MESSAGES.items()},

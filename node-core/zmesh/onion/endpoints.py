@@ -95,6 +95,7 @@ class OnionEndpointRole:
         if circ.purpose is not Purpose.GENERAL or circ.edge.streams:
             raise InvalidState("an onion-service circuit must be built for it and carry no streams")
         circ.purpose, circ.state = purpose, state
+        self._cc_fixed(circ)
         return circ
 
     # ------------------------------------------------------------------ messages (zmesh.acceptance)
