@@ -10,7 +10,7 @@ import asyncio
 
 from zmesh.cells import RELAY_DATA_SIZE, DestroyReason, RelayCommand, encode_relay_body
 from zmesh.circuit import BuildState
-from zmesh.events import CircuitClosed, IntroduceReceived, LinkNeeded, RendezvousJoined, StreamData, StreamRequested
+from zmesh.events import CircuitClosed, IntroduceReceived, RendezvousJoined, StreamData, StreamRequested
 from zmesh.flow import CIRCUIT_INCREMENT, CircuitWindow
 from zmesh.identity import Identity
 from zmesh.onion.introduce import RendezvousPoint, answer_introduction, open_introduction, seal_introduction
@@ -19,29 +19,12 @@ from zmesh.onionkeys import OnionKeySet
 from .test_rendezvous import Mesh
 
 
-async def _deliver_one(mesh: Mesh) -> bool:
-    """Move one frame, so a test can act between two frames (``Wire.pump`` moves them all)."""
-    wire = mesh.wire
-    for node in list(wire.nodes.values()):
-        for event in node.events():
-            wire.events[node].append(event)
-            if isinstance(event, LinkNeeded):
-                await wire.connect(node, wire.nodes[event.peer], event.role)
-        for link in node.links_with_output():
-            frame = node.take_frame(link)
-            far = wire.ends.get((node, link))
-            if far is not None:
-                await far[0].receive_frame(far[1], frame)
-            return True
-    return False
-
-
 async def hand_over_at_once(mesh: Mesh, node, hops: tuple[int, ...], operation) -> int:
     """Build a circuit and give it to ``operation`` as soon as it is open, while the last hop's
     answer to the congestion-control offer is still to come."""
     circuit = await node.build_circuit([mesh.relays[i].identity for i in hops])
     while node._circuits[circuit].state is not BuildState.OPEN:
-        assert await _deliver_one(mesh), "the circuit did not build"
+        assert await mesh.wire.step(), "the circuit did not build"
     assert node._cc_paths[circuit].pending == len(hops) - 1  # its CC_ACCEPT is not here yet
     await operation(circuit)
     await mesh.wire.pump()

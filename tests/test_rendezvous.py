@@ -13,7 +13,8 @@ import time
 import pytest
 
 from zmesh.aio.api import MeshVPN
-from zmesh.aio.onion import OnionClient, OnionLimits, OnionService, _Paths
+from zmesh.aio.onion import OnionClient, OnionLimits, OnionService
+from zmesh.aio.onion.common import Paths
 from zmesh.cells import DestroyReason, EndReason, RelayCommand, encode_relay_body
 from zmesh.circuit import BuildState, Purpose
 from zmesh.errors import CircuitError, CryptoError, InvalidState, OnionAddressError, ProtocolError, StreamError
@@ -627,7 +628,7 @@ def test_a_fixed_last_hop_that_is_the_first_guard_is_reached_through_another_gua
             guards.update(relays)
             first = guards.primary()[0]
             destination = next(r for r in relays if r.peer_id == first)  # e.g. a client's rendezvous point
-            _, path = await _Paths(driver, None, guards).build(relays, destination=destination, pinned={first})
+            _, path = await Paths(driver, None, guards).build(relays, destination=destination, pinned={first})
             assert path[-1].peer_id == first and path[0].peer_id in guards.primary()[1:]
         finally:
             await net.close()
