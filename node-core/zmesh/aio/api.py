@@ -6,6 +6,8 @@
     await vpn.connect(destination=peer_id)       # a circuit whose last hop is that node
     await vpn.send(b"hello"); reply = await vpn.receive()
     stream = await vpn.open_stream("<base32>.mesh", 80)   # an onion service (needs ``descriptors``)
+    address = await vpn.host(service_keys)       # this node as an onion service: messages to it ...
+    await vpn.connect(destination=address)       # ... and from another node, by ``.mesh`` address
 
 An exit circuit takes new streams for ``CircuitPolicy.max_dirtiness`` seconds (10 min) after its
 first, then ``open_stream`` moves on to a fresh one, as ``zmesh client`` does (``docs/control.md``).
@@ -35,11 +37,13 @@ from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from ..guards import GuardManager
 from ..identity import PeerId
 from ..onion.address import is_mesh_name
+from ..onion.introduce import ServiceKeys
 from ..path import PathSelector, listens
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .http import HttpResponse, http_get, parse_url
-from .onion import DescriptorDirectory, OnionClient
+from .onion import DescriptorDirectory, OnionClient, OnionLimits, OnionService
+from .onion.common import StreamHandler
 from .split import SHARE_PORT, ShareService, send_split
 from .tasks import OwnedTasks
 from .tls import TlsConnector, open_tls
@@ -141,6 +145,7 @@ class MeshVPN:
         self._streams: list[MeshStream] = []
         self._retired_in = self._retired_out = 0  # bytes of streams no longer open
         self._readers = OwnedTasks("MeshVPN message readers")
+        self._descriptors, self._service = descriptors, None
         self._onion = None if descriptors is None else OnionClient(driver, self._relays, descriptors,
                                                                    selector=self.selector, guards=guards,
                                                                    clock=clock)
@@ -167,14 +172,50 @@ class MeshVPN:
         if self._circuit is not None:
             await self.disconnect()
         try:
-            self._circuit, path = await self._build(destination)
-            if destination is not None:
+            if isinstance(destination, str) and is_mesh_name(destination):
+                self._circuit, path = await self._connect_onion(destination)
+            else:
+                self._circuit, path = await self._build(destination)
+            if self._message_stream is None and destination is not None:
                 self._message_stream = await self.driver.open_stream(self._circuit, "", MESSAGE_PORT)
                 self._readers.spawn(self._read_messages(self._message_stream))
         except ZmeshError as exc:
             await self._emit("error", exc)
             raise
         await self._emit("connect", {"circuit": self._circuit, "path": [p.peer_id.text for p in path]})
+
+    async def _connect_onion(self, address: str) -> tuple[int, list[Descriptor]]:
+        """The message stream to an onion service, over a rendezvous circuit: neither end learns
+        where the other is, and the path reported is only this side's three relays."""
+        self._message_stream = await self._onion_client().open_stream(address, MESSAGE_PORT)
+        self._readers.spawn(self._read_messages(self._message_stream))
+        circuit = self._message_stream.circuit
+        ids = next((c["path"] for c in self.driver.node.onion_circuits() if c["id"] == str(circuit)), [])
+        relays = {r.peer_id.text: r for r in self.directory()}
+        return circuit, [relays[i] for i in ids if i in relays]
+
+    async def host(self, keys: ServiceKeys, *, on_stream: StreamHandler | None = None,
+                   limits: OnionLimits | None = None) -> str:
+        """Host an onion service with ``keys`` on this node and return its ``.mesh`` address. Message
+        streams to it arrive as messages (``receive``, ``on('message')``), whoever sent them; a
+        stream to any other port goes to ``on_stream``, or is refused (``SERVICE_PORT``)."""
+        if self._descriptors is None:
+            raise ConfigError("this MeshVPN has no onion descriptor directory: hosting needs one")
+        if self._service is not None:
+            raise InvalidState("this MeshVPN already hosts an onion service")
+
+        async def refuse(request: IncomingStream) -> None:
+            await request.reject(EndReason.SERVICE_PORT)
+
+        self._service = OnionService(self.driver, keys, self._relays, self._descriptors,
+                                     self._serve_messages_then(on_stream or refuse),
+                                     selector=self.selector, guards=self.guards, limits=limits, clock=self._clock)
+        return await self._service.start()
+
+    def _onion_client(self) -> OnionClient:
+        if self._onion is None:
+            raise ConfigError("this MeshVPN has no onion descriptor directory: .mesh names need one")
+        return self._onion
 
     async def _build(self, destination: PeerId | str | None) -> tuple[int, list[Descriptor]]:
         relays, target, entry = self._listing(destination)
@@ -214,9 +255,7 @@ class MeshVPN:
         linkable at one exit. A ``*.mesh`` host is an onion service: reached by rendezvous, never
         through an exit (and without ``connect()``)."""
         if is_mesh_name(host):
-            if self._onion is None:
-                raise ConfigError("this MeshVPN has no onion descriptor directory: .mesh names need one")
-            stream = await self._onion.open_stream(host, port)
+            stream = await self._onion_client().open_stream(host, port)
             self._streams.append(stream)
             return stream
         circuit = self._require_circuit()
@@ -367,4 +406,6 @@ class MeshVPN:
 
     async def close(self) -> None:
         await self.disconnect()
+        if self._service is not None:
+            await self._service.close()
         await self._readers.close()
