@@ -39,9 +39,10 @@ from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.netaddr import LinkAddress
 from zmesh.node import Node
-from zmesh.onion import blinding
+from zmesh.onion import blinding, introduce, wire
 from zmesh.onion import descriptor as onion_descriptor
 from zmesh.onion.address import decode_address, encode_address
+from zmesh.onionkeys import OnionKeySet
 from zmesh.signaling import parse_server_message
 from zmesh_relay import config, socks5
 from zmesh_relay.keys import (
@@ -259,6 +260,31 @@ def _url(data: bytes) -> object:
     return http.parse_url(text(data))
 
 
+_ONION_WIRE = (wire.parse_establish_intro, wire.parse_introduce, wire.parse_cookie, wire.parse_rendezvous1,
+               wire.parse_introduce_ack)
+
+
+def _onion_wire(data: bytes) -> object:
+    """The onion-service relay messages' decoders, the first byte choosing which."""
+    if not data:
+        raise ProtocolError("empty")
+    return _ONION_WIRE[data[0] % len(_ONION_WIRE)](data[1:])
+
+
+def _introduction(data: bytes) -> object:
+    w = world()
+    return run_sync(introduce.open_introduction(w.provider, w.identity.peer_id.key, OnionKeySet.of(w.identity),
+                                                bytes(32), data))
+
+
+def _samples_introduction() -> tuple[bytes, ...]:
+    w = world()
+    point = introduce.RendezvousPoint(w.identity.peer_id, w.identity.onion_keys.x25519, bytes(range(20)))
+    sealed, _ = run_sync(introduce.seal_introduction(w.provider, w.identity.peer_id.key, w.identity.onion_keys,
+                                                     bytes(32), point))
+    return (sealed,)
+
+
 def _samples_descriptor() -> tuple[bytes, ...]:
     return (world().descriptor.raw,)
 
@@ -344,6 +370,9 @@ def targets() -> list[Target]:
         Target("http.parse_response", http.parse_response, (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",)),
         Target("fec.TetrysDecoder.receive", _fec_decoder, (fec_source, fec_repair)),
         Target("fec.TetrysEncoder.on_ack", _fec_ack, (fec_receiver.ack(),)),
+        Target("onion relay messages", _onion_wire, (b"\x00" + bytes(96), b"\x01" + bytes(1317), b"\x02" + bytes(20),
+                                                     b"\x03" + bytes(84), b"\x04\x03")),
+        Target("onion introduction (service)", _introduction, _samples_introduction()),
     ]
 
 

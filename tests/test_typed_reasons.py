@@ -27,8 +27,9 @@ from zmesh_relay.socks5 import (
 
 SOCKS_REPLY = {EndReason.EXIT_POLICY: NOT_ALLOWED, EndReason.RESOLVE_FAILED: HOST_UNREACHABLE,
                EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED,
-               EndReason.UPSTREAM_FAILED: NETWORK_UNREACHABLE}
-TARGET_REASONS = set(SOCKS_REPLY)  # the reasons an exit passes on about its target
+               EndReason.UPSTREAM_FAILED: NETWORK_UNREACHABLE, EndReason.SERVICE_PORT: NOT_ALLOWED}
+# the reasons an exit passes on about its target (SERVICE_PORT is an onion service's, never an exit's)
+TARGET_REASONS = set(SOCKS_REPLY) - {EndReason.SERVICE_PORT}
 
 
 async def mesh(provider, handler, **kwargs):

@@ -23,6 +23,8 @@ from .errors import ProtocolError
 _O, _R = Role.ORIGIN, Role.RELAY
 _LAST_HOP = (RelayState.OPEN, RelayState.EDGE)
 _RELAYING = (RelayState.EXTENDING, RelayState.FORWARDING)
+_POINTS = (RelayState.INTRO_POINT, RelayState.INTRODUCING, RelayState.INTRODUCED, RelayState.REND_POINT)
+_ONION_ORIGIN = (BuildState.INTRO, BuildState.INTRODUCING, BuildState.REND_WAITING, BuildState.SERVICE_JOINED)
 
 # (role, state, side the cell came from, cell command) -> handler(circ, cell or bodies)
 CELL_TABLE: dict[tuple[Role, Enum, Side, CellCommand], str] = {
@@ -35,6 +37,10 @@ CELL_TABLE: dict[tuple[Role, Enum, Side, CellCommand], str] = {
     (_O, BuildState.OPEN, Side.ORIGIN, CellCommand.RELAY): "_on_origin_cells",
     **{(_R, state, Side.PREV, CellCommand.RELAY): "_on_forward_cells" for state in _LAST_HOP + _RELAYING},
     **{(_R, state, Side.NEXT, CellCommand.RELAY): "_on_backward_cells" for state in _RELAYING},
+    # onion services (zmesh.points): the intro and rendezvous points are last hops
+    **{(_R, state, Side.PREV, CellCommand.RELAY): "_on_forward_cells" for state in _POINTS},
+    (_R, RelayState.JOINED, Side.PREV, CellCommand.RELAY): "_on_joined_cells",
+    **{(_O, state, Side.ORIGIN, CellCommand.RELAY): "_on_origin_cells" for state in _ONION_ORIGIN},
 }
 
 _EDGE_MESSAGES = {RelayCommand.DATA: "_on_data", RelayCommand.END: "_on_end", RelayCommand.SENDME: "_on_sendme",
@@ -48,6 +54,8 @@ RELAY_TABLE: dict[tuple[Role, Enum, RelayCommand], str] = {
     (_R, RelayState.OPEN, RelayCommand.CC_OFFER): "_on_cc_offer",
     (_O, BuildState.BUILDING, RelayCommand.CC_ACCEPT): "_on_cc_accept",
     (_O, BuildState.OPEN, RelayCommand.CC_ACCEPT): "_on_cc_accept",
+    # a point answers the offer before the onion message that followed it, so after the hand-over
+    **{(_O, state, RelayCommand.CC_ACCEPT): "_on_cc_accept" for state in _ONION_ORIGIN[:3]},
     (_R, RelayState.OPEN, RelayCommand.BEGIN): "_on_begin",
     (_R, RelayState.EDGE, RelayCommand.BEGIN): "_on_begin",
     **{(_R, RelayState.EDGE, command): handler for command, handler in _EDGE_MESSAGES.items()},
@@ -57,6 +65,22 @@ RELAY_TABLE: dict[tuple[Role, Enum, RelayCommand], str] = {
     # long-range padding: recognised by the hop it is for, then discarded, in every state with a hop
     **{(_R, state, RelayCommand.DROP): "_on_drop" for state in _LAST_HOP + _RELAYING},
     **{(_O, state, RelayCommand.DROP): "_on_drop" for state in (BuildState.BUILDING, BuildState.OPEN)},
+    # onion services: a relay's last hop becomes an intro or rendezvous point (zmesh.points) ...
+    (_R, RelayState.OPEN, RelayCommand.ESTABLISH_INTRO): "_on_establish_intro",
+    (_R, RelayState.OPEN, RelayCommand.INTRODUCE1): "_on_introduce1",
+    (_R, RelayState.INTRODUCING, RelayCommand.INTRODUCE1): "_on_introduce1",
+    (_R, RelayState.OPEN, RelayCommand.ESTABLISH_RENDEZVOUS): "_on_establish_rendezvous",
+    (_R, RelayState.OPEN, RelayCommand.RENDEZVOUS1): "_on_rendezvous1",
+    **{(_R, state, RelayCommand.DROP): "_on_drop" for state in _POINTS + (RelayState.JOINED,)},
+    # ... and the service's and client's circuits hear from those points (zmesh.onion.endpoints)
+    (_O, BuildState.INTRO, RelayCommand.INTRO_ESTABLISHED): "_on_intro_established",
+    (_O, BuildState.INTRO, RelayCommand.INTRODUCE2): "_on_introduce2",
+    (_O, BuildState.INTRODUCING, RelayCommand.INTRODUCE_ACK): "_on_introduce_ack",
+    (_O, BuildState.REND_WAITING, RelayCommand.RENDEZVOUS_ESTABLISHED): "_on_rendezvous_established",
+    (_O, BuildState.REND_WAITING, RelayCommand.RENDEZVOUS2): "_on_rendezvous2",
+    (_O, BuildState.SERVICE_JOINED, RelayCommand.BEGIN): "_on_service_begin",
+    **{(_O, BuildState.SERVICE_JOINED, command): handler for command, handler in _EDGE_MESSAGES.items()},
+    **{(_O, state, RelayCommand.DROP): "_on_drop" for state in _ONION_ORIGIN},
 }
 
 # What an origin accepts from a hop before the last one: only padding.

@@ -69,6 +69,16 @@ class RelayCommand(IntEnum):
     EXTEND = 6
     EXTENDED = 7
     DROP = 8  # long-range padding: recognised by the hop it is for, then discarded
+    # Onion services (docs/onion-services.md, "Introduction and rendezvous"): 16–31.
+    ESTABLISH_INTRO = 16  # service → its intro point: auth key ‖ signature over the circuit binding
+    INTRO_ESTABLISHED = 17  # intro point → service
+    INTRODUCE1 = 18  # client → intro point (fragmented): auth key ‖ encrypted introduction
+    INTRODUCE2 = 19  # intro point → service (fragmented): the same bytes
+    INTRODUCE_ACK = 20  # intro point → client: one status byte
+    ESTABLISH_RENDEZVOUS = 21  # client → rendezvous point: 20-byte cookie
+    RENDEZVOUS_ESTABLISHED = 22  # rendezvous point → client
+    RENDEZVOUS1 = 23  # service → rendezvous point: cookie ‖ the service's handshake half
+    RENDEZVOUS2 = 24  # rendezvous point → client: the service's handshake half
     # congestion and flow control (docs/protocol.md §10): 40–47
     CC_OFFER = 40  # client → each hop once it answered: "I run congestion control; buffer this much"
     CC_ACCEPT = 41  # hop → client: the window (cells) this hop buffers per circuit and link
@@ -87,6 +97,12 @@ class DestroyReason(IntEnum):
     LINK_CLOSED = 7
     TAMPERED = 8
     ONION_KEY_OUTDATED = 9  # the CREATE named an onion key the relay no longer holds: refetch its descriptor
+    # Onion services: 16–23.
+    INTRO_BAD_AUTH = 16  # ESTABLISH_INTRO's signature does not cover this circuit
+    INTRO_REPLACED = 17  # the same intro auth key was established on a newer circuit
+    REND_UNKNOWN_COOKIE = 18  # RENDEZVOUS1 for a cookie no client circuit waits with
+    REND_COOKIE_IN_USE = 19  # ESTABLISH_RENDEZVOUS with a cookie another circuit waits with
+    REND_CLOSED = 20  # the circuit joined to this one at the rendezvous point closed
     # congestion and flow control (docs/protocol.md §10): 28–31
     BAD_SENDME = 28  # a SENDME named a cell that was never sent (or not yet received): a forged acknowledgement
     FLOW_VIOLATION = 29  # a sender ignored XOFF, or a congestion-control message broke its negotiation
@@ -102,6 +118,8 @@ class EndReason(IntEnum):
     TIMEOUT = 7
     PROTOCOL = 8
     UPSTREAM_FAILED = 9  # an upstream-proxy exit's proxy was unreachable or refused the CONNECT
+    # Onion services: 16–23.
+    SERVICE_PORT = 16  # the onion service forwards no such virtual port
 
 
 _CELL_COMMANDS = frozenset(int(c) for c in CellCommand)

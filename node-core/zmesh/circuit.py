@@ -81,6 +81,11 @@ class BuildState(Enum):
     WAITING_LINK = "waiting-link"  # no link to the first hop yet
     BUILDING = "building"  # CREATE or an EXTEND sent, waiting for CREATED / EXTENDED
     OPEN = "open"  # every hop answered: streams may be opened
+    # Onion services (zmesh.onion.endpoints): what a built circuit became.
+    INTRO = "intro"  # service: ESTABLISH_INTRO sent; INTRO_ESTABLISHED, then INTRODUCE2s arrive
+    INTRODUCING = "introducing"  # client: INTRODUCE1 sent, INTRODUCE_ACK awaited
+    REND_WAITING = "rendezvous-waiting"  # client: ESTABLISH_RENDEZVOUS sent, RENDEZVOUS2 awaited
+    SERVICE_JOINED = "service-joined"  # service: RENDEZVOUS1 sent, virtual hop added: BEGINs arrive
 
 
 class RelayState(Enum):
@@ -92,6 +97,22 @@ class RelayState(Enum):
     EDGE = "edge"  # the last hop with streams: the circuit's exit or destination
     EXTENDING = "extending"  # EXTEND received: linking to the next hop and waiting for its CREATED
     FORWARDING = "forwarding"  # EXTENDED sent: cells pass through both ways
+    # Onion services (zmesh.points): the last hop as an introduction or rendezvous point.
+    INTRO_POINT = "intro-point"  # ESTABLISH_INTRO accepted: INTRODUCE2s go down this circuit
+    INTRODUCING = "introducing"  # INTRODUCE1 pieces arriving
+    INTRODUCED = "introduced"  # INTRODUCE1 handled: one per circuit
+    REND_POINT = "rendezvous-point"  # ESTABLISH_RENDEZVOUS accepted: waiting for the service's RENDEZVOUS1
+    JOINED = "joined"  # spliced to the other side's circuit: cells pass through, unread
+
+
+class Purpose(Enum):
+    """What an origin circuit is for, as the control port lists it (docs/control.md)."""
+
+    GENERAL = "general"  # exits and destinations
+    INTRO = "intro"  # a service's circuit to one of its introduction points
+    INTRODUCING = "introducing"  # a client's circuit carrying an INTRODUCE1
+    RENDEZVOUS = "rendezvous"  # a client's circuit to its rendezvous point, waiting or joined
+    SERVICE_RENDEZVOUS = "service-rendezvous"  # a service's circuit to a client's rendezvous point
 
 
 @dataclass(slots=True, eq=False)
@@ -108,6 +129,7 @@ class OriginCircuit:
     reply: Reassembler = field(default_factory=lambda: Reassembler(MAX_HANDSHAKE_PAYLOAD))
     edge: Edge = field(default_factory=Edge)
     next_stream_id: int = 1
+    purpose: Purpose = Purpose.GENERAL
     role = Role.ORIGIN
 
     def ends(self) -> list[tuple[int, int]]:
@@ -126,6 +148,7 @@ class RelayCircuit:
     prev_peer: PeerId | None
     hop: HopCrypto | None = None
     create: Reassembler = field(default_factory=lambda: Reassembler(MAX_HANDSHAKE_PAYLOAD))
+    # the one fragmented request a last hop takes: an EXTEND, or (at an intro point) an INTRODUCE1
     extend: Reassembler = field(default_factory=lambda: Reassembler(MAX_HANDSHAKE_PAYLOAD))
     created: Reassembler = field(default_factory=lambda: Reassembler(MAX_HANDSHAKE_PAYLOAD))
     state: RelayState = RelayState.AWAITING_CREATE
@@ -133,6 +156,8 @@ class RelayCircuit:
     next_link: int = -1
     next_circ: int = 0
     edge: Edge | None = None
+    point_key: bytes = b""  # at an intro point its auth key, at a rendezvous point its cookie
+    joined: int = 0  # at a rendezvous point, once joined: the other side's circuit
     role = Role.RELAY
 
     def ends(self) -> list[tuple[int, int]]:

@@ -102,8 +102,16 @@ class EdgeRole:
         self.metrics["padding_cells_in"] += 1
 
     async def _on_begin(self, circ: RelayCircuit, msg: RelayMessage) -> None:
-        edge = circ.edge = circ.edge or self._new_edge(circ)
+        circ.edge = circ.edge or self._new_edge(circ)
         circ.state = RelayState.EDGE
+        await self._request_stream(circ, msg)
+
+    async def _on_service_begin(self, circ: OriginCircuit, msg: RelayMessage) -> None:
+        """A BEGIN from an onion service's client, over the joined rendezvous circuit."""
+        await self._request_stream(circ, msg)
+
+    async def _request_stream(self, circ: _Circuit, msg: RelayMessage) -> None:
+        edge = circ.edge
         if not msg.stream_id or msg.stream_id in edge.streams:
             raise ProtocolError("BEGIN with a zero or duplicate stream id")
         if len(edge.streams) >= self.limits.max_streams_per_circuit:

@@ -93,5 +93,42 @@ class StreamWritable:
     stream_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class IntroEstablished:
+    """A service's intro point accepted its ESTABLISH_INTRO (zmesh.onion.endpoints)."""
+
+    circuit: int
+
+
+@dataclass(frozen=True, slots=True)
+class IntroduceReceived:
+    """An INTRODUCE2 reached a service over one of its intro circuits: its encrypted part is for
+    ``zmesh.onion.introduce.open_introduction``."""
+
+    circuit: int
+    auth_key: bytes
+    encrypted: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IntroduceAcked:
+    circuit: int
+    status: int  # zmesh.onion.wire.IntroduceStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousEstablished:
+    circuit: int
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousJoined:
+    """A client's rendezvous circuit now ends at the service (its virtual hop): open streams on it."""
+
+    circuit: int
+
+
+OnionEvent = IntroEstablished | IntroduceReceived | IntroduceAcked | RendezvousEstablished | RendezvousJoined
+
 Event = (LinkNeeded | LinkAuthenticated | CloseLink | CircuitBuilt | CircuitClosed | StreamRequested | StreamConnected
-         | StreamData | StreamEnded | StreamWritable)
+         | StreamData | StreamEnded | StreamWritable | OnionEvent)

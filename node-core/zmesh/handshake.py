@@ -52,6 +52,11 @@ class HopKeys:
     def __repr__(self) -> str:
         return "HopKeys(…)"
 
+    def reversed(self) -> HopKeys:
+        """The same keys seen from the other end: an onion service's virtual hop to its client,
+        whose forward direction is the service's backward one (zmesh.onion.introduce)."""
+        return HopKeys(self.backward_key, self.forward_key, self.backward_digest, self.forward_digest)
+
 
 @dataclass(frozen=True, slots=True, repr=False)
 class ClientHandshake:
@@ -112,10 +117,15 @@ async def server_respond(provider: CryptoProvider, identity: Identity, payload: 
 
     ``y_keypair`` is only for test vectors; in use the relay draws a fresh ephemeral each time.
     """
-    onion = onion or OnionKeySet.of(identity)
-    if create_key_id(payload) != onion.key_id or payload[:KEY_SIZE] != identity.peer_id.key:
+    return await respond_as(provider, identity.peer_id.key, onion or OnionKeySet.of(identity), payload, y_keypair)
+
+
+async def respond_as(provider: CryptoProvider, relay_id: bytes, onion: OnionKeySet, payload: bytes,
+                     y_keypair: tuple[bytes, bytes] | None = None) -> tuple[bytes, HopKeys]:
+    """``server_respond`` for any responder named by ``relay_id``: a relay (its PeerId key) or an
+    onion service, whose introductions carry this same handshake to its descriptor keys."""
+    if create_key_id(payload) != onion.key_id or payload[:KEY_SIZE] != relay_id:
         raise CryptoError("CREATE is addressed to another relay or an old onion key")
-    relay_id = payload[:KEY_SIZE]
     x_public, ciphertext = payload[2 * KEY_SIZE:3 * KEY_SIZE], payload[3 * KEY_SIZE:]
     y_private, y_public = y_keypair or await provider.x25519_generate()
     secret = (await provider.x25519(y_private, x_public)

@@ -82,9 +82,18 @@ class NodeLimits:
     cc_max_window: int = 4096
     # With congestion control a stream's receiver sends XOFF once this many cells wait for its reader.
     xoff_cells: int = 500
+    # Onion services (zmesh.points): how many intro and rendezvous points this relay serves at once,
+    # how long a rendezvous cookie waits for its service, and each intro point's INTRODUCE1 budget
+    # (a token bucket, Tor's HiddenServiceEnableIntroDoS defaults: 25/s, bursts of 200).
+    max_intro_points: int = 4096
+    max_rendezvous_points: int = 4096
+    rendezvous_lifetime: float = 60.0
+    introduce_rate: float = 25.0
+    introduce_burst: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("max_links", "max_circuits", "max_circuits_per_link", "max_queued_cells_per_circuit"):
+        for name in ("max_links", "max_circuits", "max_circuits_per_link", "max_queued_cells_per_circuit",
+                     "max_intro_points", "max_rendezvous_points", "introduce_burst"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queued_link_cells <= self.max_circuits_per_link:
@@ -97,6 +106,9 @@ class NodeLimits:
             raise ConfigError(f"cc_max_window must be 0 (fixed windows) or at least 64 cells, got {self.cc_max_window}")
         if self.xoff_cells < 1:
             raise ConfigError(f"xoff_cells must be at least 1, got {self.xoff_cells}")
+        for name in ("rendezvous_lifetime", "introduce_rate"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.keepalive_interval > 0:
             raise ConfigError(f"keepalive_interval must be positive, got {self.keepalive_interval}")
         if not self.dead_after > self.keepalive_interval:

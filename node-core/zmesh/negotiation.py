@@ -13,6 +13,9 @@ CONNECTED), because each hop handles the offer before what follows it on the cir
 relay counts the offer as an unknown command and drops it (§5), so silence is the refusal: a
 middle hop that stayed silent caps the window at the fixed ``CIRCUIT_WINDOW`` its queue bound was
 made for; an exit that stayed silent (CONNECTED arrived first) leaves the circuit on fixed windows.
+An onion-service circuit is handed over before its last hop answers; the answer is still taken
+(even from a rendezvous point that a joined circuit's virtual hop now follows), but the end-to-end
+hop keeps fixed windows at both ends (docs/onion-services.md, "Flow control end to end").
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .cells import RelayCommand, RelayMessage, encode_relay_body
-from .circuit import BuildState, Edge
+from .circuit import BuildState, Edge, Purpose
 from .congestion import SENDME_EVERY, SENDME_VERSION, VegasFlow
 from .errors import ProtocolError
 from .flow import CIRCUIT_WINDOW
@@ -78,19 +81,29 @@ class NegotiationRole:
         await self._send_edge(circ, [encode_relay_body(RelayCommand.CC_OFFER, 0,
                                                        _OFFER.pack(SENDME_VERSION, SENDME_EVERY, neg.cap))])
 
-    async def _on_cc_accept(self, circ: OriginCircuit, msg: RelayMessage) -> None:
+    async def _on_cc_accept(self, circ: OriginCircuit, msg: RelayMessage, hop: int | None = None) -> None:
+        """``hop``: the hop that sent it, when not the last (only a service's joined circuit)."""
         neg = self._cc_paths.get(circ.handle)
-        if neg is None or neg.pending != len(circ.hops) - 1 or len(msg.data) != _ACCEPT.size:
+        hop = len(circ.hops) - 1 if hop is None else hop
+        if neg is None or neg.pending != hop or len(msg.data) != _ACCEPT.size:
             raise ProtocolError("CC_ACCEPT that answers no offer")
         version, window = _ACCEPT.unpack(msg.data)
         if version != SENDME_VERSION or not MIN_WINDOW <= window <= neg.cap:
             raise ProtocolError("CC_ACCEPT grants a window that was not offered")
         neg.cap, neg.pending = window, None
-        if circ.state is BuildState.OPEN:  # the last hop agreed: both ends switch before any DATA
+        if hop == len(circ.path) - 1 and circ.purpose is not Purpose.GENERAL:
+            del self._cc_paths[circ.handle]  # an onion point's answer: its end-to-end hop keeps fixed windows
+        elif circ.state is BuildState.OPEN:  # the last hop agreed: both ends switch before any DATA
             del self._cc_paths[circ.handle]
             self._cc_windows[circ.handle] = window
             circ.edge.flow, circ.edge.xoff_cells = VegasFlow(window), self.limits.xoff_cells
             self.metrics["cc_circuits"] += 1
+
+    def _cc_fixed(self, circ: OriginCircuit) -> None:
+        """``circ`` becomes an onion-service circuit: whatever its last hop grants, the end-to-end hop
+        it leads to runs fixed windows (docs/onion-services.md, "Flow control end to end")."""
+        circ.edge = Edge()
+        self._cc_windows.pop(circ.handle, None)
 
     def _cc_settle(self, circ: OriginCircuit) -> None:
         """The last hop answered a stream before it answered the offer: it keeps fixed windows."""

@@ -34,8 +34,10 @@ from .limits import NodeLimits
 from .link import LinkRole
 from .links import LINK_AUTH_DOMAIN, CircuitFailure, LinkState, LinkTable
 from .negotiation import NegotiationRole, PathNegotiation
+from .onion.endpoints import OnionEndpointRole
 from .onionkeys import OnionKeyRing, OnionKeySet
 from .origin import OriginRole
+from .points import PointRole
 from .relaying import RelayRole
 
 __all__ = ["LINK_AUTH_DOMAIN", "Node", "NodeLimits"]
@@ -44,13 +46,13 @@ _Circuit = OriginCircuit | RelayCircuit
 _NONE: dict = {}
 
 
-class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole):
+class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRole, OnionEndpointRole):
     """Protocol state of one mesh node. ``clock`` returns seconds (monotonic).
 
     The facade: input, output, timers, routing to the circuit a cell belongs to, and teardown. The
     roles live in their own modules (``zmesh.links``, ``zmesh.origin``, ``zmesh.relaying``,
-    ``zmesh.edge``, ``zmesh.negotiation``) and share this object's state; ``zmesh.acceptance`` says
-    which handler, if any, takes each cell and message.
+    ``zmesh.edge``, ``zmesh.negotiation``, ``zmesh.points``, ``zmesh.onion.endpoints``) and share this
+    object's state; ``zmesh.acceptance`` says which handler, if any, takes each cell and message.
     """
 
     def __init__(self, identity: Identity, provider: CryptoProvider, clock: Callable[[], float], *,
@@ -86,6 +88,7 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole):
         self._handshakes: HandshakeQueue[tuple[RelayCircuit, bytes]] = HandshakeQueue(
             rate=limits.handshake_rate, burst=limits.handshake_burst,
             max_pending=limits.max_pending_handshakes_per_link, max_delay=limits.handshake_queue_delay)
+        self._init_points()
         self._closing: list[int] = []  # links over their queue bound, closed at the end of the call
         self._cell_handlers = {key: getattr(self, name) for key, name in CELL_TABLE.items()}
         # by state, then command: a state names its role (BuildState or RelayState), and two small
@@ -301,14 +304,18 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole):
                 self._events.append(StreamEnded(circ.handle, stream_id, EndReason.DESTROYED))
             circ.edge.streams.clear()
         origin = circ.role is Role.ORIGIN
-        if failed is None and origin and circ.state != BuildState.OPEN and len(circ.hops) < len(circ.path):
+        building = origin and circ.state in (BuildState.WAITING_LINK, BuildState.BUILDING)
+        if failed is None and building and len(circ.hops) < len(circ.path):
             failed = circ.path[len(circ.hops)].peer_id
         if origin or circ.edge is not None:
             self._events.append(CircuitClosed(circ.handle, reason, origin, failed))
         self.metrics["circuits_destroyed"] += 1
         self.metrics[f"circuits_closed_{reason.name.lower()}"] += 1
-        if origin and circ.state != BuildState.OPEN:
+        if building:
             self.metrics[f"circuit_build_failures_{reason.name.lower()}"] += 1
+        partner = self._circuits.get(self._forget_point(circ)) if not origin else None
+        if partner is not None:  # the other side of a joined rendezvous
+            await self._destroy(partner, DestroyReason.REND_CLOSED)
 
     def _new_handle(self) -> int:
         handle = self._next_handle

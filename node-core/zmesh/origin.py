@@ -131,7 +131,12 @@ class OriginRole:
             raise CircuitFailure(DestroyReason.TAMPERED, "backward cell recognised by no hop")
         last = len(circ.hops) - 1
         for hop_index, body in peeled:
-            await self._dispatch(circ, parse_relay_body(body), inner=hop_index != last)
+            msg = parse_relay_body(body)
+            if hop_index != last and msg.command is RelayCommand.CC_ACCEPT:
+                # a rendezvous point's answer, after the service's circuit gained its virtual hop
+                await self._on_cc_accept(circ, msg, hop_index)
+            else:
+                await self._dispatch(circ, msg, inner=hop_index != last)
             if circ.handle not in self._circuits:
                 return
 

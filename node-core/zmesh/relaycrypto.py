@@ -28,19 +28,24 @@ if TYPE_CHECKING:
     from .handshake import HopKeys
 
 _ZERO_IV = bytes(16)
+_BINDING = b"zmesh-circuit-binding-v1"
 _ZERO_DIGEST = bytes(8)
 
 
 class HopCrypto:
-    """The session state shared by the client and one hop of its circuit."""
+    """The session state shared by the client and one hop of its circuit.
 
-    __slots__ = ("forward", "backward", "forward_digest", "backward_digest")
+    ``binding`` is a value only the two ends of this hop know, fixed by its handshake: what an
+    ESTABLISH_INTRO signs, so the signature is worthless on any other circuit (zmesh.points)."""
+
+    __slots__ = ("forward", "backward", "forward_digest", "backward_digest", "binding")
 
     def __init__(self, provider: CryptoProvider, keys: HopKeys) -> None:
         self.forward = provider.aes256_ctr_stream(keys.forward_key, _ZERO_IV)
         self.backward = provider.aes256_ctr_stream(keys.backward_key, _ZERO_IV)
         self.forward_digest = hashlib.sha256(keys.forward_digest)
         self.backward_digest = hashlib.sha256(keys.backward_digest)
+        self.binding = hashlib.sha256(_BINDING + keys.forward_digest + keys.backward_digest).digest()
 
 
 def seal(running: hashlib._Hash, body: bytearray) -> None:

@@ -1,10 +1,11 @@
-"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``demo``, ``status`` and ``config --check``.
+"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``service``, ``demo``, ``status`` and ``config --check``.
 
 Each long-running command prints one line ``zmesh-ready <what> <address>`` on stdout once it is
 serving (scripts and tests wait for it), logs to stderr, and stops cleanly on SIGINT/SIGTERM. A
 client with a control port prints a second line, ``zmesh-ready control HOST:PORT``, after its
 ``socks`` line; a relay or client given ``--metrics`` prints ``zmesh-ready metrics HOST:PORT`` last.
-``status`` prints a client's control port (``docs/control.md``) as a table.
+``service`` prints ``zmesh-ready service <address>.mesh`` once its descriptor is published (then
+``control`` with ``--control``). ``status`` prints a client's control port (``docs/control.md``) as a table.
 """
 
 from __future__ import annotations
@@ -118,6 +119,21 @@ async def cmd_client(cfg: dict[str, Any]) -> None:
     await run_node(cfg, client, announce)
 
 
+async def cmd_service(cfg: dict[str, Any]) -> None:
+    from .service import Service
+
+    if not cfg["service.forward"]:
+        raise ConfigError("zmesh service needs at least one --forward [VPORT=]HOST:PORT")
+    service = Service(cfg)
+
+    def announce() -> None:
+        ready("service", service.address)
+        if service.control_address is not None:
+            ready("control", settings.join_host_port(service.control_address[0], service.control_port))
+
+    await run_node(cfg, service, announce)
+
+
 async def cmd_status(cfg: dict[str, Any]) -> None:
     import aiohttp
 
@@ -214,6 +230,16 @@ def parser() -> argparse.ArgumentParser:
                         const=True)
     _metrics_flags(client)
 
+    service = commands.add_parser("service", help="host an onion service at a .mesh address")
+    service.add_argument("--signal", dest="signaling.url", metavar="URL")
+    service.add_argument("--data-dir", dest="service.data_dir", metavar="DIR")
+    service.add_argument("--forward", dest="service.forward", action="append", metavar="[VPORT=]HOST:PORT",
+                         help="streams to virtual port VPORT (default: PORT) go to HOST:PORT (repeatable)")
+    service.add_argument("--intro-points", dest="service.intro_points", type=int, metavar="N")
+    service.add_argument("--intro-lifetime", dest="service.intro_lifetime", type=float, metavar="SECONDS")
+    service.add_argument("--control", dest="client.control", metavar="HOST:PORT",
+                         help="serve the service's intro and rendezvous circuits here (docs/control.md)")
+
     status = commands.add_parser("status", help="show a running client's circuits (its control port)")
     status.add_argument("--control", dest="client.control", metavar="HOST:PORT")
 
@@ -254,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg["metrics.log_level"], stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {"signal": lambda: cmd_signal(cfg), "relay": lambda: cmd_relay(cfg),
-               "client": lambda: cmd_client(cfg), "demo": lambda: cmd_demo(cfg, relays),
-               "status": lambda: cmd_status(cfg)}
+               "client": lambda: cmd_client(cfg), "service": lambda: cmd_service(cfg),
+               "demo": lambda: cmd_demo(cfg, relays), "status": lambda: cmd_status(cfg)}
     try:
         asyncio.run(runners[command]())
     except ZmeshError as exc:

@@ -9,6 +9,8 @@ policy admits its port, built for it if none does; a port no exit admits is refu
 0x02) without building anything. ``client.exit_kind`` and ``client.exit_country`` narrow the exits
 drawn (docs/exits.md).
 Every circuit enters at an entry guard (``self.guards``, ``zmesh.guards``), saved in ``client.data_dir``.
+A ``*.mesh`` name is an onion service: resolved here (``zmesh.aio.onion.OnionClient``: descriptor,
+rendezvous, the joined circuit reused), never by DNS or an exit.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import time
 from typing import Any
 
 from zmesh.aio.circuits import CircuitManager, TrackedStream
-from zmesh.aio.driver import NodeDriver
+from zmesh.aio.driver import MeshStream, NodeDriver
+from zmesh.aio.onion import DescriptorDirectory, OnionClient, StoreDescriptors
 from zmesh.circuit_plan import CircuitPlan
 from zmesh.descriptor import Descriptor
 from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
+from zmesh.onion.address import is_mesh_name
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
@@ -39,11 +43,15 @@ from .trust_file import TrustFile
 log = logging.getLogger(__name__)
 
 class Client:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], descriptors: DescriptorDirectory | None = None) -> None:
+        """``descriptors``: where onion descriptors are published and looked up (default: the signal
+        server's store, ``/v1/onion/``)."""
         self.config = config
         self.control_address = control_address(config)  # refused before anything starts
         self.provider = NativeCryptoProvider()
         self.signal = SignalClient(config["signaling.url"])
+        self.descriptors = descriptors or StoreDescriptors(self.signal, config["signaling.url"].split(",")[0],
+                                                           self.provider)
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.selector = PathSelector()
         self.trust_file = TrustFile(config["client.data_dir"], self.selector.trust)
@@ -51,6 +59,7 @@ class Client:
         self.plan = CircuitPlan(circuit_policy(config), clock=time.monotonic)
         self.driver: NodeDriver | None = None
         self.circuits: CircuitManager | None = None
+        self.onion: OnionClient | None = None
         self.transports: NativeTransports | None = None
         self.socks: Socks5Server | None = None
         self.control: ControlServer | None = None
@@ -61,6 +70,7 @@ class Client:
     async def start(self) -> None:
         # A fresh identity per run: a client has no reason to be recognisable across restarts.
         identity = await Identity.generate(self.provider)
+        log.info("this run's node identity: %s", identity.peer_id.text)  # the client's own log only
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"],
                                       cc_max_window=self.config["core.cc_max_window"]))
@@ -71,6 +81,8 @@ class Client:
         self.circuits = CircuitManager(self.driver, self._choose, self.selector, self.plan,
                                        first_hop=self.guards.first_hop)
         self.circuits.start()
+        self.onion = OnionClient(self.driver, self._relays, self.descriptors, selector=self.selector,
+                                 guards=self.guards, rng=self._rng)
         self.socks = Socks5Server(self.open_stream, socks_limits(self.config))
         host, port = split_host_port(self.config["client.socks"])
         self.socks_port = await self.socks.start(host, port)
@@ -86,15 +98,22 @@ class Client:
                                   exit_kind=self.config["client.exit_kind"] or None,
                                   exclude_countries=self.config["path.exclude_countries"], rng=self._rng)
 
-    async def open_stream(self, host: str, port: int, credentials: Credentials | None) -> TrackedStream:
+    async def _relays(self, refresh: bool) -> list[Descriptor]:
+        return await self.directory.relays(refresh=refresh)
+
+    async def open_stream(self, host: str, port: int, credentials: Credentials | None) -> TrackedStream | MeshStream:
         """Called by the SOCKS server for each CONNECT."""
-        assert self.circuits is not None
+        assert self.circuits is not None and self.onion is not None
+        if is_mesh_name(host):
+            return await self.onion.open_stream(host, port)
         key = self.plan.key_for(credentials, host)
         return await self.circuits.open_stream(host, port, key)
 
     def status(self) -> dict[str, Any]:
         """What the control port serves at ``/v1/circuits``."""
         circuits = self.circuits.snapshot() if self.circuits is not None else []
+        if self.driver is not None:
+            circuits += self.driver.node.onion_circuits()
         return {"guards": [peer.text for peer in self.guards.primary()], "circuits": circuits}
 
     async def stop(self) -> None:

@@ -99,6 +99,36 @@ def _family(value: list) -> tuple[PeerId, ...]:
     return family
 
 
+def _forwards(value: list) -> tuple[tuple[int, str, int], ...]:
+    """``[VPORT=]HOST:PORT`` entries (Tor's HiddenServicePort): BEGINs on VPORT (default: PORT) go to
+    HOST:PORT. Each VPORT once."""
+    forwards = []
+    for entry in value:
+        if not isinstance(entry, str):
+            raise ValueError("each entry must be [VPORT=]HOST:PORT")
+        vport_text, _, target = entry.rpartition("=")
+        host, port = split_host_port(_host_port(target))
+        vport = int(vport_text) if vport_text.isdigit() else port if not vport_text else -1
+        if not 1 <= vport <= 65535 or not 1 <= port <= 65535:
+            raise ValueError(f"{entry!r}: ports must be 1..65535 (as [VPORT=]HOST:PORT)")
+        forwards.append((vport, host, port))
+    if len({vport for vport, _, _ in forwards}) != len(forwards):
+        raise ValueError("a virtual port is forwarded twice")
+    return tuple(forwards)
+
+
+def _intro_lifetime(value: float) -> float:
+    if not 60 <= value <= 7 * 86400:
+        raise ValueError("must be 60 seconds to a week")
+    return value
+
+
+def _intro_points(value: int) -> int:
+    if not 1 <= value <= 10:
+        raise ValueError("must be 1..10")
+    return value
+
+
 def _level(value: str) -> str:
     if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("must be debug, info, warning or error")
@@ -309,6 +339,13 @@ SETTINGS: dict[str, Setting] = {
     "client.control": Setting(str, "", _optional_host_port, "control port HOST:PORT (docs/control.md); empty: off"),
     "client.control_allow_remote": Setting(bool, False, None,
                                            "let the control port listen on a non-loopback address"),
+    "service.data_dir": Setting(str, "~/.zmesh/service", None,
+                                "`zmesh service`: folder of the service key (0700, key 0600); its .mesh address"),
+    "service.forward": Setting(list, [], _forwards,
+                               "`zmesh service`: [VPORT=]HOST:PORT, streams to VPORT go to HOST:PORT (repeatable)"),
+    "service.intro_points": Setting(int, 3, _intro_points, "`zmesh service`: introduction points kept (1..10)"),
+    "service.intro_lifetime": Setting(float, 6 * 3600.0, _intro_lifetime,
+                                      "`zmesh service`: seconds before an introduction point is rotated"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),

@@ -5,9 +5,11 @@
 
 or ``vpn = await zmesh.connect(...)`` and later ``await vpn.close()``. ``https://`` runs TLS end to end
 over the stream with the standard library's ``ssl`` (the system's roots; pass
-``tls=stdlib_connector([pem])`` from ``zmesh.native.tls`` to trust more CAs). Like ``zmesh client``, the
-node has a fresh identity, publishes nothing and answers no WebRTC offers; settings beyond the
-``MeshVPN`` options come from the usual configuration (``ZMESH_*`` environment, ``zmesh.toml``).
+``tls=stdlib_connector([pem])`` from ``zmesh.native.tls`` to trust more CAs). ``vpn.open_stream`` and
+``vpn.fetch`` also reach ``.mesh`` onion services (descriptors from the signal server's store). Like
+``zmesh client``, the node has a fresh identity, publishes nothing and answers no WebRTC offers;
+settings beyond the ``MeshVPN`` options come from the usual configuration (``ZMESH_*`` environment,
+``zmesh.toml``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from zmesh.aio.api import MeshVPN
 from zmesh.aio.driver import NodeDriver
+from zmesh.aio.onion import StoreDescriptors
 from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity
 from zmesh.native.crypto import NativeCryptoProvider
@@ -33,8 +36,9 @@ class NativeMeshVPN(MeshVPN):
     """A ``MeshVPN`` that owns its node's transports and signal client: ``close`` ends them too."""
 
     def __init__(self, driver: NodeDriver, directory: DirectoryView, transports: NativeTransports,
-                 signal: SignalClient, **options: Any) -> None:
-        super().__init__(driver, directory.live, **options)
+                 signal: SignalClient, signal_url: str, **options: Any) -> None:
+        super().__init__(driver, directory.live,
+                         descriptors=StoreDescriptors(signal, signal_url, driver.node.provider), **options)
         self._transports, self._signal = transports, signal
 
     async def close(self) -> None:
@@ -59,7 +63,7 @@ async def open_native_mesh(signal_url: str, destination: str | None = None, **op
     transports = NativeTransports(config, signal, directory, identity, provider)
     driver = NodeDriver(node, dialer=transports.dialer)
     options.setdefault("tls", stdlib_connector())
-    vpn = NativeMeshVPN(driver, directory, transports, signal, **options)
+    vpn = NativeMeshVPN(driver, directory, transports, signal, config["signaling.url"].split(",")[0], **options)
     try:
         await transports.start()
         await directory.refresh()

@@ -146,6 +146,11 @@ class NodeCollector(Collector):
         for role, count in driver.node.circuit_counts().items():
             family.add_metric([role], count)
         yield family
+        family = GaugeMetricFamily("zmesh_onion_points", "onion-service intro and rendezvous points this relay "
+                                   "serves now (docs/onion-services.md)", labels=["kind"])
+        for kind, count in driver.node.point_counts().items():
+            family.add_metric([kind], count)
+        yield family
         yield GaugeMetricFamily("zmesh_buffered_bytes", "bytes of cells queued in this node for their links",
                                 value=driver.node.buffered_bytes())
         node = driver.node

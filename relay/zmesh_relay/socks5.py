@@ -7,9 +7,12 @@ a reply:
 - a name no BEGIN can carry (empty, a space, NUL, ``%``, not valid IDNA, over 255 bytes): 0x04
   host unreachable, since no host can be reached by that name (the mesh is not asked);
 - port 0: 0x02 not allowed, the answer every exit's policy would give; so is a port no exit in the
-  directory accepts (``ExitPolicyError`` from path selection: no circuit is built for it);
+  directory accepts (``ExitPolicyError`` from path selection: no circuit is built for it), and a
+  port an onion service does not forward (END ``SERVICE_PORT``);
 - an upstream-proxy exit whose proxy failed (``EndReason.UPSTREAM_FAILED``): 0x03 network unreachable;
-- an address type other than IPv4, name or IPv6: 0x08; a command other than CONNECT: 0x07.
+- an address type other than IPv4, name or IPv6: 0x08; a command other than CONNECT: 0x07;
+- a malformed ``.mesh`` name (a typo the address checksum caught): 0xF6, Tor's extended code for an
+  invalid onion address; nothing is built for it.
 
 Connections take slots from a table of ``SocksLimits.max_connections``. When it is full, the
 oldest connection that serves nobody yet (still in its handshake) or any more (the application
@@ -29,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from zmesh.cells import EndReason
-from zmesh.errors import ConfigError, ExitPolicyError, StreamError, TransportError, ZmeshError
+from zmesh.errors import ConfigError, ExitPolicyError, OnionAddressError, StreamError, TransportError, ZmeshError
 from zmesh.streams import format_target
 
 from .splice import StreamLike, splice
@@ -44,10 +47,11 @@ CONNECT = 0x01
 ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 0x01, 0x03, 0x04
 SUCCEEDED, GENERAL_FAILURE, NOT_ALLOWED, NETWORK_UNREACHABLE, HOST_UNREACHABLE = 0x00, 0x01, 0x02, 0x03, 0x04
 CONNECTION_REFUSED, TTL_EXPIRED, COMMAND_NOT_SUPPORTED, ADDRESS_NOT_SUPPORTED = 0x05, 0x06, 0x07, 0x08
+ONION_BAD_ADDRESS = 0xF6  # Tor's extended SOCKS error for an onion address that does not parse
 # An upstream-proxy exit whose proxy failed: the exit's way out is down, whatever the target.
 _STREAM_REPLIES = {EndReason.EXIT_POLICY: NOT_ALLOWED, EndReason.RESOLVE_FAILED: HOST_UNREACHABLE,
                    EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED,
-                   EndReason.UPSTREAM_FAILED: NETWORK_UNREACHABLE}
+                   EndReason.UPSTREAM_FAILED: NETWORK_UNREACHABLE, EndReason.SERVICE_PORT: NOT_ALLOWED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,8 @@ def reply_for(exc: Exception) -> int:
     """The reply code for a failed CONNECT: the exit's END reason where SOCKS has a code for it."""
     if isinstance(exc, ExitPolicyError):
         return NOT_ALLOWED
+    if isinstance(exc, OnionAddressError):
+        return ONION_BAD_ADDRESS
     if isinstance(exc, StreamError):
         return _STREAM_REPLIES.get(exc.reason, GENERAL_FAILURE)
     return GENERAL_FAILURE

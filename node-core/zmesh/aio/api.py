@@ -5,6 +5,9 @@
     stream = await vpn.open_stream("example.org", 80)
     await vpn.connect(destination=peer_id)       # a circuit whose last hop is that node
     await vpn.send(b"hello"); reply = await vpn.receive()
+    stream = await vpn.open_stream("<base32>.mesh", 80)   # an onion service (needs ``descriptors``)
+    address = await vpn.host(service_keys)       # this node as an onion service: messages to it ...
+    await vpn.connect(destination=address)       # ... and from another node, by ``.mesh`` address
 
 An exit circuit takes new streams for ``CircuitPolicy.max_dirtiness`` seconds (10 min) after its
 first, then ``open_stream`` moves on to a fresh one, as ``zmesh client`` does (``docs/control.md``).
@@ -33,10 +36,14 @@ from ..descriptor import EXIT_KINDS, Descriptor
 from ..errors import ConfigError, InvalidState, ProtocolError, ZmeshError
 from ..guards import GuardManager
 from ..identity import PeerId
+from ..onion.address import is_mesh_name
+from ..onion.introduce import ServiceKeys
 from ..path import PathSelector, listens
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .http import HttpResponse, http_get, parse_url
+from .onion import DescriptorDirectory, OnionClient, OnionLimits, OnionService
+from .onion.common import StreamHandler
 from .split import SHARE_PORT, ShareService, send_split
 from .tasks import OwnedTasks
 from .tls import TlsConnector, open_tls
@@ -112,10 +119,12 @@ class MeshVPN:
                  refresh: Callable[[], Awaitable[object]] | None = None,
                  selector: PathSelector | None = None, build_policy: BuildPolicy | None = None,
                  guards: GuardManager | None = None, circuit_policy: CircuitPolicy | None = None,
+                 descriptors: DescriptorDirectory | None = None,
                  clock: Callable[[], float] = time.monotonic, inbox_size: int = 256,
                  tls: TlsConnector | None = None, **options: Any) -> None:
         """``directory()`` lists the relays; ``refresh()``, if given, refetches that list (once, after
-        a build failed: see ``zmesh.aio.building``). ``tls`` makes the client sessions of
+        a build failed: see ``zmesh.aio.building``). ``descriptors``: where onion-service descriptors
+        are looked up, for ``.mesh`` names (``zmesh.aio.onion``). ``tls`` makes the client sessions of
         ``https://`` fetches (``zmesh.aio.tls``); without it only ``http://`` can be fetched."""
         self.driver = driver
         self.circuit_policy = circuit_policy or CircuitPolicy()  # its max_dirtiness; no pool here
@@ -136,6 +145,10 @@ class MeshVPN:
         self._streams: list[MeshStream] = []
         self._retired_in = self._retired_out = 0  # bytes of streams no longer open
         self._readers = OwnedTasks("MeshVPN message readers")
+        self._descriptors, self._service = descriptors, None
+        self._onion = None if descriptors is None else OnionClient(driver, self._relays, descriptors,
+                                                                   selector=self.selector, guards=guards,
+                                                                   clock=clock)
         self.shares = ShareService(self._deliver)  # split messages sent to this node (zmesh.aio.split)
         driver.stream_handler = self._serve_messages_then(driver.stream_handler)
 
@@ -159,14 +172,50 @@ class MeshVPN:
         if self._circuit is not None:
             await self.disconnect()
         try:
-            self._circuit, path = await self._build(destination)
-            if destination is not None:
+            if isinstance(destination, str) and is_mesh_name(destination):
+                self._circuit, path = await self._connect_onion(destination)
+            else:
+                self._circuit, path = await self._build(destination)
+            if self._message_stream is None and destination is not None:
                 self._message_stream = await self.driver.open_stream(self._circuit, "", MESSAGE_PORT)
                 self._readers.spawn(self._read_messages(self._message_stream))
         except ZmeshError as exc:
             await self._emit("error", exc)
             raise
         await self._emit("connect", {"circuit": self._circuit, "path": [p.peer_id.text for p in path]})
+
+    async def _connect_onion(self, address: str) -> tuple[int, list[Descriptor]]:
+        """The message stream to an onion service, over a rendezvous circuit: neither end learns
+        where the other is, and the path reported is only this side's three relays."""
+        self._message_stream = await self._onion_client().open_stream(address, MESSAGE_PORT)
+        self._readers.spawn(self._read_messages(self._message_stream))
+        circuit = self._message_stream.circuit
+        ids = next((c["path"] for c in self.driver.node.onion_circuits() if c["id"] == str(circuit)), [])
+        relays = {r.peer_id.text: r for r in self.directory()}
+        return circuit, [relays[i] for i in ids if i in relays]
+
+    async def host(self, keys: ServiceKeys, *, on_stream: StreamHandler | None = None,
+                   limits: OnionLimits | None = None) -> str:
+        """Host an onion service with ``keys`` on this node and return its ``.mesh`` address. Message
+        streams to it arrive as messages (``receive``, ``on('message')``), whoever sent them; a
+        stream to any other port goes to ``on_stream``, or is refused (``SERVICE_PORT``)."""
+        if self._descriptors is None:
+            raise ConfigError("this MeshVPN has no onion descriptor directory: hosting needs one")
+        if self._service is not None:
+            raise InvalidState("this MeshVPN already hosts an onion service")
+
+        async def refuse(request: IncomingStream) -> None:
+            await request.reject(EndReason.SERVICE_PORT)
+
+        self._service = OnionService(self.driver, keys, self._relays, self._descriptors,
+                                     self._serve_messages_then(on_stream or refuse),
+                                     selector=self.selector, guards=self.guards, limits=limits, clock=self._clock)
+        return await self._service.start()
+
+    def _onion_client(self) -> OnionClient:
+        if self._onion is None:
+            raise ConfigError("this MeshVPN has no onion descriptor directory: .mesh names need one")
+        return self._onion
 
     async def _build(self, destination: PeerId | str | None) -> tuple[int, list[Descriptor]]:
         relays, target, entry = self._listing(destination)
@@ -203,7 +252,12 @@ class MeshVPN:
         """A TCP-like stream to ``host:port``, resolved and connected by the exit. An exit circuit
         that has carried streams for ``circuit_policy.max_dirtiness`` seconds is replaced first (the
         old one is closed once its streams have ended), so what a user does over hours is not
-        linkable at one exit."""
+        linkable at one exit. A ``*.mesh`` host is an onion service: reached by rendezvous, never
+        through an exit (and without ``connect()``)."""
+        if is_mesh_name(host):
+            stream = await self._onion_client().open_stream(host, port)
+            self._streams.append(stream)
+            return stream
         circuit = self._require_circuit()
         if self._message_stream is None and self.circuit_policy.past_dirtiness(self._dirty_since, self._clock()):
             self._circuit, _ = await self._build(None)
@@ -274,6 +328,11 @@ class MeshVPN:
         self.options = self.options.updated(**options)
 
     # ---------------------------------------------------------------- internals
+
+    async def _relays(self, refresh: bool) -> list[Descriptor]:
+        if refresh and self.refresh is not None:
+            await self.refresh()
+        return list(self.directory())
 
     def _listing(self, destination: PeerId | str | None
                  ) -> tuple[list[Descriptor], Descriptor | None, Descriptor | None]:
@@ -347,4 +406,6 @@ class MeshVPN:
 
     async def close(self) -> None:
         await self.disconnect()
+        if self._service is not None:
+            await self._service.close()
         await self._readers.close()

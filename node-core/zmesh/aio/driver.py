@@ -344,6 +344,11 @@ class NodeDriver:
         self._streams[(circuit, stream_id)] = stream
         return stream
 
+    async def call(self, method: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Any other node operation (``node.establish_intro`` and the like, for ``zmesh.aio.onion``),
+        under the lock like every call, its events handed out after."""
+        return await self._call(method, *args, **kwargs)
+
     # ---------------------------------------------------------------- plumbing
 
     async def _call(self, method: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs) -> T:

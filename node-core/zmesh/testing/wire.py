@@ -51,16 +51,32 @@ class Wire:
         while moved:
             moved = False
             for node in list(self.nodes.values()):
-                for event in node.events():
-                    self.events[node].append(event)
-                    if isinstance(event, LinkNeeded):
-                        await self.connect(node, self.nodes[event.peer], event.role)
+                await self._take_events(node)
                 for link in node.links_with_output():
                     moved = True
-                    frame = node.take_frame(link)
-                    far = self.ends.get((node, link))
-                    if far is not None and node not in self.silent:
-                        await far[0].receive_frame(far[1], frame)
+                    await self._deliver(node, link)
+
+    async def step(self) -> bool:
+        """Deliver one frame (the first node's with any), so a test can act between two frames;
+        whether there was one."""
+        for node in list(self.nodes.values()):
+            await self._take_events(node)
+            for link in node.links_with_output():
+                await self._deliver(node, link)
+                return True
+        return False
+
+    async def _take_events(self, node: Node) -> None:
+        for event in node.events():
+            self.events[node].append(event)
+            if isinstance(event, LinkNeeded):
+                await self.connect(node, self.nodes[event.peer], event.role)
+
+    async def _deliver(self, node: Node, link: int) -> None:
+        frame = node.take_frame(link)
+        far = self.ends.get((node, link))
+        if far is not None and node not in self.silent:
+            await far[0].receive_frame(far[1], frame)
 
     async def advance(self, to: float) -> None:
         """Move the clock to ``to``, run every node's timer, then pump."""
