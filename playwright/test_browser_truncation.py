@@ -54,7 +54,7 @@ def test_fetch_rejects_when_the_target_resets_or_the_circuit_dies_mid_download(b
     assert page.evaluate("async (url) => (await window.vpn.fetch(url)).body.length", big) == BIG  # whole
     target.gate.clear()
     target.paused.clear()
-    path = page.evaluate("""(url) => {
+    path = page.evaluate("""async (url) => {
         window.done = window.vpn.fetch(url).then(
             (result) => ({ ok: true, size: result.body.length }),
             (err) => ({ ok: false, message: err.message, code: err.code }));

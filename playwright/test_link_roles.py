@@ -90,9 +90,7 @@ def test_a_relaying_tabs_own_circuit_reaches_its_home_relay_over_an_unauthentica
     before = len(seen_by(home_log)[1])
     # the tab's next circuit starts at its home relay, the one peer that knows its PeerId
     result = page.evaluate("""async ([home, target]) => {
-        const vpn = window.vpn._vpn;
-        vpn.update_config.callKwargs({ entry: home });
-        await vpn.connect();
+        await window.vpn.updateConfig({ entry: home });  // applied at once: the circuit is rebuilt
         const { status, body } = await window.vpn.fetch(target);
         return { status, size: body.length, stats: await window.vpn.getStats() };
     }""", [home.text, f"http://127.0.0.1:{port}/file"])

@@ -22,6 +22,7 @@ from typing import Any
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
+from .. import errors
 from ..aio.api import MeshOptions, MeshVPN
 from ..aio.rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcOptions
 from ..errors import CircuitError, ConfigError, ProtocolError, StreamError, TransportError, ZmeshError
@@ -35,11 +36,13 @@ TAB_SETTINGS = ("ice_servers", "ice_policy", "webrtc_timeout", "extra_cas", "des
 
 def error_code(exc: ZmeshError) -> str:
     """The ``code`` of a ``MeshError``: the reason's name (``CONNECT_REFUSED``, ``LINK_CLOSED``...),
-    else the class's in capitals (``ConfigError`` → ``CONFIG_ERROR``), as meshvpn.d.ts declares them."""
+    else that of its nearest class in ``zmesh.errors`` in capitals (``ConfigError`` → ``CONFIG_ERROR``,
+    ``FECError`` → ``FEC_ERROR``): a closed set, which meshvpn.d.ts declares."""
     reason = exc.reason if isinstance(exc, CircuitError | StreamError) else None
     if reason is not None:
         return reason.name
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).upper()
+    declared = next(cls for cls in type(exc).__mro__ if cls.__module__ == errors.__name__)
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", declared.__name__).upper()
 
 
 def channels(enable_fec: bool) -> tuple[ChannelOptions, ...]:
@@ -89,7 +92,7 @@ class TabMesh:
         """Apply the page's options (already checked by meshvpn.js, checked again here) now."""
         settings = options.to_py() if hasattr(options, "to_py") else dict(options)
         tab = {key: settings.pop(key) for key in TAB_SETTINGS if key in settings}
-        MeshOptions().updated(**settings)  # a bad value is refused before anything changes
+        self.vpn.options.updated(**settings)  # a bad value is refused before anything changes
         if "extra_cas" in tab:
             self.vpn.tls = TlsliteConnector(tab["extra_cas"])
         if tab.keys() & {"ice_servers", "ice_policy", "webrtc_timeout"}:
