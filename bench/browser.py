@@ -49,7 +49,7 @@ JOIN = """async ([target, small, transport, hops, fec]) => {
     }
     await new Promise((resolve) => setTimeout(resolve, 100));  // let the observer deliver
     const worst = longTasks.length ? Math.max(...longTasks) : 0;
-    return { joined, samples, worst, blocked: longTasks.reduce((a, b) => a + b, 0),
+    return { joined, samples, small_ms, worst, blocked: longTasks.reduce((a, b) => a + b, 0),
              navigation: performance.timing.loadEventEnd - performance.timing.navigationStart };
 }"""
 

@@ -8,7 +8,8 @@ export interface MeshOptions {
    *  'proxy': an upstream-proxy exit, which forwards through an HTTP CONNECT proxy its operator
    *  configured (`--exit-upstream`); its policy still applies to the target. 'cloudflare' is a
    *  documented alias of 'proxy' — any upstream-proxy exit, whoever runs the proxy: no vendor is
-   *  contacted or preferred. Exits declare their kind themselves (docs/exits.md). */
+   *  contacted or preferred. Exits declare their kind themselves (docs/exits.md). The default stays
+   *  'direct', the kind every stock exit is (docs/browser.md "MeshOptions defaults"). */
   exit: "direct" | "proxy" | "cloudflare";
   /** Two-letter country code the exit should be in, as the exit declares it (not measured yet).
    *  Default: none (any country). updateConfig rebuilds the circuit, as it does for `exit`. */
@@ -23,7 +24,8 @@ export interface MeshOptions {
   /** Link transport. 'auto' (default): WebRTC DataChannels first, WebSocket when ICE fails or
    *  misses `webrtcTimeout`; 'webrtc' / 'websocket' force one. Changed by updateConfig to a forced
    *  transport, the tab closes its links of the other one (except the home link a relaying tab is
-   *  reachable through) and rebuilds the circuit, so its new links use the new transport. */
+   *  reachable through) and rebuilds the circuit, so its new links use the new transport. Why 'auto'
+   *  stays the default: docs/browser.md "MeshOptions defaults". */
   transport?: "webrtc" | "websocket" | "auto";
   /** STUN/TURN servers for WebRTC (none are needed on one LAN; across NATs a TURN server is). */
   iceServers?: { urls: string | string[]; username?: string; credential?: string }[];

@@ -244,7 +244,8 @@ class MeshVPN:
         linkable at one exit."""
         circuit = await self._ready_circuit()
         if self._message_stream is None and self.circuit_policy.past_dirtiness(self._dirty_since, self._clock()):
-            self._circuit, _ = await self._build(None)
+            self._circuit, path = await self._build(None)
+            self._path = [p.peer_id for p in path]
             self._retiring.add(circuit)
             circuit = self._circuit
         if self._dirty_since is None:
