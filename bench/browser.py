@@ -2,8 +2,9 @@
 WebRTC and over WebSocket, beside a native client in the same run. Real Chromium, real `zmesh`
 processes; run it inside the private namespace (`tests/netns-run`, as `make bench` does).
 
-Run: ``python bench/browser.py [--json]`` (about a minute). docs/browser.md ("Performance") has the
-profile of where a tab's time goes and how it was taken.
+Run: ``python bench/browser.py [--hops N] [--fec] [--json]`` (about a minute). ``--hops`` and
+``--fec`` (FEC on the WebRTC tab's links) are the MeshOptions defaults docs/browser.md weighs;
+docs/browser.md ("Performance") has the profile of where a tab's time goes and how it was taken.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ from bench.figures import add_json_flag, print_json  # noqa: E402
 from bench.native import local_mesh, measure, via_mesh  # noqa: E402
 from tests.test_native_mesh import PAYLOAD  # noqa: E402
 
-JOIN = """async ([target, transport]) => {
+JOIN = """async ([target, small, transport, hops, fec]) => {
     const t0 = performance.now();
     const { MeshVPN } = await import("/meshvpn.js");
-    const vpn = new MeshVPN({ hops: 3, transport, identity: "ephemeral" });
+    const vpn = new MeshVPN({ hops, transport, identity: "ephemeral", enableFEC: fec });
     await vpn.connect();
     const joined = performance.now() - t0;
+    const small_ms = [];  // a small GET on the built circuit: what one more hop costs a page's requests
+    for (let i = 0; i < 2 * RUNS; i++) {
+        const start = performance.now();
+        await vpn.fetch(small);
+        small_ms.push(performance.now() - start);
+    }
     const samples = [];
     const longTasks = [];  // main-thread tasks over 50 ms while data flows: what the UI would feel
     new PerformanceObserver((list) => longTasks.push(...list.getEntries().map((e) => e.duration)))
@@ -47,7 +54,7 @@ JOIN = """async ([target, transport]) => {
     }
     await new Promise((resolve) => setTimeout(resolve, 100));  // let the observer deliver
     const worst = longTasks.length ? Math.max(...longTasks) : 0;
-    return { joined, samples, worst, blocked: longTasks.reduce((a, b) => a + b, 0),
+    return { joined, samples, small_ms, worst, blocked: longTasks.reduce((a, b) => a + b, 0),
              navigation: performance.timing.loadEventEnd - performance.timing.navigationStart };
 }"""
 
@@ -119,6 +126,8 @@ def raw_websocket_sender() -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--hops", type=int, default=3, help="hops of the tab's circuit")
+    parser.add_argument("--fec", action="store_true", help="enableFEC on the WebRTC tab")
     add_json_flag(parser)
     args = parser.parse_args()
     # `zmesh signal` serves the repository's web/ by default: the page and the directory share an origin.
@@ -140,12 +149,13 @@ def main() -> None:
                 page = browser.new_page()
                 page.goto(f"{url}/")
                 results[transport] = page.evaluate(JOIN.replace("RUNS", str(args.runs)),
-                                                   [f"http://127.0.0.1:{port}/big", transport])
+                                                   [f"http://127.0.0.1:{port}/big", f"http://127.0.0.1:{port}/small",
+                                                    transport, args.hops, args.fec and transport == "webrtc"])
                 page.close()
             browser.close()
     med = statistics.median
     print(f"zmesh browser benchmark — {os.cpu_count()} CPUs, Chromium headless, {len(PAYLOAD) >> 20} MiB file, "
-          "3 hops; the tab's links over WebRTC DataChannels or WebSocket")
+          f"{args.hops} hops{', FEC on WebRTC' if args.fec else ''}; the tab's links over WebRTC or WebSocket")
     print("| measurement                                   | tab, WebRTC | tab, WebSocket | native client | ratio* |")
     print("|-----------------------------------------------|-------------|----------------|---------------|--------|")
     rtc, ws = results["webrtc"], results["websocket"]
@@ -153,13 +163,18 @@ def main() -> None:
                        ("longest main-thread task while fetching (ms)", "worst"),
                        ("main thread blocked by long tasks (ms total)", "blocked")):
         print(f"| {label:45} | {rtc[key]:11.0f} | {ws[key]:14.0f} |             — |      — |")
-    print(f"| {'3-hop download throughput (MB/s, median)':45} | {med(rtc['samples']):11.1f} "
+    print(f"| {'small GET on the circuit (ms, median)':45} | {med(rtc['small_ms']):11.1f} "
+          f"| {med(ws['small_ms']):14.1f} |             — |      — |")
+    print(f"| {'download throughput (MB/s, median)':45} | {med(rtc['samples']):11.1f} "
           f"| {med(ws['samples']):14.1f} | {med(native):13.1f} | {med(rtc['samples']) / med(native):6.2f} |")
     print(f"| {'raw WebSocket into the page, no zmesh (MB/s)':45} |           — | {med(raw):14.1f} "
           "|             — |      — |")
     print("* tab over WebRTC / native client, same run. The raw row is one aiohttp sender straight into a")
     print("  page's WebSocket (JS only): what this browser's socket path carries here, the tab's ceiling")
-    print_json(args, {"tab_webrtc_MBps": round(med(rtc["samples"]), 2),
+    print_json(args, {"hops": args.hops, "fec": args.fec,
+                      "small_get_ms_webrtc": round(med(rtc["small_ms"]), 1),
+                      "small_get_ms_websocket": round(med(ws["small_ms"]), 1),
+                      "tab_webrtc_MBps": round(med(rtc["samples"]), 2),
                       "tab_websocket_MBps": round(med(ws["samples"]), 2),
                       "native_MBps": round(med(native), 2), "join_ms": round(max(rtc["joined"], ws["joined"])),
                       "join_ms_webrtc": round(rtc["joined"]), "join_ms_websocket": round(ws["joined"]),

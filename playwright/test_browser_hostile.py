@@ -93,7 +93,7 @@ def test_malformed_cells_from_a_hostile_peer_do_not_break_the_tab(browser, mesh,
         const vpn = window.vpn._vpn;
         try { await vpn.driver.connect(vpn.peer_id.from_text(hostile)); } catch (err) {}
     }""", hostile)
-    page.wait_for_function("(window.vpn.getStats().metrics.malformed_frames || 0) >= 1", timeout=20_000)
+    page.wait_for_function("window.vpn.getStats().then((s) => (s.metrics.malformed_frames || 0) >= 1)", timeout=20_000)
     result = page.evaluate("""async (target) => {
         const { status, body } = await window.vpn.fetch(target);
         return { status, size: body.length };

@@ -20,7 +20,8 @@ def test_tab_fetches_through_three_relays(browser, mesh):
         await vpn.connect();
         const { status, body } = await vpn.fetch(target);
         const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", body));
-        return { status, size: body.length, sha256: Array.from(digest), stats: vpn.getStats(), peerId: vpn.peerId };
+        return { status, size: body.length, sha256: Array.from(digest), stats: await vpn.getStats(),
+                 peerId: vpn.peerId };
     }""", f"http://127.0.0.1:{port}/file")
     assert result["status"] == 200 and result["size"] == len(PAYLOAD)
     assert bytes(result["sha256"]) == hashlib.sha256(PAYLOAD).digest()
@@ -59,7 +60,7 @@ def test_native_client_builds_a_circuit_through_a_tab(browser, mesh):
 
     response = run_native(fetch_through_tab(url, port, tab_id))
     assert response.status == 200 and hashlib.sha256(response.body).digest() == hashlib.sha256(PAYLOAD).digest()
-    assert page.evaluate("window.vpn.getStats().metrics.circuits_relayed") >= 1
+    assert page.evaluate("window.vpn.getStats().then((s) => s.metrics.circuits_relayed)") >= 1
     page.close()
 
 
@@ -93,12 +94,12 @@ def test_a_closed_tab_node_leaves_no_task_link_or_listing(browser, mesh):
     tab_id = PeerId.from_text(page.evaluate(JOIN, {"hops": 3}))
     before, after = page.evaluate("""async () => {
         const vpn = window.vpn._vpn;
-        const node = vpn.driver.dialer._websocket.__self__;  // the BrowserNode behind this MeshVPN
-        const seen = () => ({ stats: window.vpn.getStats(), tab: node._tasks.__len__(),
+        const node = window.vpn._tab.node;  // the BrowserNode behind this MeshVPN
+        const seen = async () => ({ stats: await window.vpn.getStats(), tab: node._tasks.__len__(),
                               driver: vpn.driver._tasks.__len__() });
-        const before = seen();
+        const before = await seen();
         await node.close();
-        return [before, seen()];
+        return [before, await seen()];
     }""")
     assert before["stats"]["links"] >= 1 and before["stats"]["transport"]["signaling"] and before["tab"] >= 2
     assert after["stats"]["links"] == 0 and not after["stats"]["transport"]["signaling"]

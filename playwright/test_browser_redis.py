@@ -36,7 +36,7 @@ def test_a_tab_on_server_b_fetches_through_relays_registered_on_server_a(browser
                 await vpn.connect();
                 const { status, body } = await vpn.fetch(target);
                 const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", body));
-                return { status, sha256: Array.from(digest), stats: vpn.getStats() };
+                return { status, sha256: Array.from(digest), stats: await vpn.getStats() };
             }""", f"http://127.0.0.1:{port}/file")
             assert result["status"] == 200 and bytes(result["sha256"]) == hashlib.sha256(PAYLOAD).digest()
             assert len(result["stats"]["path"]) == 3

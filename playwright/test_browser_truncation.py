@@ -54,11 +54,11 @@ def test_fetch_rejects_when_the_target_resets_or_the_circuit_dies_mid_download(b
     assert page.evaluate("async (url) => (await window.vpn.fetch(url)).body.length", big) == BIG  # whole
     target.gate.clear()
     target.paused.clear()
-    path = page.evaluate("""(url) => {
+    path = page.evaluate("""async (url) => {
         window.done = window.vpn.fetch(url).then(
             (result) => ({ ok: true, size: result.body.length }),
             (err) => ({ ok: false, message: err.message, code: err.code }));
-        return window.vpn.getStats().path;
+        return (await window.vpn.getStats()).path;
     }""", big)
     assert target.paused.wait(60), "the download did not start"
     middle = next(r for r in relays if r.address[1] == path[1])

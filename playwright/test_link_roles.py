@@ -90,11 +90,9 @@ def test_a_relaying_tabs_own_circuit_reaches_its_home_relay_over_an_unauthentica
     before = len(seen_by(home_log)[1])
     # the tab's next circuit starts at its home relay, the one peer that knows its PeerId
     result = page.evaluate("""async ([home, target]) => {
-        const vpn = window.vpn._vpn;
-        vpn.update_config.callKwargs({ entry: home });
-        await vpn.connect();
+        await window.vpn.updateConfig({ entry: home });  // applied at once: the circuit is rebuilt
         const { status, body } = await window.vpn.fetch(target);
-        return { status, size: body.length, stats: window.vpn.getStats() };
+        return { status, size: body.length, stats: await window.vpn.getStats() };
     }""", [home.text, f"http://127.0.0.1:{port}/file"])
     assert result["status"] == 200 and result["size"] == len(PAYLOAD)
     assert result["stats"]["path"][0] == home.text
@@ -111,7 +109,7 @@ def test_a_relaying_tabs_own_circuit_reaches_its_home_relay_over_an_unauthentica
 
     response = run_native(fetch_through_tab(url, port, tab))  # extended to the tab over its home link
     assert response.status == 200 and hashlib.sha256(response.body).digest() == hashlib.sha256(PAYLOAD).digest()
-    assert page.evaluate("window.vpn.getStats().metrics.circuits_relayed") >= 1
+    assert page.evaluate("window.vpn.getStats().then((s) => s.metrics.circuits_relayed)") >= 1
     page.close()
 
 
@@ -123,7 +121,7 @@ def test_a_tab_that_does_not_relay_proves_its_peer_id_to_no_relay(browser, logge
         window.vpn = new MeshVPN({ hops: 3, relay: false, identity: "ephemeral" });
         await window.vpn.connect();
         const { status } = await window.vpn.fetch(target);
-        return { status, peerId: window.vpn.peerId, path: window.vpn.getStats().path };
+        return { status, peerId: window.vpn.peerId, path: (await window.vpn.getStats()).path };
     }""", f"http://127.0.0.1:{port}/file")
     assert result["status"] == 200
     first_hop = logs[PeerId.from_text(result["path"][0])]

@@ -25,7 +25,7 @@ FETCH = """async ([options, target]) => {
     await vpn.connect();
     const { status, body } = await vpn.fetch(target);
     const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", body));
-    return { status, sha256: Array.from(digest), stats: vpn.getStats() };
+    return { status, sha256: Array.from(digest), stats: await vpn.getStats() };
 }"""
 
 

@@ -44,8 +44,8 @@ function describeTransport(transport) {
   return text;
 }
 
-function render(vpn) {
-  const stats = vpn.getStats();
+async function render(vpn) {
+  const stats = await vpn.getStats();
   $("peer").textContent = vpn.peerId;
   $("relaying").textContent = `yes — ${stats.metrics.circuits_relayed || 0} circuits relayed for others`;
   $("links").textContent = stats.links;
@@ -87,8 +87,11 @@ async function main() {
   window.vpn = vpn;
   const relays = await (await fetch("/healthz")).json();
   $("relays").textContent = `${relays.relays} relays known to the directory`;
-  render(vpn);
-  setInterval(() => render(vpn), 1000);
+  // A circuit that dies is rebuilt by the tab itself (docs/browser.md): say so while it happens.
+  vpn.on("disconnect", (info) => status(`circuit lost (${info.reason})` + (info.rebuilding ? ", rebuilding…" : ""), "bad"));
+  vpn.on("connect", () => status("connected (circuit rebuilt)", "ok"));
+  await render(vpn);
+  setInterval(() => render(vpn).catch(problem), 1000);
 
   $("fetch").addEventListener("submit", async (event) => {
     event.preventDefault();

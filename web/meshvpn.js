@@ -162,12 +162,29 @@ function validate(options) {
   return out;
 }
 
+// Options read when the tab joins; updateConfig refuses to change them on a running tab.
+const JOIN_ONLY = ["relay", "identity", "descriptor_lifetime"];
+let claimed = null;  // this tab's saved identity, claimed once (the Web Lock is held for the tab's life)
+
 export class MeshVPN {
   constructor(options = {}) {
     this.options = validate(options);
     this.handlers = { message: [], connect: [], disconnect: [], error: [] };
     this.peerId = null;
+    this._tab = null;  // the Python TabMesh: the node and its MeshVPN, one owner (zmesh.browser.session)
     this._vpn = null;
+    this._joining = null;  // the connect() under way, which a second connect() waits for
+    this._phase = null;  // "connecting" | "disconnecting" while one runs
+    this._errors = 0;  // errors emitted so far, so a rejected connect() does not emit its error twice
+  }
+
+  /** "disconnected" | "connecting" | "connected" | "reconnecting" | "relaying" | "disconnecting":
+   * see meshvpn.d.ts for what each means and which call leads where. */
+  get state() {
+    if (this._phase) return this._phase;
+    if (!this._tab || this._tab.closed) return "disconnected";
+    const state = this._vpn.state;
+    return state === "disconnected" && this._tab.relaying ? "relaying" : state;
   }
 
   on(event, callback) {
@@ -176,30 +193,65 @@ export class MeshVPN {
   }
 
   _emit(event, value) {
-    for (const callback of this.handlers[event]) callback(value);
+    if (event === "error") this._errors += 1;
+    for (const callback of this.handlers[event]) {
+      try {
+        callback(value);
+      } catch (err) {
+        console.error(`a MeshVPN ${event} handler threw`, err);  // never into the Python that emitted it
+      }
+    }
+  }
+
+  // What the Python side emits (zmesh.browser.session.TabMesh): payloads are plain JS objects.
+  _fromPython(event, payload) {
+    if (event === "error") this._emit("error", new MeshError("mesh error", payload));
+    else this._emit(event, event === "connect" ? { ...payload, state: this.state } : payload);
   }
 
   async connect(options = {}) {
+    if (this._joining) await this._joining.catch(() => {});
+    if (this._tab && !this._tab.closed) {  // connected, reconnecting or relaying: one node, one PeerId
+      if (Object.keys(options).length) await this.updateConfig(options);
+      await call("could not connect", this._tab.connect);
+      return;
+    }
     Object.assign(this.options, validate(options));
+    this._phase = "connecting";
+    this._joining = this._join();
+    try {
+      await this._joining;
+    } finally {
+      this._joining = null;
+      this._phase = null;
+    }
+  }
+
+  async _join() {
+    const errors = this._errors;
     try {
       runtime ??= bootZmesh();
       const { pyodide } = await runtime;
       const openMesh = pyodide.runPython("from zmesh.browser.tab import open_mesh; open_mesh");
       settle ??= pyodide.runPython("from zmesh.browser.tab import settle; settle");
       toBytes ??= pyodide.runPython("lambda array: array.to_bytes()");
-      const claim = this.options.identity === "ephemeral" ? null : await claimSavedIdentity();
+      const claim = this.options.identity === "ephemeral" ? null : await (claimed ??= claimSavedIdentity());
       const { identity, ...rest } = this.options;
-      const settings = { ...rest, saved_identity: claim && claim.saved ? claim.saved : undefined };
-      if (settings.saved_identity === undefined) delete settings.saved_identity;
+      const settings = { ...rest, events: (event, payload) => this._fromPython(event, payload) };
+      const saved = claim && (this.peerId === null ? claim.saved : claim.current);
+      if (saved) settings.saved_identity = saved;
+      if (this._tab) settings.published_after = this._tab.node._published;  // joining again as this node
       if (claim) {
         if (claim.guards) settings.saved_guards = claim.guards;
         settings.save_guards = (state) => idb("readwrite", (store) => store.put(state, "guards"));
       }
-      this._vpn = await call("could not join the mesh", openMesh, pyodide.toPy(settings));
+      this._tab = await call("could not join the mesh", openMesh, pyodide.toPy(settings));
+      this._vpn = this._tab.vpn;
       this.peerId = this._vpn.peer_id.text;
       if (claim) {
         const secret = this._vpn.driver.node.identity.to_bytes();
-        await idb("readwrite", (store) => store.put(secret.toJs(), "identity"));
+        claim.current = secret.toJs();
+        await idb("readwrite", (store) => store.put(claim.current, "identity"));
         secret.destroy();
       }
       this._vpn.on("message", (message) => {
@@ -207,10 +259,9 @@ export class MeshVPN {
         this._emit("message", new Uint8Array(bytes));
         if (message.destroy) message.destroy();
       });
-      this._emit("connect", this.getStats());
     } catch (err) {
       const error = err instanceof MeshError ? err : new Error(`could not join the mesh: ${lastLine(err)}`);
-      this._emit("error", error);
+      if (this._errors === errors) this._emit("error", error);  // the Python side may have emitted it
       throw error;
     }
   }
@@ -234,7 +285,7 @@ export class MeshVPN {
   }
 
   _require() {
-    if (!this._vpn) throw new Error("not connected: call connect() first");
+    if (!this._tab || this._tab.closed) throw new Error("not connected: call connect() first");
     return this._vpn;
   }
 
@@ -283,22 +334,43 @@ export class MeshVPN {
     return new Uint8Array(message.toJs ? message.toJs() : message);
   }
 
-  getStats() {
-    if (!this._vpn) return { connected: false };
-    const stats = this._vpn.get_stats();
+  /** The tab's numbers (MeshStats); after disconnect() those of the closed node (no links). */
+  async getStats() {
+    if (!this._tab) return { connected: false, state: this.state, links: 0 };
+    const stats = this._tab.stats();
     const plain = stats.toJs({ dict_converter: Object.fromEntries });
     stats.destroy();
-    return plain;
+    return { ...plain, state: this.state };
   }
 
-  updateConfig(options) {
-    Object.assign(this.options, validate(options));
+  /** Check `options`, then apply them to the running tab: resolves once applied (the circuit
+   * rebuilt if a path option changed). Before connect() or after disconnect() it only stores them. */
+  async updateConfig(options) {
+    const changes = validate(options);
+    if (!this._tab || this._tab.closed) {
+      Object.assign(this.options, changes);
+      return;
+    }
+    const fixed = JOIN_ONLY.filter((key) => key in changes && changes[key] !== this.options[key]);
+    if (fixed.length)
+      throw new MeshError("updateConfig", { type: "ConfigError", code: "CONFIG_ERROR",
+        message: `${fixed.join(", ")} can only change while disconnected (disconnect(), then connect(options))` });
+    const { pyodide } = await runtime;
+    await call("updateConfig failed", this._tab.update_config, pyodide.toPy(changes));
+    Object.assign(this.options, changes);
   }
 
-  async disconnect() {
-    if (this._vpn) {
-      await this._vpn.disconnect();
-      this._emit("disconnect", {});
+  /** Close the circuits, and, unless `keepRelaying` (for a tab that relays), the links and signaling:
+   * the tab leaves the directory. connect() afterwards joins again with the same PeerId (persistent
+   * identity) or builds a circuit on the still relaying node. */
+  async disconnect({ keepRelaying = false } = {}) {
+    if (this._joining) await this._joining.catch(() => {});
+    if (!this._tab || this._tab.closed) return;
+    this._phase = "disconnecting";
+    try {
+      await call("disconnect failed", this._tab.disconnect, keepRelaying);
+    } finally {
+      this._phase = null;
     }
   }
 }

@@ -41,6 +41,7 @@ from ..onion.introduce import ServiceKeys
 from ..path import PathSelector, listens
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
+from .healing import CircuitKeeper
 from .http import HttpResponse, http_get, parse_url
 from .onion import DescriptorDirectory, OnionClient, OnionLimits, OnionService
 from .onion.common import StreamHandler
@@ -59,6 +60,8 @@ EVENTS = ("message", "connect", "disconnect", "error")
 EXIT_ALIASES = {"cloudflare": "proxy"}
 EXITS = (*EXIT_KINDS, *EXIT_ALIASES)
 MAX_EXCLUDED_COUNTRIES = 256  # more than there are ISO 3166 codes
+# The options a circuit is drawn by: changing one on a connected MeshVPN rebuilds its circuit.
+PATH_OPTIONS = ("hops", "exit", "country", "transport", "entry", "exclude_countries")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,12 @@ class MeshVPN:
         self._handlers: dict[str, list[Callable[[Any], Any]]] = {name: [] for name in EVENTS}
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue(inbox_size)
         self._circuit: int | None = None
+        self._path: list[PeerId] = []  # the current circuit's hops, kept for when it dies
+        self._destination: PeerId | str | None = None
+        self.keeper = CircuitKeeper(driver, lambda: self._circuit, lambda: self._path, self._reestablish,
+                                    self._emit, clock=clock)
+        # awaited with (old, new) options by apply_config before the circuit is rebuilt: the tab adapts its links
+        self.on_config: Callable[[MeshOptions, MeshOptions], Awaitable[None]] | None = None
         self._dirty_since: float | None = None  # the current circuit's first stream (circuit_policy)
         self._retiring: set[int] = set()  # replaced circuits, closed once their streams have ended
         self._message_stream: MeshStream | None = None
@@ -160,39 +169,65 @@ class MeshVPN:
     def connected(self) -> bool:
         return self._circuit is not None and self._circuit in self.driver.node.circuits()
 
+    @property
+    def state(self) -> str:
+        """"connected", "reconnecting" (the circuit died and is being rebuilt) or "disconnected"."""
+        return "reconnecting" if self.keeper.healing else "connected" if self.connected else "disconnected"
+
     def on(self, event: str, callback: Callable[[Any], Any]) -> None:
         if event not in EVENTS:
             raise ConfigError(f"unknown event {event!r}; use one of {EVENTS}")
         self._handlers[event].append(callback)
 
     async def connect(self, destination: PeerId | str | None = None, **options: Any) -> None:
-        """Build a circuit (to an exit, or ending at ``destination``) and become connected."""
+        """Build a circuit (to an exit, or ending at ``destination``) and become connected. On a
+        connected MeshVPN with the same destination this does nothing but apply ``options`` (as
+        ``apply_config``); while a lost circuit is being rebuilt it waits for the rebuild."""
         if options:
-            self.update_config(**options)
+            await self.apply_config(**options)
+        if self.keeper.healing:
+            await self.keeper.ready()
+        if self.connected and destination == self._destination:
+            return
         if self._circuit is not None:
             await self.disconnect()
+        await self._establish(destination)
+
+    async def _establish(self, destination: PeerId | str | None) -> None:
+        """Build and install a circuit, then emit ``connect`` (``error`` and raise if none could be built).
+        A circuit it replaces is closed once its streams have ended."""
+        self.keeper.installing()
         try:
+            message_stream = None
             if isinstance(destination, str) and is_mesh_name(destination):
-                self._circuit, path = await self._connect_onion(destination)
+                circuit, path, message_stream = await self._connect_onion(destination)
             else:
-                self._circuit, path = await self._build(destination)
-            if self._message_stream is None and destination is not None:
-                self._message_stream = await self.driver.open_stream(self._circuit, "", MESSAGE_PORT)
-                self._readers.spawn(self._read_messages(self._message_stream))
+                circuit, path = await self._build(destination)
+                if destination is not None:
+                    message_stream = await self.driver.open_stream(circuit, "", MESSAGE_PORT)
+            if message_stream is not None:
+                self._readers.spawn(self._read_messages(message_stream))
         except ZmeshError as exc:
             await self._emit("error", exc)
             raise
-        await self._emit("connect", {"circuit": self._circuit, "path": [p.peer_id.text for p in path]})
+        if self._circuit is not None and self._circuit in self.driver.node.circuits():
+            self._retiring.add(self._circuit)
+        self._circuit, self._path, self._destination = circuit, [p.peer_id for p in path], destination
+        self._message_stream = message_stream
+        await self._close_retired()
+        await self._emit("connect", {"circuit": circuit, "path": [p.peer_id.text for p in path]})
 
-    async def _connect_onion(self, address: str) -> tuple[int, list[Descriptor]]:
+    async def _reestablish(self) -> None:
+        await self._establish(self._destination)
+
+    async def _connect_onion(self, address: str) -> tuple[int, list[Descriptor], MeshStream]:
         """The message stream to an onion service, over a rendezvous circuit: neither end learns
         where the other is, and the path reported is only this side's three relays."""
-        self._message_stream = await self._onion_client().open_stream(address, MESSAGE_PORT)
-        self._readers.spawn(self._read_messages(self._message_stream))
-        circuit = self._message_stream.circuit
+        stream = await self._onion_client().open_stream(address, MESSAGE_PORT)
+        circuit = stream.circuit
         ids = next((c["path"] for c in self.driver.node.onion_circuits() if c["id"] == str(circuit)), [])
         relays = {r.peer_id.text: r for r in self.directory()}
-        return circuit, [relays[i] for i in ids if i in relays]
+        return circuit, [relays[i] for i in ids if i in relays], stream
 
     async def host(self, keys: ServiceKeys, *, on_stream: StreamHandler | None = None,
                    limits: OnionLimits | None = None) -> str:
@@ -227,7 +262,7 @@ class MeshVPN:
                 await self.refresh()
                 relays, target, entry = self._listing(destination)
             path = {"hops": self.options.hops, "country": self.options.country, "exit_kind": self.options.exit,
-                    "destination": target, "exclude": avoid | {self.peer_id},
+                    "destination": target, "exclude": avoid | {self.peer_id} | self.keeper.healer.avoid,
                     "exclude_countries": self.options.exclude_countries}
             if guards is not None:
                 return guards.select(self.selector, relays, **path)
@@ -240,13 +275,16 @@ class MeshVPN:
         return built
 
     async def disconnect(self) -> None:
+        """Destroy the circuits and stop rebuilding; emits ``disconnect`` if a circuit was in use."""
         circuit, self._circuit, self._message_stream = self._circuit, None, None
+        await self.keeper.cancel()
         retiring, self._retiring = self._retiring, set()
         for old in retiring:
             await self.driver.destroy_circuit(old)
         if circuit is not None:
             await self.driver.destroy_circuit(circuit)
-            await self._emit("disconnect", {"circuit": circuit})
+            await self._emit("disconnect", {"circuit": circuit, "reason": "REQUESTED", "failed_hop": None,
+                                            "rebuilding": False})
 
     async def open_stream(self, host: str, port: int) -> MeshStream:
         """A TCP-like stream to ``host:port``, resolved and connected by the exit. An exit circuit
@@ -258,9 +296,10 @@ class MeshVPN:
             stream = await self._onion_client().open_stream(host, port)
             self._streams.append(stream)
             return stream
-        circuit = self._require_circuit()
+        circuit = await self._ready_circuit()
         if self._message_stream is None and self.circuit_policy.past_dirtiness(self._dirty_since, self._clock()):
-            self._circuit, _ = await self._build(None)
+            self._circuit, path = await self._build(None)
+            self._path = [p.peer_id for p in path]
             self._retiring.add(circuit)
             circuit = self._circuit
         if self._dirty_since is None:
@@ -311,6 +350,7 @@ class MeshVPN:
         return {
             "peer_id": self.peer_id.text,
             "connected": self.connected,
+            "state": self.state,
             "circuit": self._circuit,
             "path": [p.text for p in self.driver.node.circuit_path(self._circuit)] if self.connected else [],
             "guards": [p.text for p in self.guards.primary()] if self.guards is not None else [],
@@ -324,8 +364,36 @@ class MeshVPN:
         }
 
     def update_config(self, **options: Any) -> None:
-        """Change options; they apply from the next ``connect``."""
+        """Change options; they apply from the next ``connect`` (``apply_config`` applies them now)."""
         self.options = self.options.updated(**options)
+
+    async def apply_config(self, **options: Any) -> None:
+        """Validate and apply options to the running node: ``on_config`` adapts it (a tab's links),
+        then, if connected and a ``PATH_OPTIONS`` value changed, the circuit is rebuilt by them.
+        Returns once applied; streams asked for meanwhile wait for the new circuit. If no circuit
+        can be built, the old one is kept where it still stands, and the error is raised."""
+        old, new = self.options, self.options.updated(**options)
+        rebuild = self.connected and any(getattr(old, name) != getattr(new, name) for name in PATH_OPTIONS)
+        self.options = new
+        previous = self._circuit if rebuild else None
+        if rebuild:
+            self.keeper.hold()
+            self._circuit = None  # its loss (on_config may close its links) is not one to heal
+        try:
+            if self.on_config is not None:
+                await self.on_config(old, new)
+            if rebuild:
+                try:
+                    await self._establish(self._destination)
+                finally:
+                    if self._circuit is None and previous in self.driver.node.circuits():
+                        self._circuit = previous
+                if previous is not None:
+                    self._retiring.add(previous)
+                    await self._close_retired()
+        finally:
+            if rebuild:
+                self.keeper.release()
 
     # ---------------------------------------------------------------- internals
 
@@ -350,7 +418,9 @@ class MeshVPN:
             raise ConfigError(f"{what} {peer.short()}… is not in the directory")
         return found
 
-    def _require_circuit(self) -> int:
+    async def _ready_circuit(self) -> int:
+        """The circuit to use, once any rebuild under way is over."""
+        await self.keeper.ready()
         if not self.connected:
             raise InvalidState("not connected: call connect() first")
         assert self._circuit is not None

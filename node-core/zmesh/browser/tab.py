@@ -21,13 +21,13 @@ from pyodide.http import pyfetch  # type: ignore[import-not-found]
 
 from ..aio.driver import NodeDriver
 from ..aio.notices import RefetchOnNotice
-from ..aio.rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcConnector, RtcOptions
+from ..aio.rtc import RtcConnector, RtcOptions
 from ..aio.tasks import OwnedTasks
 from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from ..backoff import Backoff
 from ..descriptor import DEFAULT_LIFETIME, MAX_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from ..directory_view import DirectoryView, RelayUpdate
-from ..errors import CircuitError, ConfigError, LinkClosed, ProtocolError, StreamError, TransportError, ZmeshError
+from ..errors import ConfigError, LinkClosed, ProtocolError, TransportError, ZmeshError
 from ..guards import GuardManager
 from ..identity import Identity, PeerId
 from ..link import Link
@@ -37,6 +37,7 @@ from ..onionkeys import OnionKeyRing
 from ..signaling import SignalSession
 from .links import BrowserChannelLink, BrowserTextSocket
 from .rtc import BrowserRtcBackend
+from .session import TabMesh, error_code, rtc_options
 from .tls import TlsliteConnector
 from .webcrypto import WebCryptoProvider
 
@@ -251,13 +252,12 @@ class ErrorInfo(TypedDict):
 
     type: str  # the class: "StreamError", "CircuitError", "ConfigError", ...
     message: str
-    code: str | None  # the reason's name ("CONNECT_REFUSED", "DESTROYED", ...); None without a reason
+    code: str  # the reason's name ("CONNECT_REFUSED", "DESTROYED", ...), else the class's ("CONFIG_ERROR")
 
 
 def error_info(exc: ZmeshError) -> ErrorInfo:
     """The error as data: its reason travels as the enum member's name, never parsed from a message."""
-    reason = exc.reason if isinstance(exc, CircuitError | StreamError) else None
-    return {"type": type(exc).__name__, "message": str(exc), "code": None if reason is None else reason.name}
+    return {"type": type(exc).__name__, "message": str(exc), "code": error_code(exc)}
 
 
 async def settle(method: Callable[..., Awaitable[Any]], *args: Any) -> tuple[Any, ErrorInfo | None]:
@@ -285,8 +285,9 @@ def tab_guards(saved: bytes | None, save: Callable[[Any], Any] | None) -> GuardM
     return GuardManager(clock=time.time, rng=rng, on_change=on_change)
 
 
-async def open_mesh(options: Any) -> Any:
-    """Called by ``web/meshvpn.js``: start the tab's node and return a connected ``MeshVPN``."""
+async def open_mesh(options: Any) -> TabMesh:
+    """Called by ``web/meshvpn.js``: start the tab's node and return it connected, with its
+    ``MeshVPN``, as a ``TabMesh`` (``zmesh.browser.session``) that tells ``events`` what happens."""
     from ..aio.api import MeshVPN
 
     settings = options.to_py() if hasattr(options, "to_py") else dict(options)
@@ -295,17 +296,19 @@ async def open_mesh(options: Any) -> Any:
     saved_guards, save_guards = settings.pop("saved_guards", None), settings.pop("save_guards", None)
     relay = settings.pop("relay", True)
     lifetime = settings.pop("descriptor_lifetime", DEFAULT_LIFETIME)
-    ice_servers = tuple(IceServer(tuple(s["urls"]), s.get("username"), s.get("credential"))
-                        for s in settings.pop("ice_servers", []))
-    timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
+    events = settings.pop("events", None)
+    ice = {key: settings.pop(key) for key in ("ice_servers", "webrtc_timeout", "ice_policy") if key in settings}
     tls = TlsliteConnector(settings.pop("extra_cas", ()))  # https://: TLS in the tab (zmesh.browser.tls)
     node = await BrowserNode.start(bytes(saved) if saved is not None else None, relay=relay,
                                    descriptor_lifetime=lifetime)
+    # A tab joining again after disconnect(): its new descriptor must be newer than the one it left
+    node._published = int(settings.pop("published_after", 0))
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
     vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, tls=tls,
                   **settings)
-    channels = (ChannelOptions(), *((FEC_CHANNEL,) if vpn.options.enable_fec else ()))
-    rtc = RtcOptions(ice_servers, timeout, channels, ice_policy)
+    rtc = rtc_options(ice, vpn.options.enable_fec)
+    tab = TabMesh(node, vpn, rtc, events)
+    tab.destination = destination
     node.dialer.mode = lambda: vpn.options.transport
     await node.directory.refresh()
     if vpn.options.transport != "websocket":
@@ -317,5 +320,9 @@ async def open_mesh(options: Any) -> Any:
             log.warning("no WebRTC in this tab (links use WebSocket): %s", exc)
     if relay:
         await node.offer_relay()
-    await vpn.connect(destination)
-    return vpn
+    try:
+        await vpn.connect(destination)
+    except BaseException:
+        await tab.disconnect()  # no circuit: leave nothing relaying or signalling behind
+        raise
+    return tab
