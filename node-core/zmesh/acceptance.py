@@ -57,10 +57,14 @@ RELAY_TABLE: dict[tuple[Role, Enum, RelayCommand], str] = {
     # long-range padding: recognised by the hop it is for, then discarded, in every state with a hop
     **{(_R, state, RelayCommand.DROP): "_on_drop" for state in _LAST_HOP + _RELAYING},
     **{(_O, state, RelayCommand.DROP): "_on_drop" for state in (BuildState.BUILDING, BuildState.OPEN)},
+    # padding machines are negotiated with a hop while it is the circuit's last (zmesh.padnego)
+    **{(_R, state, RelayCommand.PADDING_NEGOTIATE): "_on_pad_negotiate" for state in _LAST_HOP},
+    **{(_O, state, RelayCommand.PADDING_NEGOTIATED): "_on_pad_negotiated"
+       for state in (BuildState.BUILDING, BuildState.OPEN)},
 }
 
-# What an origin accepts from a hop before the last one: only padding.
-INNER_HOP = frozenset({RelayCommand.DROP})
+# What an origin accepts from a hop before the last one: only padding, and its negotiation.
+INNER_HOP = frozenset({RelayCommand.DROP, RelayCommand.PADDING_NEGOTIATED})
 
 
 def refuse(role: Role, state: Enum, command: object, what: str = "") -> ProtocolError:

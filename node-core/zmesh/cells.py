@@ -74,6 +74,9 @@ class RelayCommand(IntEnum):
     CC_ACCEPT = 41  # hop → client: the window (cells) this hop buffers per circuit and link
     XOFF = 42  # stream receiver → sender: stop sending on this stream (its reader is behind)
     XON = 43  # stream receiver → sender: resume, with the rate the reader drained at (bytes/s)
+    # padding machines (docs/protocol.md "Padding negotiation"): 32–39
+    PADDING_NEGOTIATE = 32  # client → a hop: run this padding machine on the link this circuit came in on
+    PADDING_NEGOTIATED = 33  # hop → client: the machine now runs
 
 
 class DestroyReason(IntEnum):
@@ -90,6 +93,8 @@ class DestroyReason(IntEnum):
     # congestion and flow control (docs/protocol.md §10): 28–31
     BAD_SENDME = 28  # a SENDME named a cell that was never sent (or not yet received): a forged acknowledgement
     FLOW_VIOLATION = 29  # a sender ignored XOFF, or a congestion-control message broke its negotiation
+    # padding (docs/protocol.md "Padding negotiation"): 24–27
+    PADDING_LIMIT = 24  # PADDING_NEGOTIATE asked for more padding than this relay's limit allows
 
 
 class EndReason(IntEnum):

@@ -26,6 +26,7 @@ from .link import LinkRole
 
 if TYPE_CHECKING:
     from .circuit import OriginCircuit, RelayCircuit, Side
+    from .padding import LinkPadder
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class CircuitFailure(Exception):
 
 class LinkState:
     __slots__ = ("peer", "initiator", "role", "queue", "queued_cells", "link_cells", "circuits", "next_circ", "closed",
-                 "challenge", "last_rx", "ping_at", "ping_nonce", "rtt")
+                 "challenge", "last_rx", "ping_at", "ping_nonce", "rtt", "padder", "pad_asked")
 
     def __init__(self, peer: PeerId | None, initiator: bool, role: LinkRole, now: float) -> None:
         self.peer = peer
@@ -60,6 +61,8 @@ class LinkState:
         self.ping_at = -math.inf  # when the last PING was sent; after last_rx: it is unanswered
         self.ping_nonce = b""  # the payload of that PING until its PONG arrives
         self.rtt: float | None = None
+        self.padder: LinkPadder | None = None  # its padding machine (zmesh.padnego)
+        self.pad_asked = False  # this node asked the peer to pad its side (PADDING_NEGOTIATE sent)
 
 
 class LinkTable:
@@ -87,6 +90,7 @@ class LinkTable:
         now = self.clock()
         link = self._links[link_id] = LinkState(peer, initiator, role, now)
         self._link_timer = min(self._link_timer, now + self.limits.keepalive_interval)
+        self._pad_new_link(link_id, link)
         if not initiator and len(self._links) > self.limits.max_links:
             self.metrics["links_refused"] += 1
             self._events.append(CloseLink(link_id, f"this node holds its maximum of {self.limits.max_links} links"))
@@ -214,6 +218,9 @@ class LinkTable:
         link = self._links.get(link_id)
         if link is None or not link.queue:
             return None
+        padder = link.padder
+        if padder is not None and not (max_cells := padder.allow(max_cells)):
+            return None  # a cover machine blocks until its next tick
         queue, queued = link.queue, self._queued
         out: list[bytes] = []
         while queue and len(out) < max_cells:
@@ -235,6 +242,8 @@ class LinkTable:
             else:
                 link.link_cells -= taken
         link.queued_cells -= len(out)
+        if padder is not None:
+            padder.sent(len(out))
         frame = b"".join(out)
         self.metrics["cells_out"] += len(out)
         self.metrics["bytes_out"] += len(frame)
@@ -247,7 +256,9 @@ class LinkTable:
         return None if link is None else link.rtt
 
     def links_with_output(self) -> list[int]:
-        return [link_id for link_id, link in self._links.items() if link.queue]
+        """Links with cells to write now (a cover machine's link only once its tick lets one go)."""
+        return [link_id for link_id, link in self._links.items()
+                if link.queue and (link.padder is None or link.padder.allow(1))]
 
     def buffered_bytes(self) -> int:
         """Bytes of cells queued in this node, waiting for their link."""

@@ -36,6 +36,7 @@ from .links import LINK_AUTH_DOMAIN, CircuitFailure, LinkState, LinkTable
 from .negotiation import NegotiationRole, PathNegotiation
 from .onionkeys import OnionKeyRing, OnionKeySet
 from .origin import OriginRole
+from .padnego import PaddingRole
 from .relaying import RelayRole
 
 __all__ = ["LINK_AUTH_DOMAIN", "Node", "NodeLimits"]
@@ -44,7 +45,7 @@ _Circuit = OriginCircuit | RelayCircuit
 _NONE: dict = {}
 
 
-class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole):
+class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PaddingRole):
     """Protocol state of one mesh node. ``clock`` returns seconds (monotonic).
 
     The facade: input, output, timers, routing to the circuit a cell belongs to, and teardown. The
@@ -163,7 +164,7 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole):
 
     def next_deadline(self) -> float | None:
         deadline = min(min(self._deadlines.values(), default=math.inf), self._link_timer,
-                       self._handshakes.next_deadline())
+                       self._handshakes.next_deadline(), self._pad_timer)
         return None if deadline == math.inf else deadline
 
     async def handle_timer(self, now: float) -> None:
@@ -173,6 +174,8 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole):
                 await self._destroy(circ, DestroyReason.TIMEOUT)
         if now >= self._link_timer:
             await self._check_links(now)
+        if now >= self._pad_timer:
+            self._run_padders(now)
         if self._handshakes:
             await self._run_handshakes()
         if self._closing:
