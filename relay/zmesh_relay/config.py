@@ -22,6 +22,7 @@ from typing import Any
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
 from zmesh.circuit_plan import CircuitPolicy
+from zmesh.cover import DEFAULT_KEEPALIVE, PaddingPolicy, parse_cover
 from zmesh.descriptor import EXIT_KINDS, MAX_FAMILY
 from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
@@ -205,6 +206,24 @@ def _cc_window(value: int) -> int:
     return value
 
 
+def _cover(value: str) -> str:
+    parse_cover(value)  # zmesh.cover owns the grammar; a ConfigError says what is wrong
+    return value.strip().lower()
+
+
+def _keepalive_padding(value: float) -> float:
+    PaddingPolicy.of(value, "off")
+    return value
+
+
+def _padding_max_rate(value: float) -> float:
+    return NodeLimits(padding_max_rate=value).padding_max_rate  # NodeLimits owns the rule
+
+
+def _padding_max_percent(value: int) -> int:
+    return NodeLimits(padding_max_percent=value).padding_max_percent
+
+
 def _build_timeout(value: float) -> float:
     if not 0 < value <= 600:
         raise ValueError("must be more than 0 and at most 600 seconds")
@@ -321,6 +340,18 @@ SETTINGS: dict[str, Setting] = {
     "metrics.allow_remote": Setting(bool, False, None,
                                     "let metrics.listen be a non-loopback address (its counters are a correlation "
                                     "oracle: firewall it)"),
+    "anonymity.cover": Setting(str, "off", _cover,
+                               "cover traffic on this node's own first link, both ways (docs/anonymity.md): off, "
+                               "poisson:RATE or constant:RATE cells/s; throughput is capped at RATE KB/s"),
+    "anonymity.keepalive": Setting(float, DEFAULT_KEEPALIVE, _keepalive_padding,
+                                   "longest silence (s) before a link gets a PADDING cell (each gap drawn from 1/6..1 "
+                                   "of it; only on idle links); 0: off"),
+    "anonymity.padding_max_rate": Setting(float, _NODE.padding_max_rate, _padding_max_rate,
+                                          "padding cells/s a peer may ask this node to send it on one link; more is "
+                                          "refused (DESTROY padding-limit)"),
+    "anonymity.padding_max_percent": Setting(int, _NODE.padding_max_percent, _padding_max_percent,
+                                             "the largest share (%) of a link's cells a peer's padding machine may "
+                                             "make padding; more is refused"),
 }
 
 
@@ -400,6 +431,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def padding_policy(config: dict[str, Any]) -> PaddingPolicy:
+    return PaddingPolicy.of(config["anonymity.keepalive"], config["anonymity.cover"])
 
 
 def socks_limits(config: dict[str, Any]) -> SocksLimits:

@@ -56,6 +56,7 @@ async def open_native_mesh(signal_url: str, destination: str | None = None, **op
     node = Node(identity, provider, time.monotonic, accept_circuits=False,
                 limits=NodeLimits(build_timeout=config["core.build_timeout"],
                                   cc_max_window=config["core.cc_max_window"]))
+    node.padding_policy = settings.padding_policy(config)
     transports = NativeTransports(config, signal, directory, identity, provider)
     driver = NodeDriver(node, dialer=transports.dialer)
     options.setdefault("tls", stdlib_connector())
