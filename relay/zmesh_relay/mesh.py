@@ -48,7 +48,7 @@ class NativeMeshVPN(MeshVPN):
 
 async def open_native_mesh(signal_url: str, destination: str | None = None, **options: Any) -> NativeMeshVPN:
     """Start a client node on ``signal_url``'s mesh and build its circuit (``MeshVPN.connect``)."""
-    config = settings.load(flags={"signaling.url": signal_url})
+    config = settings.load(flags={"signaling.url": signal_url, "anonymity.cover": options.pop("cover", None)})
     provider = NativeCryptoProvider()
     signal = SignalClient(config["signaling.url"])
     directory = DirectoryView(signal.relay_updates, provider)

@@ -25,6 +25,7 @@ from ..aio.rtc import FEC_CHANNEL, ChannelOptions, IceServer, RtcConnector, RtcO
 from ..aio.tasks import OwnedTasks
 from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from ..backoff import Backoff
+from ..cover import DEFAULT_KEEPALIVE, PaddingPolicy
 from ..descriptor import DEFAULT_LIFETIME, MAX_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from ..directory_view import DirectoryView, RelayUpdate
 from ..errors import CircuitError, ConfigError, ProtocolError, StreamError, TransportError, ZmeshError
@@ -290,8 +291,10 @@ async def open_mesh(options: Any) -> Any:
                         for s in settings.pop("ice_servers", []))
     timeout, ice_policy = settings.pop("webrtc_timeout", 10.0), settings.pop("ice_policy", "all")
     tls = TlsliteConnector(settings.pop("extra_cas", ()))  # https://: TLS in the tab (zmesh.browser.tls)
+    padding = PaddingPolicy.of(DEFAULT_KEEPALIVE, settings.pop("cover", "off"))  # MeshVPN option `cover`
     node = await BrowserNode.start(bytes(saved) if saved is not None else None, relay=relay,
                                    descriptor_lifetime=lifetime)
+    node.driver.node.padding_policy = padding
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
     vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, tls=tls,
                   **settings)
