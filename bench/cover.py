@@ -1,0 +1,219 @@
+"""Cover-traffic benchmark: what padding costs and what constant-rate cover hides, in one run of real
+relay processes (docs/anonymity.md "What each defence costs").
+
+Two meshes of a signal server and three relays (the last an exit), in loopback /16s of their own:
+one with padding off everywhere (``--padding-keepalive 0``), one at the defaults (keep-alive
+padding on idle links). Each mode gets a fresh SOCKS client process with 3-hop circuits:
+
+- ``off``: the first mesh, client padding off;
+- ``default``: the second mesh, client at its defaults;
+- ``poisson:R``: the second mesh, ``--cover poisson:R`` at two rates.
+
+For each: time to first byte of a new stream on a built circuit (median of ``--ttfb-runs``) and one
+stream's throughput over ``--seconds``, as a ratio to ``off``.
+
+Observer: the cells per second on the client's link to its guard (the only link a client has; read
+from its private /metrics every ``--window`` seconds, both directions together) during an idle
+period and during a download, for ``default`` and ``constant:R``. It prints both distributions'
+summaries and the two-sample Kolmogorov–Smirnov statistic D with its 5 % critical value: D above it
+means an observer can tell idle from busy. Run: ``python bench/cover.py [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from bisect import bisect_right
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.figures import add_json_flag, print_json  # noqa: E402
+from bench.wan import _download, _Source, _throughput  # noqa: E402
+from tests.test_native_mesh import Process  # noqa: E402
+from zmesh_relay.socks5 import socks5_connect  # noqa: E402
+
+MB = 1_000_000
+
+
+def ks_statistic(a: list[float], b: list[float]) -> float:
+    """The two-sample Kolmogorov–Smirnov D: the largest gap between the two empirical CDFs."""
+    a, b = sorted(a), sorted(b)
+    return max(abs(bisect_right(a, v) / len(a) - bisect_right(b, v) / len(b)) for v in a + b)
+
+
+def ks_critical(n: int, m: int, c_alpha: float = 1.358) -> float:
+    """D beyond which the samples differ at the 5 % level (asymptotic; c(0.05) = 1.358)."""
+    return c_alpha * math.sqrt((n + m) / (n * m))
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "mean": statistics.fmean(values), "sd": statistics.pstdev(values),
+            "min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+async def start_mesh(folder: Path, name: str, port: int, page: int, relay_args: list[str]) -> list[Process]:
+    processes = [await asyncio.to_thread(Process, "signal", "--listen", "127.0.0.1:0")]
+    url = processes[0].address[0]
+    for n in (1, 2, 3):
+        extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}", "--exit-allow", f"127.0.0.1/32:{page}"] \
+            if n == 3 else []
+        processes.append(await asyncio.to_thread(
+            Process, "relay", "--signal", url, "--listen", f"127.{n}.0.1:0", "--data-dir", str(folder / f"{name}{n}"),
+            "--padding-max-rate", "5000", *relay_args, *extra))
+    return processes
+
+
+class _Page:
+    """An HTTP/1.0 server answering every request with a small page: a time to first byte that no
+    earlier stream's backlog at a cover-shaped link (a bulk download's window) can lengthen."""
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            await writer.drain()
+        writer.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+async def _ttfb(socks: tuple[str, int], port: int) -> float:
+    """Seconds from the SOCKS connect to the page's first byte, on a built circuit."""
+    started = time.perf_counter()
+    reader, writer = await socks5_connect(socks[0], socks[1], "127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    await writer.drain()
+    if not await reader.read(1):
+        raise RuntimeError("the stream ended before its first byte")
+    elapsed = time.perf_counter() - started
+    await reader.read()
+    writer.close()
+    return elapsed
+
+
+async def _cells(client: Process) -> float:
+    scrape = await asyncio.to_thread(client.scrape)
+    return scrape.total("zmesh_cells_total")
+
+
+async def observe(client: Process, socks: tuple[str, int], port: int, windows: int, window: float) -> dict:
+    """Cells/s on the client's link, ``windows`` windows idle, then as many during a download."""
+    async def sample() -> list[float]:
+        rates, before, at = [], await _cells(client), time.perf_counter()
+        for _ in range(windows):
+            await asyncio.sleep(window)
+            now_cells, now = await _cells(client), time.perf_counter()
+            rates.append((now_cells - before) / (now - at))
+            before, at = now_cells, now
+        return rates
+
+    await asyncio.sleep(2.0)  # the streams of the throughput runs have drained
+    idle = await sample()
+    download = asyncio.create_task(_download(socks, port, time.perf_counter() + windows * window + 3.0, []))
+    await asyncio.sleep(1.0)  # past slow start
+    busy = await sample()
+    await download
+    links = (await asyncio.to_thread(client.scrape)).total("zmesh_links")
+    d = ks_statistic(idle, busy)
+    return {"idle": summary(idle), "busy": summary(busy), "ks_d": d, "ks_critical": ks_critical(windows, windows),
+            "distinguishable": d > ks_critical(windows, windows), "client_links": links}
+
+
+async def measure_mode(processes: list[Process], port: int, page: int, client_args: list[str],
+                       args: argparse.Namespace, observer: bool) -> dict:
+    url = processes[0].address[0]
+    client = await asyncio.to_thread(Process, "client", "--signal", url, "--socks", "127.0.0.1:0",
+                                     "--metrics", "127.0.0.1:0", *client_args)
+    try:
+        host, socks_port = client.address[0].rsplit(":", 1)
+        socks = (host, int(socks_port))
+        await _ttfb(socks, page)  # build the circuit, open every link
+        ttfb = [await _ttfb(socks, page) for _ in range(args.ttfb_runs)]
+        rates = [await _throughput(socks, port, 1, 1.0, args.seconds) for _ in range(args.repeats)]
+        result = {"ttfb_ms": statistics.median(ttfb) * 1000, "MBps": statistics.median(rates) / MB}
+        if observer:
+            result["observer"] = await observe(client, socks, port, args.windows, args.window)
+        return result
+    finally:
+        await asyncio.to_thread(client.stop)
+
+
+async def run(folder: Path, args: argparse.Namespace) -> dict:
+    source, pages = _Source(), _Page()
+    port, page = await source.start(), await pages.start()
+    results: dict = {}
+    low, high = args.rates
+    try:
+        off = await start_mesh(folder, "off", port, page, ["--padding-keepalive", "0"])
+        try:
+            results["off"] = await measure_mode(off, port, page, ["--padding-keepalive", "0"], args, False)
+        finally:
+            for process in reversed(off):
+                await asyncio.to_thread(process.stop)
+        on = await start_mesh(folder, "on", port, page, [])
+        try:
+            results["default"] = await measure_mode(on, port, page, [], args, True)
+            for rate in (low, high):
+                results[f"poisson:{rate:g}"] = await measure_mode(
+                    on, port, page, ["--cover", f"poisson:{rate:g}"], args, False)
+            results[f"constant:{low:g}"] = await measure_mode(
+                on, port, page, ["--cover", f"constant:{low:g}"], args, True)
+        finally:
+            for process in reversed(on):
+                await asyncio.to_thread(process.stop)
+    finally:
+        source.close()
+        pages.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", type=float, nargs=2, default=[200.0, 1000.0], metavar=("LOW", "HIGH"),
+                        help="cover rates in cells/s (default 200 1000); constant cover runs at LOW")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per download (default 4)")
+    parser.add_argument("--repeats", type=int, default=3, help="downloads per mode, median taken (default 3)")
+    parser.add_argument("--ttfb-runs", type=int, default=9, help="new streams per mode for TTFB (default 9)")
+    parser.add_argument("--windows", type=int, default=20, help="observer windows idle and busy (default 20)")
+    parser.add_argument("--window", type=float, default=0.5, help="observer window, seconds (default 0.5)")
+    add_json_flag(parser)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="zmesh-cover-") as folder:
+        results = asyncio.run(run(Path(folder), args))
+    base = results["off"]
+    print(f"zmesh cover benchmark — {os.cpu_count()} CPUs, 3 hops through real relay processes, loopback")
+    print("| padding | throughput (MB/s) | vs off | TTFB (ms) | vs off |")
+    print("|---|---|---|---|---|")
+    for mode, row in results.items():
+        row["throughput_ratio"] = row["MBps"] / base["MBps"]
+        row["ttfb_ratio"] = row["ttfb_ms"] / base["ttfb_ms"]
+        print(f"| {mode} | {row['MBps']:.2f} | {row['throughput_ratio']:.2f} | {row['ttfb_ms']:.1f} | "
+              f"{row['ttfb_ratio']:.2f} |")
+    for mode in ("default", f"constant:{args.rates[0]:g}"):
+        obs = results[mode]["observer"]
+        print(f"\nobserver on the client's link ({obs['client_links']:g} link(s)), {mode}: cells/s per "
+              f"{args.window:g} s window")
+        for phase in ("idle", "busy"):
+            s = obs[phase]
+            print(f"  {phase:4}: n={s['n']} mean={s['mean']:.1f} sd={s['sd']:.1f} min={s['min']:.1f} "
+                  f"median={s['median']:.1f} max={s['max']:.1f}")
+        verdict = "distinguishable" if obs["distinguishable"] else "indistinguishable"
+        print(f"  Kolmogorov–Smirnov D = {obs['ks_d']:.2f} (5 % critical {obs['ks_critical']:.2f}): {verdict}")
+    print_json(args, results)
+
+
+if __name__ == "__main__":
+    main()
