@@ -212,3 +212,45 @@ def test_padding_cells_arrive_as_link_padding(provider):
         assert [c.command for c in parse_frame(a.take_frame(link))] == [CellCommand.PADDING]
 
     asyncio.run(main())
+
+
+def test_jitter_holds_a_links_cells_for_a_bounded_random_delay_then_sends_them_as_one_batch(provider):
+    async def main():
+        clock = FakeClock()
+        node = Node(await Identity.generate(provider), provider, clock)
+        node.padding_policy, node.padding_random = PaddingPolicy(jitter=0.2), random.Random(4)
+        link = await node.link_opened((await Identity.generate(provider)).peer_id, initiator=True)
+        delays = []
+        for batch in range(20):
+            start = clock.now = 100.0 + batch
+            node._enqueue(link, 0, [encode_cell(CellCommand.PONG, 0, b"a")])
+            clock.now = start + 0.01
+            node._enqueue(link, 0, [encode_cell(CellCommand.PONG, 0, b"b")])  # joins the held batch
+            assert node.take_frame(link) is None and node.links_with_output() == []
+            release = node._links[link].release_at
+            assert start <= release <= start + 0.2 and node.next_deadline() <= release
+            clock.now = max(release, clock.now)
+            await node.handle_timer(clock.now)
+            assert node.links_with_output() == [link]
+            # both cells in one frame (and the PING the liveness timer sent at 115 s)
+            assert [c.payload for c in parse_frame(node.take_frame(link))][:2] == [b"a", b"b"]
+            delays.append(release - start)
+        assert max(delays) - min(delays) > 0.1  # drawn afresh per batch
+
+    asyncio.run(main())
+
+
+def test_without_jitter_cells_go_at_once(provider):
+    async def main():
+        node = Node(await Identity.generate(provider), provider, FakeClock())
+        link = await node.link_opened((await Identity.generate(provider)).peer_id, initiator=True)
+        node._enqueue(link, 0, [encode_cell(CellCommand.PONG, 0, b"a")])
+        assert node.links_with_output() == [link] and node.take_frame(link) is not None
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("jitter", [-0.1, 0.6])
+def test_jitter_is_bounded(jitter):
+    with pytest.raises(ConfigError, match="jitter"):
+        PaddingPolicy(jitter=jitter)

@@ -1,9 +1,10 @@
 """What padding a node runs: the ``anonymity.*`` settings in core form (docs/anonymity.md).
 
-``PaddingPolicy.keepalive`` (seconds; 0 off) puts a keep-alive machine on every link this node has;
-``cover`` (``CoverMode.parse("off" | "poisson:RATE" | "constant:RATE")``) shapes the links this node
-opens for its own circuits and asks the first hop to shape its side of the same link, so both
-directions of the client's first link run at the cover rate.
+``PaddingPolicy.keepalive`` (seconds; 0 off) puts a keep-alive machine on every link this node
+has; ``cover`` (``parse_cover("off" | "poisson:RATE" | "constant:RATE")``) shapes the links this
+node opens for its own circuits and asks the first hop to shape its side of the same link, so both
+directions of the client's first link run at the cover rate; ``jitter`` (seconds; 0 off) holds each
+link's output for a random, bounded delay and sends what gathered meanwhile as one batch.
 """
 
 from __future__ import annotations
@@ -40,18 +41,22 @@ class PaddingPolicy:
 
     keepalive: float = 0.0
     cover: PaddingSpec | None = None
+    jitter: float = 0.0  # timing jitter: the most (s) a link's batch of cells is held (0: off)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.jitter <= MAX_JITTER:
+            raise ConfigError(f"jitter must be 0..{MAX_JITTER} s (0: off), got {self.jitter}")
         if self.keepalive:
             PaddingSpec(Machine.KEEPALIVE, idle=self.keepalive)  # checks the range
         if self.cover is not None and not self.cover.shapes:
             raise ConfigError("cover must be a constant or Poisson machine")
 
     @classmethod
-    def of(cls, keepalive: float, cover: str) -> PaddingPolicy:
+    def of(cls, keepalive: float, cover: str, jitter: float = 0.0) -> PaddingPolicy:
         if keepalive < 0:
             raise ConfigError(f"keepalive padding idle time must be ≥ 0 s (0: off), got {keepalive}")
-        return cls(keepalive, parse_cover(cover))
+        return cls(keepalive, parse_cover(cover), jitter)
 
 
+MAX_JITTER = 0.5  # seconds: a bound, so jitter can never stall a circuit into its timeouts
 DEFAULT_KEEPALIVE = 9.5  # seconds, the top of Tor's 1.5–9.5 s channel padding window

@@ -44,7 +44,8 @@ class CircuitFailure(Exception):
 
 class LinkState:
     __slots__ = ("peer", "initiator", "role", "queue", "queued_cells", "link_cells", "circuits", "next_circ", "closed",
-                 "challenge", "last_rx", "ping_at", "ping_nonce", "rtt", "padder", "pad_asked")
+                 "challenge", "last_rx", "ping_at", "ping_nonce", "rtt", "padder", "pad_asked",
+                 "release_at")
 
     def __init__(self, peer: PeerId | None, initiator: bool, role: LinkRole, now: float) -> None:
         self.peer = peer
@@ -63,6 +64,7 @@ class LinkState:
         self.rtt: float | None = None
         self.padder: LinkPadder | None = None  # its padding machine (zmesh.padnego)
         self.pad_asked = False  # this node asked the peer to pad its side (PADDING_NEGOTIATE sent)
+        self.release_at = 0.0  # with timing jitter: its queue is held until then (0: not held)
 
 
 class LinkTable:
@@ -221,6 +223,8 @@ class LinkTable:
         padder = link.padder
         if padder is not None and not (max_cells := padder.allow(max_cells)):
             return None  # a cover machine blocks until its next tick
+        if link.release_at and self._jitter_holds(link):
+            return None  # timing jitter: the batch waits for its release time
         queue, queued = link.queue, self._queued
         out: list[bytes] = []
         while queue and len(out) < max_cells:
@@ -258,7 +262,8 @@ class LinkTable:
     def links_with_output(self) -> list[int]:
         """Links with cells to write now (a cover machine's link only once its tick lets one go)."""
         return [link_id for link_id, link in self._links.items()
-                if link.queue and (link.padder is None or link.padder.allow(1))]
+                if link.queue and (link.padder is None or link.padder.allow(1))
+                and not (link.release_at and self._jitter_holds(link))]
 
     def buffered_bytes(self) -> int:
         """Bytes of cells queued in this node, waiting for their link."""
@@ -268,6 +273,8 @@ class LinkTable:
         link = self._links.get(link_id)
         if link is None or link.closed:
             return
+        if not link.queue and self.padding_policy.jitter:
+            self._jitter_arm(link)
         link.queue.append((handle, cells))
         link.queued_cells += len(cells)
         key = (handle, link_id)

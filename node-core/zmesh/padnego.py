@@ -90,19 +90,36 @@ class PaddingRole:
         link.padder = padder = LinkPadder(spec, self.clock(), rng.uniform, rng.expovariate)
         self._pad_timer = min(self._pad_timer, padder.deadline)
 
+    def _jitter_arm(self, link: LinkState) -> None:
+        """Timing jitter: a link whose queue was empty holds what is queued now, and whatever joins
+        it, for a delay drawn uniformly from [0, jitter]; then all of it leaves as one batch."""
+        link.release_at = self.clock() + self.padding_random.uniform(0.0, self.padding_policy.jitter)
+        self._pad_timer = min(self._pad_timer, link.release_at)
+
+    def _jitter_holds(self, link: LinkState) -> bool:
+        if link.release_at > self.clock():
+            return True
+        link.release_at = 0.0
+        return False
+
     def _run_padders(self, now: float) -> None:
-        """The padding timer is due: tick every due machine, queue the PADDING cells they ask for."""
+        """The padding timer is due: tick every due machine, queue the PADDING cells they ask for,
+        and let go the batches whose jitter delay is over."""
         timer = math.inf
         for link_id, link in self._links.items():
             padder = link.padder
-            if padder is None or link.closed:
-                continue
-            if padder.deadline <= now:
-                cells = padder.tick(now, link.queued_cells)
-                if cells:
-                    self.metrics["padding_cells_out"] += cells
-                    self._enqueue(link_id, 0, [_PADDING_CELL] * cells)
-            timer = min(timer, padder.deadline)
+            if padder is not None and not link.closed:
+                if padder.deadline <= now:
+                    cells = padder.tick(now, link.queued_cells)
+                    if cells:
+                        self.metrics["padding_cells_out"] += cells
+                        self._enqueue(link_id, 0, [_PADDING_CELL] * cells)  # may arm the jitter
+                timer = min(timer, padder.deadline)
+            if link.release_at:
+                if link.release_at > now:
+                    timer = min(timer, link.release_at)
+                else:
+                    link.release_at = 0.0
         self._pad_timer = timer
 
     # ------------------------------------------------------------------ origin

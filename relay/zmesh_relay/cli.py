@@ -191,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--onion-key-lifetime", dest="relay.onion_key_lifetime", type=float, metavar="SECONDS")
     relay.add_argument("--onion-key-grace", dest="relay.onion_key_grace", type=float, metavar="SECONDS")
     relay.add_argument("--padding-keepalive", dest="anonymity.keepalive", type=float, metavar="SECONDS")
+    relay.add_argument("--jitter", dest="anonymity.jitter", type=float, metavar="SECONDS",
+                       help="hold each link's cells up to this long (random per batch), then send them together")
     relay.add_argument("--padding-max-rate", dest="anonymity.padding_max_rate", type=float, metavar="CELLS_PER_S")
     relay.add_argument("--padding-max-percent", dest="anonymity.padding_max_percent", type=int, metavar="PERCENT")
     _metrics_flags(relay)

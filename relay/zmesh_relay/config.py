@@ -216,6 +216,10 @@ def _keepalive_padding(value: float) -> float:
     return value
 
 
+def _jitter(value: float) -> float:
+    return PaddingPolicy(jitter=value).jitter  # PaddingPolicy owns the rule
+
+
 def _padding_max_rate(value: float) -> float:
     return NodeLimits(padding_max_rate=value).padding_max_rate  # NodeLimits owns the rule
 
@@ -346,6 +350,9 @@ SETTINGS: dict[str, Setting] = {
     "anonymity.keepalive": Setting(float, DEFAULT_KEEPALIVE, _keepalive_padding,
                                    "longest silence (s) before a link gets a PADDING cell (each gap drawn from 1/6..1 "
                                    "of it; only on idle links); 0: off"),
+    "anonymity.jitter": Setting(float, 0.0, _jitter,
+                                "timing jitter: the most seconds (at most 0.5) each link's cells are held and sent as "
+                                "one batch, drawn afresh per batch; 0: off"),
     "anonymity.padding_max_rate": Setting(float, _NODE.padding_max_rate, _padding_max_rate,
                                           "padding cells/s a peer may ask this node to send it on one link; more is "
                                           "refused (DESTROY padding-limit)"),
@@ -434,7 +441,7 @@ def _plain(value: Any) -> Any:
 
 
 def padding_policy(config: dict[str, Any]) -> PaddingPolicy:
-    return PaddingPolicy.of(config["anonymity.keepalive"], config["anonymity.cover"])
+    return PaddingPolicy.of(config["anonymity.keepalive"], config["anonymity.cover"], config["anonymity.jitter"])
 
 
 def socks_limits(config: dict[str, Any]) -> SocksLimits:
