@@ -7,7 +7,9 @@ padding on idle links). Each mode gets a fresh SOCKS client process with 3-hop c
 
 - ``off``: the first mesh, client padding off;
 - ``default``: the second mesh, client at its defaults;
-- ``poisson:R``: the second mesh, ``--cover poisson:R`` at two rates.
+- ``poisson:R``: the second mesh, ``--cover poisson:R`` at two rates;
+- ``jitter:Nms``: a third mesh whose relays run ``--jitter`` (per-hop batching, each batch held a
+  delay drawn from [0, N ms]), client at its defaults.
 
 For each: time to first byte of a new stream on a built circuit (median of ``--ttfb-runs``) and one
 stream's throughput over ``--seconds``, as a ratio to ``off``.
@@ -174,6 +176,12 @@ async def run(folder: Path, args: argparse.Namespace) -> dict:
         finally:
             for process in reversed(on):
                 await asyncio.to_thread(process.stop)
+        jittered = await start_mesh(folder, "jitter", port, page, ["--jitter", f"{args.jitter:g}"])
+        try:
+            results[f"jitter:{args.jitter * 1000:g}ms"] = await measure_mode(jittered, port, page, [], args, False)
+        finally:
+            for process in reversed(jittered):
+                await asyncio.to_thread(process.stop)
     finally:
         source.close()
         pages.close()
@@ -188,6 +196,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="downloads per mode, median taken (default 3)")
     parser.add_argument("--ttfb-runs", type=int, default=9, help="new streams per mode for TTFB (default 9)")
     parser.add_argument("--windows", type=int, default=20, help="observer windows idle and busy (default 20)")
+    parser.add_argument("--jitter", type=float, default=0.02,
+                        help="relays' timing jitter for the last mode, seconds (default 0.02)")
     parser.add_argument("--window", type=float, default=0.5, help="observer window, seconds (default 0.5)")
     add_json_flag(parser)
     args = parser.parse_args()

@@ -7,7 +7,16 @@ import random
 
 import pytest
 
-from zmesh.cells import CellCommand, DestroyReason, RelayCommand, encode_cell, encode_relay_body, parse_frame
+from zmesh.cells import (
+    CELL_SIZE,
+    MAX_CELLS_PER_FRAME,
+    CellCommand,
+    DestroyReason,
+    RelayCommand,
+    encode_cell,
+    encode_relay_body,
+    parse_frame,
+)
 from zmesh.cover import PaddingPolicy, parse_cover
 from zmesh.errors import ConfigError, ProtocolError
 from zmesh.events import CircuitBuilt, CircuitClosed
@@ -254,3 +263,42 @@ def test_without_jitter_cells_go_at_once(provider):
 def test_jitter_is_bounded(jitter):
     with pytest.raises(ConfigError, match="jitter"):
         PaddingPolicy(jitter=jitter)
+
+
+# ---------------------------------------------------------------- frame padding (cells.parse_frame)
+
+
+def test_a_frame_may_end_in_a_zero_trailer_shorter_than_a_cell():
+    ping = encode_cell(CellCommand.PING, 0, b"12345678")
+    for trailer in (1, 500, CELL_SIZE - 1):
+        assert [c.command for c in parse_frame(ping * 2 + bytes(trailer))] == [CellCommand.PING] * 2
+
+
+@pytest.mark.parametrize("frame", [
+    encode_cell(CellCommand.PING, 0, b"p") + b"\x00" * 10 + b"\x01",  # a trailer must be zero
+    bytes(CELL_SIZE - 1),  # a trailer alone is no frame
+    encode_cell(CellCommand.PING, 0, b"p") * MAX_CELLS_PER_FRAME + b"\x00",  # never past MAX_FRAME_SIZE
+])
+def test_a_bad_trailer_is_a_protocol_error(frame):
+    with pytest.raises(ProtocolError):
+        parse_frame(frame)
+
+
+def test_frame_padding_varies_frame_sizes_and_the_peer_reads_them(provider):
+    async def main():
+        wire = Wire()
+        a, b = await wire.add(provider, accept_circuits=False), await wire.add(provider)
+        a.padding_policy, a.padding_random = PaddingPolicy(frame_padding=True), random.Random(8)
+        await wire.connect(a, b)
+        await wire.pump()
+        (link,) = a._links
+        sizes = set()
+        for _ in range(20):
+            a._enqueue(link, 0, [encode_cell(CellCommand.PING, 0, b"12345678")])
+            frame = a.take_frame(link)
+            sizes.add(len(frame) % CELL_SIZE)
+            await b.receive_frame(wire.ends[(a, link)][1], frame)
+        assert len(sizes) > 10  # not only multiples of 1024
+        assert b.metrics["malformed_frames"] == 0 and b.metrics["cells_in"] >= 20 and len(b._links) == 1
+
+    asyncio.run(main())

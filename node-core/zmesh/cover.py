@@ -4,7 +4,8 @@
 has; ``cover`` (``parse_cover("off" | "poisson:RATE" | "constant:RATE")``) shapes the links this
 node opens for its own circuits and asks the first hop to shape its side of the same link, so both
 directions of the client's first link run at the cover rate; ``jitter`` (seconds; 0 off) holds each
-link's output for a random, bounded delay and sends what gathered meanwhile as one batch.
+link's output for a random, bounded delay and sends what gathered meanwhile as one batch;
+``frame_padding`` ends each frame with a random-length zero trailer.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class PaddingPolicy:
     keepalive: float = 0.0
     cover: PaddingSpec | None = None
     jitter: float = 0.0  # timing jitter: the most (s) a link's batch of cells is held (0: off)
+    frame_padding: bool = False  # a random zero trailer on each frame (peers of this version accept it)
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter <= MAX_JITTER:
@@ -52,10 +54,10 @@ class PaddingPolicy:
             raise ConfigError("cover must be a constant or Poisson machine")
 
     @classmethod
-    def of(cls, keepalive: float, cover: str, jitter: float = 0.0) -> PaddingPolicy:
+    def of(cls, keepalive: float, cover: str, jitter: float = 0.0, frame_padding: bool = False) -> PaddingPolicy:
         if keepalive < 0:
             raise ConfigError(f"keepalive padding idle time must be ≥ 0 s (0: off), got {keepalive}")
-        return cls(keepalive, parse_cover(cover), jitter)
+        return cls(keepalive, parse_cover(cover), jitter, frame_padding)
 
 
 MAX_JITTER = 0.5  # seconds: a bound, so jitter can never stall a circuit into its timeouts

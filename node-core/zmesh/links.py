@@ -248,6 +248,8 @@ class LinkTable:
         link.queued_cells -= len(out)
         if padder is not None:
             padder.sent(len(out))
+        if self.padding_policy.frame_padding:
+            out.append(self._frame_trailer(len(out)))
         frame = b"".join(out)
         self.metrics["cells_out"] += len(out)
         self.metrics["bytes_out"] += len(frame)

@@ -18,7 +18,16 @@ import random
 import struct
 from typing import TYPE_CHECKING
 
-from .cells import CellCommand, DestroyReason, RelayCommand, RelayMessage, encode_cell, encode_relay_body
+from .cells import (
+    CELL_SIZE,
+    MAX_FRAME_SIZE,
+    CellCommand,
+    DestroyReason,
+    RelayCommand,
+    RelayMessage,
+    encode_cell,
+    encode_relay_body,
+)
 from .cover import PaddingPolicy
 from .errors import ConfigError, ProtocolError
 from .link import LinkRole
@@ -101,6 +110,12 @@ class PaddingRole:
             return True
         link.release_at = 0.0
         return False
+
+    def _frame_trailer(self, cells: int) -> bytes:
+        """Frame padding: zero bytes, fewer than a cell, so frame sizes are not all multiples of 1024
+        (``cells.parse_frame`` takes and checks them); a full frame gets none."""
+        room = min(CELL_SIZE - 1, MAX_FRAME_SIZE - cells * CELL_SIZE)
+        return bytes(self.padding_random.randint(0, room)) if room > 0 else b""
 
     def _run_padders(self, now: float) -> None:
         """The padding timer is due: tick every due machine, queue the PADDING cells they ask for,

@@ -353,6 +353,9 @@ SETTINGS: dict[str, Setting] = {
     "anonymity.jitter": Setting(float, 0.0, _jitter,
                                 "timing jitter: the most seconds (at most 0.5) each link's cells are held and sent as "
                                 "one batch, drawn afresh per batch; 0: off"),
+    "anonymity.frame_padding": Setting(bool, False, None,
+                                       "end each link frame with 0..1023 zero bytes, so frame sizes are not all "
+                                       "multiples of 1024 (every peer must run this version or later)"),
     "anonymity.padding_max_rate": Setting(float, _NODE.padding_max_rate, _padding_max_rate,
                                           "padding cells/s a peer may ask this node to send it on one link; more is "
                                           "refused (DESTROY padding-limit)"),
@@ -441,7 +444,8 @@ def _plain(value: Any) -> Any:
 
 
 def padding_policy(config: dict[str, Any]) -> PaddingPolicy:
-    return PaddingPolicy.of(config["anonymity.keepalive"], config["anonymity.cover"], config["anonymity.jitter"])
+    return PaddingPolicy.of(config["anonymity.keepalive"], config["anonymity.cover"], config["anonymity.jitter"],
+                            config["anonymity.frame_padding"])
 
 
 def socks_limits(config: dict[str, Any]) -> SocksLimits:
