@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.error
+import urllib.request
 
 import pytest
+from aiohttp import web
+
+from zmesh_relay import wslink
 
 from .test_native_mesh import Process, _http_server, fetch
 
@@ -80,3 +85,43 @@ def test_cover_within_the_limit_is_negotiated_and_over_it_refused_with_padding_l
         time.sleep(0.2)
     assert failures >= 1
     assert sum(_event(relay, "padding_refused") for relay in mesh["relays"]) >= 1
+
+
+def test_a_relay_names_no_server_software_in_its_answers(mesh):
+    """docs/anonymity.md: a prober that reaches a relay's port does not read "aiohttp" in its headers."""
+    for relay in mesh["relays"]:
+        base = relay.address[0].replace("ws://", "http://").replace("/v1/link", "")
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as response:
+            assert response.headers.get("Server") is None
+        with pytest.raises(urllib.error.HTTPError) as refused:  # a plain GET on the link path: no upgrade
+            urllib.request.urlopen(base + "/v1/link", timeout=5)
+        assert refused.value.headers.get("Server") is None
+
+
+def test_a_dial_sends_a_browsers_user_agent_not_aiohttps():
+    async def main():
+        seen = []
+
+        async def accept(request):
+            seen.append(request.headers.get("User-Agent", ""))
+            ws, link = await wslink.accept(request)
+            await link.close()
+            return ws
+
+        app = web.Application()
+        app.router.add_get(wslink.LINK_PATH, accept)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            url = f"ws://127.0.0.1:{runner.addresses[0][1]}{wslink.LINK_PATH}"
+            for headers in (None, {"User-Agent": "curl/8.5.0"}):
+                link = await wslink.open_link(url, headers=headers)
+                await link.close()
+        finally:
+            await runner.cleanup()
+        assert seen == [wslink.DIAL_HEADERS["User-Agent"], "curl/8.5.0"]
+        assert "aiohttp" not in seen[0] and "Python" not in seen[0]
+
+    asyncio.run(main())

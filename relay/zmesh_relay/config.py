@@ -34,6 +34,7 @@ from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME,
 from .exit_policy import ExitRule, PolicyRule
 from .socks5 import SocksLimits
 from .upstream import Upstream
+from .wslink import DIAL_HEADERS
 
 
 def _host_port(value: str) -> str:
@@ -228,6 +229,25 @@ def _padding_max_percent(value: int) -> int:
     return NodeLimits(padding_max_percent=value).padding_max_percent
 
 
+_FORBIDDEN_HEADERS = {"host", "upgrade", "connection", "content-length", "transfer-encoding"}
+
+
+def _ws_headers(value: list) -> dict[str, str]:
+    """``["User-Agent: …", "Accept-Language: en"]``: what a WebSocket dial sends (besides the upgrade's own)."""
+    if len(value) > 16:
+        raise ValueError("at most 16 headers")
+    headers: dict[str, str] = {}
+    for item in value:
+        name, sep, text = str(item).partition(":")
+        name, text = name.strip(), text.strip()
+        if (not sep or not name or not name.isascii() or not all(c.isalnum() or c in "-_" for c in name)
+                or not text.isascii() or not text.isprintable() or name.lower() in _FORBIDDEN_HEADERS
+                or name.lower().startswith("sec-websocket")):
+            raise ValueError(f"{item!r:.60} is not a 'Name: value' header a dial may set")
+        headers[name] = text
+    return headers
+
+
 def _build_timeout(value: float) -> float:
     if not 0 < value <= 600:
         raise ValueError("must be more than 0 and at most 600 seconds")
@@ -276,6 +296,10 @@ SETTINGS: dict[str, Setting] = {
     "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
     "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
     "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),
+    "transport.ws_headers": Setting(list, [f"{k}: {v}" for k, v in DIAL_HEADERS.items()], _ws_headers,
+                                    "'Name: value' headers a WebSocket dial sends (default: a common browser's "
+                                    "User-Agent, not aiohttp's); '|' between headers in the environment",
+                                    separator="|"),
     "signaling.url": Setting(str, "http://127.0.0.1:8080", _urls,
                              "signal/directory server URL, or several (comma-separated) sharing one Redis"),
     "signaling.redis": Setting(str, "", _redis_url, "`zmesh signal`: share state with other servers on this Redis"),

@@ -103,6 +103,7 @@ class Relay:
         self.directory.on_refresh = size_peer_table
         await self.transports.start()
         app = web.Application(middlewares=[_json_errors])
+        app.on_response_prepare.append(wslink.hide_server)
         app.router.add_get(wslink.LINK_PATH, self._accept_link)
         app.router.add_get("/healthz", self._health)
         self._runner = web.AppRunner(app, access_log=None)
