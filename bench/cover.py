@@ -11,8 +11,10 @@ padding on idle links). Each mode gets a fresh SOCKS client process with 3-hop c
 - ``jitter:Nms``: a third mesh whose relays run ``--jitter`` (per-hop batching, each batch held a
   delay drawn from [0, N ms]), client at its defaults.
 
-For each: time to first byte of a new stream on a built circuit (median of ``--ttfb-runs``) and one
-stream's throughput over ``--seconds``, as a ratio to ``off``.
+For each: time to first byte of a new stream on a built circuit (median of ``--ttfb-runs``), one
+stream's throughput over ``--seconds`` (median of ``--repeats`` rounds), both as ratios to ``off``,
+and the PADDING cells the client sent and received while it downloaded. ``off``, ``default`` and
+``jitter`` run interleaved, round by round, so load from other work on the machine hits them alike.
 
 Observer: the cells per second on the client's link to its guard (the only link a client has; read
 from its private /metrics every ``--window`` seconds, both directions together) during an idle
@@ -134,55 +136,84 @@ async def observe(client: Process, socks: tuple[str, int], port: int, windows: i
             "distinguishable": d > ks_critical(windows, windows), "client_links": links}
 
 
-async def measure_mode(processes: list[Process], port: int, page: int, client_args: list[str],
-                       args: argparse.Namespace, observer: bool) -> dict:
-    url = processes[0].address[0]
-    client = await asyncio.to_thread(Process, "client", "--signal", url, "--socks", "127.0.0.1:0",
-                                     "--metrics", "127.0.0.1:0", *client_args)
-    try:
-        host, socks_port = client.address[0].rsplit(":", 1)
-        socks = (host, int(socks_port))
-        await _ttfb(socks, page)  # build the circuit, open every link
-        ttfb = [await _ttfb(socks, page) for _ in range(args.ttfb_runs)]
-        rates = [await _throughput(socks, port, 1, 1.0, args.seconds) for _ in range(args.repeats)]
-        result = {"ttfb_ms": statistics.median(ttfb) * 1000, "MBps": statistics.median(rates) / MB}
-        if observer:
-            result["observer"] = await observe(client, socks, port, args.windows, args.window)
-        return result
-    finally:
-        await asyncio.to_thread(client.stop)
+class Mode:
+    """One client process (``client_args``) on one mesh, kept across the rounds."""
+
+    def __init__(self, name: str, mesh: list[Process], client_args: list[str]) -> None:
+        self.name, self.mesh, self.client_args = name, mesh, client_args
+        self.ttfb: list[float] = []
+        self.rates: list[float] = []
+        self.padding_during_downloads = 0.0  # PADDING cells in and out at the client while it downloaded
+
+    async def start(self, page: int) -> None:
+        self.client = await asyncio.to_thread(Process, "client", "--signal", self.mesh[0].address[0], "--socks",
+                                              "127.0.0.1:0", "--metrics", "127.0.0.1:0", *self.client_args)
+        host, socks_port = self.client.address[0].rsplit(":", 1)
+        self.socks = (host, int(socks_port))
+        await _ttfb(self.socks, page)  # build the circuit, open every link
+
+    async def round(self, port: int, page: int, args: argparse.Namespace, ttfb_runs: int) -> None:
+        self.ttfb += [await _ttfb(self.socks, page) for _ in range(ttfb_runs)]
+        before = (await asyncio.to_thread(self.client.scrape)).total("zmesh_padding_cells_total")
+        self.rates.append(await _throughput(self.socks, port, 1, 1.0, args.seconds))
+        after = (await asyncio.to_thread(self.client.scrape)).total("zmesh_padding_cells_total")
+        self.padding_during_downloads += after - before
+
+    def result(self) -> dict:
+        return {"ttfb_ms": statistics.median(self.ttfb) * 1000, "MBps": statistics.median(self.rates) / MB,
+                "MBps_runs": [rate / MB for rate in self.rates],
+                "padding_cells_during_downloads": self.padding_during_downloads}
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.client.stop)
 
 
 async def run(folder: Path, args: argparse.Namespace) -> dict:
+    """The modes that cost CPU, not bandwidth (off, default, jitter), run interleaved round by round,
+    so a load change on a shared machine hits them alike; the cover modes, whose rate is their
+    ceiling, run one after the other (a cover client pads all the time: it would load the others)."""
     source, pages = _Source(), _Page()
     port, page = await source.start(), await pages.start()
+    meshes: list[list[Process]] = []
+    modes: list[Mode] = []
     results: dict = {}
     low, high = args.rates
     try:
-        off = await start_mesh(folder, "off", port, page, ["--padding-keepalive", "0"])
-        try:
-            results["off"] = await measure_mode(off, port, page, ["--padding-keepalive", "0"], args, False)
-        finally:
-            for process in reversed(off):
-                await asyncio.to_thread(process.stop)
-        on = await start_mesh(folder, "on", port, page, [])
-        try:
-            results["default"] = await measure_mode(on, port, page, [], args, True)
-            for rate in (low, high):
-                results[f"poisson:{rate:g}"] = await measure_mode(
-                    on, port, page, ["--cover", f"poisson:{rate:g}"], args, False)
-            results[f"constant:{low:g}"] = await measure_mode(
-                on, port, page, ["--cover", f"constant:{low:g}"], args, True)
-        finally:
-            for process in reversed(on):
-                await asyncio.to_thread(process.stop)
-        jittered = await start_mesh(folder, "jitter", port, page, ["--jitter", f"{args.jitter:g}"])
-        try:
-            results[f"jitter:{args.jitter * 1000:g}ms"] = await measure_mode(jittered, port, page, [], args, False)
-        finally:
-            for process in reversed(jittered):
-                await asyncio.to_thread(process.stop)
+        for name, relay_args in (("off", ["--padding-keepalive", "0"]), ("on", []),
+                                 ("jitter", ["--jitter", f"{args.jitter:g}"])):
+            meshes.append(await start_mesh(folder, name, port, page, relay_args))
+        off, on, jittered = meshes
+        modes = [Mode("off", off, ["--padding-keepalive", "0"]), Mode("default", on, []),
+                 Mode(f"jitter:{args.jitter * 1000:g}ms", jittered, [])]
+        for mode in modes:
+            await mode.start(page)
+        per_round = max(1, args.ttfb_runs // args.repeats)
+        for number in range(args.repeats):
+            for mode in modes[number % len(modes):] + modes[:number % len(modes)]:  # rotate who goes first
+                await mode.round(port, page, args, per_round)
+        results.update({mode.name: mode.result() for mode in modes})
+        results["default"]["observer"] = await observe(modes[1].client, modes[1].socks, port, args.windows,
+                                                       args.window)
+        for mode in modes:
+            await mode.stop()
+        modes = []
+        for cover in (f"poisson:{low:g}", f"poisson:{high:g}", f"constant:{low:g}"):
+            mode = Mode(cover, on, ["--cover", cover])
+            modes = [mode]
+            await mode.start(page)
+            for _ in range(args.repeats):
+                await mode.round(port, page, args, per_round)
+            results[cover] = mode.result()
+            if cover.startswith("constant"):
+                results[cover]["observer"] = await observe(mode.client, mode.socks, port, args.windows, args.window)
+            await mode.stop()
+            modes = []
     finally:
+        for mode in modes:
+            await mode.stop()
+        for mesh in meshes:
+            for process in reversed(mesh):
+                await asyncio.to_thread(process.stop)
         source.close()
         pages.close()
     return results
@@ -193,8 +224,8 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs=2, default=[200.0, 1000.0], metavar=("LOW", "HIGH"),
                         help="cover rates in cells/s (default 200 1000); constant cover runs at LOW")
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per download (default 4)")
-    parser.add_argument("--repeats", type=int, default=3, help="downloads per mode, median taken (default 3)")
-    parser.add_argument("--ttfb-runs", type=int, default=9, help="new streams per mode for TTFB (default 9)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds: downloads per mode, median taken (default 5)")
+    parser.add_argument("--ttfb-runs", type=int, default=15, help="new streams per mode for TTFB (default 15)")
     parser.add_argument("--windows", type=int, default=20, help="observer windows idle and busy (default 20)")
     parser.add_argument("--jitter", type=float, default=0.02,
                         help="relays' timing jitter for the last mode, seconds (default 0.02)")
@@ -205,13 +236,13 @@ def main() -> None:
         results = asyncio.run(run(Path(folder), args))
     base = results["off"]
     print(f"zmesh cover benchmark — {os.cpu_count()} CPUs, 3 hops through real relay processes, loopback")
-    print("| padding | throughput (MB/s) | vs off | TTFB (ms) | vs off |")
-    print("|---|---|---|---|---|")
+    print("| padding | throughput (MB/s) | vs off | TTFB (ms) | vs off | PADDING at the client while downloading |")
+    print("|---|---|---|---|---|---|")
     for mode, row in results.items():
         row["throughput_ratio"] = row["MBps"] / base["MBps"]
         row["ttfb_ratio"] = row["ttfb_ms"] / base["ttfb_ms"]
         print(f"| {mode} | {row['MBps']:.2f} | {row['throughput_ratio']:.2f} | {row['ttfb_ms']:.1f} | "
-              f"{row['ttfb_ratio']:.2f} |")
+              f"{row['ttfb_ratio']:.2f} | {row['padding_cells_during_downloads']:g} |")
     for mode in ("default", f"constant:{args.rates[0]:g}"):
         obs = results[mode]["observer"]
         print(f"\nobserver on the client's link ({obs['client_links']:g} link(s)), {mode}: cells/s per "

@@ -139,7 +139,7 @@ def _ice_servers(value: list) -> tuple[IceServer, ...]:
 
 
 def _channels(value: list) -> tuple[ChannelOptions, ...]:
-    """``[{label = "zmesh"}, {label = "fec", ordered = false, max_retransmits = 0}]``."""
+    """``[{label = "data"}, {label = "fec", ordered = false, max_retransmits = 0}]``."""
     known = {"label", "ordered", "max_retransmits", "max_packet_lifetime", "negotiated_id"}
     if not all(isinstance(item, dict) and set(item) <= known for item in value):
         raise ValueError(f"each DataChannel is a table with some of: {', '.join(sorted(known))}")
@@ -295,7 +295,7 @@ SETTINGS: dict[str, Setting] = {
                                       "seconds before a relay whose dial failed is dialed again"),
     "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
     "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
-    "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),
+    "transport.channels": Setting(list, [{"label": "data"}], _channels, "DataChannels; the first reliable, ordered"),
     "transport.ws_headers": Setting(list, [f"{k}: {v}" for k, v in DIAL_HEADERS.items()], _ws_headers,
                                     "'Name: value' headers a WebSocket dial sends (default: a common browser's "
                                     "User-Agent, not aiohttp's); '|' between headers in the environment",
