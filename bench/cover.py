@@ -7,6 +7,8 @@ padding on idle links). Each mode gets a fresh SOCKS client process with 3-hop c
 
 - ``off``: the first mesh, client padding off;
 - ``default``: the second mesh, client at its defaults;
+- ``default relays, client off``: the second mesh, client padding off (what the client's own
+  keep-alive costs, on the very relays of ``default``);
 - ``poisson:R``: the second mesh, ``--cover poisson:R`` at two rates;
 - ``jitter:Nms``: a third mesh whose relays run ``--jitter`` (per-hop batching, each batch held a
   delay drawn from [0, N ms]), client at its defaults.
@@ -162,6 +164,7 @@ class Mode:
     def result(self) -> dict:
         return {"ttfb_ms": statistics.median(self.ttfb) * 1000, "MBps": statistics.median(self.rates) / MB,
                 "MBps_runs": [rate / MB for rate in self.rates],
+                "ttfb_ms_quartiles": [q * 1000 for q in statistics.quantiles(self.ttfb, n=4)],
                 "padding_cells_during_downloads": self.padding_during_downloads}
 
     async def stop(self) -> None:
@@ -184,6 +187,7 @@ async def run(folder: Path, args: argparse.Namespace) -> dict:
             meshes.append(await start_mesh(folder, name, port, page, relay_args))
         off, on, jittered = meshes
         modes = [Mode("off", off, ["--padding-keepalive", "0"]), Mode("default", on, []),
+                 Mode("default relays, client off", on, ["--padding-keepalive", "0"]),
                  Mode(f"jitter:{args.jitter * 1000:g}ms", jittered, [])]
         for mode in modes:
             await mode.start(page)
