@@ -22,7 +22,8 @@ Observer: the cells per second on the client's link to its guard (the only link 
 from its private /metrics every ``--window`` seconds, both directions together) during an idle
 period and during a download, for ``default`` and ``constant:R``. It prints both distributions'
 summaries and the two-sample Kolmogorov–Smirnov statistic D with its 5 % critical value: D above it
-means an observer can tell idle from busy. Run: ``python bench/cover.py [--json]``.
+means an observer can tell idle from busy. Last, in one process, the core's own cost per frame
+without and with a keep-alive machine. Run: ``python bench/cover.py [--json]``.
 """
 
 from __future__ import annotations
@@ -196,6 +197,10 @@ async def run(folder: Path, args: argparse.Namespace) -> dict:
             for mode in modes[number % len(modes):] + modes[:number % len(modes)]:  # rotate who goes first
                 await mode.round(port, page, args, per_round)
         results.update({mode.name: mode.result() for mode in modes})
+        for mode in modes:  # each round against off's download in the same round: the load they shared
+            paired = [rate / base for rate, base in zip(mode.rates, modes[0].rates, strict=True)]
+            results[mode.name]["paired_ratio_median"] = statistics.median(paired)
+            results[mode.name]["paired_ratios"] = paired
         results["default"]["observer"] = await observe(modes[1].client, modes[1].socks, port, args.windows,
                                                        args.window)
         for mode in modes:
@@ -223,6 +228,39 @@ async def run(folder: Path, args: argparse.Namespace) -> dict:
     return results
 
 
+def core_frame_cost(frames: int = 20_000, repeats: int = 7) -> dict:
+    """Microseconds one node spends per 64-cell frame queued and taken (``_enqueue`` +
+    ``take_frame``) on a link without and with a keep-alive machine: the machine's whole per-frame
+    work. Interleaved, best of ``repeats`` (the least disturbed by other load)."""
+    from zmesh.cells import CellCommand, encode_cell
+    from zmesh.cover import PaddingPolicy
+    from zmesh.identity import Identity
+    from zmesh.native.crypto import NativeCryptoProvider
+    from zmesh.node import Node
+    from zmesh.testing.wire import FakeClock
+
+    async def node_with(policy: PaddingPolicy) -> tuple[Node, int]:
+        provider = NativeCryptoProvider()
+        node = Node(await Identity.generate(provider), provider, FakeClock(), accept_circuits=False)
+        node.padding_policy = policy
+        return node, await node.link_opened((await Identity.generate(provider)).peer_id, initiator=True)
+
+    async def build() -> dict:
+        return {"off": await node_with(PaddingPolicy()), "keepalive": await node_with(PaddingPolicy(keepalive=9.5))}
+
+    nodes = asyncio.run(build())
+    cells = [encode_cell(CellCommand.PING, 0, b"12345678")] * 64
+    best = dict.fromkeys(nodes, math.inf)
+    for _ in range(repeats):
+        for name, (node, link) in nodes.items():
+            started = time.perf_counter()
+            for _ in range(frames):
+                node._enqueue(link, 0, cells)
+                node.take_frame(link)
+            best[name] = min(best[name], (time.perf_counter() - started) / frames * 1e6)
+    return {"us_per_frame": best, "ratio": best["keepalive"] / best["off"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=float, nargs=2, default=[200.0, 1000.0], metavar=("LOW", "HIGH"),
@@ -236,16 +274,18 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=0.5, help="observer window, seconds (default 0.5)")
     add_json_flag(parser)
     args = parser.parse_args()
+    core = core_frame_cost()
     with tempfile.TemporaryDirectory(prefix="zmesh-cover-") as folder:
         results = asyncio.run(run(Path(folder), args))
     base = results["off"]
     print(f"zmesh cover benchmark — {os.cpu_count()} CPUs, 3 hops through real relay processes, loopback")
-    print("| padding | throughput (MB/s) | vs off | TTFB (ms) | vs off | PADDING at the client while downloading |")
-    print("|---|---|---|---|---|---|")
+    print("| padding | throughput (MB/s) | vs off | paired | TTFB (ms) | vs off | PADDING at client, downloading |")
+    print("|---|---|---|---|---|---|---|")
     for mode, row in results.items():
         row["throughput_ratio"] = row["MBps"] / base["MBps"]
         row["ttfb_ratio"] = row["ttfb_ms"] / base["ttfb_ms"]
-        print(f"| {mode} | {row['MBps']:.2f} | {row['throughput_ratio']:.2f} | {row['ttfb_ms']:.1f} | "
+        paired = f"{row['paired_ratio_median']:.2f}" if "paired_ratio_median" in row else "—"
+        print(f"| {mode} | {row['MBps']:.2f} | {row['throughput_ratio']:.2f} | {paired} | {row['ttfb_ms']:.1f} | "
               f"{row['ttfb_ratio']:.2f} | {row['padding_cells_during_downloads']:g} |")
     for mode in ("default", f"constant:{args.rates[0]:g}"):
         obs = results[mode]["observer"]
@@ -257,6 +297,10 @@ def main() -> None:
                   f"median={s['median']:.1f} max={s['max']:.1f}")
         verdict = "distinguishable" if obs["distinguishable"] else "indistinguishable"
         print(f"  Kolmogorov–Smirnov D = {obs['ks_d']:.2f} (5 % critical {obs['ks_critical']:.2f}): {verdict}")
+    print("\n'paired': the median over rounds of each round's download against off's in the same round.")
+    print(f"core cost per 64-cell frame queued and taken: {core['us_per_frame']['off']:.2f} µs without a padding "
+          f"machine, {core['us_per_frame']['keepalive']:.2f} µs with keep-alive ({core['ratio']:.3f}×)")
+    results["core_frame_cost"] = core
     print_json(args, results)
 
 
