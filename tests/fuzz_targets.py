@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from zmesh import cells, handshake, streamflow, streams
+from zmesh import cells, handshake, padnego, streamflow, streams
 from zmesh.aio import http
 from zmesh.aio.rtc import _decode as decode_rtc_signal
 from zmesh.browser import x509
@@ -42,6 +42,7 @@ from zmesh.node import Node
 from zmesh.onion import blinding
 from zmesh.onion import descriptor as onion_descriptor
 from zmesh.onion.address import decode_address, encode_address
+from zmesh.padding import Machine, PaddingSpec
 from zmesh.signaling import parse_server_message
 from zmesh_relay import config, socks5
 from zmesh_relay.keys import (
@@ -344,6 +345,9 @@ def targets() -> list[Target]:
         Target("http.parse_response", http.parse_response, (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",)),
         Target("fec.TetrysDecoder.receive", _fec_decoder, (fec_source, fec_repair)),
         Target("fec.TetrysEncoder.on_ack", _fec_ack, (fec_receiver.ack(),)),
+        Target("padnego.decode_request", padnego.decode_request, (
+            padnego.encode_request(PaddingSpec(Machine.CONSTANT, rate=50.0)),
+            padnego.encode_request(PaddingSpec(Machine.KEEPALIVE, idle=9.5)))),
     ]
 
 
