@@ -49,6 +49,12 @@ def test_bad_options_reject_with_clear_errors(browser, mesh):
         try { new MeshVPN({ hops: 12 }); return "accepted"; } catch (err) { return err.message; }
     }""")
     assert "hops must be" in message
+    message = page.evaluate("""async () => {
+        const { MeshVPN } = await import("/meshvpn.js");
+        new MeshVPN({ cover: "poisson:20" });  // a valid cover mode is taken
+        try { new MeshVPN({ cover: "constant:fast" }); return "accepted"; } catch (err) { return err.message; }
+    }""")
+    assert "cover must be" in message
     page.close()
 
 

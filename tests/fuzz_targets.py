@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from zmesh import cells, handshake, streamflow, streams
+from zmesh import cells, handshake, padnego, streamflow, streams
 from zmesh.aio import http
 from zmesh.aio.rtc import _decode as decode_rtc_signal
 from zmesh.browser import x509
@@ -43,6 +43,7 @@ from zmesh.onion import blinding, introduce, wire
 from zmesh.onion import descriptor as onion_descriptor
 from zmesh.onion.address import decode_address, encode_address
 from zmesh.onionkeys import OnionKeySet
+from zmesh.padding import Machine, PaddingSpec
 from zmesh.signaling import parse_server_message
 from zmesh_relay import config, socks5
 from zmesh_relay.keys import (
@@ -373,6 +374,9 @@ def targets() -> list[Target]:
         Target("onion relay messages", _onion_wire, (b"\x00" + bytes(96), b"\x01" + bytes(1317), b"\x02" + bytes(20),
                                                      b"\x03" + bytes(84), b"\x04\x03")),
         Target("onion introduction (service)", _introduction, _samples_introduction()),
+        Target("padnego.decode_request", padnego.decode_request, (
+            padnego.encode_request(PaddingSpec(Machine.CONSTANT, rate=50.0)),
+            padnego.encode_request(PaddingSpec(Machine.KEEPALIVE, idle=9.5)))),
     ]
 
 

@@ -70,7 +70,7 @@ def test_webrtc_settings_from_the_file(tmp_path):
     assert options.ice_servers[1].credential == "secret" and "secret" not in repr(options.ice_servers)
     assert [(c.label, c.ordered, c.max_retransmits, c.negotiated_id) for c in options.channels] == [
         ("ctl", True, None, 0), ("fec", False, 0, None)]
-    assert rtc_options(load(env={})).channels == (ChannelOptions("zmesh"),)
+    assert rtc_options(load(env={})).channels == (ChannelOptions("data"),)
 
 
 @pytest.mark.parametrize("toml, key", [

@@ -49,6 +49,11 @@ export interface MeshOptions {
   /** PEM certificates trusted for `https://` fetches besides the bundled roots (certifi's copy of
    *  Mozilla's list), e.g. a test CA. Read when the tab joins. */
   extraCAs?: string[];
+  /** Cover traffic on this tab's first link, both ways (docs/anonymity.md): 'off' (default; idle
+   *  links still get keep-alive padding), or a constant-rate / Poisson machine at RATE cells (1 KiB)
+   *  per second, which caps this tab's throughput at RATE KiB/s. A first hop whose limit is lower
+   *  refuses it (the circuit closes with reason padding-limit). Read when the tab joins. */
+  cover?: "off" | `poisson:${number}` | `constant:${number}`;
 }
 
 export interface MeshStats {

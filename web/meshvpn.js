@@ -151,6 +151,10 @@ function validate(options) {
       case "destination":
         if (typeof value !== "string") throw new TypeError("destination must be a PeerId string");
         out.destination = value; break;
+      case "cover":
+        if (typeof value !== "string" || !/^(off|(poisson|constant):[0-9]+(\.[0-9]+)?)$/.test(value))
+          throw new TypeError(`cover must be 'off', 'poisson:RATE' or 'constant:RATE' (cells/s), got ${value}`);
+        out.cover = value; break;
       case "extraCAs":
         if (!Array.isArray(value) || !value.every((pem) => typeof pem === "string" && pem.includes("-----BEGIN CERTIFICATE-----")))
           throw new TypeError("extraCAs must be an array of PEM certificates");

@@ -81,10 +81,15 @@ RELAY_TABLE: dict[tuple[Role, Enum, RelayCommand], str] = {
     (_O, BuildState.SERVICE_JOINED, RelayCommand.BEGIN): "_on_service_begin",
     **{(_O, BuildState.SERVICE_JOINED, command): handler for command, handler in _EDGE_MESSAGES.items()},
     **{(_O, state, RelayCommand.DROP): "_on_drop" for state in _ONION_ORIGIN},
+    # padding machines are negotiated with a hop while it is the circuit's last (zmesh.padnego)
+    **{(_R, state, RelayCommand.PADDING_NEGOTIATE): "_on_pad_negotiate" for state in _LAST_HOP},
+    # (the first hop's answer may arrive after an onion circuit was handed to its role, as CC_ACCEPT can)
+    **{(_O, state, RelayCommand.PADDING_NEGOTIATED): "_on_pad_negotiated"
+       for state in (BuildState.BUILDING, BuildState.OPEN, *_ONION_ORIGIN)},
 }
 
-# What an origin accepts from a hop before the last one: only padding.
-INNER_HOP = frozenset({RelayCommand.DROP})
+# What an origin accepts from a hop before the last one: only padding, and its negotiation.
+INNER_HOP = frozenset({RelayCommand.DROP, RelayCommand.PADDING_NEGOTIATED})
 
 
 def refuse(role: Role, state: Enum, command: object, what: str = "") -> ProtocolError:

@@ -13,7 +13,9 @@ length sit in the *encrypted* relay header inside the body::
 
     recognized:u16=0  relay_command:u8  flags:u8  stream_id:u16  length:u16  digest:8 bytes
 
-A frame is 1..``MAX_CELLS_PER_FRAME`` cells back to back. The parser checks lengths first, never
+A frame is 1..``MAX_CELLS_PER_FRAME`` cells back to back, optionally followed by a zero *trailer* of
+fewer than ``CELL_SIZE`` bytes (frame padding, so frame sizes on the wire are not all multiples of
+1024; docs/protocol.md "Padding negotiation"), never past ``MAX_FRAME_SIZE``. The parser checks lengths first, never
 allocates on a peer's say-so, and raises only ``ProtocolError``. The encoders raise ``InvalidState``:
 what they are given comes from this node, so a bad argument is our bug, never the peer's fault.
 """
@@ -40,6 +42,7 @@ DIGEST_SLICE = slice(8, 16)  # where the digest sits inside a relay body
 _HEADER = struct.Struct(">BBIHHB5x")
 _RELAY_HEADER = struct.Struct(">HBBHH8s")
 _ZERO_BODY = bytes(BODY_SIZE)
+_ZERO_CELL = bytes(CELL_SIZE)
 _ZERO_DIGEST = bytes(8)
 _RELAY_PREFIX = bytes([VERSION, 3])  # version, CellCommand.RELAY
 _ZERO_TAIL = bytes(HEADER_SIZE - 6)  # stream id, length, flags, reserved
@@ -84,6 +87,9 @@ class RelayCommand(IntEnum):
     CC_ACCEPT = 41  # hop → client: the window (cells) this hop buffers per circuit and link
     XOFF = 42  # stream receiver → sender: stop sending on this stream (its reader is behind)
     XON = 43  # stream receiver → sender: resume, with the rate the reader drained at (bytes/s)
+    # padding machines (docs/protocol.md "Padding negotiation"): 32–39
+    PADDING_NEGOTIATE = 32  # client → a hop: run this padding machine on the link this circuit came in on
+    PADDING_NEGOTIATED = 33  # hop → client: the machine now runs
 
 
 class DestroyReason(IntEnum):
@@ -106,6 +112,8 @@ class DestroyReason(IntEnum):
     # congestion and flow control (docs/protocol.md §10): 28–31
     BAD_SENDME = 28  # a SENDME named a cell that was never sent (or not yet received): a forged acknowledgement
     FLOW_VIOLATION = 29  # a sender ignored XOFF, or a congestion-control message broke its negotiation
+    # padding (docs/protocol.md "Padding negotiation"): 24–27
+    PADDING_LIMIT = 24  # PADDING_NEGOTIATE asked for more padding than this relay's limit allows
 
 
 class EndReason(IntEnum):
@@ -199,9 +207,13 @@ def parse_frame(frame: bytes, max_cells: int = MAX_CELLS_PER_FRAME) -> list[Cell
     fast path that checks the same header rules as ``parse_cell`` with two slice comparisons.
     """
     size = len(frame)
-    if size == 0 or size % CELL_SIZE or size // CELL_SIZE > max_cells:
+    if size < CELL_SIZE or size // CELL_SIZE > max_cells or size > MAX_FRAME_SIZE:
         raise ProtocolError(f"frame of {size} bytes is not 1..{max_cells} whole {CELL_SIZE}-byte cells")
     frame = bytes(frame)
+    if size % CELL_SIZE:  # frame padding: a zero trailer shorter than a cell
+        size -= size % CELL_SIZE
+        if frame[size:] != _ZERO_CELL[:len(frame) - size]:
+            raise ProtocolError("frame padding must be zero")
     cells = []
     for start in range(0, size, CELL_SIZE):
         if frame[start:start + 2] == _RELAY_PREFIX and frame[start + 6:start + HEADER_SIZE] == _ZERO_TAIL \

@@ -90,6 +90,9 @@ class NodeLimits:
     rendezvous_lifetime: float = 60.0
     introduce_rate: float = 25.0
     introduce_burst: int = 200
+    # Padding a peer may ask this node to send it (zmesh.padnego): more is refused with PADDING_LIMIT.
+    padding_max_rate: float = 250.0  # PADDING cells per second per link (≈ 250 KB/s)
+    padding_max_percent: int = 100  # the largest share of a link's cells a peer's machine may make padding
 
     def __post_init__(self) -> None:
         for name in ("max_links", "max_circuits", "max_circuits_per_link", "max_queued_cells_per_circuit",
@@ -104,6 +107,9 @@ class NodeLimits:
                               f"max_queued_link_cells plus one circuit's max_queued_cells_per_circuit")
         if not (self.cc_max_window == 0 or self.cc_max_window >= 64):
             raise ConfigError(f"cc_max_window must be 0 (fixed windows) or at least 64 cells, got {self.cc_max_window}")
+        if not 0 <= self.padding_max_rate <= 100_000 or not 0 <= self.padding_max_percent <= 100:
+            raise ConfigError(f"padding_max_rate must be 0..100000 cells/s and padding_max_percent 0..100, got "
+                              f"{self.padding_max_rate} and {self.padding_max_percent}")
         if self.xoff_cells < 1:
             raise ConfigError(f"xoff_cells must be at least 1, got {self.xoff_cells}")
         for name in ("rendezvous_lifetime", "introduce_rate"):

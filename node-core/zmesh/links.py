@@ -26,6 +26,7 @@ from .link import LinkRole
 
 if TYPE_CHECKING:
     from .circuit import OriginCircuit, RelayCircuit, Side
+    from .padding import LinkPadder
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class CircuitFailure(Exception):
 
 class LinkState:
     __slots__ = ("peer", "initiator", "role", "queue", "queued_cells", "link_cells", "circuits", "next_circ", "closed",
-                 "challenge", "last_rx", "ping_at", "ping_nonce", "rtt")
+                 "challenge", "last_rx", "ping_at", "ping_nonce", "rtt", "padder", "pad_asked",
+                 "release_at")
 
     def __init__(self, peer: PeerId | None, initiator: bool, role: LinkRole, now: float) -> None:
         self.peer = peer
@@ -60,6 +62,9 @@ class LinkState:
         self.ping_at = -math.inf  # when the last PING was sent; after last_rx: it is unanswered
         self.ping_nonce = b""  # the payload of that PING until its PONG arrives
         self.rtt: float | None = None
+        self.padder: LinkPadder | None = None  # its padding machine (zmesh.padnego)
+        self.pad_asked = False  # this node asked the peer to pad its side (PADDING_NEGOTIATE sent)
+        self.release_at = 0.0  # with timing jitter: its queue is held until then (0: not held)
 
 
 class LinkTable:
@@ -87,6 +92,7 @@ class LinkTable:
         now = self.clock()
         link = self._links[link_id] = LinkState(peer, initiator, role, now)
         self._link_timer = min(self._link_timer, now + self.limits.keepalive_interval)
+        self._pad_new_link(link_id, link)
         if not initiator and len(self._links) > self.limits.max_links:
             self.metrics["links_refused"] += 1
             self._events.append(CloseLink(link_id, f"this node holds its maximum of {self.limits.max_links} links"))
@@ -214,6 +220,11 @@ class LinkTable:
         link = self._links.get(link_id)
         if link is None or not link.queue:
             return None
+        padder = link.padder
+        if padder is not None and not (max_cells := padder.allow(max_cells)):
+            return None  # a cover machine blocks until its next tick
+        if link.release_at and self._jitter_holds(link):
+            return None  # timing jitter: the batch waits for its release time
         queue, queued = link.queue, self._queued
         out: list[bytes] = []
         while queue and len(out) < max_cells:
@@ -235,6 +246,10 @@ class LinkTable:
             else:
                 link.link_cells -= taken
         link.queued_cells -= len(out)
+        if padder is not None:
+            padder.sent(len(out))
+        if self.padding_policy.frame_padding:
+            out.append(self._frame_trailer(len(out)))
         frame = b"".join(out)
         self.metrics["cells_out"] += len(out)
         self.metrics["bytes_out"] += len(frame)
@@ -247,7 +262,10 @@ class LinkTable:
         return None if link is None else link.rtt
 
     def links_with_output(self) -> list[int]:
-        return [link_id for link_id, link in self._links.items() if link.queue]
+        """Links with cells to write now (a cover machine's link only once its tick lets one go)."""
+        return [link_id for link_id, link in self._links.items()
+                if link.queue and (link.padder is None or link.padder.allow(1))
+                and not (link.release_at and self._jitter_holds(link))]
 
     def buffered_bytes(self) -> int:
         """Bytes of cells queued in this node, waiting for their link."""
@@ -257,6 +275,8 @@ class LinkTable:
         link = self._links.get(link_id)
         if link is None or link.closed:
             return
+        if not link.queue and self.padding_policy.jitter:
+            self._jitter_arm(link)
         link.queue.append((handle, cells))
         link.queued_cells += len(cells)
         key = (handle, link_id)

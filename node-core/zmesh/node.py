@@ -37,6 +37,7 @@ from .negotiation import NegotiationRole, PathNegotiation
 from .onion.endpoints import OnionEndpointRole
 from .onionkeys import OnionKeyRing, OnionKeySet
 from .origin import OriginRole
+from .padnego import PaddingRole
 from .points import PointRole
 from .relaying import RelayRole
 
@@ -46,7 +47,7 @@ _Circuit = OriginCircuit | RelayCircuit
 _NONE: dict = {}
 
 
-class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRole, OnionEndpointRole):
+class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRole, OnionEndpointRole, PaddingRole):
     """Protocol state of one mesh node. ``clock`` returns seconds (monotonic).
 
     The facade: input, output, timers, routing to the circuit a cell belongs to, and teardown. The
@@ -166,7 +167,7 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRol
 
     def next_deadline(self) -> float | None:
         deadline = min(min(self._deadlines.values(), default=math.inf), self._link_timer,
-                       self._handshakes.next_deadline())
+                       self._handshakes.next_deadline(), self._pad_timer)
         return None if deadline == math.inf else deadline
 
     async def handle_timer(self, now: float) -> None:
@@ -176,6 +177,8 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRol
                 await self._destroy(circ, DestroyReason.TIMEOUT)
         if now >= self._link_timer:
             await self._check_links(now)
+        if now >= self._pad_timer:
+            self._run_padders(now)
         if self._handshakes:
             await self._run_handshakes()
         if self._closing:

@@ -107,6 +107,7 @@ class OriginRole:
         keys = await client_finish(self.provider, circ.handshake, reply)
         circ.hops.append(HopCrypto(self.provider, keys))
         await self._cc_offer(circ)  # zmesh.negotiation: before anything else reaches the new hop
+        await self._pad_offer(circ)  # zmesh.padnego: the first hop pads its side of the link
         if len(circ.hops) == len(circ.path):
             circ.state, circ.handshake = BuildState.OPEN, None
             self._deadlines.pop(circ.handle, None)

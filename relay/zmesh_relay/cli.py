@@ -206,6 +206,13 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--handshake-rate", dest="relay.handshake_rate", type=float, metavar="PER_S")
     relay.add_argument("--onion-key-lifetime", dest="relay.onion_key_lifetime", type=float, metavar="SECONDS")
     relay.add_argument("--onion-key-grace", dest="relay.onion_key_grace", type=float, metavar="SECONDS")
+    relay.add_argument("--padding-keepalive", dest="anonymity.keepalive", type=float, metavar="SECONDS")
+    relay.add_argument("--jitter", dest="anonymity.jitter", type=float, metavar="SECONDS",
+                       help="hold each link's cells up to this long (random per batch), then send them together")
+    relay.add_argument("--frame-padding", dest="anonymity.frame_padding", action="store_const", const=True,
+                       help="end each link frame with 0..1023 zero bytes (every peer must run this version)")
+    relay.add_argument("--padding-max-rate", dest="anonymity.padding_max_rate", type=float, metavar="CELLS_PER_S")
+    relay.add_argument("--padding-max-percent", dest="anonymity.padding_max_percent", type=int, metavar="PERCENT")
     _metrics_flags(relay)
 
     client = commands.add_parser("client", help="run a SOCKS5 client")
@@ -225,6 +232,10 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--max-circuit-dirtiness", dest="client.max_circuit_dirtiness", metavar="SECONDS")
     client.add_argument("--isolate-destination", dest="client.isolate_destination", action="store_const", const=True)
     client.add_argument("--circuit-pool", dest="client.circuit_pool", metavar="N")
+    client.add_argument("--cover", dest="anonymity.cover", metavar="off|poisson:RATE|constant:RATE",
+                        help="cover traffic on the first link, both ways (docs/anonymity.md)")
+    client.add_argument("--padding-keepalive", dest="anonymity.keepalive", type=float, metavar="SECONDS")
+    client.add_argument("--frame-padding", dest="anonymity.frame_padding", action="store_const", const=True)
     client.add_argument("--control", dest="client.control", metavar="HOST:PORT")
     client.add_argument("--control-allow-remote", dest="client.control_allow_remote", action="store_const",
                         const=True)

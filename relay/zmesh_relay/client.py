@@ -33,7 +33,7 @@ from zmesh.onion.address import is_mesh_name
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
-from .config import circuit_policy, control_address, socks_limits, split_host_port
+from .config import circuit_policy, control_address, padding_policy, socks_limits, split_host_port
 from .control import ControlServer
 from .guard_file import open_guards
 from .socks5 import Credentials, Socks5Server
@@ -74,6 +74,7 @@ class Client:
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"],
                                       cc_max_window=self.config["core.cc_max_window"]))
+        node.padding_policy = padding_policy(self.config)
         # No inbound handler: a client answers no WebRTC offers and publishes nothing.
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider)
         await self.transports.start()

@@ -22,6 +22,7 @@ from typing import Any
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
 from zmesh.circuit_plan import CircuitPolicy
+from zmesh.cover import DEFAULT_KEEPALIVE, PaddingPolicy, parse_cover
 from zmesh.descriptor import EXIT_KINDS, MAX_FAMILY
 from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
@@ -33,6 +34,7 @@ from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME,
 from .exit_policy import ExitRule, PolicyRule
 from .socks5 import SocksLimits
 from .upstream import Upstream
+from .wslink import DIAL_HEADERS
 
 
 def _host_port(value: str) -> str:
@@ -167,7 +169,7 @@ def _ice_servers(value: list) -> tuple[IceServer, ...]:
 
 
 def _channels(value: list) -> tuple[ChannelOptions, ...]:
-    """``[{label = "zmesh"}, {label = "fec", ordered = false, max_retransmits = 0}]``."""
+    """``[{label = "data"}, {label = "fec", ordered = false, max_retransmits = 0}]``."""
     known = {"label", "ordered", "max_retransmits", "max_packet_lifetime", "negotiated_id"}
     if not all(isinstance(item, dict) and set(item) <= known for item in value):
         raise ValueError(f"each DataChannel is a table with some of: {', '.join(sorted(known))}")
@@ -235,6 +237,47 @@ def _cc_window(value: int) -> int:
     return value
 
 
+def _cover(value: str) -> str:
+    parse_cover(value)  # zmesh.cover owns the grammar; a ConfigError says what is wrong
+    return value.strip().lower()
+
+
+def _keepalive_padding(value: float) -> float:
+    PaddingPolicy.of(value, "off")
+    return value
+
+
+def _jitter(value: float) -> float:
+    return PaddingPolicy(jitter=value).jitter  # PaddingPolicy owns the rule
+
+
+def _padding_max_rate(value: float) -> float:
+    return NodeLimits(padding_max_rate=value).padding_max_rate  # NodeLimits owns the rule
+
+
+def _padding_max_percent(value: int) -> int:
+    return NodeLimits(padding_max_percent=value).padding_max_percent
+
+
+_FORBIDDEN_HEADERS = {"host", "upgrade", "connection", "content-length", "transfer-encoding"}
+
+
+def _ws_headers(value: list) -> dict[str, str]:
+    """``["User-Agent: …", "Accept-Language: en"]``: what a WebSocket dial sends (besides the upgrade's own)."""
+    if len(value) > 16:
+        raise ValueError("at most 16 headers")
+    headers: dict[str, str] = {}
+    for item in value:
+        name, sep, text = str(item).partition(":")
+        name, text = name.strip(), text.strip()
+        if (not sep or not name or not name.isascii() or not all(c.isalnum() or c in "-_" for c in name)
+                or not text.isascii() or not text.isprintable() or name.lower() in _FORBIDDEN_HEADERS
+                or name.lower().startswith("sec-websocket")):
+            raise ValueError(f"{item!r:.60} is not a 'Name: value' header a dial may set")
+        headers[name] = text
+    return headers
+
+
 def _build_timeout(value: float) -> float:
     if not 0 < value <= 600:
         raise ValueError("must be more than 0 and at most 600 seconds")
@@ -282,7 +325,11 @@ SETTINGS: dict[str, Setting] = {
                                       "seconds before a relay whose dial failed is dialed again"),
     "transport.ice_servers": Setting(list, [], _ice_servers, "STUN/TURN servers (credentials: TOML tables only)"),
     "transport.ice_policy": Setting(str, "all", _ice_policy, "all, or relay: TURN only (hides addresses)"),
-    "transport.channels": Setting(list, [{"label": "zmesh"}], _channels, "DataChannels; the first reliable, ordered"),
+    "transport.channels": Setting(list, [{"label": "data"}], _channels, "DataChannels; the first reliable, ordered"),
+    "transport.ws_headers": Setting(list, [f"{k}: {v}" for k, v in DIAL_HEADERS.items()], _ws_headers,
+                                    "'Name: value' headers a WebSocket dial sends (default: a common browser's "
+                                    "User-Agent, not aiohttp's); '|' between headers in the environment",
+                                    separator="|"),
     "signaling.url": Setting(str, "http://127.0.0.1:8080", _urls,
                              "signal/directory server URL, or several (comma-separated) sharing one Redis"),
     "signaling.redis": Setting(str, "", _redis_url, "`zmesh signal`: share state with other servers on this Redis"),
@@ -358,6 +405,24 @@ SETTINGS: dict[str, Setting] = {
     "metrics.allow_remote": Setting(bool, False, None,
                                     "let metrics.listen be a non-loopback address (its counters are a correlation "
                                     "oracle: firewall it)"),
+    "anonymity.cover": Setting(str, "off", _cover,
+                               "cover traffic on this node's own first link, both ways (docs/anonymity.md): off, "
+                               "poisson:RATE or constant:RATE cells/s; throughput is capped at RATE KB/s"),
+    "anonymity.keepalive": Setting(float, DEFAULT_KEEPALIVE, _keepalive_padding,
+                                   "longest silence (s) before a link gets a PADDING cell (each gap drawn from 1/6..1 "
+                                   "of it; only on idle links); 0: off"),
+    "anonymity.jitter": Setting(float, 0.0, _jitter,
+                                "timing jitter: the most seconds (at most 0.5) each link's cells are held and sent as "
+                                "one batch, drawn afresh per batch; 0: off"),
+    "anonymity.frame_padding": Setting(bool, False, None,
+                                       "end each link frame with 0..1023 zero bytes, so frame sizes are not all "
+                                       "multiples of 1024 (every peer must run this version or later)"),
+    "anonymity.padding_max_rate": Setting(float, _NODE.padding_max_rate, _padding_max_rate,
+                                          "padding cells/s a peer may ask this node to send it on one link; more is "
+                                          "refused (DESTROY padding-limit)"),
+    "anonymity.padding_max_percent": Setting(int, _NODE.padding_max_percent, _padding_max_percent,
+                                             "the largest share (%) of a link's cells a peer's padding machine may "
+                                             "make padding; more is refused"),
 }
 
 
@@ -437,6 +502,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def padding_policy(config: dict[str, Any]) -> PaddingPolicy:
+    return PaddingPolicy.of(config["anonymity.keepalive"], config["anonymity.cover"], config["anonymity.jitter"],
+                            config["anonymity.frame_padding"])
 
 
 def socks_limits(config: dict[str, Any]) -> SocksLimits:

@@ -52,7 +52,7 @@ class NativeMeshVPN(MeshVPN):
 
 async def open_native_mesh(signal_url: str, destination: str | None = None, **options: Any) -> NativeMeshVPN:
     """Start a client node on ``signal_url``'s mesh and build its circuit (``MeshVPN.connect``)."""
-    config = settings.load(flags={"signaling.url": signal_url})
+    config = settings.load(flags={"signaling.url": signal_url, "anonymity.cover": options.pop("cover", None)})
     provider = NativeCryptoProvider()
     signal = SignalClient(config["signaling.url"])
     directory = DirectoryView(signal.relay_updates, provider)
@@ -60,6 +60,7 @@ async def open_native_mesh(signal_url: str, destination: str | None = None, **op
     node = Node(identity, provider, time.monotonic, accept_circuits=False,
                 limits=NodeLimits(build_timeout=config["core.build_timeout"],
                                   cc_max_window=config["core.cc_max_window"]))
+    node.padding_policy = settings.padding_policy(config)
     transports = NativeTransports(config, signal, directory, identity, provider)
     driver = NodeDriver(node, dialer=transports.dialer)
     options.setdefault("tls", stdlib_connector())

@@ -124,12 +124,12 @@ class NodeCollector(Collector):
         family.add_metric(["full"], full)
         family.add_metric(["not_accepted"], refused - full)
         yield family
-        # This node sends no padding yet (docs/metrics.md): "out" is a true 0, not an estimate.
+        # "out" counts the link PADDING cells this node's padding machines queued (zmesh.padnego)
         family = CounterMetricFamily("zmesh_padding_cells", "padding cells (link PADDING and long-range DROP)",
                                      labels=["direction"])
         family.add_metric(["in"], counts.get("padding_cells_in", 0))
-        family.add_metric(["out"], 0)
-        seen.add("padding_cells_in")
+        family.add_metric(["out"], counts.get("padding_cells_out", 0))
+        seen.update(("padding_cells_in", "padding_cells_out"))
         yield family
         family = CounterMetricFamily("zmesh_node_events", "other counters of the node's core, by name",
                                      labels=["event"])

@@ -36,7 +36,7 @@ from zmesh_signal.client import SignalClient
 
 from . import wslink
 from .address_slots import AddressSlots
-from .config import split_host_port
+from .config import padding_policy, split_host_port
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
 from .keys import load_or_create_identity, load_or_create_onion_ring, save_onion_ring
 from .linkaddress import load_tls, published_address
@@ -88,7 +88,10 @@ class Relay:
             build_timeout=self.config["core.build_timeout"], cc_max_window=self.config["core.cc_max_window"],
             max_links=self.config["relay.max_links"],
             max_circuits=self.config["relay.max_circuits"], handshake_rate=self.config["relay.handshake_rate"],
-            peer_tiers=PeerTiers.parse(self.config["relay.max_peers"])))
+            peer_tiers=PeerTiers.parse(self.config["relay.max_peers"]),
+            padding_max_rate=self.config["anonymity.padding_max_rate"],
+            padding_max_percent=self.config["anonymity.padding_max_percent"]))
+        node.padding_policy = padding_policy(self.config)
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider,
                                            on_inbound=self._accept_rtc_link)
         self.driver = NodeDriver(node, dialer=self.transports.dialer,
@@ -100,6 +103,7 @@ class Relay:
         self.directory.on_refresh = size_peer_table
         await self.transports.start()
         app = web.Application(middlewares=[_json_errors])
+        app.on_response_prepare.append(wslink.hide_server)
         app.router.add_get(wslink.LINK_PATH, self._accept_link)
         app.router.add_get("/healthz", self._health)
         self._runner = web.AppRunner(app, access_log=None)

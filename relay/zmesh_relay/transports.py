@@ -48,7 +48,8 @@ class NativeTransports:
 
     async def _dial_websocket(self, address: LinkAddress) -> Link:
         return await wslink.dial(address, timeout=self.config["transport.dial_timeout"],
-                                 allow_private=self.config["network.allow_private_addresses"])
+                                 allow_private=self.config["network.allow_private_addresses"],
+                                 headers=self.config["transport.ws_headers"])
 
     @property
     def uses_webrtc(self) -> bool:

@@ -29,6 +29,10 @@ __all__ = ["LINK_PATH", "WebSocketLink", "accept", "checked_addresses", "dial", 
 
 DIAL_TIMEOUT = 10.0  # seconds for a whole dial, unless transport.dial_timeout says otherwise
 CLOSE_TIMEOUT = 5.0  # seconds for the closing handshake before the connection is simply dropped
+# What a dial sends besides the WebSocket upgrade's own headers: what a common browser sends, so a
+# plain ws:// link (or the host behind a TLS proxy) does not read "Python/3.x aiohttp/3.x".
+DIAL_HEADERS = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                              "Chrome/131.0.0.0 Safari/537.36"}
 # aiohttp refuses a message whose size *reaches* max_msg_size, so allow one byte more than a frame.
 MAX_MESSAGE = MAX_FRAME_SIZE + 1
 
@@ -122,7 +126,7 @@ async def checked_addresses(address: LinkAddress, *, allow_private: bool,
 
 
 async def dial(address: LinkAddress, *, allow_private: bool, timeout: float = DIAL_TIMEOUT,
-               resolver: Resolver | None = None) -> WebSocketLink:
+               resolver: Resolver | None = None, headers: dict[str, str] | None = None) -> WebSocketLink:
     """Open a link to a relay's ``address``; ``TransportError`` if it fails or is refused.
 
     ``timeout`` bounds the whole dial — resolving, TCP, TLS and the WebSocket upgrade. Non-public
@@ -133,21 +137,24 @@ async def dial(address: LinkAddress, *, allow_private: bool, timeout: float = DI
     # A pinned address is checked against its pin (aiohttp compares the certificate's SHA-256)
     # instead of a certificate authority; an unpinned wss:// one against the system's authorities.
     tls = aiohttp.Fingerprint(address.pin) if address.pin is not None else True
-    return await open_link(address.url, timeout=timeout, checked=checked, tls=tls)
+    return await open_link(address.url, timeout=timeout, checked=checked, tls=tls, headers=headers)
 
 
 async def open_link(url: str, *, timeout: float = DIAL_TIMEOUT,
                     checked: Callable[[], Awaitable[list[IPAddress]]] | None = None,
-                    tls: aiohttp.Fingerprint | bool = True) -> WebSocketLink:
+                    tls: aiohttp.Fingerprint | bool = True, headers: dict[str, str] | None = None) -> WebSocketLink:
     """The link at ``url``, all within ``timeout`` seconds; a dial that fails or times out leaves
     nothing open. ``checked`` resolves and checks the host first and the connection goes to one of its
     addresses (``dial``); without it aiohttp resolves — only for URLs a tool or benchmark chose
-    itself, never for a descriptor's address. ``tls`` is how a ``wss://`` server is checked."""
+    itself, never for a descriptor's address. ``tls`` is how a ``wss://`` server is checked.
+    ``headers`` replace aiohttp's own (its ``User-Agent: Python/… aiohttp/…`` names the software)."""
     try:
         async with asyncio.timeout(timeout):
             resolver = _Pinned(await checked()) if checked is not None else None
             connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
-            session = aiohttp.ClientSession(connector=connector, trace_configs=[_NO_REDIRECTS])
+            session = aiohttp.ClientSession(connector=connector, trace_configs=[_NO_REDIRECTS],
+                                            headers=DIAL_HEADERS if headers is None else headers,
+                                            skip_auto_headers=("User-Agent",))
             try:
                 ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE, heartbeat=30.0, ssl=tls,
                                               timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
@@ -161,6 +168,12 @@ async def open_link(url: str, *, timeout: float = DIAL_TIMEOUT,
     except (aiohttp.ClientError, OSError) as exc:
         raise TransportError(f"cannot open a link to {url}: {exc}") from exc
     return WebSocketLink(ws, session)
+
+
+async def hide_server(_request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: no ``Server: Python/… aiohttp/…`` on a relay's answers (upgrades,
+    /healthz, errors), which would tell a prober what answered (docs/anonymity.md)."""
+    response.headers.popall("Server", None)
 
 
 async def accept(request: web.Request) -> tuple[web.WebSocketResponse, WebSocketLink]:

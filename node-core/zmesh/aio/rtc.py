@@ -44,9 +44,10 @@ _ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 class ChannelOptions:
     """One DataChannel. Reliable and ordered unless ``max_retransmits`` or ``max_packet_lifetime``
     (ms) is set; ``negotiated_id`` makes both sides create it with that id instead of announcing it
-    in-band."""
+    in-band. The default labels are ones many WebRTC apps use, not the software's name: a peer (and
+    the signal server, which relays the offer) reads them; a network observer does not (DTLS)."""
 
-    label: str = "zmesh"
+    label: str = "data"
     ordered: bool = True
     max_retransmits: int | None = None
     max_packet_lifetime: int | None = None
@@ -84,7 +85,7 @@ class ChannelOptions:
             raise ProtocolError(f"bad DataChannel description: {exc}") from exc
 
 
-FEC_CHANNEL = ChannelOptions("zmesh-fec", ordered=False, max_retransmits=0)  # RELAY cells under FEC
+FEC_CHANNEL = ChannelOptions("unreliable", ordered=False, max_retransmits=0)  # RELAY cells under FEC
 
 
 @dataclass(frozen=True, slots=True)

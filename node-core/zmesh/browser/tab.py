@@ -25,6 +25,7 @@ from ..aio.rtc import RtcConnector, RtcOptions
 from ..aio.tasks import OwnedTasks
 from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from ..backoff import Backoff
+from ..cover import DEFAULT_KEEPALIVE, PaddingPolicy
 from ..descriptor import DEFAULT_LIFETIME, MAX_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from ..directory_view import DirectoryView, RelayUpdate
 from ..errors import ConfigError, LinkClosed, ProtocolError, TransportError, ZmeshError
@@ -299,10 +300,12 @@ async def open_mesh(options: Any) -> TabMesh:
     events = settings.pop("events", None)
     ice = {key: settings.pop(key) for key in ("ice_servers", "webrtc_timeout", "ice_policy") if key in settings}
     tls = TlsliteConnector(settings.pop("extra_cas", ()))  # https://: TLS in the tab (zmesh.browser.tls)
+    padding = PaddingPolicy.of(DEFAULT_KEEPALIVE, settings.pop("cover", "off"))  # MeshVPN option `cover`
     node = await BrowserNode.start(bytes(saved) if saved is not None else None, relay=relay,
                                    descriptor_lifetime=lifetime)
     # A tab joining again after disconnect(): its new descriptor must be newer than the one it left
     node._published = int(settings.pop("published_after", 0))
+    node.driver.node.padding_policy = padding
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
     vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, tls=tls,
                   **settings)
