@@ -90,6 +90,11 @@ class DestroyReason(IntEnum):
     # congestion and flow control (docs/protocol.md §10): 28–31
     BAD_SENDME = 28  # a SENDME named a cell that was never sent (or not yet received): a forged acknowledgement
     FLOW_VIOLATION = 29  # a sender ignored XOFF, or a congestion-control message broke its negotiation
+    # multipath (docs/protocol.md "Multipath"): 32–35
+    MP_OUT_OF_WINDOW = 32  # a sequence number outside the receiver's reorder window (or an ACK beyond what was sent)
+    MP_UNKNOWN_SET = 33  # a LINK named a multipath set this exit does not have
+    MP_DUPLICATE_LEG = 34  # a LINK for a leg the set already has, or a second leg on the same circuit
+    MP_PROTOCOL = 35  # a malformed or out-of-order multipath message
 
 
 class EndReason(IntEnum):

@@ -212,6 +212,8 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--control", dest="client.control", metavar="HOST:PORT")
     client.add_argument("--control-allow-remote", dest="client.control_allow_remote", action="store_const",
                         const=True)
+    client.add_argument("--multipath", dest="client.multipath", action="store_const", const=True,
+                        help="split each stream over two circuits that share only the exit")
     _metrics_flags(client)
 
     status = commands.add_parser("status", help="show a running client's circuits (its control port)")

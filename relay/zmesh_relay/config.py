@@ -309,6 +309,8 @@ SETTINGS: dict[str, Setting] = {
     "client.control": Setting(str, "", _optional_host_port, "control port HOST:PORT (docs/control.md); empty: off"),
     "client.control_allow_remote": Setting(bool, False, None,
                                            "let the control port listen on a non-loopback address"),
+    "client.multipath": Setting(bool, False, None, "split each stream over two circuits that share only the exit "
+                                                   "(docs/protocol.md, Multipath)"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),

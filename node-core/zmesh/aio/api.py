@@ -37,6 +37,7 @@ from ..path import PathSelector, listens
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .http import HttpResponse, http_get, parse_url
+from .multipath import LegPartners, MultipathStream
 from .split import SHARE_PORT, ShareService, send_split
 from .tasks import OwnedTasks
 from .tls import TlsConnector, open_tls
@@ -69,6 +70,7 @@ class MeshOptions:
     transport: str = "auto"
     entry: str | None = None  # PeerId of the first hop of every circuit (else drawn like the rest)
     exclude_countries: tuple[str, ...] = ()  # two-letter codes: relays declaring one are never drawn
+    multipath: bool = False  # streams split over two circuits sharing only the exit (zmesh.aio.multipath)
 
     def __post_init__(self) -> None:
         if not isinstance(self.hops, int) or not MIN_HOPS <= self.hops <= MAX_HOPS:
@@ -92,6 +94,8 @@ class MeshOptions:
         object.__setattr__(self, "exclude_countries", tuple(c.upper() for c in codes))
         if not isinstance(self.enable_fec, bool):
             raise ConfigError("enable_fec must be true or false")
+        if not isinstance(self.multipath, bool):
+            raise ConfigError("multipath must be true or false")
         if self.enable_fec and self.transport == "websocket":
             raise ConfigError("enable_fec needs WebRTC links (a lossy DataChannel); transport is 'websocket'")
 
@@ -133,11 +137,13 @@ class MeshVPN:
         self._dirty_since: float | None = None  # the current circuit's first stream (circuit_policy)
         self._retiring: set[int] = set()  # replaced circuits, closed once their streams have ended
         self._message_stream: MeshStream | None = None
-        self._streams: list[MeshStream] = []
+        self._streams: list[MeshStream | MultipathStream] = []
         self._retired_in = self._retired_out = 0  # bytes of streams no longer open
         self._readers = OwnedTasks("MeshVPN message readers")
         self.shares = ShareService(self._deliver)  # split messages sent to this node (zmesh.aio.split)
         driver.stream_handler = self._serve_messages_then(driver.stream_handler)
+        self._partners = LegPartners(driver, self._choose_leg, self.selector, build_policy=self.build_policy,
+                                     first_hop=guards.first_hop if guards is not None else None)
 
     @property
     def peer_id(self) -> PeerId:
@@ -197,10 +203,13 @@ class MeshVPN:
             await self.driver.destroy_circuit(old)
         if circuit is not None:
             await self.driver.destroy_circuit(circuit)
+            await self._partners.forget(circuit)
             await self._emit("disconnect", {"circuit": circuit})
 
-    async def open_stream(self, host: str, port: int) -> MeshStream:
-        """A TCP-like stream to ``host:port``, resolved and connected by the exit. An exit circuit
+    async def open_stream(self, host: str, port: int, *, multipath: bool | None = None) -> MeshStream | MultipathStream:
+        """A TCP-like stream to ``host:port``, resolved and connected by the exit; with ``multipath``
+        (default: the ``multipath`` option) split over the circuit and a second one to the same exit
+        (``zmesh.aio.multipath``; a plain stream if no such second path exists). An exit circuit
         that has carried streams for ``circuit_policy.max_dirtiness`` seconds is replaced first (the
         old one is closed once its streams have ended), so what a user does over hours is not
         linkable at one exit."""
@@ -211,7 +220,10 @@ class MeshVPN:
             circuit = self._circuit
         if self._dirty_since is None:
             self._dirty_since = self._clock()
-        stream = await self.driver.open_stream(circuit, host, port)
+        if self.options.multipath if multipath is None else multipath:
+            stream = await self._partners.open(circuit, self.driver.node.circuit_path(circuit), host, port)
+        else:
+            stream = await self.driver.open_stream(circuit, host, port)
         self._streams.append(stream)
         await self._close_retired()
         return stream
@@ -282,6 +294,17 @@ class MeshVPN:
         target = None if destination is None else self._find(relays, destination, "destination")
         entry = None if self.options.entry is None else self._find(relays, self.options.entry, "entry")
         return relays, target, entry
+
+    async def _choose_leg(self, exit_peer: PeerId, avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+        """A multipath stream's second leg: a path to ``exit_peer`` through none of ``avoid``."""
+        if refetch and self.refresh is not None:
+            await self.refresh()
+        relays = list(self.directory())
+        path = {"hops": self.options.hops, "destination": self._find(relays, exit_peer, "multipath exit"),
+                "exclude": avoid | {self.peer_id}, "exclude_countries": self.options.exclude_countries}
+        if self.guards is not None and self.options.entry is None:
+            return self.guards.select(self.selector, relays, **path)
+        return self.selector.select(relays, **path)
 
     @staticmethod
     def _find(relays: list[Descriptor], peer: PeerId | str, what: str) -> Descriptor:
