@@ -250,7 +250,8 @@ def test_link_round_trip_and_target_only_on_leg_zero():
 
 
 def test_reader_reassembles_messages_split_anywhere():
-    stream = encode_seq(MultipathCommand.DATA, 5, b"x" * MAX_DATA) + encode_linked(1) + encode_seq(MultipathCommand.ACK, 9)
+    stream = (encode_seq(MultipathCommand.DATA, 5, b"x" * MAX_DATA) + encode_linked(1)
+              + encode_seq(MultipathCommand.ACK, 9))
     reader, got = MessageReader(), []
     for start in range(0, len(stream), 997):
         got += reader.feed(stream[start:start + 997])

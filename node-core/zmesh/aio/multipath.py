@@ -53,13 +53,13 @@ _DATA, _ACK, _FIN = MultipathCommand.DATA, MultipathCommand.ACK, MultipathComman
 
 
 class _Leg:
-    __slots__ = ("index", "stream", "lock", "idle", "alive", "linked")
+    __slots__ = ("index", "stream", "lock", "slot", "alive", "linked")
 
     def __init__(self, index: int, stream: MeshStream, linked: bool) -> None:
         self.index = index
         self.stream = stream
         self.lock = asyncio.Lock()  # one message at a time into the leg's byte stream
-        self.idle = True  # no message of ours waits on this leg's window
+        self.slot: tuple[int, bytes | None] | None = None  # the message given to this leg's writer
         self.alive = True
         self.linked = asyncio.get_running_loop().create_future()
         if linked:
@@ -135,6 +135,7 @@ class MultipathStream:
             if self._error is not None:
                 raise self._error
             self._pending.append((self._send.assign(data), data))
+            self._dispatch()
             self._changed.notify_all()
 
     async def close(self, reason: EndReason = EndReason.DONE) -> None:
@@ -161,40 +162,51 @@ class MultipathStream:
 
     # ---------------------------------------------------------------- legs
 
-    def _pick(self) -> int | None:
-        views = []
-        for leg in self._legs.values():
-            if leg.alive and leg.linked.done():
-                rtt, room = self._driver.node.circuit_flow(leg.stream.circuit) or (None, 0)
-                views.append(LegView(leg.index, rtt, room, leg.idle))
-        return pick_leg(views)
+    def _dispatch(self) -> None:
+        """Give waiting messages to legs, each to the leg the scheduler picks now (call under
+        ``_changed``, then notify): decided once per message, so a window that opens later cannot
+        leave a message waiting for a leg that no longer wants it."""
+        while self._pending:
+            views, legs = [], {}
+            for leg in self._legs.values():
+                if leg.alive and leg.linked.done() and leg.linked.exception() is None:
+                    rtt, room = self._driver.node.circuit_flow(leg.stream.circuit) or (None, 0)
+                    views.append(LegView(leg.index, rtt, room, leg.slot is None))
+                    legs[leg.index] = leg
+            choice = pick_leg(views)
+            if choice is None:
+                return
+            leg = legs[choice]
+            leg.slot = seq, _ = self._pending.popleft()
+            self._send.sent(seq, leg.index)
+            self.sent_on[leg.index] += 1
+
+    async def _changed_now(self) -> None:
+        async with self._changed:
+            self._dispatch()
+            self._changed.notify_all()
 
     async def _write_leg(self, leg: _Leg) -> None:
-        """Send the numbered messages the scheduler gives this leg."""
+        """Send the messages the scheduler gives this leg."""
         try:
             await asyncio.shield(leg.linked)
         except StreamError:
             return
+        await self._changed_now()
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: not leg.alive or (bool(self._pending)
-                                                                       and self._pick() == leg.index))
-                if not leg.alive:
+                await self._changed.wait_for(lambda: not leg.alive or leg.slot is not None)
+                if not leg.alive or leg.slot is None:
                     return
-                seq, data = self._pending.popleft()
-                self._send.sent(seq, leg.index)
-                self.sent_on[leg.index] += 1
-                leg.idle = False
+                seq, data = leg.slot
             try:
                 async with leg.lock:
                     await leg.stream.write(encode_seq(_FIN, seq) if data is FIN else encode_seq(_DATA, seq, data))
             except StreamError as exc:
                 await self._leg_down(leg, exc.reason)
                 return
-            finally:
-                leg.idle = True
-                async with self._changed:
-                    self._changed.notify_all()
+            leg.slot = None
+            await self._changed_now()
 
     async def _read_leg(self, leg: _Leg, reader: MessageReader, early: list) -> None:
         try:
@@ -218,12 +230,10 @@ class MultipathStream:
             self._readable.set()
         elif command is _ACK:
             self._send.on_ack(parse_seq(body)[0])
-            async with self._changed:
-                self._changed.notify_all()
+            await self._changed_now()
         elif command is MultipathCommand.LINKED and not leg.linked.done() and parse_linked(body) == leg.index:
             leg.linked.set_result(None)
-            async with self._changed:
-                self._changed.notify_all()
+            await self._changed_now()
         else:
             raise MultipathError(f"unexpected multipath {command.name} on leg {leg.index}",
                                  DestroyReason.MP_PROTOCOL)
@@ -248,6 +258,7 @@ class MultipathStream:
             leg.linked.set_exception(StreamError(f"multipath leg {leg.index} failed to link ({reason_words(reason)})",
                                                  reason))
             leg.linked.exception()  # retrieved: whoever waits on it has been told
+        leg.slot = None
         lost = self._send.leg_lost(leg.index)
         self._pending.extendleft(reversed(lost))
         self.resent += len(lost)
@@ -257,8 +268,7 @@ class MultipathStream:
                                       f"{reason_words(reason)})", EndReason.DESTROYED if reason is EndReason.DONE
                                       else reason)
         self._readable.set()
-        async with self._changed:
-            self._changed.notify_all()
+        await self._changed_now()
 
     async def _abort(self, leg: _Leg, exc: MultipathError) -> None:
         """A peer broke the multipath rules: its leg's circuit is destroyed with the reason, the
@@ -381,12 +391,14 @@ class MultipathExit:
                 stream = MultipathStream(self.driver, window=self.window,
                                          on_close=lambda: self.registry.remove(nonce))
                 self.registry.create(nonce, leg.circuit, stream)
+                self.driver.node.metrics["multipath_sets"] += 1
                 try:
                     await handler(_LinkedRequest(self, leg, stream, *target, reader, messages[1:]))
                 finally:
                     await stream.close(EndReason.MISC)  # nothing if the handler closed it
                 return
             joined = self.registry.join(nonce, index, leg.circuit)
+            self.driver.node.metrics["multipath_legs_joined"] += 1
             await leg.write(encode_linked(index))
             joined.state.add_leg(index, leg, linked=True, reader=reader, early=messages[1:])
         except MultipathError as exc:
@@ -431,7 +443,8 @@ class LegPartners:
         return await open_multipath(self.driver, [circuit, partner], host, port)
 
     async def _build(self, path: list[PeerId]) -> int:
-        exit_peer, others = path[-1], frozenset(path[:-1])
+        # the exit is avoided too: it is the path's given last hop, never to be drawn as its entry
+        exit_peer, others = path[-1], frozenset(path)
 
         async def choose(avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
             return await self._choose(exit_peer, avoid | others, refetch)
