@@ -9,11 +9,12 @@ import os
 
 import pytest
 
+from zmesh.aio.api import MeshVPN
 from zmesh.aio.multipath import MultipathExit, MultipathStream, open_multipath
-from zmesh.cells import DestroyReason
+from zmesh.cells import DestroyReason, EndReason
 from zmesh.events import CircuitClosed
 from zmesh.multipath.wire import MULTIPATH_PORT, MultipathCommand, encode_link, encode_seq
-from zmesh.testing.memnet import MemoryNetwork
+from zmesh.testing.memnet import MemoryNetwork, echo_service
 
 from .conftest import wait_until
 
@@ -142,5 +143,62 @@ def test_hostile_legs_get_their_circuit_destroyed_with_the_multipath_reason(prov
             assert await watching == reason
             assert exit_driver.node.metrics[f"multipath_refused_{reason.name.lower()}"] == 1
         finally:
+            await net.close()
+    asyncio.run(main())
+
+
+async def _vpn_mesh(provider, exit_handler):
+    net = MemoryNetwork(provider)
+    for _ in range(4):
+        await net.add_node()
+    exit_driver = await net.add_node(exit=True)
+    exit_driver.stream_handler = exit_handler(exit_driver)
+    directory = lambda: list(net.descriptors.values())  # noqa: E731
+    return net, MeshVPN(await net.add_node(accept_circuits=False), directory, multipath=True)
+
+
+def test_meshvpn_multipath_option_splits_a_stream_over_two_circuits(provider):
+    payload = os.urandom(400_000)
+
+    async def main():
+        net, vpn = await _vpn_mesh(provider, lambda driver: MultipathExit(driver).wrap(echo_service))
+        try:
+            await vpn.connect(hops=3)
+            stream = await vpn.open_stream("echo.test", 7)
+            assert isinstance(stream, MultipathStream)
+            await wait_until(lambda: len(stream.legs) == 2)
+            first, second = (vpn.driver.node.circuit_path(c) for c in stream.legs)
+            assert first[-1] == second[-1] and not set(first[:-1]) & set(second)  # only the exit shared
+            await stream.write(payload)
+            echoed = b""
+            while len(echoed) < len(payload):
+                echoed += await asyncio.wait_for(stream.read(), 10)
+            assert echoed == payload
+            plain = await vpn.open_stream("echo.test", 7, multipath=False)
+            assert not isinstance(plain, MultipathStream)
+            await stream.close()
+        finally:
+            await vpn.close()
+            await net.close()
+    asyncio.run(main())
+
+
+def test_an_exit_without_the_multipath_service_gets_a_plain_stream(provider):
+    async def old_exit(request):
+        if request.host == "":
+            await request.reject(EndReason.EXIT_POLICY)
+        else:
+            await echo_service(request)
+
+    async def main():
+        net, vpn = await _vpn_mesh(provider, lambda driver: old_exit)
+        try:
+            await vpn.connect(hops=3)
+            stream = await vpn.open_stream("echo.test", 7)
+            assert not isinstance(stream, MultipathStream)
+            await stream.write(b"ping")
+            assert await asyncio.wait_for(stream.read(), 10) == b"ping"
+        finally:
+            await vpn.close()
             await net.close()
     asyncio.run(main())
