@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -172,23 +173,52 @@ async def _throughput(socks: tuple[str, int], port: int, streams: int, warmup: f
     return sum(size for at, size in arrivals if begin <= at < end) / seconds
 
 
-async def run(folder: Path, rtts_ms: list[int], rate: float, seconds: float, parallel: int) -> dict:
+async def _relay_behind_proxy(url: str, folder: Path, n: int, port: int, *, rate: float, delay: float = 0.0,
+                              exit: bool = False) -> tuple[Process, DelayProxy]:
+    """Relay ``n`` on 127.n.0.1, advertising a ``DelayProxy`` on 127.n.0.2 in front of it (an exit
+    allowed to reach the source on ``port`` when ``exit``)."""
+    relay = (f"127.{n}.0.1", free_port(f"127.{n}.0.1"))
+    proxy = DelayProxy((f"127.{n}.0.2", free_port(f"127.{n}.0.2")), relay, delay=delay, rate=rate)
+    await proxy.start()
+    extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if exit else []
+    try:
+        process = await asyncio.to_thread(
+            Process, "relay", "--signal", url, "--listen", f"{relay[0]}:{relay[1]}",
+            "--advertise", f"ws://{proxy.listen[0]}:{proxy.listen[1]}/v1/link",
+            "--data-dir", str(folder / f"r{n}"), *extra)
+    except BaseException:
+        await proxy.close()
+        raise
+    return process, proxy
+
+
+@contextlib.asynccontextmanager
+async def _network(folder: Path, rates: list[float], delay: float = 0.0
+                   ) -> AsyncIterator[tuple[str, int, list[DelayProxy]]]:
+    """A signal server, a source, and a relay behind a proxy per rate in ``rates`` (the last one an
+    exit): yields the signal URL, the source's port and the proxies; stops everything after."""
     processes = [Process("signal", "--listen", "127.0.0.1:0")]
     url = processes[0].address[0]
     proxies: list[DelayProxy] = []
     source = _Source()
     port = await source.start()
     try:
-        for n in range(1, 4):
-            relay = (f"127.{n}.0.1", free_port(f"127.{n}.0.1"))
-            proxy = DelayProxy((f"127.{n}.0.2", free_port(f"127.{n}.0.2")), relay, rate=rate)
-            await proxy.start()
+        for n, rate in enumerate(rates, start=1):
+            process, proxy = await _relay_behind_proxy(url, folder, n, port, rate=rate, delay=delay,
+                                                       exit=n == len(rates))
+            processes.append(process)
             proxies.append(proxy)
-            extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if n == 3 else []
-            processes.append(await asyncio.to_thread(
-                Process, "relay", "--signal", url, "--listen", f"{relay[0]}:{relay[1]}",
-                "--advertise", f"ws://{proxy.listen[0]}:{proxy.listen[1]}/v1/link",
-                "--data-dir", str(folder / f"r{n}"), *extra))
+        yield url, port, proxies
+    finally:
+        for process in reversed(processes):
+            await asyncio.to_thread(process.stop)
+        for proxy in proxies:
+            await proxy.close()
+        source.close()
+
+
+async def run(folder: Path, rtts_ms: list[int], rate: float, seconds: float, parallel: int) -> dict:
+    async with _network(folder, [rate] * 3) as (url, port, proxies):
         results = {}
         for rtt in rtts_ms:
             for proxy in proxies:
@@ -213,12 +243,6 @@ async def run(folder: Path, rtts_ms: list[int], rate: float, seconds: float, par
             results[rtt] = {"one": one, "many": many, "queue_one_ms": queue_one * 1000,
                             "queue_many_ms": _p95(proxies) * 1000}
         return results
-    finally:
-        for process in reversed(processes):
-            await asyncio.to_thread(process.stop)
-        for proxy in proxies:
-            await proxy.close()
-        source.close()
 
 
 async def run_multipath(folder: Path, rtt_ms: int, leg_rate: float, seconds: float) -> dict:
@@ -226,23 +250,8 @@ async def run_multipath(folder: Path, rtt_ms: int, leg_rate: float, seconds: flo
     one capped at 3 × ``leg_rate``, so a circuit's bottleneck is its own entry and middle, and two
     circuits sharing only the exit have separate bottlenecks. One stream of a plain client (one
     leg) and one of a ``--multipath`` client (two legs), in the same run."""
-    processes = [Process("signal", "--listen", "127.0.0.1:0")]
-    url = processes[0].address[0]
-    proxies: list[DelayProxy] = []
-    source = _Source()
-    port = await source.start()
-    try:
-        for n in range(1, 6):
-            relay = (f"127.{n}.0.1", free_port(f"127.{n}.0.1"))
-            proxy = DelayProxy((f"127.{n}.0.2", free_port(f"127.{n}.0.2")), relay, delay=rtt_ms / 1000 / 6,
-                               rate=leg_rate * (3 if n == 5 else 1))
-            await proxy.start()
-            proxies.append(proxy)
-            extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if n == 5 else []
-            processes.append(await asyncio.to_thread(
-                Process, "relay", "--signal", url, "--listen", f"{relay[0]}:{relay[1]}",
-                "--advertise", f"ws://{proxy.listen[0]}:{proxy.listen[1]}/v1/link",
-                "--data-dir", str(folder / f"m{n}"), *extra))
+    # entries and middles capped at leg_rate, the exit (shared by both legs) at 3 × leg_rate
+    async with _network(folder / "multipath", [leg_rate] * 4 + [3 * leg_rate], rtt_ms / 6000) as (url, port, _):
         results = {}
         for name, flags in (("one_leg", []), ("two_legs", ["--multipath"])):
             client = await asyncio.to_thread(Process, "client", "--signal", url, "--socks", "127.0.0.1:0",
@@ -256,12 +265,6 @@ async def run_multipath(folder: Path, rtt_ms: int, leg_rate: float, seconds: flo
             finally:
                 await asyncio.to_thread(client.stop)
         return results
-    finally:
-        for process in reversed(processes):
-            await asyncio.to_thread(process.stop)
-        for proxy in proxies:
-            await proxy.close()
-        source.close()
 
 
 def _p95(proxies: list[DelayProxy]) -> float:

@@ -10,7 +10,8 @@ import os
 import pytest
 
 from zmesh.aio.api import MeshVPN
-from zmesh.aio.multipath import MultipathExit, MultipathStream, open_multipath
+from zmesh.aio.multipath import MultipathStream
+from zmesh.aio.multipath_link import MultipathExit, open_multipath
 from zmesh.cells import DestroyReason, EndReason
 from zmesh.events import CircuitClosed
 from zmesh.multipath.wire import MULTIPATH_PORT, MultipathCommand, encode_link, encode_seq

@@ -8,7 +8,7 @@ JSON (``docs/control.md``). A connection takes a circuit whose exit's published
 policy admits its port, built for it if none does; a port no exit admits is refused at once (SOCKS
 0x02) without building anything. ``client.exit_kind`` and ``client.exit_country`` narrow the exits
 drawn (docs/exits.md). With ``client.multipath`` each connection is split over its circuit and a
-second one to the same exit (``zmesh.aio.multipath``).
+second one to the same exit (``zmesh.aio.multipath_link``).
 Every circuit enters at an entry guard (``self.guards``, ``zmesh.guards``), saved in ``client.data_dir``.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from zmesh.aio.circuits import CircuitManager, TrackedStream
 from zmesh.aio.driver import NodeDriver
-from zmesh.aio.multipath import LegPartners
+from zmesh.aio.multipath_link import LegPartners
 from zmesh.circuit_plan import CircuitPlan
 from zmesh.descriptor import Descriptor
 from zmesh.directory_view import DirectoryView

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from zmesh.aio.driver import IncomingStream, NodeDriver
-from zmesh.aio.multipath import MultipathExit
+from zmesh.aio.multipath_link import MultipathExit
 from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from zmesh.directory_view import DirectoryView
 from zmesh.errors import ConfigError, ZmeshError

@@ -37,7 +37,8 @@ from ..path import PathSelector, listens
 from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .http import HttpResponse, http_get, parse_url
-from .multipath import LegPartners, MultipathStream
+from .multipath import MultipathStream
+from .multipath_link import LegPartners
 from .split import SHARE_PORT, ShareService, send_split
 from .tasks import OwnedTasks
 from .tls import TlsConnector, open_tls

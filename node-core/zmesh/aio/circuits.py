@@ -26,7 +26,8 @@ from ..identity import PeerId
 from ..path import PathSelector
 from .building import BuildPolicy, build_around_failures
 from .driver import MeshStream, NodeDriver
-from .multipath import LegPartners, MultipathStream
+from .multipath import MultipathStream
+from .multipath_link import LegPartners
 from .tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class CircuitManager:
                  first_hop: Callable[[PeerId, bool], None] | None = None,
                  partners: LegPartners | None = None) -> None:
         self.driver = driver
-        self.partners = partners  # multipath: each stream also takes its circuit's partner (zmesh.aio.multipath)
+        self.partners = partners  # multipath: each stream also takes its circuit's partner (zmesh.aio.multipath_link)
         self.plan = plan
         self._choose = choose
         self._selector = selector
