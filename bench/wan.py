@@ -12,6 +12,9 @@ Prints, for circuit RTTs of 20, 100 and 300 ms and a 10 MB/s bottleneck: one str
 streams' throughput as a fraction of the bottleneck, and the queueing delay the bottleneck adds
 (p95 of the time chunks wait for it). A first row without delay is the same run's ceiling: what the
 proxies and relays move on this machine when only the rate cap applies.
+Then the multipath case (docs/protocol.md "Multipath"): five relays, each leg's entry and middle
+behind its own capped proxy (``--leg-rate``), one stream with one leg and with two legs
+(``fraction_multipath_rtt_100ms`` is their ratio; ``--only-multipath`` runs just this case).
 ``--json`` prints the figures as one JSON object on the last line. Run: ``python bench/wan.py``.
 """
 
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -169,23 +173,52 @@ async def _throughput(socks: tuple[str, int], port: int, streams: int, warmup: f
     return sum(size for at, size in arrivals if begin <= at < end) / seconds
 
 
-async def run(folder: Path, rtts_ms: list[int], rate: float, seconds: float, parallel: int) -> dict:
+async def _relay_behind_proxy(url: str, folder: Path, n: int, port: int, *, rate: float, delay: float = 0.0,
+                              exit: bool = False) -> tuple[Process, DelayProxy]:
+    """Relay ``n`` on 127.n.0.1, advertising a ``DelayProxy`` on 127.n.0.2 in front of it (an exit
+    allowed to reach the source on ``port`` when ``exit``)."""
+    relay = (f"127.{n}.0.1", free_port(f"127.{n}.0.1"))
+    proxy = DelayProxy((f"127.{n}.0.2", free_port(f"127.{n}.0.2")), relay, delay=delay, rate=rate)
+    await proxy.start()
+    extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if exit else []
+    try:
+        process = await asyncio.to_thread(
+            Process, "relay", "--signal", url, "--listen", f"{relay[0]}:{relay[1]}",
+            "--advertise", f"ws://{proxy.listen[0]}:{proxy.listen[1]}/v1/link",
+            "--data-dir", str(folder / f"r{n}"), *extra)
+    except BaseException:
+        await proxy.close()
+        raise
+    return process, proxy
+
+
+@contextlib.asynccontextmanager
+async def _network(folder: Path, rates: list[float], delay: float = 0.0
+                   ) -> AsyncIterator[tuple[str, int, list[DelayProxy]]]:
+    """A signal server, a source, and a relay behind a proxy per rate in ``rates`` (the last one an
+    exit): yields the signal URL, the source's port and the proxies; stops everything after."""
     processes = [Process("signal", "--listen", "127.0.0.1:0")]
     url = processes[0].address[0]
     proxies: list[DelayProxy] = []
     source = _Source()
     port = await source.start()
     try:
-        for n in range(1, 4):
-            relay = (f"127.{n}.0.1", free_port(f"127.{n}.0.1"))
-            proxy = DelayProxy((f"127.{n}.0.2", free_port(f"127.{n}.0.2")), relay, rate=rate)
-            await proxy.start()
+        for n, rate in enumerate(rates, start=1):
+            process, proxy = await _relay_behind_proxy(url, folder, n, port, rate=rate, delay=delay,
+                                                       exit=n == len(rates))
+            processes.append(process)
             proxies.append(proxy)
-            extra = ["--exit", "--exit-allow", f"127.0.0.1/32:{port}"] if n == 3 else []
-            processes.append(await asyncio.to_thread(
-                Process, "relay", "--signal", url, "--listen", f"{relay[0]}:{relay[1]}",
-                "--advertise", f"ws://{proxy.listen[0]}:{proxy.listen[1]}/v1/link",
-                "--data-dir", str(folder / f"r{n}"), *extra))
+        yield url, port, proxies
+    finally:
+        for process in reversed(processes):
+            await asyncio.to_thread(process.stop)
+        for proxy in proxies:
+            await proxy.close()
+        source.close()
+
+
+async def run(folder: Path, rtts_ms: list[int], rate: float, seconds: float, parallel: int) -> dict:
+    async with _network(folder, [rate] * 3) as (url, port, proxies):
         results = {}
         for rtt in rtts_ms:
             for proxy in proxies:
@@ -210,12 +243,28 @@ async def run(folder: Path, rtts_ms: list[int], rate: float, seconds: float, par
             results[rtt] = {"one": one, "many": many, "queue_one_ms": queue_one * 1000,
                             "queue_many_ms": _p95(proxies) * 1000}
         return results
-    finally:
-        for process in reversed(processes):
-            await asyncio.to_thread(process.stop)
-        for proxy in proxies:
-            await proxy.close()
-        source.close()
+
+
+async def run_multipath(folder: Path, rtt_ms: int, leg_rate: float, seconds: float) -> dict:
+    """The multipath case: four relays each behind a proxy capped at ``leg_rate`` and an exit behind
+    one capped at 3 × ``leg_rate``, so a circuit's bottleneck is its own entry and middle, and two
+    circuits sharing only the exit have separate bottlenecks. One stream of a plain client (one
+    leg) and one of a ``--multipath`` client (two legs), in the same run."""
+    # entries and middles capped at leg_rate, the exit (shared by both legs) at 3 × leg_rate
+    async with _network(folder / "multipath", [leg_rate] * 4 + [3 * leg_rate], rtt_ms / 6000) as (url, port, _):
+        results = {}
+        for name, flags in (("one_leg", []), ("two_legs", ["--multipath"])):
+            client = await asyncio.to_thread(Process, "client", "--signal", url, "--socks", "127.0.0.1:0",
+                                             "--circuit-pool", "0", *flags)
+            try:
+                host, socks_port = client.address[0].rsplit(":", 1)
+                socks = (host, int(socks_port))
+                await _throughput(socks, port, 1, 0.0, 1.0)  # build the circuits (and the second leg)
+                results[name] = await _throughput(socks, port, 1, max(1.0, 4 * rtt_ms / 1000),
+                                                  max(seconds, 20 * rtt_ms / 1000))
+            finally:
+                await asyncio.to_thread(client.stop)
+        return results
 
 
 def _p95(proxies: list[DelayProxy]) -> float:
@@ -229,12 +278,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="bottleneck, MB/s (default 10)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per download, at least")
     parser.add_argument("--parallel", type=int, default=8, help="parallel streams (default 8)")
+    parser.add_argument("--leg-rate", type=float, default=3.0,
+                        help="multipath case: each leg's bottleneck, MB/s (default 3)")
+    parser.add_argument("--only-multipath", action="store_true", help="run only the multipath case")
     add_json_flag(parser)
     args = parser.parse_args()
     rtts = [0, *(args.rtt or [20, 100, 300])]  # 0: the proxies alone, the same-run ceiling
     rate = args.rate * MB
     with tempfile.TemporaryDirectory(prefix="zmesh-wan-") as folder:
-        results = asyncio.run(run(Path(folder), rtts, rate, args.seconds, args.parallel))
+        results = {} if args.only_multipath else asyncio.run(run(Path(folder), rtts, rate, args.seconds,
+                                                                 args.parallel))
+        multipath = asyncio.run(run_multipath(Path(folder), 100, args.leg_rate * MB, args.seconds))
     print(f"zmesh WAN benchmark — {os.cpu_count()} CPUs, 3 hops through real relays, {args.rate:g} MB/s "
           "bottleneck on every link, delay emulated in user space (no netem here)")
     print(f"| circuit RTT | 1 stream (MB/s) | fraction | {args.parallel} streams (MB/s) | fraction "
@@ -251,7 +305,12 @@ def main() -> None:
         figures[f"queueing_p95_ms_rtt_{rtt}ms"] = round(queueing, 1)
     print("Circuits run congestion control (docs/protocol.md §10) when every hop negotiates it: the window "
           "follows the path, up to 4096 cells (about 4 MB) per round trip.")
-    figures["fraction_multipath_rtt_100ms"] = None  # multipath is not built yet: nothing to measure
+    one, two = multipath["one_leg"], multipath["two_legs"]
+    print(f"Multipath at 100 ms circuit RTT, each leg's entry and middle capped at {args.leg_rate:g} MB/s: "
+          f"one leg {one / MB:.2f} MB/s, two legs {two / MB:.2f} MB/s, ratio {two / one:.2f}")
+    figures["fraction_multipath_rtt_100ms"] = round(two / one, 3)
+    figures["multipath_one_leg_MBps_rtt_100ms"] = round(one / MB, 2)
+    figures["multipath_two_legs_MBps_rtt_100ms"] = round(two / MB, 2)
     print_json(args, figures)
 
 

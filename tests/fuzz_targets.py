@@ -303,6 +303,35 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+def _multipath(data: bytes) -> None:
+    """A leg's bytes (zmesh.multipath.wire): every message decoded and applied as a receiver would."""
+    from zmesh.multipath import MessageReader, MultipathCommand, Reorder, SendBuffer
+    from zmesh.multipath.wire import parse_link, parse_linked, parse_seq
+
+    reorder, send = Reorder(window=8), SendBuffer(window=8)
+    send.assign(b"x")
+    for command, body in MessageReader().feed(data):
+        if command is MultipathCommand.LINK:
+            parse_link(body)
+        elif command is MultipathCommand.LINKED:
+            parse_linked(body)
+        elif command is MultipathCommand.DATA:
+            reorder.push(*parse_seq(body, data=True))
+        elif command is MultipathCommand.FIN:
+            reorder.push(parse_seq(body)[0], None)
+        else:
+            send.on_ack(parse_seq(body)[0])
+
+
+def _multipath_samples() -> tuple[bytes, ...]:
+    from zmesh.multipath.wire import MultipathCommand, encode_link, encode_linked, encode_seq
+
+    nonce = bytes(range(32))
+    return (encode_link(nonce, 0, "example.com", 443) + encode_seq(MultipathCommand.DATA, 0, b"hi")
+            + encode_seq(MultipathCommand.ACK, 1) + encode_seq(MultipathCommand.FIN, 1),
+            encode_link(nonce, 1) + encode_linked(1))
+
+
 def targets() -> list[Target]:
     """Every target, with its samples (built on first use: they need keys)."""
     w = world()
@@ -377,6 +406,7 @@ def targets() -> list[Target]:
         Target("padnego.decode_request", padnego.decode_request, (
             padnego.encode_request(PaddingSpec(Machine.CONSTANT, rate=50.0)),
             padnego.encode_request(PaddingSpec(Machine.KEEPALIVE, idle=9.5)))),
+        Target("multipath leg messages", _multipath, _multipath_samples()),
     ]
 
 

@@ -114,6 +114,11 @@ class DestroyReason(IntEnum):
     FLOW_VIOLATION = 29  # a sender ignored XOFF, or a congestion-control message broke its negotiation
     # padding (docs/protocol.md "Padding negotiation"): 24–27
     PADDING_LIMIT = 24  # PADDING_NEGOTIATE asked for more padding than this relay's limit allows
+    # multipath (docs/protocol.md "Multipath"): 32–35
+    MP_OUT_OF_WINDOW = 32  # a sequence number outside the receiver's reorder window (or an ACK beyond what was sent)
+    MP_UNKNOWN_SET = 33  # a LINK named a multipath set this exit does not have
+    MP_DUPLICATE_LEG = 34  # a LINK for a leg the set already has, or a second leg on the same circuit
+    MP_PROTOCOL = 35  # a malformed or out-of-order multipath message
 
 
 class EndReason(IntEnum):

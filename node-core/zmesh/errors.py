@@ -6,7 +6,8 @@ and the message says what to do about it. Who is at fault is visible in the clas
     ZmeshError
     ├── ProtocolError        a peer sent bytes that break the wire protocol (malformed, oversized,
     │   │                    out of state); the core turns these into a closed circuit or link
-    │   └── OnionAddressError  a ``.mesh`` service address is malformed or mistyped
+    │   ├── OnionAddressError  a ``.mesh`` service address is malformed or mistyped
+    │   └── MultipathError     a multipath peer broke the multipath rules (``reason``: a DestroyReason)
     ├── CryptoError          a signature, MAC or digest did not verify, or a key has the wrong size
     ├── CircuitError         a circuit could not be built or was torn down (``reason``: a DestroyReason)
     ├── StreamError          a stream was refused or ended abnormally (``reason``: an EndReason)
@@ -126,3 +127,13 @@ class CertificateError(TlsError):
 
 class InvalidState(ZmeshError):
     """The object is not in a state where this call makes sense."""
+
+
+class MultipathError(ProtocolError):
+    """A multipath peer broke the rules (zmesh.multipath): a sequence number outside the reorder
+    window, a LINK for a set that does not exist, a second leg under a taken number, a malformed
+    message. ``reason`` is the DESTROY reason its legs are closed with (32–35)."""
+
+    def __init__(self, message: str, reason: DestroyReason) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -113,6 +113,15 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRol
             counts[circ.role.value] += 1
         return counts
 
+    def circuit_flow(self, circuit: int) -> tuple[float | None, int] | None:
+        """``(smoothed RTT in s or None, DATA cells its window allows now)`` of a circuit this node
+        is an end of (what a multipath scheduler picks legs by); None for any other circuit."""
+        circ = self._circuits.get(circuit)
+        if circ is None or circ.edge is None:
+            return None
+        flow = circ.edge.flow
+        return getattr(flow, "ewma_rtt", 0.0) or None, flow.room()
+
     async def destroy_circuit(self, circuit: int, reason: DestroyReason = DestroyReason.REQUESTED) -> None:
         circ = self._circuits.get(circuit)
         if circ is not None:

@@ -239,6 +239,8 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--control", dest="client.control", metavar="HOST:PORT")
     client.add_argument("--control-allow-remote", dest="client.control_allow_remote", action="store_const",
                         const=True)
+    client.add_argument("--multipath", dest="client.multipath", action="store_const", const=True,
+                        help="split each stream over two circuits that share only the exit")
     _metrics_flags(client)
 
     service = commands.add_parser("service", help="host an onion service at a .mesh address")

@@ -7,7 +7,8 @@ new connections for ``client.max_circuit_dirtiness`` seconds after its first, an
 JSON (``docs/control.md``). A connection takes a circuit whose exit's published
 policy admits its port, built for it if none does; a port no exit admits is refused at once (SOCKS
 0x02) without building anything. ``client.exit_kind`` and ``client.exit_country`` narrow the exits
-drawn (docs/exits.md).
+drawn (docs/exits.md). With ``client.multipath`` each connection is split over its circuit and a
+second one to the same exit (``zmesh.aio.multipath_link``).
 Every circuit enters at an entry guard (``self.guards``, ``zmesh.guards``), saved in ``client.data_dir``.
 A ``*.mesh`` name is an onion service: resolved here (``zmesh.aio.onion.OnionClient``: descriptor,
 rendezvous, the joined circuit reused), never by DNS or an exit.
@@ -22,10 +23,12 @@ from typing import Any
 
 from zmesh.aio.circuits import CircuitManager, TrackedStream
 from zmesh.aio.driver import MeshStream, NodeDriver
+from zmesh.aio.multipath_link import LegPartners
 from zmesh.aio.onion import DescriptorDirectory, OnionClient, StoreDescriptors
 from zmesh.circuit_plan import CircuitPlan
 from zmesh.descriptor import Descriptor
 from zmesh.directory_view import DirectoryView
+from zmesh.errors import CircuitError
 from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.node import Node, NodeLimits
@@ -79,8 +82,10 @@ class Client:
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider)
         await self.transports.start()
         self.driver = NodeDriver(node, dialer=self.transports.dialer)
+        partners = LegPartners(self.driver, self._choose_leg, self.selector, first_hop=self.guards.first_hop) \
+            if self.config["client.multipath"] else None
         self.circuits = CircuitManager(self.driver, self._choose, self.selector, self.plan,
-                                       first_hop=self.guards.first_hop)
+                                       first_hop=self.guards.first_hop, partners=partners)
         self.circuits.start()
         self.onion = OnionClient(self.driver, self._relays, self.descriptors, selector=self.selector,
                                  guards=self.guards, rng=self._rng)
@@ -101,6 +106,16 @@ class Client:
 
     async def _relays(self, refresh: bool) -> list[Descriptor]:
         return await self.directory.relays(refresh=refresh)
+
+    async def _choose_leg(self, exit_peer: PeerId, avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+        """A multipath stream's second leg: a path to ``exit_peer`` through none of ``avoid``."""
+        relays = await self.directory.relays(refresh=refetch)
+        exit = next((r for r in relays if r.peer_id == exit_peer), None)
+        if exit is None:
+            raise CircuitError("the multipath exit is no longer in the directory")
+        return self.guards.select(self.selector, relays, hops=self.config["core.hops"], destination=exit,
+                                  exclude=avoid, exclude_countries=self.config["path.exclude_countries"],
+                                  rng=self._rng)
 
     async def open_stream(self, host: str, port: int, credentials: Credentials | None) -> TrackedStream | MeshStream:
         """Called by the SOCKS server for each CONNECT."""

@@ -393,6 +393,8 @@ SETTINGS: dict[str, Setting] = {
     "service.intro_points": Setting(int, 3, _intro_points, "`zmesh service`: introduction points kept (1..10)"),
     "service.intro_lifetime": Setting(float, 6 * 3600.0, _intro_lifetime,
                                       "`zmesh service`: seconds before an introduction point is rotated"),
+    "client.multipath": Setting(bool, False, None, "split each stream over two circuits that share only the exit "
+                                                   "(docs/protocol.md, Multipath)"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),

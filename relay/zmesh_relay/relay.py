@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from zmesh.aio.driver import IncomingStream, NodeDriver
+from zmesh.aio.multipath_link import MultipathExit
 from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from zmesh.directory_view import DirectoryView
 from zmesh.errors import ConfigError, ZmeshError
@@ -97,6 +98,8 @@ class Relay:
         self.driver = NodeDriver(node, dialer=self.transports.dialer,
                                  stream_handler=self._exit if self.exit_policy else None)
         driver = self.driver
+        if self.exit_policy:  # multipath legs (docs/protocol.md "Multipath") reach _exit as one stream
+            driver.stream_handler = MultipathExit(driver).wrap(self._exit)
 
         async def size_peer_table(relays: list[Descriptor]) -> None:
             await driver.set_network_size(len(relays))

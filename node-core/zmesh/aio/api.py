@@ -42,6 +42,8 @@ from .building import BuildPolicy, build_around_failures
 from .driver import IncomingStream, MeshStream, NodeDriver
 from .healing import CircuitKeeper
 from .http import HttpResponse, http_get, parse_url
+from .multipath import MultipathStream
+from .multipath_link import LegPartners
 from .onion import DescriptorDirectory, OnionClient, OnionLimits, OnionService
 from .onion.common import StreamHandler
 from .options import PATH_OPTIONS, MeshOptions
@@ -92,7 +94,7 @@ class MeshVPN:
         self._dirty_since: float | None = None  # the current circuit's first stream (circuit_policy)
         self._retiring: set[int] = set()  # replaced circuits, closed once their streams have ended
         self._message_stream: MeshStream | None = None
-        self._streams: list[MeshStream] = []
+        self._streams: list[MeshStream | MultipathStream] = []
         self._retired_in = self._retired_out = 0  # bytes of streams no longer open
         self._readers = OwnedTasks("MeshVPN message readers")
         self._descriptors, self._service = descriptors, None
@@ -101,6 +103,8 @@ class MeshVPN:
                                                                    clock=clock)
         self.shares = ShareService(self._deliver)  # split messages sent to this node (zmesh.aio.split)
         driver.stream_handler = self._serve_messages_then(driver.stream_handler)
+        self._partners = LegPartners(driver, self._choose_leg, self.selector, build_policy=self.build_policy,
+                                     first_hop=guards.first_hop if guards is not None else None)
 
     @property
     def peer_id(self) -> PeerId:
@@ -224,11 +228,14 @@ class MeshVPN:
             await self.driver.destroy_circuit(old)
         if circuit is not None:
             await self.driver.destroy_circuit(circuit)
+            await self._partners.forget(circuit)
             await self._emit("disconnect", {"circuit": circuit, "reason": "REQUESTED", "failed_hop": None,
                                             "rebuilding": False})
 
-    async def open_stream(self, host: str, port: int) -> MeshStream:
-        """A TCP-like stream to ``host:port``, resolved and connected by the exit. An exit circuit
+    async def open_stream(self, host: str, port: int, *, multipath: bool | None = None) -> MeshStream | MultipathStream:
+        """A TCP-like stream to ``host:port``, resolved and connected by the exit; with ``multipath``
+        (default: the ``multipath`` option) split over the circuit and a second one to the same exit
+        (``zmesh.aio.multipath``; a plain stream if no such second path exists). An exit circuit
         that has carried streams for ``circuit_policy.max_dirtiness`` seconds is replaced first (the
         old one is closed once its streams have ended), so what a user does over hours is not
         linkable at one exit. A ``*.mesh`` host is an onion service: reached by rendezvous, never
@@ -245,7 +252,10 @@ class MeshVPN:
             circuit = self._circuit
         if self._dirty_since is None:
             self._dirty_since = self._clock()
-        stream = await self.driver.open_stream(circuit, host, port)
+        if self.options.multipath if multipath is None else multipath:
+            stream = await self._partners.open(circuit, self.driver.node.circuit_path(circuit), host, port)
+        else:
+            stream = await self.driver.open_stream(circuit, host, port)
         self._streams.append(stream)
         await self._close_retired()
         return stream
@@ -350,6 +360,17 @@ class MeshVPN:
         target = None if destination is None else self._find(relays, destination, "destination")
         entry = None if self.options.entry is None else self._find(relays, self.options.entry, "entry")
         return relays, target, entry
+
+    async def _choose_leg(self, exit_peer: PeerId, avoid: frozenset[PeerId], refetch: bool) -> list[Descriptor]:
+        """A multipath stream's second leg: a path to ``exit_peer`` through none of ``avoid``."""
+        if refetch and self.refresh is not None:
+            await self.refresh()
+        relays = list(self.directory())
+        path = {"hops": self.options.hops, "destination": self._find(relays, exit_peer, "multipath exit"),
+                "exclude": avoid | {self.peer_id}, "exclude_countries": self.options.exclude_countries}
+        if self.guards is not None and self.options.entry is None:
+            return self.guards.select(self.selector, relays, **path)
+        return self.selector.select(relays, **path)
 
     @staticmethod
     def _find(relays: list[Descriptor], peer: PeerId | str, what: str) -> Descriptor:

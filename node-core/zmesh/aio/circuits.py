@@ -26,6 +26,8 @@ from ..identity import PeerId
 from ..path import PathSelector
 from .building import BuildPolicy, build_around_failures
 from .driver import MeshStream, NodeDriver
+from .multipath import MultipathStream
+from .multipath_link import LegPartners
 from .tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ ChooseFor = Callable[[int | None, frozenset[PeerId], bool], Awaitable[list[Descr
 class TrackedStream:
     """A ``MeshStream`` that tells the manager when it ends, so its circuit can be retired."""
 
-    def __init__(self, stream: MeshStream, ended: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, stream: MeshStream | MultipathStream, ended: Callable[[], Awaitable[None]]) -> None:
         self.inner = stream
         self.circuit = stream.circuit
         self._ended: Callable[[], Awaitable[None]] | None = ended
@@ -67,8 +69,10 @@ class CircuitManager:
 
     def __init__(self, driver: NodeDriver, choose: ChooseFor, selector: PathSelector, plan: CircuitPlan, *,
                  build_policy: BuildPolicy | None = None, retry: Backoff | None = None,
-                 first_hop: Callable[[PeerId, bool], None] | None = None) -> None:
+                 first_hop: Callable[[PeerId, bool], None] | None = None,
+                 partners: LegPartners | None = None) -> None:
         self.driver = driver
+        self.partners = partners  # multipath: each stream also takes its circuit's partner (zmesh.aio.multipath_link)
         self.plan = plan
         self._choose = choose
         self._selector = selector
@@ -102,7 +106,8 @@ class CircuitManager:
             planned = await self._attach(key, port)
             circuit, exit_peer = planned.handle, planned.path[-1]
             try:
-                stream = await self.driver.open_stream(circuit, host, port)
+                stream = await (self.driver.open_stream(circuit, host, port) if self.partners is None
+                                else self.partners.open(circuit, list(planned.path), host, port))
             except BaseException as exc:
                 self._changed.set()
                 await self._detached(circuit)
@@ -148,6 +153,8 @@ class CircuitManager:
     async def _detached(self, circuit: int) -> None:
         if self.plan.detach(circuit):
             await self._destroy(circuit)
+            if self.partners is not None:
+                await self.partners.forget(circuit)
 
     async def _destroy(self, circuit: int) -> None:
         try:

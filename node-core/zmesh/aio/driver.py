@@ -303,8 +303,8 @@ class NodeDriver:
             raise
         return stream
 
-    async def destroy_circuit(self, circuit: int) -> None:
-        await self._call(self.node.destroy_circuit, circuit, DestroyReason.REQUESTED)
+    async def destroy_circuit(self, circuit: int, reason: DestroyReason = DestroyReason.REQUESTED) -> None:
+        await self._call(self.node.destroy_circuit, circuit, reason)
 
     # The surface MeshStream and IncomingStream use: each is one node call under the lock.
 

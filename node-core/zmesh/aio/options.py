@@ -37,6 +37,7 @@ class MeshOptions:
     transport: str = "auto"
     entry: str | None = None  # PeerId of the first hop of every circuit (else drawn like the rest)
     exclude_countries: tuple[str, ...] = ()  # two-letter codes: relays declaring one are never drawn
+    multipath: bool = False  # streams split over two circuits sharing only the exit (zmesh.aio.multipath)
 
     def __post_init__(self) -> None:
         if not isinstance(self.hops, int) or not MIN_HOPS <= self.hops <= MAX_HOPS:
@@ -60,6 +61,8 @@ class MeshOptions:
         object.__setattr__(self, "exclude_countries", tuple(c.upper() for c in codes))
         if not isinstance(self.enable_fec, bool):
             raise ConfigError("enable_fec must be true or false")
+        if not isinstance(self.multipath, bool):
+            raise ConfigError("multipath must be true or false")
         if self.enable_fec and self.transport == "websocket":
             raise ConfigError("enable_fec needs WebRTC links (a lossy DataChannel); transport is 'websocket'")
 
