@@ -21,6 +21,7 @@ from typing import Any
 from zmesh.aio.circuits import CircuitManager, TrackedStream
 from zmesh.aio.driver import NodeDriver
 from zmesh.circuit_plan import CircuitPlan
+from zmesh.consensus_view import ConsensusView
 from zmesh.descriptor import Descriptor
 from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity, PeerId
@@ -29,6 +30,7 @@ from zmesh.node import Node, NodeLimits
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
+from .authority_client import AuthorityClient, open_consensus_view
 from .config import circuit_policy, control_address, socks_limits, split_host_port
 from .control import ControlServer
 from .guard_file import open_guards
@@ -44,7 +46,8 @@ class Client:
         self.control_address = control_address(config)  # refused before anything starts
         self.provider = NativeCryptoProvider()
         self.signal = SignalClient(config["signaling.url"])
-        self.directory = DirectoryView(self.signal.relay_updates, self.provider)
+        self.directory: DirectoryView | ConsensusView = DirectoryView(self.signal.relay_updates, self.provider)
+        self.authorities = AuthorityClient(config["directory.authorities"]) if config["directory.authorities"] else None
         self.selector = PathSelector()
         self.trust_file = TrustFile(config["client.data_dir"], self.selector.trust)
         self.guards = open_guards(config["client.data_dir"])
@@ -61,6 +64,11 @@ class Client:
     async def start(self) -> None:
         # A fresh identity per run: a client has no reason to be recognisable across restarts.
         identity = await Identity.generate(self.provider)
+        if self.authorities is not None:  # the consensus is then the only source of relays
+            view = await open_consensus_view(self.config, self.authorities, self.provider,
+                                             self.config["client.data_dir"])
+            await view.relays()  # a refused consensus stops the start with the reason
+            self.directory, self.guards.eligible = view, view.is_guard
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"],
                                       cc_max_window=self.config["core.cc_max_window"]))
@@ -109,4 +117,6 @@ class Client:
         if self.transports is not None:
             await self.transports.close()
         await self.signal.close()
+        if self.authorities is not None:
+            await self.authorities.close()
         self.trust_file.save()

@@ -22,6 +22,7 @@ from typing import TypeVar
 from zmesh.crypto.provider import KEY_SIZE, CryptoProvider
 from zmesh.encoding import pack_canonical, unpack_canonical
 from zmesh.errors import ConfigError, ZmeshError
+from zmesh.hybrid import HybridKey
 from zmesh.identity import Identity
 from zmesh.onionkeys import OnionKeyRing
 
@@ -125,3 +126,17 @@ def save_onion_ring(ring: OnionKeyRing, data_dir: str | Path) -> None:
         os.replace(temporary, folder / ONION_FILE)
     except OSError as exc:
         raise ConfigError(f"cannot save the onion keys in {folder}: {exc.strerror}") from exc
+
+
+AUTHORITY_KEY_FILE = "authority.key"
+
+
+async def load_or_create_authority_key(provider: CryptoProvider, data_dir: str | Path) -> HybridKey:
+    """A directory authority's hybrid (Ed25519 + ML-DSA-65) key from ``<data_dir>/authority.key``,
+    or a new one saved there (0600). Its fingerprint is what clients and peers are configured with."""
+    async def create() -> tuple[HybridKey, bytes]:
+        key = await HybridKey.generate(provider)
+        return key, key.to_bytes()
+
+    return await _load_or_create(data_dir, AUTHORITY_KEY_FILE, lambda data: HybridKey.from_bytes(provider, data),
+                                 create)

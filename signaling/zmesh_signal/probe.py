@@ -50,7 +50,7 @@ async def probe_relay(provider: CryptoProvider, descriptor: Descriptor, *, timeo
             async with asyncio.timeout_at(deadline):
                 link = await dial_link(url, max(0.001, deadline - loop.time()), allow_private=allow_private)
                 try:
-                    await _handshake(provider, descriptor, link)
+                    await circuit_handshake(provider, descriptor, link)
                 finally:
                     await link.close()
             return url
@@ -63,7 +63,9 @@ async def probe_relay(provider: CryptoProvider, descriptor: Descriptor, *, timeo
     raise TransportError(f"relay {descriptor.peer_id.short()} is not reachable: {reasons}")
 
 
-async def _handshake(provider: CryptoProvider, descriptor: Descriptor, link: Link) -> None:
+async def circuit_handshake(provider: CryptoProvider, descriptor: Descriptor, link: Link) -> None:
+    """CREATE → CREATED with the descriptor's onion keys on ``link``, then DESTROY (also the
+    directory authorities' reachability test, zmesh_relay.measure)."""
     state = await client_start(provider, descriptor.peer_id, descriptor.onion_keys)
     await link.send(b"".join(encode_cell(CellCommand.CREATE, PROBE_CIRCUIT, piece, flags)
                              for piece, flags in fragments(state.create_payload(), BODY_SIZE)))
