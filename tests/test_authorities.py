@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from zmesh.consensus import Consensus, accept_consensus, parse_consensus
-from zmesh.hybrid import parse_fingerprint
+from zmesh.hybrid import HybridKey, parse_fingerprint
 from zmesh.identity import PeerId
 from zmesh.native.crypto import NativeCryptoProvider
+from zmesh.votes import Period, sign_vote
 
 from .private_network import PRIVATE_NETWORK_ENV, free_port, relay_listen
 from .test_native_mesh import ZMESH, Process, _http_server, fetch
@@ -177,6 +178,31 @@ def test_cached_consensus_used_after_restart(directory, tmp_path):
         assert body == b"small page"
     finally:
         client.stop()
+
+
+def post(url: str, body: bytes) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_malformed_or_foreign_votes_are_refused(directory):
+    """A peer's bad vote is refused with a typed reason and the authority keeps producing consensuses."""
+    url = directory["urls"][1]
+    stranger = asyncio.run(HybridKey.generate(NativeCryptoProvider()))
+    foreign = asyncio.run(sign_vote(NativeCryptoProvider(), stranger, Period.at(time.time(), INTERVAL), []))
+    for body, reason in ((b"\x00garbage", "not valid msgpack"), (foreign.raw, "not configured"),
+                         (b"\x92" + b"\xc4\x01x" * 2, "")):
+        status, answer = post(url + "/v1/vote", body)
+        assert status == 400 and json.loads(answer)["error"] == "bad_vote" and reason in answer
+    status, answer = post(url + "/v1/descriptor", b"\x00garbage")
+    assert status == 400 and json.loads(answer)["error"] == "bad_descriptor"
+    after = math.ceil(time.time())
+    poll(lambda: (c := accepted(url, directory["fps"])) and c.period.valid_after >= after, 20,
+         "a consensus computed after the bad votes")
 
 
 def test_one_authority_down_consensus_still_signed_and_used(directory):

@@ -13,6 +13,8 @@ Every circuit enters at an entry guard (``self.guards``, ``zmesh.guards``), save
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -30,7 +32,7 @@ from zmesh.node import Node, NodeLimits
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
-from .authority_client import AuthorityClient, open_consensus_view
+from .authority_client import AuthorityClient, keep_fresh, open_consensus_view
 from .config import circuit_policy, control_address, socks_limits, split_host_port
 from .control import ControlServer
 from .guard_file import open_guards
@@ -60,6 +62,7 @@ class Client:
         self.socks_port = 0
         self.control_port = 0
         self._rng = random.SystemRandom()
+        self._fresh: asyncio.Task | None = None
 
     async def start(self) -> None:
         # A fresh identity per run: a client has no reason to be recognisable across restarts.
@@ -69,6 +72,7 @@ class Client:
                                              self.config["client.data_dir"])
             await view.relays()  # a refused consensus stops the start with the reason
             self.directory, self.guards.eligible = view, view.is_guard
+            self._fresh = asyncio.get_running_loop().create_task(keep_fresh(view))
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"],
                                       cc_max_window=self.config["core.cc_max_window"]))
@@ -106,6 +110,10 @@ class Client:
         return {"guards": [peer.text for peer in self.guards.primary()], "circuits": circuits}
 
     async def stop(self) -> None:
+        if self._fresh is not None:
+            self._fresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fresh
         if self.control is not None:
             await self.control.close()
         if self.socks is not None:
