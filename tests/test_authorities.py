@@ -222,3 +222,16 @@ def test_one_authority_down_consensus_still_signed_and_used(directory):
     body = asyncio.run(asyncio.wait_for(fetch(directory["socks"], "127.0.0.1", directory["files_port"], "/",
                                               username="after-kill"), 60))
     assert body == b"small page"
+
+
+def test_demo_runs_three_authorities():
+    """`zmesh demo` (what `make demo` runs): its client takes the relays from three authorities' consensus."""
+    demo = Process("demo", "--relays", "3")
+    try:
+        socks, _signal, site = demo.address
+        host, port = socks.rsplit(":", 1)
+        site_host, site_port = site.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        body = asyncio.run(asyncio.wait_for(fetch((host, int(port)), site_host, int(site_port), "/"), 60))
+        assert b"Hello through the mesh" in body
+    finally:
+        assert demo.stop() == 0
