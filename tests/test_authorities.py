@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from zmesh.consensus import Consensus, accept_consensus, parse_consensus
+from zmesh.descriptor import sign_descriptor
 from zmesh.hybrid import HybridKey, parse_fingerprint
-from zmesh.identity import PeerId
+from zmesh.identity import Identity, PeerId
 from zmesh.native.crypto import NativeCryptoProvider
 from zmesh.votes import Period, sign_vote
 
@@ -200,6 +201,11 @@ def test_malformed_or_foreign_votes_are_refused(directory):
         assert status == 400 and json.loads(answer)["error"] == "bad_vote" and reason in answer
     status, answer = post(url + "/v1/descriptor", b"\x00garbage")
     assert status == 400 and json.loads(answer)["error"] == "bad_descriptor"
+    provider = NativeCryptoProvider()
+    plain = asyncio.run(sign_descriptor(provider, asyncio.run(Identity.generate(provider)), now=int(time.time()),
+                                        addresses={"ws": ("ws://127.9.0.1:1/v1/link",)}))
+    status, answer = post(url + "/v1/descriptor", plain.raw)  # Ed25519 only: not the hybrid form
+    assert status == 400 and "ML-DSA-65" in answer
     after = math.ceil(time.time())
     poll(lambda: (c := accepted(url, directory["fps"])) and c.period.valid_after >= after, 20,
          "a consensus computed after the bad votes")

@@ -117,6 +117,9 @@ class Authority:
             descriptor = await verify_descriptor(self.provider, raw, now=time.time())
         except ZmeshError as exc:
             return 400, {"error": "bad_descriptor", "detail": str(exc)}
+        if descriptor.mldsa65 is None:
+            return 400, {"error": "bad_descriptor", "detail": "an authority lists only descriptors signed with "
+                         "Ed25519 and ML-DSA-65 (the hybrid form, docs/directory.md)"}
         known = self.state.relays.get(descriptor.peer_id)
         if known is not None and known.descriptor.published > descriptor.published:
             return 409, {"error": "stale_descriptor", "detail": "a newer descriptor of this relay is listed"}

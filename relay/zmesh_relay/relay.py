@@ -40,7 +40,12 @@ from .address_slots import AddressSlots
 from .authority_client import AuthorityClient, open_consensus_view
 from .config import split_host_port
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
-from .keys import load_or_create_identity, load_or_create_onion_ring, save_onion_ring
+from .keys import (
+    load_or_create_descriptor_mldsa_key,
+    load_or_create_identity,
+    load_or_create_onion_ring,
+    save_onion_ring,
+)
 from .linkaddress import load_tls, published_address
 from .metrics import EXIT_COUNTER
 from .splice import splice
@@ -65,6 +70,7 @@ class Relay:
         self.signal = SignalClient(config["signaling.url"])
         self.directory: DirectoryView | ConsensusView = DirectoryView(self.signal.relay_updates, self.provider)
         self.authorities = AuthorityClient(config["directory.authorities"]) if config["directory.authorities"] else None
+        self._mldsa_seed: bytes | None = None
         self.driver: NodeDriver | None = None
         self.transports: NativeTransports | None = None
         self.link_url = ""
@@ -85,6 +91,8 @@ class Relay:
         identity = await load_or_create_identity(self.provider, data_dir)
         if self.authorities is not None:  # relays to extend to come from the consensus only
             self.directory = await open_consensus_view(self.config, self.authorities, self.provider, data_dir)
+            # authorities list only hybrid-signed descriptors (docs/directory.md)
+            self._mldsa_seed = await load_or_create_descriptor_mldsa_key(self.provider, data_dir)
         self.onion_ring = ring = await load_or_create_onion_ring(
             self.provider, data_dir, time.time, lifetime=self.config["relay.onion_key_lifetime"],
             grace=self.config["relay.onion_key_grace"])
@@ -135,7 +143,7 @@ class Relay:
             self.provider, self.driver.node.identity, now=now,
             addresses={"ws": (self.link_url,), **self.transports.addresses()}, capabilities=caps,
             exit_ports=self.exit_policy.summary_ports() if self.exit_policy else (),
-            onion=self.onion_ring.current.public, family=self.config["relay.family"])
+            onion=self.onion_ring.current.public, family=self.config["relay.family"], mldsa65_seed=self._mldsa_seed)
         if self.authorities is None:
             await self.signal.publish(self.descriptor.raw)
             return
