@@ -8,7 +8,6 @@ bandwidth is only ever credited up to what was measured here.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -16,9 +15,8 @@ from dataclasses import dataclass
 from zmesh.cells import BODY_SIZE, CELL_SIZE, CellCommand, encode_cell, parse_frame
 from zmesh.crypto.provider import CryptoProvider
 from zmesh.descriptor import Descriptor
-from zmesh.errors import TransportError, ZmeshError
 from zmesh.link import Link
-from zmesh_signal.probe import circuit_handshake, dial_link
+from zmesh_signal.probe import circuit_handshake, try_addresses
 
 SAMPLE_CELLS = 64
 _PER_FRAME = 16
@@ -59,22 +57,9 @@ async def measure_relay(provider: CryptoProvider, descriptor: Descriptor, *, tim
                         allow_private: bool = False) -> Measurement:
     """Test ``descriptor``'s relay at its ``ws`` addresses within ``timeout`` seconds overall.
     ``TransportError`` (with every address's reason) if none passes."""
-    failures: list[str] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    for url in descriptor.addresses.get("ws", ()):
-        try:
-            async with asyncio.timeout_at(deadline):
-                link = await dial_link(url, max(0.001, deadline - loop.time()), allow_private=allow_private)
-                try:
-                    rtt, bandwidth = await _measure_link(provider, descriptor, link)
-                finally:
-                    await link.close()
-            return Measurement(url, rtt, bandwidth)
-        except TimeoutError:
-            failures.append("no answer in time")
-            break
-        except ZmeshError as exc:
-            failures.append(str(exc))
-    reasons = "; ".join(failures) or "no ws address"
-    raise TransportError(f"relay {descriptor.peer_id.short()} failed its test: {reasons}")
+    async def measure(link: Link) -> tuple[float, int]:
+        return await _measure_link(provider, descriptor, link)
+
+    url, (rtt, bandwidth) = await try_addresses(descriptor, measure, timeout=timeout, allow_private=allow_private,
+                                                 failed="failed its test")
+    return Measurement(url, rtt, bandwidth)
