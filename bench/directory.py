@@ -5,7 +5,10 @@ Part 1, in one signal server (listing without probes, as for unit tests of the s
 of ``GET /v1/relays`` for N relays — plain, gzip, and ``?since=`` when nothing or one relay
 changed. Part 2, a real relay (in this process) and a probing signal server: from the POST of a
 fresh descriptor to the moment ``GET /v1/relays/{id}`` finds it, the median of several republishes.
-Run: ``python bench/directory.py`` (about half a minute).
+Part 3, the authorities' consensus (docs/directory.md) for N simulated relays listed by 3
+authorities: computing it from the 3 votes, signing it (Ed25519 + ML-DSA-65), a client's native
+verification of one signature of each kind and of the whole acceptance (3 hybrid signatures), and
+its size per relay. Run: ``python bench/directory.py`` (about half a minute).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -24,9 +29,18 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.figures import add_json_flag, print_json  # noqa: E402
+from zmesh.consensus import (  # noqa: E402
+    CONSENSUS_DOMAIN,
+    accept_consensus,
+    compute_consensus,
+    parse_consensus_body,
+    sign_consensus,
+)
 from zmesh.descriptor import Capabilities, sign_descriptor  # noqa: E402
-from zmesh.identity import Identity  # noqa: E402
+from zmesh.hybrid import HybridKey  # noqa: E402
+from zmesh.identity import Identity, PeerId  # noqa: E402
 from zmesh.native.crypto import NativeCryptoProvider  # noqa: E402
+from zmesh.votes import Period, RelayEntry, sign_vote  # noqa: E402
 from zmesh_relay import config  # noqa: E402
 from zmesh_relay.relay import Relay  # noqa: E402
 from zmesh_signal.app import SignalConfig, serving  # noqa: E402
@@ -96,12 +110,69 @@ async def listing_latency(rounds: int) -> list[float]:
                 await relay.stop()
 
 
+def _median_ms(run: Callable[[], Awaitable[object]], rounds: int) -> float:
+    async def timed() -> list[float]:
+        samples = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            await run()
+            samples.append((time.perf_counter() - start) * 1000)
+        return samples
+    return statistics.median(asyncio.run(timed()))
+
+
+def consensus_figures(counts: list[int], rounds: int) -> dict[str, dict[str, float]]:
+    """Per relay count: build, sign and verify times (ms, medians) and the signed consensus's size."""
+    keys = [asyncio.run(HybridKey.generate(PROVIDER)) for _ in range(3)]
+    return {str(count): _consensus_figures(count, keys, rounds) for count in counts}
+
+
+def _consensus_figures(count: int, keys: list[HybridKey], rounds: int) -> dict[str, float]:
+    fps = [k.public.fingerprint for k in keys]
+    period = Period.at(time.time(), 3600)
+    entries = [RelayEntry(PeerId(os.urandom(32)), os.urandom(32), 1_000_000 + i, frozenset({"Fast", "Guard"}))
+               for i in range(count)]
+    votes = [asyncio.run(sign_vote(PROVIDER, k, period, entries)) for k in keys]
+    body = compute_consensus(votes, fps)
+    consensus = parse_consensus_body(body)
+    for key in keys:
+        consensus = asyncio.run(sign_consensus(PROVIDER, key, consensus))
+    raw = consensus.to_bytes()
+    entry = consensus.signatures[fps[0]]
+    data = CONSENSUS_DOMAIN + body
+    empty = compute_consensus([asyncio.run(sign_vote(PROVIDER, k, period, [])) for k in keys], fps)
+    return {
+        "build_ms": _median_ms(lambda: _async(compute_consensus, votes, fps), rounds),
+        "sign_ms": _median_ms(lambda: sign_consensus(PROVIDER, keys[0], parse_consensus_body(body)), rounds),
+        "verify_mldsa65_ms": _median_ms(lambda: PROVIDER.mldsa65_verify(entry["mldsa65"], entry["sig_mldsa65"], data),
+                                        rounds),
+        "verify_ed25519_ms": _median_ms(lambda: PROVIDER.ed25519_verify(entry["ed25519"], entry["sig_ed25519"], data),
+                                        rounds),
+        "accept_ms": _median_ms(lambda: accept_consensus(PROVIDER, raw, authorities=fps, now=period.valid_after + 1),
+                                rounds),
+        "bytes": len(raw), "signature_bytes": len(raw) - len(body), "bytes_per_relay": (len(body) - len(empty)) / count,
+    }
+
+
+async def _async(function: Callable[..., object], *args: object) -> object:
+    return function(*args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--relays", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--consensus-relays", type=int, nargs="*", default=[10, 100, 1000])
     add_json_flag(parser)
     args = parser.parse_args()
+    consensus = consensus_figures(args.consensus_relays, args.rounds)
+    print(f"{'relays':>7} {'build ms':>9} {'sign ms':>8} {'ML-DSA ms':>10} {'Ed25519 ms':>11} {'accept ms':>10} "
+          f"{'bytes':>9} {'B/relay':>8}")
+    for count, f in consensus.items():
+        print(f"{count:>7} {f['build_ms']:>9.2f} {f['sign_ms']:>8.2f} {f['verify_mldsa65_ms']:>10.3f} "
+              f"{f['verify_ed25519_ms']:>11.3f} {f['accept_ms']:>10.2f} {f['bytes']:>9,} {f['bytes_per_relay']:>8.1f}")
+    print("(accept: a client's whole check, 3 hybrid signatures; bytes include 3 signatures of "
+          f"{consensus[next(iter(consensus))]['signature_bytes'] // 3:,} B each)\n")
     rows = asyncio.run(fetch_sizes(args.relays))
     print(f"{'relays':>7} {'plain':>10} {'gzip':>10} {'ratio':>6} {'since, none':>12} {'since, one':>11}")
     for count, plain, gzipped, unchanged, one in rows:
@@ -112,7 +183,8 @@ def main() -> None:
     print_json(args, {"listing_bytes": {str(count): {"plain": plain, "gzip": gzipped, "since_unchanged": unchanged,
                                                      "since_one_changed": one}
                                         for count, plain, gzipped, unchanged, one in rows},
-                      "post_to_listed_ms_median": statistics.median(samples) * 1000})
+                      "post_to_listed_ms_median": statistics.median(samples) * 1000,
+                      "consensus": consensus})
 
 
 if __name__ == "__main__":

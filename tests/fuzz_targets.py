@@ -407,6 +407,8 @@ def targets() -> list[Target]:
             padnego.encode_request(PaddingSpec(Machine.CONSTANT, rate=50.0)),
             padnego.encode_request(PaddingSpec(Machine.KEEPALIVE, idle=9.5)))),
         Target("multipath leg messages", _multipath, _multipath_samples()),
+        Target("votes.verify_vote", _vote, (_directory().vote,)),
+        Target("consensus.accept_consensus", _consensus, (_directory().consensus,)),
     ]
 
 
@@ -449,3 +451,42 @@ def outcome(target: Target, data: bytes) -> str | Exception:
     except Exception as exc:  # noqa: BLE001 - reporting exactly these is the point
         return exc
     return "accepted"
+
+
+# --- directory votes and consensus (docs/directory.md) -------------------------------------------
+
+@dataclass(frozen=True)
+class _Directory:
+    authorities: frozenset[bytes]
+    vote: bytes
+    consensus: bytes
+
+
+@functools.cache
+def _directory() -> _Directory:
+    """Two authorities' keys, a vote of one and a consensus both signed (built once: ML-DSA keys)."""
+    from zmesh.consensus import compute_consensus, parse_consensus_body, sign_consensus
+    from zmesh.hybrid import HybridKey
+    from zmesh.votes import Period, RelayEntry, sign_vote
+
+    provider = world().provider
+    keys = [run_sync(HybridKey.generate(provider)) for _ in range(2)]
+    fps = [k.public.fingerprint for k in keys]
+    period = Period.at(NOW, 60)
+    relays = [RelayEntry(world().identity.peer_id, bytes(32), 1000, frozenset({"Fast", "Guard"}))]
+    votes = [run_sync(sign_vote(provider, k, period, relays)) for k in keys]
+    consensus = parse_consensus_body(compute_consensus(votes, fps))
+    for key in keys:
+        consensus = run_sync(sign_consensus(provider, key, consensus))
+    return _Directory(frozenset(fps), votes[0].raw, consensus.to_bytes())
+
+
+def _vote(data: bytes) -> object:
+    from zmesh.votes import verify_vote
+    return run_sync(verify_vote(world().provider, data, authorities=_directory().authorities))
+
+
+def _consensus(data: bytes) -> object:
+    from zmesh.consensus import accept_consensus
+    return run_sync(accept_consensus(world().provider, data, authorities=sorted(_directory().authorities),
+                                     now=NOW + 1))

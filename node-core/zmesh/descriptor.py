@@ -9,6 +9,11 @@ canonical encoding, key sizes, signature, then time (not before ``published - sk
 selection keeps two relays out of one circuit only when *both* list each other, so nobody can
 push a stranger out of paths by claiming them. An empty family is left out of the body, so a
 descriptor without one is byte-for-byte what it was before the field existed.
+
+Hybrid form (relays publishing to directory authorities, docs/directory.md): the body also holds
+``mldsa65``, the relay's ML-DSA-65 public key, and the wire form is ``[body, ed25519_sig,
+mldsa65_sig]``, both over ``DOMAIN ‖ body``; a verifier then requires both. Stripping the ML-DSA
+part changes the body, so the Ed25519 signature no longer verifies: the form cannot be downgraded.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .crypto.provider import ED25519_SIG_SIZE, CryptoProvider
+from .crypto.provider import ED25519_SIG_SIZE, MLDSA65_PUBLIC_SIZE, MLDSA65_SIG_SIZE, CryptoProvider
 from .encoding import pack_canonical, unpack_canonical
 from .errors import ConfigError, CryptoError, ProtocolError
 from .identity import Identity, OnionKeys, PeerId
@@ -72,6 +77,7 @@ class Descriptor:
     onion_keys: OnionKeys
     raw: bytes = field(repr=False, compare=False)
     family: tuple[PeerId, ...] = ()
+    mldsa65: bytes | None = field(default=None, repr=False)  # the hybrid form's ML-DSA-65 public key
 
     def allows_port(self, port: int) -> bool:
         """Whether the exit's published policy summary admits ``port`` (coarse: addresses are
@@ -88,7 +94,7 @@ class Descriptor:
 
 def _body(peer_id: PeerId, published: int, expires: int, addresses: dict[str, tuple[str, ...]],
           caps: Capabilities, exit_ports: tuple[tuple[int, int], ...], onion: OnionKeys,
-          family: tuple[PeerId, ...]) -> dict:
+          family: tuple[PeerId, ...], mldsa65: bytes | None = None) -> dict:
     body = {
         "v": 1,
         "id": peer_id.key,
@@ -102,6 +108,8 @@ def _body(peer_id: PeerId, published: int, expires: int, addresses: dict[str, tu
     }
     if family:
         body["family"] = [peer.key for peer in family]
+    if mldsa65 is not None:
+        body["mldsa65"] = mldsa65
     return body
 
 
@@ -150,10 +158,11 @@ async def sign_descriptor(provider: CryptoProvider, identity: Identity, *, now: 
                           capabilities: Capabilities | None = None,
                           exit_ports: tuple[tuple[int, int], ...] = (),
                           lifetime: int = DEFAULT_LIFETIME, onion: OnionKeys | None = None,
-                          family: tuple[PeerId, ...] = ()) -> Descriptor:
+                          family: tuple[PeerId, ...] = (), mldsa65_seed: bytes | None = None) -> Descriptor:
     """Build and sign a descriptor for ``identity`` valid from ``now`` for ``lifetime`` seconds.
     ``onion``: the onion keys to publish (a rotating node's current set; default the identity's).
-    ``family``: the operator's other relays (``ConfigError`` if repeated, own, or over ``MAX_FAMILY``)."""
+    ``family``: the operator's other relays (``ConfigError`` if repeated, own, or over ``MAX_FAMILY``).
+    ``mldsa65_seed``: also sign with this ML-DSA-65 key (the hybrid form)."""
     onion = onion or identity.onion_keys
     if not 60 <= lifetime <= MAX_LIFETIME:
         raise ConfigError(f"descriptor lifetime must be 60..{MAX_LIFETIME} seconds")
@@ -163,19 +172,23 @@ async def sign_descriptor(provider: CryptoProvider, identity: Identity, *, now: 
     family = tuple(family)
     if len(family) > MAX_FAMILY or len(set(family)) != len(family) or identity.peer_id in family:
         raise ConfigError(f"a relay family is at most {MAX_FAMILY} distinct PeerIds, not the relay's own")
+    mldsa65 = None if mldsa65_seed is None else await provider.mldsa65_public(mldsa65_seed)
     body = pack_canonical(_body(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports,
-                                onion, family))
-    signature = await provider.ed25519_sign(identity.signing_key, DOMAIN + body)
-    raw = pack_canonical([body, signature])
+                                onion, family, mldsa65))
+    signatures = [await provider.ed25519_sign(identity.signing_key, DOMAIN + body)]
+    if mldsa65_seed is not None:
+        signatures.append(await provider.mldsa65_sign(mldsa65_seed, DOMAIN + body))
+    raw = pack_canonical([body, *signatures])
     if len(raw) > MAX_DESCRIPTOR_SIZE:
         raise ConfigError("descriptor too large: publish fewer addresses or port ranges")
-    return Descriptor(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports, onion, raw, family)
+    return Descriptor(identity.peer_id, now, now + lifetime, addresses, caps, exit_ports, onion, raw, family,
+                      mldsa65)
 
 
 def _parse_body(body: bytes) -> Descriptor:
     fields = unpack_canonical(body, max_size=MAX_DESCRIPTOR_SIZE, what="descriptor body")
     expected = {"v", "id", "published", "expires", "addresses", "caps", "exit_ports", "onion"}
-    if not isinstance(fields, dict) or set(fields) - {"family"} != expected or fields["v"] != 1:
+    if not isinstance(fields, dict) or set(fields) - {"family", "mldsa65"} != expected or fields["v"] != 1:
         raise ProtocolError("descriptor body has missing, unknown or versioned-out fields")
     caps, onion = fields["caps"], fields["onion"]
     if (not isinstance(caps, dict) or set(caps) - {"kind"} != _CAPS
@@ -196,28 +209,37 @@ def _parse_body(body: bytes) -> Descriptor:
         raise ProtocolError(f"descriptor capabilities are invalid: {exc}") from exc
     peer_id = PeerId(fields["id"])
     family = _check_family(fields["family"], peer_id) if "family" in fields else ()
+    mldsa65 = fields.get("mldsa65")
+    if mldsa65 is not None and (not isinstance(mldsa65, bytes) or len(mldsa65) != MLDSA65_PUBLIC_SIZE):
+        raise ProtocolError(f"descriptor mldsa65 key must be {MLDSA65_PUBLIC_SIZE} bytes")
     return Descriptor(peer_id, fields["published"], fields["expires"],
                       _check_addresses(fields["addresses"]), capabilities,
                       _check_ports(fields["exit_ports"]),
-                      OnionKeys(onion["x25519"], onion["mlkem768"]), b"", family)
+                      OnionKeys(onion["x25519"], onion["mlkem768"]), b"", family, mldsa65)
 
 
 async def verify_descriptor(provider: CryptoProvider, raw: bytes, *, now: float) -> Descriptor:
     """Parse and verify a descriptor received from anyone. Raises ``ProtocolError`` (malformed),
     ``CryptoError`` (bad key size or signature) or ``CryptoError`` for expired/future-dated ones."""
     outer = unpack_canonical(raw, max_size=MAX_DESCRIPTOR_SIZE, what="descriptor")
-    if (not isinstance(outer, list) or len(outer) != 2 or not isinstance(outer[0], bytes)
-            or not isinstance(outer[1], bytes)):
-        raise ProtocolError("descriptor must be [body, signature]")
-    body, signature = outer
+    if (not isinstance(outer, list) or len(outer) not in (2, 3)
+            or not all(isinstance(part, bytes) for part in outer)):
+        raise ProtocolError("descriptor must be [body, signature] or [body, signature, mldsa65 signature]")
+    body, signature = outer[0], outer[1]
     if len(signature) != ED25519_SIG_SIZE:
         raise CryptoError(f"descriptor signature must be {ED25519_SIG_SIZE} bytes")
     parsed = _parse_body(body)
+    if (parsed.mldsa65 is None) != (len(outer) == 2):
+        raise ProtocolError("a descriptor carries an ML-DSA-65 signature exactly when its body has an mldsa65 key")
     if not await provider.ed25519_verify(parsed.peer_id.key, signature, DOMAIN + body):
         raise CryptoError("descriptor signature does not verify")
+    if parsed.mldsa65 is not None and (len(outer[2]) != MLDSA65_SIG_SIZE or not await provider.mldsa65_verify(
+            parsed.mldsa65, outer[2], DOMAIN + body)):
+        raise CryptoError("descriptor ML-DSA-65 signature does not verify")
     if now < parsed.published - CLOCK_SKEW:
         raise CryptoError("descriptor is dated in the future; check the publisher's clock")
     if now >= parsed.expires:
         raise CryptoError("descriptor has expired")
     return Descriptor(parsed.peer_id, parsed.published, parsed.expires, parsed.addresses,
-                      parsed.capabilities, parsed.exit_ports, parsed.onion_keys, bytes(raw), parsed.family)
+                      parsed.capabilities, parsed.exit_ports, parsed.onion_keys, bytes(raw), parsed.family,
+                      parsed.mldsa65)

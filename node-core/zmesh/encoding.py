@@ -46,15 +46,16 @@ def pack_canonical(value: Any) -> bytes:
     return msgpack.packb(_sorted(value), use_bin_type=True)
 
 
-def unpack_canonical(data: bytes, *, max_size: int, what: str) -> Any:
-    """Decode untrusted bytes; raise ``ProtocolError`` unless they are canonical and small enough."""
+def unpack_canonical(data: bytes, *, max_size: int, what: str, max_items: int = 1024) -> Any:
+    """Decode untrusted bytes; raise ``ProtocolError`` unless they are canonical and small enough
+    (``max_items``: the longest array allowed, e.g. a consensus's relay list)."""
     if len(data) > max_size:
         raise ProtocolError(f"{what} is {len(data)} bytes; the limit is {max_size}")
     try:
         value = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
             max_str_len=max_size, max_bin_len=max_size,
-            max_array_len=1024, max_map_len=64, max_ext_len=0,
+            max_array_len=max_items, max_map_len=64, max_ext_len=0,
         )
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"{what} is not valid msgpack") from exc

@@ -9,6 +9,8 @@ and the message says what to do about it. Who is at fault is visible in the clas
     │   ├── OnionAddressError  a ``.mesh`` service address is malformed or mistyped
     │   └── MultipathError     a multipath peer broke the multipath rules (``reason``: a DestroyReason)
     ├── CryptoError          a signature, MAC or digest did not verify, or a key has the wrong size
+    │   └── ConsensusRefused  a directory consensus lacks a majority of valid authority signatures
+    │                         or is outside its validity window (names what is missing)
     ├── CircuitError         a circuit could not be built or was torn down (``reason``: a DestroyReason)
     ├── StreamError          a stream was refused or ended abnormally (``reason``: an EndReason)
     ├── ConfigError          a setting or argument is out of range (names the bad key)
@@ -137,3 +139,10 @@ class MultipathError(ProtocolError):
     def __init__(self, message: str, reason: DestroyReason) -> None:
         super().__init__(message)
         self.reason = reason
+class ConsensusRefused(CryptoError):
+    """A consensus is not acceptable: too few valid signatures from the configured authorities
+    (``missing`` names the fingerprints that did not sign validly) or outside its validity window."""
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing

@@ -110,6 +110,8 @@ class GuardManager:
         self.params = params or GuardParams()
         self._clock, self._rng, self.on_change = clock, rng, on_change
         self._sample: list[Guard] = list(guards)[:self.params.sample_size]
+        # with a consensus: only relays it gives the Guard flag (``ConsensusView.is_guard``)
+        self.eligible: Callable[[Descriptor], bool] | None = None
 
     def sample(self) -> list[PeerId]:
         """The sample in preference order."""
@@ -179,7 +181,8 @@ class GuardManager:
     def _usable(self, relays: Iterable[Descriptor]) -> dict[PeerId, Descriptor]:
         """The relays that can be guards: listed relays one can dial, not tabs unless allowed."""
         return {r.peer_id: r for r in relays
-                if r.capabilities.relay and listens(r) and (self.params.allow_tabs or not is_tab(r))}
+                if r.capabilities.relay and listens(r) and (self.params.allow_tabs or not is_tab(r))
+                and (self.eligible is None or self.eligible(r))}
 
     def _listed(self) -> list[Guard]:
         return [g for g in self._sample if g.unlisted_since is None]

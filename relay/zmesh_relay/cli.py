@@ -1,4 +1,5 @@
-"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``service``, ``demo``, ``status`` and ``config --check``.
+"""The ``zmesh`` command: ``signal``, ``relay``, ``client``, ``service``, ``authority``, ``demo``, ``status``
+and ``config --check``.
 
 Each long-running command prints one line ``zmesh-ready <what> <address>`` on stdout once it is
 serving (scripts and tests wait for it), logs to stderr, and stops cleanly on SIGINT/SIGTERM. A
@@ -152,6 +153,21 @@ async def cmd_status(cfg: dict[str, Any]) -> None:
     print(circuits_table(document))
 
 
+async def cmd_authority(cfg: dict[str, Any], fingerprint_only: bool) -> None:
+    from .authority import Authority, print_fingerprint
+
+    if fingerprint_only:
+        print(await print_fingerprint(cfg), flush=True)
+        return
+    authority = Authority(cfg)
+
+    async def start() -> None:
+        await authority.start()
+        ready("authority", f"{authority.url} {authority.fingerprint}")
+
+    await run_until_signalled(start, authority.stop)
+
+
 async def cmd_demo(cfg: dict[str, Any], relays: int) -> None:
     from .demo import Demo
 
@@ -165,6 +181,11 @@ def _metrics_flags(command: argparse.ArgumentParser) -> None:
                               "after the other ready lines)")
     command.add_argument("--metrics-allow-remote", dest="metrics.allow_remote", action="store_const", const=True,
                          help="allow --metrics on a non-loopback address (its counters are a correlation oracle)")
+
+
+def _authority_flag(command: argparse.ArgumentParser, what: str = "a directory authority") -> None:
+    command.add_argument("--authority", dest="directory.authorities", action="append", metavar="URL#FINGERPRINT",
+                         help=f"{what} (repeatable); with any, relays come only from their signed consensus")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -199,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
                        help="two-letter country code to declare (self-declared: nothing checks it yet)")
     relay.add_argument("--family", dest="relay.family", action="append", metavar="PEERID",
                        help="another relay of the same operator (repeatable); honoured when it lists this one too")
+    _authority_flag(relay)
     relay.add_argument("--max-links", dest="relay.max_links", type=int, metavar="N")
     relay.add_argument("--max-peers", dest="relay.max_peers", metavar="auto|N")
     relay.add_argument("--max-links-per-address", dest="relay.max_links_per_address", type=int, metavar="N")
@@ -236,6 +258,7 @@ def parser() -> argparse.ArgumentParser:
                         help="cover traffic on the first link, both ways (docs/anonymity.md)")
     client.add_argument("--padding-keepalive", dest="anonymity.keepalive", type=float, metavar="SECONDS")
     client.add_argument("--frame-padding", dest="anonymity.frame_padding", action="store_const", const=True)
+    _authority_flag(client)
     client.add_argument("--control", dest="client.control", metavar="HOST:PORT")
     client.add_argument("--control-allow-remote", dest="client.control_allow_remote", action="store_const",
                         const=True)
@@ -255,6 +278,14 @@ def parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show a running client's circuits (its control port)")
     status.add_argument("--control", dest="client.control", metavar="HOST:PORT")
+
+    authority = commands.add_parser("authority", help="run a directory authority (docs/directory.md)")
+    authority.add_argument("--listen", dest="authority.listen", metavar="HOST:PORT")
+    authority.add_argument("--data-dir", dest="authority.data_dir", metavar="DIR")
+    authority.add_argument("--vote-interval", dest="authority.vote_interval", type=int, metavar="SECONDS")
+    authority.add_argument("--fingerprint", action="store_true",
+                           help="create the key if needed, print this authority's fingerprint and exit")
+    _authority_flag(authority, "the other authorities")
 
     demo = commands.add_parser("demo", help="run a whole local mesh and a test site")
     demo.add_argument("--relays", type=int, default=4, help="relays in the demo mesh, the last one an exit")
@@ -281,6 +312,7 @@ def _help_from_settings(root: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     command, config_file, relays = args.pop("command"), args.pop("config"), args.pop("relays", 4)
+    fingerprint_only = args.pop("fingerprint", False)
     config_file = args.pop("check", None) or config_file
     try:
         cfg = settings.load(config_file, flags=args)
@@ -294,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {"signal": lambda: cmd_signal(cfg), "relay": lambda: cmd_relay(cfg),
                "client": lambda: cmd_client(cfg), "service": lambda: cmd_service(cfg),
-               "demo": lambda: cmd_demo(cfg, relays), "status": lambda: cmd_status(cfg)}
+               "demo": lambda: cmd_demo(cfg, relays), "status": lambda: cmd_status(cfg),
+               "authority": lambda: cmd_authority(cfg, fingerprint_only)}
     try:
         asyncio.run(runners[command]())
     except ZmeshError as exc:

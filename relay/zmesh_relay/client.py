@@ -16,6 +16,8 @@ rendezvous, the joined circuit reused), never by DNS or an exit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -26,6 +28,7 @@ from zmesh.aio.driver import MeshStream, NodeDriver
 from zmesh.aio.multipath_link import LegPartners
 from zmesh.aio.onion import DescriptorDirectory, OnionClient, StoreDescriptors
 from zmesh.circuit_plan import CircuitPlan
+from zmesh.consensus_view import ConsensusView
 from zmesh.descriptor import Descriptor
 from zmesh.directory_view import DirectoryView
 from zmesh.errors import CircuitError
@@ -36,6 +39,7 @@ from zmesh.onion.address import is_mesh_name
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
+from .authority_client import AuthorityClient, keep_fresh, open_consensus_view
 from .config import circuit_policy, control_address, padding_policy, socks_limits, split_host_port
 from .control import ControlServer
 from .guard_file import open_guards
@@ -55,7 +59,8 @@ class Client:
         self.signal = SignalClient(config["signaling.url"])
         self.descriptors = descriptors or StoreDescriptors(self.signal, config["signaling.url"].split(",")[0],
                                                            self.provider)
-        self.directory = DirectoryView(self.signal.relay_updates, self.provider)
+        self.directory: DirectoryView | ConsensusView = DirectoryView(self.signal.relay_updates, self.provider)
+        self.authorities = AuthorityClient(config["directory.authorities"]) if config["directory.authorities"] else None
         self.selector = PathSelector()
         self.trust_file = TrustFile(config["client.data_dir"], self.selector.trust)
         self.guards = open_guards(config["client.data_dir"])
@@ -69,11 +74,18 @@ class Client:
         self.socks_port = 0
         self.control_port = 0
         self._rng = random.SystemRandom()
+        self._fresh: asyncio.Task | None = None
 
     async def start(self) -> None:
         # A fresh identity per run: a client has no reason to be recognisable across restarts.
         identity = await Identity.generate(self.provider)
         log.info("this run's node identity: %s", identity.peer_id.text)  # the client's own log only
+        if self.authorities is not None:  # the consensus is then the only source of relays
+            view = await open_consensus_view(self.config, self.authorities, self.provider,
+                                             self.config["client.data_dir"])
+            await view.relays()  # a refused consensus stops the start with the reason
+            self.directory, self.guards.eligible = view, view.is_guard
+            self._fresh = asyncio.get_running_loop().create_task(keep_fresh(view))
         node = Node(identity, self.provider, time.monotonic, accept_circuits=False,
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"],
                                       cc_max_window=self.config["core.cc_max_window"]))
@@ -133,6 +145,10 @@ class Client:
         return {"guards": [peer.text for peer in self.guards.primary()], "circuits": circuits}
 
     async def stop(self) -> None:
+        if self._fresh is not None:
+            self._fresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fresh
         if self.control is not None:
             await self.control.close()
         if self.socks is not None:
@@ -144,4 +160,6 @@ class Client:
         if self.transports is not None:
             await self.transports.close()
         await self.signal.close()
+        if self.authorities is not None:
+            await self.authorities.close()
         self.trust_file.save()

@@ -22,6 +22,7 @@ from typing import Any
 from zmesh.aio.rtc import ChannelOptions, IceServer, RtcOptions
 from zmesh.aio.transport import check_redial_after, check_transport
 from zmesh.circuit_plan import CircuitPolicy
+from zmesh.consensus_view import AuthorityRef, check_authorities
 from zmesh.cover import DEFAULT_KEEPALIVE, PaddingPolicy, parse_cover
 from zmesh.descriptor import EXIT_KINDS, MAX_FAMILY
 from zmesh.errors import ConfigError, ProtocolError
@@ -300,6 +301,25 @@ def _exit_policy(value: list) -> list:
     return value
 
 
+def _authorities(value: list) -> tuple[AuthorityRef, ...]:
+    """Directory authorities as URL#FINGERPRINT strings or {url, fingerprint} tables."""
+    refs = []
+    for item in value:
+        if isinstance(item, str):
+            refs.append(AuthorityRef.parse(item))
+        elif isinstance(item, dict) and set(item) == {"url", "fingerprint"}:
+            refs.append(AuthorityRef.of(item["url"], item["fingerprint"]))
+        else:
+            raise ValueError("each authority is URL#FINGERPRINT or {url = ..., fingerprint = ...}")
+    return check_authorities(refs)
+
+
+def _vote_interval(value: int) -> int:
+    if value != 0 and not 2 <= value <= 24 * 3600:
+        raise ValueError("expected 2..86400 seconds (0: 300 on a private test network, else 3600)")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     kind: type
@@ -425,6 +445,13 @@ SETTINGS: dict[str, Setting] = {
     "anonymity.padding_max_percent": Setting(int, _NODE.padding_max_percent, _padding_max_percent,
                                              "the largest share (%) of a link's cells a peer's padding machine may "
                                              "make padding; more is refused"),
+    "directory.authorities": Setting(list, [], _authorities,
+                                     "directory authorities, URL#FINGERPRINT or {url, fingerprint}: relays publish to "
+                                     "each, nodes use only their signed consensus (docs/directory.md)"),
+    "authority.listen": Setting(str, "127.0.0.1:9030", _host_port, "where `zmesh authority` listens"),
+    "authority.data_dir": Setting(str, "~/.zmesh/authority", None, "the authority's key folder (0700, key 0600)"),
+    "authority.vote_interval": Setting(int, 0, _vote_interval,
+                                       "seconds between votes (0: 300 on a private test network, else 3600)"),
 }
 
 
@@ -494,7 +521,7 @@ def describe(config: dict[str, Any]) -> list[str]:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, PeerId):
+    if isinstance(value, PeerId | AuthorityRef):
         return value.text
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}

@@ -22,12 +22,14 @@ from typing import TypeVar
 from zmesh.crypto.provider import KEY_SIZE, CryptoProvider
 from zmesh.encoding import pack_canonical, unpack_canonical
 from zmesh.errors import ConfigError, ZmeshError
+from zmesh.hybrid import HybridKey
 from zmesh.identity import Identity
 from zmesh.onionkeys import OnionKeyRing
 
 KEY_FILE = "identity.key"
 ONION_FILE = "onion_keys.state"
 SERVICE_KEY_FILE = "service.key"
+MLDSA_KEY_FILE = "descriptor_mldsa65.key"
 _SERVICE_KEY_VERSION = 1
 T = TypeVar("T")
 
@@ -76,22 +78,33 @@ async def load_or_create_service_key(provider: CryptoProvider, data_dir: str | P
     """The onion service's Ed25519 seed from ``<data_dir>/service.key``, or a new one saved there.
     Losing the file loses the ``.mesh`` address; copying it (and nothing else) moves the service.
     The file is canonical msgpack ``{"v": 1, "seed": <32 bytes>}``."""
+    return await _load_or_create_seed(data_dir, SERVICE_KEY_FILE, "zmesh service key", provider.ed25519_generate)
+
+
+async def load_or_create_descriptor_mldsa_key(provider: CryptoProvider, data_dir: str | Path) -> bytes:
+    """The relay's ML-DSA-65 seed for hybrid-signed descriptors (docs/directory.md) from
+    ``<data_dir>/descriptor_mldsa65.key``, same file shape as ``service.key``, or a new one."""
+    return await _load_or_create_seed(data_dir, MLDSA_KEY_FILE, "zmesh ML-DSA-65 key", provider.mldsa65_generate)
+
+
+async def _load_or_create_seed(data_dir: str | Path, name: str, what: str,
+                               generate: Callable[[], Awaitable[tuple[bytes, bytes]]]) -> bytes:
     async def load(data: bytes) -> bytes:
-        path = Path(data_dir).expanduser() / SERVICE_KEY_FILE
+        path = Path(data_dir).expanduser() / name
         try:
             saved = unpack_canonical(data, max_size=256, what=str(path))
         except ZmeshError as exc:
-            raise ConfigError(f"{path} is not a zmesh service key: {exc}") from exc
+            raise ConfigError(f"{path} is not a {what}: {exc}") from exc
         if (not isinstance(saved, dict) or saved.keys() != {"v", "seed"} or saved["v"] != _SERVICE_KEY_VERSION
                 or not isinstance(saved["seed"], bytes) or len(saved["seed"]) != KEY_SIZE):
-            raise ConfigError(f"{path} is not a version-{_SERVICE_KEY_VERSION} zmesh service key")
+            raise ConfigError(f"{path} is not a version-{_SERVICE_KEY_VERSION} {what}")
         return saved["seed"]
 
     async def create() -> tuple[bytes, bytes]:
-        seed, _ = await provider.ed25519_generate()
+        seed, _ = await generate()
         return seed, pack_canonical({"v": _SERVICE_KEY_VERSION, "seed": seed})
 
-    return await _load_or_create(data_dir, SERVICE_KEY_FILE, load, create)
+    return await _load_or_create(data_dir, name, load, create)
 
 
 async def load_or_create_onion_ring(provider: CryptoProvider, data_dir: str | Path, clock: Callable[[], float], *,
@@ -125,3 +138,17 @@ def save_onion_ring(ring: OnionKeyRing, data_dir: str | Path) -> None:
         os.replace(temporary, folder / ONION_FILE)
     except OSError as exc:
         raise ConfigError(f"cannot save the onion keys in {folder}: {exc.strerror}") from exc
+
+
+AUTHORITY_KEY_FILE = "authority.key"
+
+
+async def load_or_create_authority_key(provider: CryptoProvider, data_dir: str | Path) -> HybridKey:
+    """A directory authority's hybrid (Ed25519 + ML-DSA-65) key from ``<data_dir>/authority.key``,
+    or a new one saved there (0600). Its fingerprint is what clients and peers are configured with."""
+    async def create() -> tuple[HybridKey, bytes]:
+        key = await HybridKey.generate(provider)
+        return key, key.to_bytes()
+
+    return await _load_or_create(data_dir, AUTHORITY_KEY_FILE, lambda data: HybridKey.from_bytes(provider, data),
+                                 create)

@@ -21,6 +21,7 @@ from typing import Any
 from zmesh.aio.api import MeshVPN
 from zmesh.aio.driver import NodeDriver
 from zmesh.aio.onion import StoreDescriptors
+from zmesh.consensus_view import ConsensusView
 from zmesh.directory_view import DirectoryView
 from zmesh.identity import Identity
 from zmesh.native.crypto import NativeCryptoProvider
@@ -29,17 +30,19 @@ from zmesh.node import Node, NodeLimits
 from zmesh_signal.client import SignalClient
 
 from . import config as settings
+from .authority_client import AuthorityClient, open_consensus_view
 from .transports import NativeTransports
 
 
 class NativeMeshVPN(MeshVPN):
     """A ``MeshVPN`` that owns its node's transports and signal client: ``close`` ends them too."""
 
-    def __init__(self, driver: NodeDriver, directory: DirectoryView, transports: NativeTransports,
-                 signal: SignalClient, signal_url: str, **options: Any) -> None:
+    def __init__(self, driver: NodeDriver, directory: DirectoryView | ConsensusView, transports: NativeTransports,
+                 signal: SignalClient, signal_url: str, authorities: AuthorityClient | None = None,
+                 **options: Any) -> None:
         super().__init__(driver, directory.live,
                          descriptors=StoreDescriptors(signal, signal_url, driver.node.provider), **options)
-        self._transports, self._signal = transports, signal
+        self._transports, self._signal, self._authorities = transports, signal, authorities
 
     async def close(self) -> None:
         try:
@@ -48,14 +51,23 @@ class NativeMeshVPN(MeshVPN):
             await self.driver.close()
             await self._transports.close()
             await self._signal.close()
+            if self._authorities is not None:
+                await self._authorities.close()
 
 
-async def open_native_mesh(signal_url: str, destination: str | None = None, **options: Any) -> NativeMeshVPN:
-    """Start a client node on ``signal_url``'s mesh and build its circuit (``MeshVPN.connect``)."""
-    config = settings.load(flags={"signaling.url": signal_url, "anonymity.cover": options.pop("cover", None)})
+async def open_native_mesh(signal_url: str, destination: str | None = None, *,
+                           authorities: list[str] | None = None, **options: Any) -> NativeMeshVPN:
+    """Start a client node on ``signal_url``'s mesh and build its circuit (``MeshVPN.connect``).
+    ``authorities`` (``URL#FINGERPRINT``, else ``directory.authorities`` from the configuration):
+    take relays only from their signed consensus, never from the signal server."""
+    config = settings.load(flags={"signaling.url": signal_url, "anonymity.cover": options.pop("cover", None),
+                                  "directory.authorities": authorities})
     provider = NativeCryptoProvider()
     signal = SignalClient(config["signaling.url"])
-    directory = DirectoryView(signal.relay_updates, provider)
+    client = AuthorityClient(config["directory.authorities"]) if config["directory.authorities"] else None
+    directory: DirectoryView | ConsensusView = DirectoryView(signal.relay_updates, provider)
+    if client is not None:
+        directory = await open_consensus_view(config, client, provider, config["client.data_dir"])
     identity = await Identity.generate(provider)
     node = Node(identity, provider, time.monotonic, accept_circuits=False,
                 limits=NodeLimits(build_timeout=config["core.build_timeout"],
@@ -64,10 +76,11 @@ async def open_native_mesh(signal_url: str, destination: str | None = None, **op
     transports = NativeTransports(config, signal, directory, identity, provider)
     driver = NodeDriver(node, dialer=transports.dialer)
     options.setdefault("tls", stdlib_connector())
-    vpn = NativeMeshVPN(driver, directory, transports, signal, config["signaling.url"].split(",")[0], **options)
+    vpn = NativeMeshVPN(driver, directory, transports, signal, config["signaling.url"].split(",")[0], client,
+                        **options)
     try:
         await transports.start()
-        await directory.refresh()
+        await directory.relays(refresh=client is None)
         await vpn.connect(destination)
     except BaseException:
         await vpn.close()

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from zmesh.aio.driver import IncomingStream, NodeDriver
 from zmesh.aio.multipath_link import MultipathExit
+from zmesh.consensus_view import ConsensusView
 from zmesh.descriptor import DEFAULT_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from zmesh.directory_view import DirectoryView
 from zmesh.errors import ConfigError, ZmeshError
@@ -37,9 +38,15 @@ from zmesh_signal.client import SignalClient
 
 from . import wslink
 from .address_slots import AddressSlots
+from .authority_client import AuthorityClient, open_consensus_view
 from .config import padding_policy, split_host_port
 from .exit_policy import ExitPolicy, end_reason_for, open_exit_connection
-from .keys import load_or_create_identity, load_or_create_onion_ring, save_onion_ring
+from .keys import (
+    load_or_create_descriptor_mldsa_key,
+    load_or_create_identity,
+    load_or_create_onion_ring,
+    save_onion_ring,
+)
 from .linkaddress import load_tls, published_address
 from .metrics import EXIT_COUNTER
 from .splice import splice
@@ -62,7 +69,9 @@ class Relay:
             raise ConfigError("exit.upstream (--exit-upstream) is set but this relay is no exit; add --exit")
         self.tls = load_tls(config["relay.tls_cert"], config["relay.tls_key"])
         self.signal = SignalClient(config["signaling.url"])
-        self.directory = DirectoryView(self.signal.relay_updates, self.provider)
+        self.directory: DirectoryView | ConsensusView = DirectoryView(self.signal.relay_updates, self.provider)
+        self.authorities = AuthorityClient(config["directory.authorities"]) if config["directory.authorities"] else None
+        self._mldsa_seed: bytes | None = None
         self.driver: NodeDriver | None = None
         self.transports: NativeTransports | None = None
         self.link_url = ""
@@ -81,6 +90,10 @@ class Relay:
     async def start(self) -> None:
         data_dir = self.config["relay.data_dir"]
         identity = await load_or_create_identity(self.provider, data_dir)
+        if self.authorities is not None:  # relays to extend to come from the consensus only
+            self.directory = await open_consensus_view(self.config, self.authorities, self.provider, data_dir)
+            # authorities list only hybrid-signed descriptors (docs/directory.md)
+            self._mldsa_seed = await load_or_create_descriptor_mldsa_key(self.provider, data_dir)
         self.onion_ring = ring = await load_or_create_onion_ring(
             self.provider, data_dir, time.time, lifetime=self.config["relay.onion_key_lifetime"],
             grace=self.config["relay.onion_key_grace"])
@@ -117,7 +130,8 @@ class Relay:
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.link_url = str(published_address(host, bound, advertise=self.config["relay.advertise"], tls=self.tls))
         await self._publish()
-        await self._await_listed(self.config["relay.listing_wait"])
+        if self.authorities is None:  # an authority answers a publication only after testing the relay
+            await self._await_listed(self.config["relay.listing_wait"])
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
         log.info("relay %s listening on %s%s", identity.peer_id.short(), self.link_url,
                  "" if not self.exit_policy else " (exit)" if not self.upstream else f" (exit through {self.upstream})")
@@ -136,8 +150,16 @@ class Relay:
             self.provider, self.driver.node.identity, now=now,
             addresses={"ws": (self.link_url,), **self.transports.addresses()}, capabilities=caps,
             exit_ports=self.exit_policy.summary_ports() if self.exit_policy else (),
-            onion=self.onion_ring.current.public, family=self.config["relay.family"])
-        await self.signal.publish(self.descriptor.raw)
+            onion=self.onion_ring.current.public, family=self.config["relay.family"], mldsa65_seed=self._mldsa_seed)
+        if self.authorities is None:
+            await self.signal.publish(self.descriptor.raw)
+            return
+        accepted = await self.authorities.publish(self.descriptor.raw)
+        log.info("%d of %d authorities listed this relay", accepted, len(self.authorities.authorities))
+        try:  # the signal server still carries WebRTC signaling for this relay
+            await self.signal.publish(self.descriptor.raw)
+        except ZmeshError as exc:
+            log.debug("not published to the signal server: %s", exc)
 
     async def _await_listed(self, timeout: float) -> None:
         """Wait (up to ``timeout`` s) until the signal server lists this relay: it probes the link
@@ -248,6 +270,8 @@ class Relay:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.signal.close()
+        if self.authorities is not None:
+            await self.authorities.close()
 
 
 @web.middleware

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from zmesh.cells import BODY_SIZE, CellCommand, Reassembler, encode_cell, fragments, parse_frame
 from zmesh.crypto.provider import CryptoProvider
@@ -26,6 +27,7 @@ from zmesh_relay import wslink
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 PROBE_CIRCUIT = 0x8000_0001  # the dialer's half of the circuit-id space; the only circuit it opens
 
 
@@ -42,6 +44,19 @@ async def probe_relay(provider: CryptoProvider, descriptor: Descriptor, *, timeo
     all within ``timeout`` seconds; return the address that answered. Raises ``TransportError``
     (nothing answered in time, or a refused address), ``CryptoError`` (wrong keys) or
     ``ProtocolError`` (not a relay)."""
+    async def handshake(link: Link) -> None:
+        await circuit_handshake(provider, descriptor, link)
+
+    url, _ = await try_addresses(descriptor, handshake, timeout=timeout, allow_private=allow_private,
+                                  failed="is not reachable")
+    return url
+
+
+async def try_addresses(descriptor: Descriptor, test: Callable[[Link], Awaitable[T]], *, timeout: float,
+                         allow_private: bool, failed: str) -> tuple[str, T]:
+    """Run ``test`` on a link to each ``ws`` address of ``descriptor`` in turn until one passes, all
+    within ``timeout`` seconds; the address and its result, or ``TransportError`` naming every
+    address's failure (``failed`` says what the relay then is)."""
     failures = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -50,20 +65,21 @@ async def probe_relay(provider: CryptoProvider, descriptor: Descriptor, *, timeo
             async with asyncio.timeout_at(deadline):
                 link = await dial_link(url, max(0.001, deadline - loop.time()), allow_private=allow_private)
                 try:
-                    await _handshake(provider, descriptor, link)
+                    return url, await test(link)
                 finally:
                     await link.close()
-            return url
         except TimeoutError:
             failures.append("no answer in time")
             break
         except ZmeshError as exc:
             failures.append(str(exc))
     reasons = "; ".join(failures) or "no ws address"
-    raise TransportError(f"relay {descriptor.peer_id.short()} is not reachable: {reasons}")
+    raise TransportError(f"relay {descriptor.peer_id.short()} {failed}: {reasons}")
 
 
-async def _handshake(provider: CryptoProvider, descriptor: Descriptor, link: Link) -> None:
+async def circuit_handshake(provider: CryptoProvider, descriptor: Descriptor, link: Link) -> None:
+    """CREATE → CREATED with the descriptor's onion keys on ``link``, then DESTROY (also the
+    directory authorities' reachability test, zmesh_relay.measure)."""
     state = await client_start(provider, descriptor.peer_id, descriptor.onion_keys)
     await link.send(b"".join(encode_cell(CellCommand.CREATE, PROBE_CIRCUIT, piece, flags)
                              for piece, flags in fragments(state.create_payload(), BODY_SIZE)))
