@@ -36,6 +36,7 @@ from ..node import Node
 from ..onionkeys import OnionKeyRing
 from ..signaling import SignalSession
 from .links import BrowserChannelLink, BrowserTextSocket
+from .onion import page_descriptors
 from .rtc import BrowserRtcBackend
 from .tls import TlsliteConnector
 from .webcrypto import WebCryptoProvider
@@ -294,7 +295,7 @@ async def open_mesh(options: Any) -> Any:
                                    descriptor_lifetime=lifetime)
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
     vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, tls=tls,
-                  **settings)
+                  descriptors=page_descriptors(node.provider), **settings)
     channels = (ChannelOptions(), *((FEC_CHANNEL,) if vpn.options.enable_fec else ()))
     rtc = RtcOptions(ice_servers, timeout, channels, ice_policy)
     node.dialer.mode = lambda: vpn.options.transport
