@@ -36,6 +36,7 @@ from zmesh_signal.client import SignalClient
 from .config import circuit_policy, control_address, socks_limits, split_host_port
 from .control import ControlServer
 from .guard_file import open_guards
+from .keys import load_or_create_client_auth_key
 from .socks5 import Credentials, Socks5Server
 from .transports import NativeTransports
 from .trust_file import TrustFile
@@ -50,8 +51,7 @@ class Client:
         self.control_address = control_address(config)  # refused before anything starts
         self.provider = NativeCryptoProvider()
         self.signal = SignalClient(config["signaling.url"])
-        self.descriptors = descriptors or StoreDescriptors(self.signal, config["signaling.url"].split(",")[0],
-                                                           self.provider)
+        self.descriptors = descriptors  # None: the signal server's store, made in start() (the auth key)
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
         self.selector = PathSelector()
         self.trust_file = TrustFile(config["client.data_dir"], self.selector.trust)
@@ -81,6 +81,11 @@ class Client:
         self.circuits = CircuitManager(self.driver, self._choose, self.selector, self.plan,
                                        first_hop=self.guards.first_hop)
         self.circuits.start()
+        if self.descriptors is None:
+            key_file = self.config["client.client_auth_key"]
+            secret = await load_or_create_client_auth_key(self.provider, key_file) if key_file else None
+            self.descriptors = StoreDescriptors(self.signal, self.config["signaling.url"].split(",")[0],
+                                                self.provider, client_secret=secret)
         self.onion = OnionClient(self.driver, self._relays, self.descriptors, selector=self.selector,
                                  guards=self.guards, rng=self._rng)
         self.socks = Socks5Server(self.open_stream, socks_limits(self.config))
