@@ -132,9 +132,16 @@ def test_two_tabs_exchange_messages_both_ways_by_mesh_address(browser, onion_mes
             const vpn = window.vpn = new MeshVPN({ relay: false });
             window.heard = [];
             vpn.on("message", (data) => window.heard.push(new TextDecoder().decode(data)));
+            const errors = [];
+            try { await vpn.host({ onStream: () => {}, port: 0 }); } catch (err) { errors.push(err.name); }
+            try { await vpn.host(); } catch (err) { errors.push(err.message); }  // before connect()
             await vpn.connect();
-            return await vpn.host();
+            const address = await vpn.host();
+            try { await vpn.host(); } catch (err) { errors.push(err.type); }  // one service per tab
+            return { address, errors };
         }""")
+        assert alice_address["errors"] == ["TypeError", "not connected: call connect() first", "InvalidState"]
+        alice_address = alice_address["address"]
         bob_address = bob.evaluate("""async (alice) => {
             const { MeshVPN } = await import("/meshvpn.js");
             const vpn = window.vpn = new MeshVPN({ relay: false, destination: alice });

@@ -198,7 +198,13 @@ export class MeshVPN {
   async connect(options = {}) {
     Object.assign(this.options, validate(options));
     if (this._vpn) {  // already in the mesh: a new circuit (to options.destination) on the same node
-      await call("could not connect", this._vpn.connect, this.options.destination);
+      try {
+        await call("could not connect", this._vpn.connect, this.options.destination);
+      } catch (err) {
+        this._emit("error", err);
+        throw err;
+      }
+      this._emit("connect", this.getStats());
       return;
     }
     try {
