@@ -295,7 +295,12 @@ export class MeshVPN {
     const vpn = this._require();
     const { pyodide } = await runtime;
     const hostTab = pyodide.runPython("from zmesh.browser.onion import host_tab; host_tab");
-    const accept = onStream && ((stream) => { onStream(duplex(stream)); });
+    // A handler that throws or rejects is reported as an "error" event and its stream closed.
+    const accept = onStream && ((stream) => {
+      const wrapped = duplex(stream);
+      const failed = (err) => { this._emit("error", err); wrapped.close(); };
+      try { Promise.resolve(onStream(wrapped)).catch(failed); } catch (err) { failed(err); }
+    });
     this.address = await call("could not host the onion service", hostTab, vpn, pyBytes(await loadServiceKey()),
                               port ?? 0, accept);
     return this.address;

@@ -68,6 +68,11 @@ class Client:
         self._rng = random.SystemRandom()
 
     async def start(self) -> None:
+        if self.descriptors is None:  # first: a bad key file is refused before anything starts
+            key_file = self.config["client.client_auth_key"]
+            secret = await load_or_create_client_auth_key(self.provider, key_file) if key_file else None
+            self.descriptors = StoreDescriptors(self.signal, self.config["signaling.url"].split(",")[0],
+                                                self.provider, client_secret=secret)
         # A fresh identity per run: a client has no reason to be recognisable across restarts.
         identity = await Identity.generate(self.provider)
         log.info("this run's node identity: %s", identity.peer_id.text)  # the client's own log only
@@ -81,11 +86,6 @@ class Client:
         self.circuits = CircuitManager(self.driver, self._choose, self.selector, self.plan,
                                        first_hop=self.guards.first_hop)
         self.circuits.start()
-        if self.descriptors is None:
-            key_file = self.config["client.client_auth_key"]
-            secret = await load_or_create_client_auth_key(self.provider, key_file) if key_file else None
-            self.descriptors = StoreDescriptors(self.signal, self.config["signaling.url"].split(",")[0],
-                                                self.provider, client_secret=secret)
         self.onion = OnionClient(self.driver, self._relays, self.descriptors, selector=self.selector,
                                  guards=self.guards, rng=self._rng)
         self.socks = Socks5Server(self.open_stream, socks_limits(self.config))
