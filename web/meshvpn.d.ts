@@ -44,7 +44,10 @@ export interface MeshOptions {
   descriptorLifetime?: number;
   /** PeerId of the first hop of every circuit (e.g. a friend's tab); otherwise the tab's entry guard. */
   entry?: string;
-  /** Another node's PeerId: `send`/`receive` then carry messages end to end to it. */
+  /** Another node's PeerId, or an onion service's `<address>.mesh` (over a rendezvous circuit,
+   *  neither side learning where the other is): `send` then carries messages end to end to it.
+   *  connect() on a tab already in the mesh builds the new circuit on the same node (a hosted
+   *  service stays up). */
   destination?: string;
   /** PEM certificates trusted for `https://` fetches besides the bundled roots (certifi's copy of
    *  Mozilla's list), e.g. a test CA. Read when the tab joins. */
@@ -139,7 +142,7 @@ export interface DisconnectInfo {
 
 /** Why a stream ended abnormally ("DESTROYED": the circuit under it went). */
 export type StreamEndCode = "MISC" | "RESOLVE_FAILED" | "CONNECT_REFUSED" | "EXIT_POLICY" | "DESTROYED"
-  | "TIMEOUT" | "PROTOCOL" | "DONE";
+  | "TIMEOUT" | "PROTOCOL" | "DONE" | "SERVICE_PORT";
 /** Why a circuit failed to build or was torn down. */
 export type CircuitDestroyCode = "NONE" | "PROTOCOL" | "INTERNAL" | "REQUESTED" | "TIMEOUT" | "CONNECT_FAILED"
   | "RESOURCE_LIMIT" | "LINK_CLOSED" | "TAMPERED" | "ONION_KEY_OUTDATED" | "BAD_SENDME" | "FLOW_VIOLATION";
@@ -216,6 +219,20 @@ export class MeshVPN {
    *  `replace` is true (that key's address is then lost unless it was exported); TypeError unless
    *  `seed` is 32 bytes. */
   importServiceKey(seed: Uint8Array, options?: { replace?: boolean }): Promise<void>;
+  /** This tab's `.mesh` address once `host()` resolved, else null. */
+  readonly address: string | null;
+  /** Host this origin's onion service (its key: exportServiceKey) from this tab, after connect():
+   *  keeps ~3 introduction circuits and publishes the descriptor at this page's origin
+   *  (`/v1/onion/`), then resolves the `.mesh` address. Messages sent to it arrive as "message"
+   *  events; a stream to `port` is accepted and handed to `onStream` (the shape openStream returns);
+   *  a stream to any other port is refused (the opener's MeshError `code` "SERVICE_PORT"). TypeError
+   *  for a bad `onStream` or `port`; a MeshError of type "InvalidState" if this tab already hosts. */
+  host(options?: { onStream?: (stream: DuplexStream) => void; port?: number }): Promise<string>;
+}
+
+/** What openStream resolves and host()'s onStream receives. */
+export interface DuplexStream {
+  read(): Promise<Uint8Array | null>; write(data: Uint8Array): Promise<void>; close(): Promise<void>;
 }
 
 /** This origin's onion-service key, made on first use (what exportServiceKey returns). */

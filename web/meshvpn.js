@@ -49,6 +49,21 @@ async function call(what, method, ...args) {
   throw new MeshError(what, info);
 }
 
+// A Python MeshStream (a proxy this object keeps) as a duplex stream: read() resolves null at a
+// normal end and rejects at an abnormal one.
+function duplex(stream) {
+  return {
+    async read() {
+      const data = await call("stream read failed", stream.read);
+      const bytes = data.toJs ? data.toJs() : data;
+      if (data.destroy) data.destroy();
+      return bytes.length ? new Uint8Array(bytes) : null;
+    },
+    write: (bytes) => call("stream write failed", stream.write, pyBytes(bytes)),
+    close: () => stream.close(),
+  };
+}
+
 function pyBytes(data) {
   if (!(data instanceof Uint8Array)) throw new TypeError("data must be a Uint8Array");
   return toBytes(data);
@@ -149,7 +164,7 @@ function validate(options) {
         if (typeof value !== "string") throw new TypeError("entry must be a PeerId string");
         out.entry = value; break;
       case "destination":
-        if (typeof value !== "string") throw new TypeError("destination must be a PeerId string");
+        if (typeof value !== "string") throw new TypeError("destination must be a PeerId or .mesh address string");
         out.destination = value; break;
       case "cover":
         if (typeof value !== "string" || !/^(off|(poisson|constant):[0-9]+(\.[0-9]+)?)$/.test(value))
@@ -176,6 +191,7 @@ export class MeshVPN {
     this.handlers = { message: [], connect: [], disconnect: [], error: [] };
     this.peerId = null;
     this._tab = null;  // the Python TabMesh: the node and its MeshVPN, one owner (zmesh.browser.session)
+    this.address = null;  // the .mesh address, once host() resolved
     this._vpn = null;
     this._joining = null;  // the connect() under way, which a second connect() waits for
     this._phase = null;  // "connecting" | "disconnecting" while one runs
@@ -310,16 +326,29 @@ export class MeshVPN {
    * and rejects at an abnormal one (the circuit destroyed, the far side's error). */
   async openStream(host, port) {
     const stream = await call(`stream to ${host}:${port} refused`, this._require().open_stream, host, port);
-    return {
-      async read() {
-        const data = await call("stream read failed", stream.read);
-        const bytes = data.toJs ? data.toJs() : data;
-        if (data.destroy) data.destroy();
-        return bytes.length ? new Uint8Array(bytes) : null;
-      },
-      write: (bytes) => call("stream write failed", stream.write, pyBytes(bytes)),
-      close: () => stream.close(),
-    };
+    return duplex(stream);
+  }
+
+  /** Host this origin's onion service (its key: exportServiceKey) from this tab; resolves its
+   * `.mesh` address once the descriptor is published. Messages sent to the address arrive as
+   * on("message"); a stream to `port` is handed to `onStream` as a duplex stream (the shape
+   * openStream returns); streams to other ports are refused (MeshError code "SERVICE_PORT"). */
+  async host({ onStream, port } = {}) {
+    if (onStream !== undefined && typeof onStream !== "function") throw new TypeError("onStream must be a function");
+    if (onStream !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535))
+      throw new TypeError(`port must be an integer 1..65535, got ${port}`);
+    const vpn = this._require();
+    const { pyodide } = await runtime;
+    const hostTab = pyodide.runPython("from zmesh.browser.onion import host_tab; host_tab");
+    // A handler that throws or rejects is reported as an "error" event and its stream closed.
+    const accept = onStream && ((stream) => {
+      const wrapped = duplex(stream);
+      const failed = (err) => { this._emit("error", err); wrapped.close(); };
+      try { Promise.resolve(onStream(wrapped)).catch(failed); } catch (err) { failed(err); }
+    });
+    this.address = await call("could not host the onion service", hostTab, vpn, pyBytes(await loadServiceKey()),
+                              port ?? 0, accept);
+    return this.address;
   }
 
   async send(data) {

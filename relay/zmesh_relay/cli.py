@@ -241,6 +241,7 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--signal", dest="signaling.url", metavar="URL")
     client.add_argument("--socks", dest="client.socks", metavar="HOST:PORT")
     client.add_argument("--data-dir", dest="client.data_dir", metavar="DIR")
+    client.add_argument("--client-auth-key", dest="client.client_auth_key", metavar="FILE")
     client.add_argument("--hops", dest="core.hops", type=int)
     client.add_argument("--exit-kind", dest="client.exit_kind", choices=("direct", "proxy"),
                         help="use only exits that connect directly, or only upstream-proxy exits (default: any)")
@@ -273,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
                          help="streams to virtual port VPORT (default: PORT) go to HOST:PORT (repeatable)")
     service.add_argument("--intro-points", dest="service.intro_points", type=int, metavar="N")
     service.add_argument("--intro-lifetime", dest="service.intro_lifetime", type=float, metavar="SECONDS")
+    service.add_argument("--authorized-client", dest="service.authorized_clients", action="append", metavar="KEY")
     service.add_argument("--control", dest="client.control", metavar="HOST:PORT",
                          help="serve the service's intro and rendezvous circuits here (docs/control.md)")
 

@@ -43,6 +43,7 @@ from .authority_client import AuthorityClient, keep_fresh, open_consensus_view
 from .config import circuit_policy, control_address, padding_policy, socks_limits, split_host_port
 from .control import ControlServer
 from .guard_file import open_guards
+from .keys import load_or_create_client_auth_key
 from .socks5 import Credentials, Socks5Server
 from .transports import NativeTransports
 from .trust_file import TrustFile
@@ -57,8 +58,7 @@ class Client:
         self.control_address = control_address(config)  # refused before anything starts
         self.provider = NativeCryptoProvider()
         self.signal = SignalClient(config["signaling.url"])
-        self.descriptors = descriptors or StoreDescriptors(self.signal, config["signaling.url"].split(",")[0],
-                                                           self.provider)
+        self.descriptors = descriptors  # None: the signal server's store, made in start() (the auth key)
         self.directory: DirectoryView | ConsensusView = DirectoryView(self.signal.relay_updates, self.provider)
         self.authorities = AuthorityClient(config["directory.authorities"]) if config["directory.authorities"] else None
         self.selector = PathSelector()
@@ -77,6 +77,11 @@ class Client:
         self._fresh: asyncio.Task | None = None
 
     async def start(self) -> None:
+        if self.descriptors is None:  # first: a bad key file is refused before anything starts
+            key_file = self.config["client.client_auth_key"]
+            secret = await load_or_create_client_auth_key(self.provider, key_file) if key_file else None
+            self.descriptors = StoreDescriptors(self.signal, self.config["signaling.url"].split(",")[0],
+                                                self.provider, client_secret=secret)
         # A fresh identity per run: a client has no reason to be recognisable across restarts.
         identity = await Identity.generate(self.provider)
         log.info("this run's node identity: %s", identity.peer_id.text)  # the client's own log only

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -118,6 +119,18 @@ def _forwards(value: list) -> tuple[tuple[int, str, int], ...]:
     if len({vport for vport, _, _ in forwards}) != len(forwards):
         raise ValueError("a virtual port is forwarded twice")
     return tuple(forwards)
+
+
+def _client_keys(value: list) -> list[str]:
+    """X25519 public keys of authorised clients, 64 hex digits each (a client's ``<key file>.pub``)."""
+    keys = []
+    for entry in value:
+        if not isinstance(entry, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", entry.strip()):
+            raise ValueError(f"{entry!r}: a client key is 64 hex digits (the client's client_auth_key .pub file)")
+        keys.append(entry.strip().lower())
+    if len(set(keys)) != len(keys):
+        raise ValueError("a client key is listed twice")
+    return keys
 
 
 def _intro_lifetime(value: float) -> float:
@@ -406,6 +419,8 @@ SETTINGS: dict[str, Setting] = {
     "client.control": Setting(str, "", _optional_host_port, "control port HOST:PORT (docs/control.md); empty: off"),
     "client.control_allow_remote": Setting(bool, False, None,
                                            "let the control port listen on a non-loopback address"),
+    "client.client_auth_key": Setting(str, "", None, "file of this client's X25519 key for onion services that "
+                                      "authorise clients (made 0600 if absent, public half in FILE.pub); empty: none"),
     "service.data_dir": Setting(str, "~/.zmesh/service", None,
                                 "`zmesh service`: folder of the service key (0700, key 0600); its .mesh address"),
     "service.forward": Setting(list, [], _forwards,
@@ -415,6 +430,9 @@ SETTINGS: dict[str, Setting] = {
                                       "`zmesh service`: seconds before an introduction point is rotated"),
     "client.multipath": Setting(bool, False, None, "split each stream over two circuits that share only the exit "
                                                    "(docs/protocol.md, Multipath)"),
+    "service.authorized_clients": Setting(list, [], _client_keys,
+                                          "`zmesh service`: only clients holding these X25519 keys (64 hex digits, "
+                                          "their FILE.pub) can read the descriptor (repeatable); empty: anyone"),
     "socks.max_connections": Setting(int, _SOCKS.max_connections, _socks_limit("max_connections"),
                                      "SOCKS connections held at once (idle ones are evicted first)"),
     "socks.handshake_timeout": Setting(float, _SOCKS.handshake_timeout, _socks_limit("handshake_timeout"),

@@ -1,6 +1,7 @@
 """A node's keys on disk, in ``<data_dir>`` (created 0700): its long-term identity ``identity.key``,
 its rotating onion keys ``onion_keys.state`` (``zmesh.onionkeys``) and, for ``zmesh service``, the
-onion service's key ``service.key`` (whose public half is the ``.mesh`` address), all 0600.
+onion service's key ``service.key`` (whose public half is the ``.mesh`` address), all 0600; and,
+anywhere the user names, an onion client's authorisation key (``load_or_create_client_auth_key``).
 
 A key file that others can read is refused (like ssh does): whoever reads it can impersonate the
 relay or decrypt the ML-KEM half of its circuit handshakes. The onion key state is rewritten on
@@ -105,6 +106,29 @@ async def _load_or_create_seed(data_dir: str | Path, name: str, what: str,
         return seed, pack_canonical({"v": _SERVICE_KEY_VERSION, "seed": seed})
 
     return await _load_or_create(data_dir, name, load, create)
+
+
+async def load_or_create_client_auth_key(provider: CryptoProvider, path: str | Path) -> bytes:
+    """An onion client's X25519 private key from ``path`` (64 hex digits, 0600), or a new one saved
+    there; its public half is (re)written beside it in ``<path>.pub`` (not secret: what a service
+    lists with ``--authorized-client``). One key for every service that authorises this client."""
+    file = Path(path).expanduser()
+    try:
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if file.exists():
+            text = _read_private(file).decode("ascii", "replace").strip()
+            if len(text) != 2 * KEY_SIZE or any(c not in "0123456789abcdefABCDEF" for c in text):
+                raise ConfigError(f"{file} is not a client authorisation key (64 hex digits)")
+            secret = bytes.fromhex(text)
+        else:
+            secret, _ = await provider.x25519_generate()
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secret.hex() + "\n")
+        file.with_name(file.name + ".pub").write_text((await provider.x25519_public(secret)).hex() + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot use the client authorisation key {file}: {exc.strerror}") from exc
+    return secret
 
 
 async def load_or_create_onion_ring(provider: CryptoProvider, data_dir: str | Path, clock: Callable[[], float], *,

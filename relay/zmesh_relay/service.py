@@ -45,8 +45,9 @@ class Service:
         self.provider = NativeCryptoProvider()
         self.signal = SignalClient(config["signaling.url"])
         self.directory = DirectoryView(self.signal.relay_updates, self.provider)
-        self.descriptors = descriptors or StoreDescriptors(self.signal, config["signaling.url"].split(",")[0],
-                                                           self.provider)
+        self.descriptors = descriptors or StoreDescriptors(
+            self.signal, config["signaling.url"].split(",")[0], self.provider,
+            authorized_clients=[bytes.fromhex(key) for key in config["service.authorized_clients"]])
         self.limits = OnionLimits(intro_points=config["service.intro_points"],
                                   intro_lifetime=config["service.intro_lifetime"])
         # Entry guards kept with the service key: a service that drew a new first hop for every

@@ -12,7 +12,9 @@ a reply:
 - an upstream-proxy exit whose proxy failed (``EndReason.UPSTREAM_FAILED``): 0x03 network unreachable;
 - an address type other than IPv4, name or IPv6: 0x08; a command other than CONNECT: 0x07;
 - a malformed ``.mesh`` name (a typo the address checksum caught): 0xF6, Tor's extended code for an
-  invalid onion address; nothing is built for it.
+  invalid onion address; nothing is built for it;
+- an onion service that authorises clients and not this one (``OnionAuthError``): 0xF5, Tor's code
+  for wrong client authorisation; the client could not even read where its intro points are.
 
 Connections take slots from a table of ``SocksLimits.max_connections``. When it is full, the
 oldest connection that serves nobody yet (still in its handshake) or any more (the application
@@ -32,7 +34,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from zmesh.cells import EndReason
-from zmesh.errors import ConfigError, ExitPolicyError, OnionAddressError, StreamError, TransportError, ZmeshError
+from zmesh.errors import (
+    ConfigError,
+    ExitPolicyError,
+    OnionAddressError,
+    OnionAuthError,
+    StreamError,
+    TransportError,
+    ZmeshError,
+)
 from zmesh.streams import format_target
 
 from .splice import StreamLike, splice
@@ -48,6 +58,7 @@ ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 0x01, 0x03, 0x04
 SUCCEEDED, GENERAL_FAILURE, NOT_ALLOWED, NETWORK_UNREACHABLE, HOST_UNREACHABLE = 0x00, 0x01, 0x02, 0x03, 0x04
 CONNECTION_REFUSED, TTL_EXPIRED, COMMAND_NOT_SUPPORTED, ADDRESS_NOT_SUPPORTED = 0x05, 0x06, 0x07, 0x08
 ONION_BAD_ADDRESS = 0xF6  # Tor's extended SOCKS error for an onion address that does not parse
+ONION_AUTH_FAILED = 0xF5  # Tor's "wrong client authorization": this client's key (or none) is not listed
 # An upstream-proxy exit whose proxy failed: the exit's way out is down, whatever the target.
 _STREAM_REPLIES = {EndReason.EXIT_POLICY: NOT_ALLOWED, EndReason.RESOLVE_FAILED: HOST_UNREACHABLE,
                    EndReason.CONNECT_REFUSED: CONNECTION_REFUSED, EndReason.TIMEOUT: TTL_EXPIRED,
@@ -82,6 +93,8 @@ def reply_for(exc: Exception) -> int:
         return NOT_ALLOWED
     if isinstance(exc, OnionAddressError):
         return ONION_BAD_ADDRESS
+    if isinstance(exc, OnionAuthError):
+        return ONION_AUTH_FAILED
     if isinstance(exc, StreamError):
         return _STREAM_REPLIES.get(exc.reason, GENERAL_FAILURE)
     return GENERAL_FAILURE
@@ -262,7 +275,8 @@ async def socks5_connect(proxy_host: str, proxy_port: int, host: str, port: int,
                      HOST_UNREACHABLE: "host unreachable",
                      CONNECTION_REFUSED: "connection refused", TTL_EXPIRED: "timed out",
                      COMMAND_NOT_SUPPORTED: "command not supported",
-                     ADDRESS_NOT_SUPPORTED: "address type not supported"}
+                     ADDRESS_NOT_SUPPORTED: "address type not supported",
+                     ONION_AUTH_FAILED: "the onion service does not authorise this client"}
             raise TransportError(f"SOCKS5 reply 0x{reply[1]:02x}: {names.get(reply[1], 'general failure')}")
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         writer.close()

@@ -37,6 +37,7 @@ from ..node import Node
 from ..onionkeys import OnionKeyRing
 from ..signaling import SignalSession
 from .links import BrowserChannelLink, BrowserTextSocket
+from .onion import page_descriptors
 from .rtc import BrowserRtcBackend
 from .session import TabMesh, error_code, rtc_options
 from .tls import TlsliteConnector
@@ -308,7 +309,7 @@ async def open_mesh(options: Any) -> TabMesh:
     node.driver.node.padding_policy = padding
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
     vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, tls=tls,
-                  **settings)
+                  descriptors=page_descriptors(node.provider), **settings)
     rtc = rtc_options(ice, vpn.options.enable_fec)
     tab = TabMesh(node, vpn, rtc, events)
     tab.destination = destination
