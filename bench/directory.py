@@ -28,9 +28,11 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.directory_tab import tab_figures  # noqa: E402
 from bench.figures import add_json_flag, print_json  # noqa: E402
 from zmesh.consensus import (  # noqa: E402
     CONSENSUS_DOMAIN,
+    Consensus,
     accept_consensus,
     compute_consensus,
     parse_consensus_body,
@@ -127,17 +129,22 @@ def consensus_figures(counts: list[int], rounds: int) -> dict[str, dict[str, flo
     return {str(count): _consensus_figures(count, keys, rounds) for count in counts}
 
 
-def _consensus_figures(count: int, keys: list[HybridKey], rounds: int) -> dict[str, float]:
-    fps = [k.public.fingerprint for k in keys]
+def signed_consensus(count: int, keys: list[HybridKey]) -> tuple[Consensus, list, Period]:
+    """A consensus of ``count`` simulated relays computed from ``keys``' votes, signed by all of them."""
     period = Period.at(time.time(), 3600)
     entries = [RelayEntry(PeerId(os.urandom(32)), os.urandom(32), 1_000_000 + i, frozenset({"Fast", "Guard"}))
                for i in range(count)]
     votes = [asyncio.run(sign_vote(PROVIDER, k, period, entries)) for k in keys]
-    body = compute_consensus(votes, fps)
-    consensus = parse_consensus_body(body)
+    consensus = parse_consensus_body(compute_consensus(votes, [k.public.fingerprint for k in keys]))
     for key in keys:
         consensus = asyncio.run(sign_consensus(PROVIDER, key, consensus))
-    raw = consensus.to_bytes()
+    return consensus, votes, period
+
+
+def _consensus_figures(count: int, keys: list[HybridKey], rounds: int) -> dict[str, float]:
+    fps = [k.public.fingerprint for k in keys]
+    consensus, votes, period = signed_consensus(count, keys)
+    body, raw = consensus.body, consensus.to_bytes()
     entry = consensus.signatures[fps[0]]
     data = CONSENSUS_DOMAIN + body
     empty = compute_consensus([asyncio.run(sign_vote(PROVIDER, k, period, [])) for k in keys], fps)
@@ -154,6 +161,19 @@ def _consensus_figures(count: int, keys: list[HybridKey], rounds: int) -> dict[s
     }
 
 
+def tab_consensus(count: int, rounds: int) -> dict:
+    """Part 4: the tab's check of a consensus of ``count`` relays signed by 3 authorities."""
+    keys = [asyncio.run(HybridKey.generate(PROVIDER)) for _ in range(3)]
+    consensus, _votes, period = signed_consensus(count, keys)
+    figures = tab_figures(consensus.to_bytes(), [k.public.fingerprint for k in keys], period.valid_after + 1, rounds)
+    print(f"in the tab, {count} relays, 3 authorities: {'':>22}{'ML-DSA ms':>10} {'Ed25519 ms':>11} {'accept ms':>10}")
+    for label, f in figures.items():
+        print(f"  ML-DSA-65 on {label} ({f['mldsa65_path']}){'':>14}"[:58] + f"{f['mldsa65_verify_ms']:>10.2f} "
+              f"{f['ed25519_verify_ms']:>11.2f} {f['accept_ms']:>10.2f}")
+    print()
+    return {"relays": count, **figures}
+
+
 async def _async(function: Callable[..., object], *args: object) -> object:
     return function(*args)
 
@@ -163,6 +183,8 @@ def main() -> None:
     parser.add_argument("--relays", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--consensus-relays", type=int, nargs="*", default=[10, 100, 1000])
+    parser.add_argument("--tab-relays", type=int, default=100, help="relays in the consensus the tab checks")
+    parser.add_argument("--no-tab", action="store_true", help="skip part 4 (Chromium)")
     add_json_flag(parser)
     args = parser.parse_args()
     consensus = consensus_figures(args.consensus_relays, args.rounds)
@@ -173,6 +195,7 @@ def main() -> None:
               f"{f['verify_ed25519_ms']:>11.3f} {f['accept_ms']:>10.2f} {f['bytes']:>9,} {f['bytes_per_relay']:>8.1f}")
     print("(accept: a client's whole check, 3 hybrid signatures; bytes include 3 signatures of "
           f"{consensus[next(iter(consensus))]['signature_bytes'] // 3:,} B each)\n")
+    tab = None if args.no_tab else tab_consensus(args.tab_relays, args.rounds)
     rows = asyncio.run(fetch_sizes(args.relays))
     print(f"{'relays':>7} {'plain':>10} {'gzip':>10} {'ratio':>6} {'since, none':>12} {'since, one':>11}")
     for count, plain, gzipped, unchanged, one in rows:
@@ -184,7 +207,7 @@ def main() -> None:
                                                      "since_one_changed": one}
                                         for count, plain, gzipped, unchanged, one in rows},
                       "post_to_listed_ms_median": statistics.median(samples) * 1000,
-                      "consensus": consensus})
+                      "consensus": consensus, **({} if tab is None else {"tab": tab})})
 
 
 if __name__ == "__main__":

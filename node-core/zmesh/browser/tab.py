@@ -333,7 +333,11 @@ async def open_mesh(options: Any) -> TabMesh:
     if consensus is None:
         await node.directory.refresh()
     else:  # refused, not relays from elsewhere: a MeshError CONSENSUS_REFUSED naming the missing signatures
-        await consensus.relays()
+        try:
+            await consensus.relays()
+        except BaseException:
+            await node.close()
+            raise
         node._tasks.spawn(keep_fresh(consensus))
     if vpn.options.transport != "websocket":
         try:
