@@ -44,6 +44,17 @@ REFUSED = """async (options) => {
     catch (err) { return { name: err.name, code: err.code, message: err.message, state: vpn.state }; }
 }"""
 
+# The tab's consensus period start, polled until a later one replaced it (the background refresh).
+REFRESHED = """async (timeout) => {
+    const first = window.vpn._tab.node.directory.consensus.period.valid_after;
+    for (const end = Date.now() + timeout * 1000; Date.now() < end;) {
+        const now = window.vpn._tab.node.directory.consensus.period.valid_after;
+        if (now > first) return [first, now];
+        await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    return [first, first];
+}"""
+
 # meshvpn.js stores the consensus after the tab accepted it: IndexedDB writes are asynchronous.
 STORED = """async () => {
     for (let tries = 0; tries < 200; tries++) {
@@ -127,6 +138,8 @@ def test_a_tab_verifies_the_consensus_builds_through_it_and_starts_from_its_cach
     result = page.evaluate(CIRCUITS, [options(directory["refs"]), directory["target"], 4])
     check_fetch(result, directory)
     assert page.evaluate(STORED) > 0
+    first, later = page.evaluate(REFRESHED, 4 * INTERVAL)  # refreshed past fresh_until, before valid_until
+    assert later > first, "the tab fetched and accepted the next consensus in the background"
     page.evaluate("async () => { await window.vpn.disconnect(); }")
 
     page.reload()  # every authority unreachable now: the tab joins from its verified IndexedDB copy
@@ -148,4 +161,9 @@ def test_a_tab_refuses_a_consensus_its_configured_authorities_did_not_sign(brows
     assert wrong[0] in error["message"] and wrong[1] in error["message"], error
     assert directory["fps"][0] not in error["message"].split("missing:")[-1]
     assert error["state"] == "disconnected"
+    message = page.evaluate("""async () => {
+        const { MeshVPN } = await import("/meshvpn.js");
+        try { new MeshVPN({ authorities: ["ftp://a#b"] }); return "accepted"; } catch (err) { return err.message; }
+    }""")
+    assert "authorities must be" in message
     page.close()
