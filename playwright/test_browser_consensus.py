@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import WEB, serve_payload
-from playwright_support import PAYLOAD, example_page, run_native
+from playwright_support import PAYLOAD, STORED, example_page, run_native
 
 from tests.private_network import free_port, relay_listen
 from tests.test_authorities import ENV, fingerprint, get, poll
@@ -54,24 +54,6 @@ REFRESHED = """async (timeout) => {
     }
     return [first, first];
 }"""
-
-# meshvpn.js stores the consensus after the tab accepted it: IndexedDB writes are asynchronous.
-STORED = """async () => {
-    for (let tries = 0; tries < 200; tries++) {
-        const stored = await new Promise((resolve, reject) => {
-            const open = indexedDB.open("zmesh", 1);
-            open.onerror = () => reject(open.error);
-            open.onsuccess = () => {
-                const request = open.result.transaction("keys", "readonly").objectStore("keys").get("consensus");
-                request.onsuccess = () => resolve(request.result);
-            };
-        });
-        if (stored) return stored.length;
-        await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    return 0;
-}"""
-
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
@@ -137,7 +119,7 @@ def test_a_tab_verifies_the_consensus_builds_through_it_and_starts_from_its_cach
     page = example_page(browser, directory["signal"])
     result = page.evaluate(CIRCUITS, [options(directory["refs"]), directory["target"], 4])
     check_fetch(result, directory)
-    assert page.evaluate(STORED) > 0
+    assert page.evaluate(STORED, "consensus")  # meshvpn.js stored it in IndexedDB
     first, later = page.evaluate(REFRESHED, 4 * INTERVAL)  # refreshed past fresh_until, before valid_until
     assert later > first, "the tab fetched and accepted the next consensus in the background"
     page.evaluate("async () => { await window.vpn.disconnect(); }")
