@@ -8,7 +8,11 @@ fresh descriptor to the moment ``GET /v1/relays/{id}`` finds it, the median of s
 Part 3, the authorities' consensus (docs/directory.md) for N simulated relays listed by 3
 authorities: computing it from the 3 votes, signing it (Ed25519 + ML-DSA-65), a client's native
 verification of one signature of each kind and of the whole acceptance (3 hybrid signatures), and
-its size per relay. Run: ``python bench/directory.py`` (about half a minute).
+its size per relay. Part 4, the same check in a tab (docs/directory.md §8): real Chromium on the page
+of a real ``zmesh signal``, one ML-DSA-65 and one Ed25519 verification of a real consensus
+signature and the whole ``accept_consensus``, with ML-DSA-65 on WebCrypto where the browser has it
+and on the pure-Python dilithium-py fallback (each timed after one untimed verification, which loads
+the fallback); ``--no-tab`` skips it. Run: ``python bench/directory.py`` (about half a minute).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import statistics
 import sys
@@ -27,10 +32,16 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "playwright"))
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+from playwright_support import CHROMIUM_ARGS  # noqa: E402
 
 from bench.figures import add_json_flag, print_json  # noqa: E402
+from tests.test_native_mesh import Process  # noqa: E402
 from zmesh.consensus import (  # noqa: E402
     CONSENSUS_DOMAIN,
+    Consensus,
     accept_consensus,
     compute_consensus,
     parse_consensus_body,
@@ -127,17 +138,22 @@ def consensus_figures(counts: list[int], rounds: int) -> dict[str, dict[str, flo
     return {str(count): _consensus_figures(count, keys, rounds) for count in counts}
 
 
-def _consensus_figures(count: int, keys: list[HybridKey], rounds: int) -> dict[str, float]:
-    fps = [k.public.fingerprint for k in keys]
+def signed_consensus(count: int, keys: list[HybridKey]) -> tuple[Consensus, list, Period]:
+    """A consensus of ``count`` simulated relays computed from ``keys``' votes, signed by all of them."""
     period = Period.at(time.time(), 3600)
     entries = [RelayEntry(PeerId(os.urandom(32)), os.urandom(32), 1_000_000 + i, frozenset({"Fast", "Guard"}))
                for i in range(count)]
     votes = [asyncio.run(sign_vote(PROVIDER, k, period, entries)) for k in keys]
-    body = compute_consensus(votes, fps)
-    consensus = parse_consensus_body(body)
+    consensus = parse_consensus_body(compute_consensus(votes, [k.public.fingerprint for k in keys]))
     for key in keys:
         consensus = asyncio.run(sign_consensus(PROVIDER, key, consensus))
-    raw = consensus.to_bytes()
+    return consensus, votes, period
+
+
+def _consensus_figures(count: int, keys: list[HybridKey], rounds: int) -> dict[str, float]:
+    fps = [k.public.fingerprint for k in keys]
+    consensus, votes, period = signed_consensus(count, keys)
+    body, raw = consensus.body, consensus.to_bytes()
     entry = consensus.signatures[fps[0]]
     data = CONSENSUS_DOMAIN + body
     empty = compute_consensus([asyncio.run(sign_vote(PROVIDER, k, period, [])) for k in keys], fps)
@@ -154,6 +170,76 @@ def _consensus_figures(count: int, keys: list[HybridKey], rounds: int) -> dict[s
     }
 
 
+# Runs in the tab's Pyodide: medians (ms) per ML-DSA path, and which path "auto" (None) took.
+IN_TAB = """async ([raw, fps, now, rounds]) => {
+    const { bootZmesh } = await import("/boot.mjs");
+    const { pyodide } = await bootZmesh();
+    pyodide.globals.set("args", pyodide.toPy([raw, fps, now, rounds]));
+    return await pyodide.runPythonAsync(`
+import base64, json, statistics, time
+from zmesh.browser.webcrypto import WebCryptoProvider
+from zmesh.consensus import CONSENSUS_DOMAIN, accept_consensus, parse_consensus
+
+raw, fps, now, rounds = base64.b64decode(args[0]), [base64.b64decode(f) for f in args[1]], args[2], args[3]
+consensus = parse_consensus(raw)
+entry, data = consensus.signatures[fps[0]], CONSENSUS_DOMAIN + consensus.body
+
+async def median_ms(run, rounds):
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        await run()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+out = {}
+for label, choice in (("auto", None), ("dilithium_py", "dilithium-py")):
+    provider = WebCryptoProvider(mldsa=choice)
+    n = rounds if label == "auto" else max(3, rounds // 3)
+    await provider.mldsa65_verify(entry["mldsa65"], entry["sig_mldsa65"], data)  # warm up: loads dilithium-py
+    out[label] = {
+        "mldsa65_verify_ms": await median_ms(lambda: provider.mldsa65_verify(entry["mldsa65"], entry["sig_mldsa65"],
+                                                                             data), n),
+        "ed25519_verify_ms": await median_ms(lambda: provider.ed25519_verify(entry["ed25519"], entry["sig_ed25519"],
+                                                                             data), n),
+        "accept_ms": await median_ms(lambda: accept_consensus(provider, raw, authorities=fps, now=now), n),
+        "mldsa65_path": "dilithium-py" if "Dilithium" in type(await provider._path("mldsa")).__name__ else "webcrypto",
+    }
+json.dumps(out)
+`);
+}"""
+
+
+def tab_figures(raw: bytes, fingerprints: list[bytes], now: float, rounds: int) -> dict:
+    """The figures of ``IN_TAB`` for the signed consensus ``raw`` (``fingerprints``: its authorities)."""
+    web = Path(__file__).resolve().parent.parent / "web"
+    server = Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(web))
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"{server.address[0]}/example.html")
+            encoded = [base64.b64encode(raw).decode(), [base64.b64encode(f).decode() for f in fingerprints]]
+            figures = json.loads(page.evaluate(IN_TAB, [*encoded, now, rounds]))
+            browser.close()
+    finally:
+        server.stop()
+    return figures
+
+
+def tab_consensus(count: int, rounds: int) -> dict:
+    """Part 4: the tab's check of a consensus of ``count`` relays signed by 3 authorities."""
+    keys = [asyncio.run(HybridKey.generate(PROVIDER)) for _ in range(3)]
+    consensus, _votes, period = signed_consensus(count, keys)
+    figures = tab_figures(consensus.to_bytes(), [k.public.fingerprint for k in keys], period.valid_after + 1, rounds)
+    print(f"in the tab, {count} relays, 3 authorities: {'':>22}{'ML-DSA ms':>10} {'Ed25519 ms':>11} {'accept ms':>10}")
+    for label, f in figures.items():
+        print(f"  ML-DSA-65 on {label} ({f['mldsa65_path']}){'':>14}"[:58] + f"{f['mldsa65_verify_ms']:>10.2f} "
+              f"{f['ed25519_verify_ms']:>11.2f} {f['accept_ms']:>10.2f}")
+    print()
+    return {"relays": count, **figures}
+
+
 async def _async(function: Callable[..., object], *args: object) -> object:
     return function(*args)
 
@@ -163,6 +249,8 @@ def main() -> None:
     parser.add_argument("--relays", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--consensus-relays", type=int, nargs="*", default=[10, 100, 1000])
+    parser.add_argument("--tab-relays", type=int, default=100, help="relays in the consensus the tab checks")
+    parser.add_argument("--no-tab", action="store_true", help="skip part 4 (Chromium)")
     add_json_flag(parser)
     args = parser.parse_args()
     consensus = consensus_figures(args.consensus_relays, args.rounds)
@@ -173,6 +261,7 @@ def main() -> None:
               f"{f['verify_ed25519_ms']:>11.3f} {f['accept_ms']:>10.2f} {f['bytes']:>9,} {f['bytes_per_relay']:>8.1f}")
     print("(accept: a client's whole check, 3 hybrid signatures; bytes include 3 signatures of "
           f"{consensus[next(iter(consensus))]['signature_bytes'] // 3:,} B each)\n")
+    tab = None if args.no_tab else tab_consensus(args.tab_relays, args.rounds)
     rows = asyncio.run(fetch_sizes(args.relays))
     print(f"{'relays':>7} {'plain':>10} {'gzip':>10} {'ratio':>6} {'since, none':>12} {'since, one':>11}")
     for count, plain, gzipped, unchanged, one in rows:
@@ -184,7 +273,7 @@ def main() -> None:
                                                      "since_one_changed": one}
                                         for count, plain, gzipped, unchanged, one in rows},
                       "post_to_listed_ms_median": statistics.median(samples) * 1000,
-                      "consensus": consensus})
+                      "consensus": consensus, **({} if tab is None else {"tab": tab})})
 
 
 if __name__ == "__main__":

@@ -21,6 +21,24 @@ JOIN = """async (options) => {
     return window.vpn.peerId;
 }"""
 
+# What meshvpn.js saved in IndexedDB under `key` (as an array of bytes), or null: its writes are
+# asynchronous, so wait until one landed.
+STORED = """async (key) => {
+    for (let tries = 0; tries < 200; tries++) {
+        const stored = await new Promise((resolve, reject) => {
+            const open = indexedDB.open("zmesh", 1);
+            open.onerror = () => reject(open.error);
+            open.onsuccess = () => {
+                const request = open.result.transaction("keys", "readonly").objectStore("keys").get(key);
+                request.onsuccess = () => resolve(request.result);
+            };
+        });
+        if (stored) return Array.from(stored);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    return null;
+}"""
+
 
 def run_native(coroutine: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
     """Run native asyncio code to completion: Playwright's sync API owns this thread's event loop,

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 from conftest import WEB
-from playwright_support import example_page
+from playwright_support import STORED, example_page
 
 from tests.test_native_mesh import Process
 from zmesh.guards import decode_guards
@@ -23,24 +23,6 @@ CIRCUITS = """async (count) => {
     }
     return { entries, guards: (await window.vpn.getStats()).guards };
 }"""
-
-# The guard state meshvpn.js saved: IndexedDB writes are asynchronous, so wait until one landed.
-STORED = """async () => {
-    for (let tries = 0; tries < 200; tries++) {
-        const stored = await new Promise((resolve, reject) => {
-            const open = indexedDB.open("zmesh", 1);
-            open.onerror = () => reject(open.error);
-            open.onsuccess = () => {
-                const request = open.result.transaction("keys", "readonly").objectStore("keys").get("guards");
-                request.onsuccess = () => resolve(request.result);
-            };
-        });
-        if (stored) return Array.from(stored);
-        await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    return null;
-}"""
-
 
 @pytest.fixture
 def relays(tmp_path):
@@ -65,7 +47,7 @@ def test_a_tab_enters_at_its_saved_guards_across_reloads_and_fails_over_along_th
     url, by_peer = relays
     page = example_page(browser, url)
     first = page.evaluate(CIRCUITS, 6)
-    sample = [g.peer_id.text for g in decode_guards(bytes(page.evaluate(STORED)), "the tab's guards")]
+    sample = [g.peer_id.text for g in decode_guards(bytes(page.evaluate(STORED, "guards")), "the tab's guards")]
     assert sorted(sample) == sorted(by_peer) and first["guards"] == sample[:2]
     assert set(first["entries"]) == {sample[0]}
 

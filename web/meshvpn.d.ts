@@ -57,6 +57,12 @@ export interface MeshOptions {
    *  per second, which caps this tab's throughput at RATE KiB/s. A first hop whose limit is lower
    *  refuses it (the circuit closes with reason padding-limit). Read when the tab joins. */
   cover?: "off" | `poisson:${number}` | `constant:${number}`;
+  /** Directory authorities as "URL#FINGERPRINT" (1..9, as `zmesh client --authority`): the tab then
+   *  takes relays only from their consensus, which it verifies itself (Ed25519 and ML-DSA-65
+   *  signatures from more than half of them, validity window), fetched from their origins and kept
+   *  in IndexedDB; otherwise connect() rejects with MeshError "CONSENSUS_REFUSED" naming the missing
+   *  signatures. Read when the tab joins (docs/directory.md §8). */
+  authorities?: string[];
 }
 
 export interface MeshStats {
@@ -105,7 +111,8 @@ export class MeshError extends Error {
  *  CircuitError without a reason ("CIRCUIT_ERROR") is a build that found too few usable relays. */
 export type ErrorClassCode = "ZMESH_ERROR" | "PROTOCOL_ERROR" | "ONION_ADDRESS_ERROR" | "CRYPTO_ERROR"
   | "CIRCUIT_ERROR" | "STREAM_ERROR" | "CONFIG_ERROR" | "TRANSPORT_ERROR" | "LINK_CLOSED" | "EXIT_POLICY_ERROR"
-  | "ONION_AUTH_ERROR" | "FEC_ERROR" | "SPLIT_DELIVERY_ERROR" | "TLS_ERROR" | "CERTIFICATE_ERROR" | "INVALID_STATE";
+  | "ONION_AUTH_ERROR" | "FEC_ERROR" | "SPLIT_DELIVERY_ERROR" | "TLS_ERROR" | "CERTIFICATE_ERROR" | "INVALID_STATE"
+  | "CONSENSUS_REFUSED";
 
 /** Where a MeshVPN is (docs/browser.md "Lifecycle" has the same table):
  *  - "disconnected": no circuit and no relaying: before connect(), after disconnect(), after a

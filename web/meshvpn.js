@@ -174,6 +174,11 @@ function validate(options) {
         if (!Array.isArray(value) || !value.every((pem) => typeof pem === "string" && pem.includes("-----BEGIN CERTIFICATE-----")))
           throw new TypeError("extraCAs must be an array of PEM certificates");
         out.extra_cas = [...value]; break;
+      case "authorities":  // "URL#FINGERPRINT" of each directory authority (docs/directory.md §8)
+        if (!Array.isArray(value) || value.length < 1 || value.length > 9
+            || !value.every((a) => typeof a === "string" && /^https?:\/\/[^#\s]+#[a-z2-7]{56}$/.test(a)))
+          throw new TypeError("authorities must be an array of 1..9 'URL#FINGERPRINT' strings (http:// or https://)");
+        out.authorities = [...value]; break;
       default:
         throw new TypeError(`unknown option ${key}`);
     }
@@ -182,7 +187,7 @@ function validate(options) {
 }
 
 // Options read when the tab joins; updateConfig refuses to change them on a running tab.
-const JOIN_ONLY = ["relay", "identity", "descriptor_lifetime"];
+const JOIN_ONLY = ["relay", "identity", "descriptor_lifetime", "authorities"];
 let claimed = null;  // this tab's saved identity, claimed once (the Web Lock is held for the tab's life)
 
 export class MeshVPN {
@@ -261,6 +266,11 @@ export class MeshVPN {
       const saved = claim && (this.peerId === null ? claim.saved : claim.current);
       if (saved) settings.saved_identity = saved;
       if (this._tab) settings.published_after = this._tab.node._published;  // joining again as this node
+      if (rest.authorities) {  // the last good consensus, verified again before use (zmesh.browser.tab_consensus)
+        const cached = await idb("readonly", (store) => store.get("consensus"));
+        if (cached) settings.saved_consensus = cached;
+        settings.save_consensus = (data) => idb("readwrite", (store) => store.put(data, "consensus"));
+      }
       if (claim) {
         if (claim.guards) settings.saved_guards = claim.guards;
         settings.save_guards = (state) => idb("readwrite", (store) => store.put(state, "guards"));
@@ -384,7 +394,7 @@ export class MeshVPN {
       Object.assign(this.options, changes);
       return;
     }
-    const fixed = JOIN_ONLY.filter((key) => key in changes && changes[key] !== this.options[key]);
+    const fixed = JOIN_ONLY.filter((key) => key in changes && JSON.stringify(changes[key]) !== JSON.stringify(this.options[key]));
     if (fixed.length)
       throw new MeshError("updateConfig", { type: "ConfigError", code: "CONFIG_ERROR",
         message: `${fixed.join(", ")} can only change while disconnected (disconnect(), then connect(options))` });

@@ -45,6 +45,9 @@ from .measure import measure_relay
 log = logging.getLogger(__name__)
 
 OCTETS = "application/octet-stream"
+# The consensus and descriptors are public signed documents that tabs on any origin fetch and verify
+# themselves (docs/directory.md §8): readable cross-origin, without credentials. Only these GETs.
+PUBLIC = {"Access-Control-Allow-Origin": "*"}
 TEST_CONCURRENCY = 8
 PUSH_RETRY = 0.2  # seconds between pushes to an authority that did not take one yet
 
@@ -262,11 +265,12 @@ class Authority:
             return web.json_response({"error": "no_consensus", "detail": "no consensus computed yet"}, status=404)
         raw = self.state.consensus.to_bytes()
         assert len(raw) <= MAX_CONSENSUS_SIZE
-        return web.Response(body=raw, content_type=OCTETS)
+        return web.Response(body=raw, content_type=OCTETS, headers=PUBLIC)
 
     async def _descriptors(self, _request: web.Request) -> web.Response:
         assert self.state is not None
-        return web.Response(body=pack_canonical(list(self.state.descriptors.values())), content_type=OCTETS)
+        return web.Response(body=pack_canonical(list(self.state.descriptors.values())), content_type=OCTETS,
+                            headers=PUBLIC)
 
     async def _own_vote(self, _request: web.Request) -> web.Response:
         assert self.state is not None

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from zmesh.consensus_view import MAX_DESCRIPTORS_SIZE, RETRY_AFTER, AuthorityRef, ConsensusView
+from zmesh.consensus_view import MAX_DESCRIPTORS_SIZE, AuthorityRef, ConsensusView
 from zmesh.crypto.provider import CryptoProvider
 from zmesh.errors import ConfigError, TransportError, ZmeshError
 from zmesh_signal.limits import read_limited
@@ -72,18 +70,6 @@ class AuthorityClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-
-async def keep_fresh(view: ConsensusView) -> None:
-    """Fetch each new consensus soon after the current one's fresh-until, used or not, so neither
-    the node's view nor its cache goes stale while it idles (run as a task; cancel to stop)."""
-    while True:
-        fresh_until = view.consensus.period.fresh_until if view.consensus is not None else 0
-        await asyncio.sleep(max(RETRY_AFTER / 5, fresh_until - time.time() + random.uniform(0, 1)))
-        try:
-            await view.relays()
-        except ZmeshError as exc:
-            log.warning("no usable consensus from the authorities: %s", exc)
 
 
 async def open_consensus_view(config: dict[str, Any], client: AuthorityClient, provider: CryptoProvider,

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from zmesh.aio.circuits import CircuitManager, TrackedStream
+from zmesh.aio.consensus_refresh import keep_fresh
 from zmesh.aio.driver import MeshStream, NodeDriver
 from zmesh.aio.multipath_link import LegPartners
 from zmesh.aio.onion import DescriptorDirectory, OnionClient, StoreDescriptors
@@ -39,7 +40,7 @@ from zmesh.onion.address import is_mesh_name
 from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
-from .authority_client import AuthorityClient, keep_fresh, open_consensus_view
+from .authority_client import AuthorityClient, open_consensus_view
 from .config import circuit_policy, control_address, padding_policy, socks_limits, split_host_port
 from .control import ControlServer
 from .guard_file import open_guards

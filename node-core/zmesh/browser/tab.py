@@ -19,12 +19,14 @@ import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 from pyodide.http import pyfetch  # type: ignore[import-not-found]
 
+from ..aio.consensus_refresh import keep_fresh
 from ..aio.driver import NodeDriver
 from ..aio.notices import RefetchOnNotice
 from ..aio.rtc import RtcConnector, RtcOptions
 from ..aio.tasks import OwnedTasks
 from ..aio.transport import RTC_ADDRESS, TransportDialer, keep_signaling
 from ..backoff import Backoff
+from ..consensus_view import ConsensusView
 from ..cover import DEFAULT_KEEPALIVE, PaddingPolicy
 from ..descriptor import DEFAULT_LIFETIME, MAX_LIFETIME, Capabilities, Descriptor, sign_descriptor
 from ..directory_view import DirectoryView, RelayUpdate
@@ -40,6 +42,7 @@ from .links import BrowserChannelLink, BrowserTextSocket
 from .onion import page_descriptors
 from .rtc import BrowserRtcBackend
 from .session import TabMesh, error_code, rtc_options
+from .tab_consensus import tab_consensus
 from .tls import TlsliteConnector
 from .webcrypto import WebCryptoProvider
 
@@ -65,7 +68,8 @@ class BrowserNode:
     links over WebRTC (DataChannels, signalled through this page's origin) or WebSocket."""
 
     def __init__(self, identity: Identity, provider: WebCryptoProvider, onion_ring: OnionKeyRing, *,
-                 allow_private: bool = False, relay: bool = True, descriptor_lifetime: int = DEFAULT_LIFETIME) -> None:
+                 allow_private: bool = False, relay: bool = True, descriptor_lifetime: int = DEFAULT_LIFETIME,
+                 directory: ConsensusView | None = None) -> None:
         if not isinstance(descriptor_lifetime, int) or not 60 <= descriptor_lifetime <= MAX_LIFETIME:
             raise ConfigError(f"descriptorLifetime must be 60..{MAX_LIFETIME} seconds, got {descriptor_lifetime!r}")
         self.provider = provider
@@ -73,8 +77,10 @@ class BrowserNode:
         self.onion_ring = onion_ring  # in memory only: a reloaded tab publishes fresh onion keys
         self.allow_private = allow_private  # dial non-public link addresses: see ``netaddr.page_allows_private``
         self.relay = relay  # accept circuits (over the home link) and answer WebRTC offers as this node
-        self.directory = DirectoryView(_fetch_relays, provider)
-        self.notices = RefetchOnNotice(self.directory.refresh)  # every signaling session subscribes
+        # ``directory``: the authorities' consensus (``browser.tab_consensus``), else the signal server's list
+        self.directory: DirectoryView | ConsensusView = directory or DirectoryView(_fetch_relays, provider)
+        self.notices = RefetchOnNotice(  # every signaling session subscribes; a consensus is fetched when due
+            self.directory.refresh if directory is None else self.directory.relays)
         self.dialer = TransportDialer(self.directory.find, websocket=self._dial_websocket, rtc=None,
                                       mode=lambda: "auto", rtc_names_node=relay)
         self.driver = NodeDriver(Node(identity, provider, time.monotonic, accept_circuits=relay, onion_ring=onion_ring),
@@ -86,11 +92,12 @@ class BrowserNode:
 
     @classmethod
     async def start(cls, saved_identity: bytes | None = None, *, relay: bool = True,
-                    descriptor_lifetime: int = DEFAULT_LIFETIME) -> BrowserNode:
+                    descriptor_lifetime: int = DEFAULT_LIFETIME, provider: WebCryptoProvider | None = None,
+                    directory: ConsensusView | None = None) -> BrowserNode:
         """A node with the tab's saved identity (kept in IndexedDB by meshvpn.js) or a new one,
         relaying for others if ``relay``. It dials non-public link addresses only if this page
         itself came from one."""
-        provider = WebCryptoProvider()
+        provider = provider or WebCryptoProvider()
         identity = None
         if saved_identity:
             try:
@@ -100,7 +107,7 @@ class BrowserNode:
         return cls(identity or await Identity.generate(provider), provider,
                    await OnionKeyRing.generate(provider, time.time),
                    allow_private=page_allows_private(js.location.hostname), relay=relay,
-                   descriptor_lifetime=descriptor_lifetime)
+                   descriptor_lifetime=descriptor_lifetime, directory=directory)
 
     async def _dial_websocket(self, address: LinkAddress) -> Link:
         # The browser resolves names itself, so only literals and localhost names can be checked here.
@@ -302,19 +309,36 @@ async def open_mesh(options: Any) -> TabMesh:
     ice = {key: settings.pop(key) for key in ("ice_servers", "webrtc_timeout", "ice_policy") if key in settings}
     tls = TlsliteConnector(settings.pop("extra_cas", ()))  # https://: TLS in the tab (zmesh.browser.tls)
     padding = PaddingPolicy.of(DEFAULT_KEEPALIVE, settings.pop("cover", "off"))  # MeshVPN option `cover`
+    provider, consensus = WebCryptoProvider(), None
+    authorities = settings.pop("authorities", None)  # MeshVPN option `authorities`: relays only from their consensus
+    cached, save_consensus = settings.pop("saved_consensus", None), settings.pop("save_consensus", None)
+    if authorities is not None:
+        consensus = await tab_consensus(authorities, provider, bytes(cached) if cached is not None else None,
+                                        save_consensus)
     node = await BrowserNode.start(bytes(saved) if saved is not None else None, relay=relay,
-                                   descriptor_lifetime=lifetime)
+                                   descriptor_lifetime=lifetime, provider=provider, directory=consensus)
     # A tab joining again after disconnect(): its new descriptor must be newer than the one it left
     node._published = int(settings.pop("published_after", 0))
     node.driver.node.padding_policy = padding
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
-    vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh, guards=guards, tls=tls,
+    if consensus is not None:
+        guards.eligible = consensus.is_guard
+    vpn = MeshVPN(node.driver, node.directory.live, refresh=node.directory.refresh if consensus is None
+                  else consensus.relays, guards=guards, tls=tls,
                   descriptors=page_descriptors(node.provider), **settings)
     rtc = rtc_options(ice, vpn.options.enable_fec)
     tab = TabMesh(node, vpn, rtc, events)
     tab.destination = destination
     node.dialer.mode = lambda: vpn.options.transport
-    await node.directory.refresh()
+    if consensus is None:
+        await node.directory.refresh()
+    else:  # refused, not relays from elsewhere: a MeshError CONSENSUS_REFUSED naming the missing signatures
+        try:
+            await consensus.relays()
+        except BaseException:
+            await node.close()
+            raise
+        node._tasks.spawn(keep_fresh(consensus))
     if vpn.options.transport != "websocket":
         try:
             await node.start_webrtc(rtc)
