@@ -259,6 +259,8 @@ def parser() -> argparse.ArgumentParser:
                         help="cover traffic on the first link, both ways (docs/anonymity.md)")
     client.add_argument("--padding-keepalive", dest="anonymity.keepalive", type=float, metavar="SECONDS")
     client.add_argument("--frame-padding", dest="anonymity.frame_padding", action="store_const", const=True)
+    client.add_argument("--setup-padding", dest="anonymity.setup_padding", type=int, metavar="CELLS",
+                        help="pad each new circuit's setup to CELLS cells each way on the first link (0: off)")
     _authority_flag(client)
     client.add_argument("--control", dest="client.control", metavar="HOST:PORT")
     client.add_argument("--control-allow-remote", dest="client.control_allow_remote", action="store_const",

@@ -30,6 +30,7 @@ from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
 from zmesh.limits import PeerTiers
 from zmesh.netaddr import LinkAddress
+from zmesh.setuppad import SetupSpec
 from zmesh.node import NodeLimits
 from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
 
@@ -265,6 +266,12 @@ def _jitter(value: float) -> float:
     return PaddingPolicy(jitter=value).jitter  # PaddingPolicy owns the rule
 
 
+def _setup_padding(value: int) -> int:
+    if value:
+        SetupSpec(cells=value)  # SetupSpec owns the range
+    return value
+
+
 def _padding_max_rate(value: float) -> float:
     return NodeLimits(padding_max_rate=value).padding_max_rate  # NodeLimits owns the rule
 
@@ -457,6 +464,10 @@ SETTINGS: dict[str, Setting] = {
     "anonymity.frame_padding": Setting(bool, False, None,
                                        "end each link frame with 0..1023 zero bytes, so frame sizes are not all "
                                        "multiples of 1024 (every peer must run this version or later)"),
+    "anonymity.setup_padding": Setting(int, SetupSpec().cells, _setup_padding,
+                                       "circuit-setup padding: each new circuit of this node carries at least this "
+                                       "many cells each way on its first link within 2 s of the first hop's answer "
+                                       "(DROP cells fill up), whatever its purpose; 0: off"),
     "anonymity.padding_max_rate": Setting(float, _NODE.padding_max_rate, _padding_max_rate,
                                           "padding cells/s a peer may ask this node to send it on one link; more is "
                                           "refused (DESTROY padding-limit)"),
@@ -549,6 +560,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def setup_padding(config: dict[str, Any]) -> SetupSpec | None:
+    cells = config["anonymity.setup_padding"]
+    return SetupSpec(cells=cells) if cells else None
 
 
 def padding_policy(config: dict[str, Any]) -> PaddingPolicy:
