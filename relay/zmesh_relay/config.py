@@ -30,9 +30,9 @@ from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
 from zmesh.limits import PeerTiers
 from zmesh.netaddr import LinkAddress
-from zmesh.setuppad import SetupSpec
 from zmesh.node import NodeLimits
 from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
+from zmesh.setuppad import SetupSpec
 
 from .exit_policy import ExitRule, PolicyRule
 from .socks5 import SocksLimits
