@@ -206,6 +206,8 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--listen", dest="relay.listen", metavar="HOST:PORT")
     relay.add_argument("--data-dir", dest="relay.data_dir", metavar="DIR")
     relay.add_argument("--advertise", dest="relay.advertise", metavar="URL")
+    relay.add_argument("--ws-path", dest="relay.ws_path", metavar="PATH",
+                       help="accept and publish links on this path (default /v1/link)")
     relay.add_argument("--tls-cert", dest="relay.tls_cert", metavar="PEM")
     relay.add_argument("--tls-key", dest="relay.tls_key", metavar="PEM")
     relay.add_argument("--exit", dest="relay.exit", action="store_const", const=True)

@@ -29,7 +29,7 @@ from zmesh.descriptor import EXIT_KINDS, MAX_FAMILY
 from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
 from zmesh.limits import PeerTiers
-from zmesh.netaddr import LinkAddress
+from zmesh.netaddr import LINK_PATH, LinkAddress, check_link_path
 from zmesh.node import NodeLimits
 from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
 from zmesh.setuppad import SetupSpec
@@ -237,6 +237,12 @@ def _positive(value: int) -> int:
     return value
 
 
+def _ws_path(value: str) -> str:
+    if value == "/healthz":
+        raise ValueError("/healthz is the relay's health check, not a link path")
+    return check_link_path(value, ValueError)
+
+
 def _link_address(value: str) -> str:
     if value:
         try:
@@ -380,6 +386,9 @@ SETTINGS: dict[str, Setting] = {
     "relay.advertise": Setting(str, "", _link_address,
                                "the link address to publish, e.g. wss://relay.example.org/v1/link (default: "
                                "the listening one; needed on 0.0.0.0 or behind a TLS proxy)"),
+    "relay.ws_path": Setting(str, LINK_PATH, _ws_path,
+                             "the path links are accepted on and published with (e.g. one an ordinary site would "
+                             "use); older descriptors without a path mean /v1/link"),
     "relay.tls_cert": Setting(str, "", None, "PEM certificate (chain) to serve links over TLS; published pinned"),
     "relay.tls_key": Setting(str, "", None, "PEM private key of relay.tls_cert"),
     "relay.data_dir": Setting(str, "~/.zmesh/relay", None, "identity key folder (created 0700, key 0600)"),
