@@ -160,6 +160,7 @@ class SetupPaddingRole:
             if cells:
                 bodies = [encode_relay_body(RelayCommand.DROP, 0, b"") for _ in range(cells)]
                 self.metrics["padding_setup_cells_out"] += cells
+                self.metrics["padding_cells_out"] += cells
                 if isinstance(circ, OriginCircuit):  # origin: long-range padding for hop 0
                     data = await onion_encrypt(circ.hops, 0, bodies)
                     self._enqueue(circ.link, handle, relay_cells(circ.circ_id, split_bodies(data)))
