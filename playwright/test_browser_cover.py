@@ -59,6 +59,7 @@ def test_a_tab_with_constant_cover_negotiates_it_with_its_first_hop(browser, met
     assert _negotiated(relays) > before
     stats = page.evaluate("window.vpn.getStats()")
     assert stats["metrics"].get("padding_negotiated", 0) >= 1  # the tab heard its first hop's answer
+    assert stats["metrics"].get("padding_setup_negotiated", 0) >= 1  # and pads its circuits' setups
     page.close()
 
 
