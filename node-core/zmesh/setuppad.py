@@ -79,11 +79,12 @@ def decode_setup(data: bytes) -> tuple[int, SetupSpec | None]:
 class SetupPadder:
     """One direction of one circuit on its first link: by the k-th drawn time, k cells were sent."""
 
-    __slots__ = ("link", "sent", "_times", "_due")
+    __slots__ = ("link", "sent", "answered", "_times", "_due")
 
     def __init__(self, link: int, spec: SetupSpec, now: float, uniform: Callable[[float, float], float]) -> None:
         self.link = link  # the link whose cells count (a relay's circuit has two)
         self.sent = 0
+        self.answered = False  # the client's: PADDING_SETUP_OK came
         self._times = sorted(uniform(now, now + spec.window) for _ in range(spec.cells))
         self._due = 0  # how many of _times have passed
 
@@ -128,8 +129,10 @@ class SetupPaddingRole:
         await self._send_edge(circ, [encode_relay_body(RelayCommand.PADDING_SETUP, 0, encode_setup(spec))])
 
     async def _on_setup_ok(self, circ: OriginCircuit, msg: RelayMessage) -> None:
-        if circ.handle not in self._setup_padders or msg.data:
+        padder = self._setup_padders.get(circ.handle)
+        if padder is None or padder.answered or msg.data:
             raise ProtocolError("PADDING_SETUP_OK that answers no request")
+        padder.answered = True
         self.metrics["padding_setup_negotiated"] += 1
 
     async def _on_setup_request(self, circ: RelayCircuit, msg: RelayMessage) -> None:
@@ -148,26 +151,24 @@ class SetupPaddingRole:
         self.metrics["padding_setup_negotiated"] += 1
         await self._send_edge(circ, [encode_relay_body(RelayCommand.PADDING_SETUP_OK, 0, b"")])
 
+    async def _send_drops(self, circ: OriginCircuit | RelayCircuit, cells: int) -> None:
+        bodies = [encode_relay_body(RelayCommand.DROP, 0, b"") for _ in range(cells)]
+        self.metrics["padding_setup_cells_out"] += cells
+        self.metrics["padding_cells_out"] += cells
+        if isinstance(circ, OriginCircuit):  # long-range padding for hop 0, whichever hop is last
+            data = await onion_encrypt(circ.hops, 0, bodies)
+            self._enqueue(circ.link, circ.handle, relay_cells(circ.circ_id, split_bodies(data)))
+        else:
+            await self._send_edge(circ, bodies)
+
     async def _run_setup_padders(self, now: float) -> None:
         """The setup timer is due: send each due machine's DROP cells; forget finished machines."""
-        timer = math.inf
         for handle, padder in list(self._setup_padders.items()):
             circ = self._circuits.get(handle)
-            if circ is None:
-                del self._setup_padders[handle]
-                continue
-            cells = padder.tick(now)
-            if cells:
-                bodies = [encode_relay_body(RelayCommand.DROP, 0, b"") for _ in range(cells)]
-                self.metrics["padding_setup_cells_out"] += cells
-                self.metrics["padding_cells_out"] += cells
-                if isinstance(circ, OriginCircuit):  # origin: long-range padding for hop 0
-                    data = await onion_encrypt(circ.hops, 0, bodies)
-                    self._enqueue(circ.link, handle, relay_cells(circ.circ_id, split_bodies(data)))
-                else:
-                    await self._send_edge(circ, bodies)
-            if padder.done:
-                del self._setup_padders[handle]
-            else:
-                timer = min(timer, padder.deadline)
-        self._setup_timer = timer
+            if circ is not None and (cells := padder.tick(now)):
+                # a queue over its bound destroys this circuit only, as any send on it would
+                await self._guarded(circ, self._send_drops(circ, cells))
+            if circ is None or padder.done:
+                self._setup_padders.pop(handle, None)
+        # from all machines left, also one a circuit built meanwhile started
+        self._setup_timer = min((p.deadline for p in self._setup_padders.values()), default=math.inf)
