@@ -1,6 +1,6 @@
 """A relay's WebSocket path is configurable (``relay.ws_path``, ``--ws-path``) and published in its
 link address; dialers open exactly that path, older addresses without one mean ``/v1/link``, and the
-address grammar stays strict (docs/protocol.md "Circuit-setup padding and link paths")."""
+address grammar stays strict (docs/protocol.md §16)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The circuit-setup padding machine (docs/protocol.md "Circuit-setup padding"; costs in
+"""The circuit-setup padding machine (docs/protocol.md §16; costs in
 docs/anonymity.md "What each defence costs").
 
 Why: on the client's first link an observer (or the first hop itself) counts a circuit's cells. A
