@@ -139,6 +139,37 @@ async def observe(client: Process, socks: tuple[str, int], port: int, windows: i
             "distinguishable": d > ks_critical(windows, windows), "client_links": links}
 
 
+async def setup_cost(mesh: list[Process], port: int, circuits: int) -> dict:
+    """Circuit-setup padding: a client with it off and one at the default, each opening ``circuits``
+    streams on new circuits (a SOCKS username of its own isolates each), interleaved; per mode the
+    median time to first byte of such a stream (its circuit's build included) and the cells each
+    new circuit cost the client's link, both ways, once its setup window was over."""
+    clients = {}
+    for name, args in (("off", ["--setup-padding", "0"]), ("default", [])):
+        clients[name] = mode = Mode(name, mesh, [*args, "--circuit-pool", "0"])
+        await mode.start(port)
+    ttfb: dict[str, list[float]] = {name: [] for name in clients}
+    cells: dict[str, float] = {}
+    for name, mode in clients.items():
+        before = await _cells(mode.client)
+        for n in range(circuits):
+            started = time.perf_counter()
+            reader, writer = await socks5_connect(*mode.socks, "127.0.0.1", port, username=f"{name}{n}",
+                                                  password="x")
+            writer.write(b"GET / HTTP/1.0\r\n\r\n")
+            await writer.drain()
+            await reader.read(1)
+            ttfb[name].append(time.perf_counter() - started)
+            await reader.read()
+            writer.close()
+            await asyncio.sleep(2.5)  # the setup window (2 s) is over: the cells below are all it cost
+        cells[name] = (await _cells(mode.client) - before) / circuits
+    for mode in clients.values():
+        await mode.stop()
+    return {name: {"new_circuit_ttfb_ms": statistics.median(ttfb[name]) * 1000,
+                   "cells_per_new_circuit": cells[name]} for name in clients}
+
+
 class Mode:
     """One client process (``client_args``) on one mesh, kept across the rounds."""
 
@@ -206,6 +237,7 @@ async def run(folder: Path, args: argparse.Namespace) -> dict:
         for mode in modes:
             await mode.stop()
         modes = []
+        results["setup_padding"] = await setup_cost(on, page, args.circuits)
         for cover in (f"poisson:{low:g}", f"poisson:{high:g}", f"constant:{low:g}"):
             mode = Mode(cover, on, ["--cover", cover])
             modes = [mode]
@@ -271,6 +303,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=20, help="observer windows idle and busy (default 20)")
     parser.add_argument("--jitter", type=float, default=0.02,
                         help="relays' timing jitter for the last mode, seconds (default 0.02)")
+    parser.add_argument("--circuits", type=int, default=8,
+                        help="new circuits per mode for the circuit-setup padding cost (default 8)")
     parser.add_argument("--window", type=float, default=0.5, help="observer window, seconds (default 0.5)")
     add_json_flag(parser)
     args = parser.parse_args()
@@ -281,6 +315,7 @@ def main() -> None:
     print(f"zmesh cover benchmark — {os.cpu_count()} CPUs, 3 hops through real relay processes, loopback")
     print("| padding | throughput (MB/s) | vs off | paired | TTFB (ms) | vs off | PADDING at client, downloading |")
     print("|---|---|---|---|---|---|---|")
+    setup = results.pop("setup_padding")
     for mode, row in results.items():
         row["throughput_ratio"] = row["MBps"] / base["MBps"]
         row["ttfb_ratio"] = row["ttfb_ms"] / base["ttfb_ms"]
@@ -297,6 +332,10 @@ def main() -> None:
                   f"median={s['median']:.1f} max={s['max']:.1f}")
         verdict = "distinguishable" if obs["distinguishable"] else "indistinguishable"
         print(f"  Kolmogorov–Smirnov D = {obs['ks_d']:.2f} (5 % critical {obs['ks_critical']:.2f}): {verdict}")
+    print("\ncircuit-setup padding: a stream on a new circuit (build included), and the cells it cost both ways")
+    for mode, row in setup.items():
+        print(f"  {mode:7}: TTFB {row['new_circuit_ttfb_ms']:.1f} ms, {row['cells_per_new_circuit']:.1f} cells")
+    results["setup_padding"] = setup
     print("\n'paired': the median over rounds of each round's download against off's in the same round.")
     print(f"core cost per 64-cell frame queued and taken: {core['us_per_frame']['off']:.2f} µs without a padding "
           f"machine, {core['us_per_frame']['keepalive']:.2f} µs with keep-alive ({core['ratio']:.3f}×)")

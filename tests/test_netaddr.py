@@ -51,7 +51,7 @@ def test_link_addresses_parse_into_scheme_host_and_port(text, parsed):
 
 @pytest.mark.parametrize("text", [
     SSRF.format(port=8080),
-    "ws://127.0.0.1:8080/admin", "ws://127.0.0.1:8080/v1/link/", "ws://127.0.0.1:8080/v1/link?x=1",
+    "ws://127.0.0.1:8080/v1/link/", "ws://127.0.0.1:8080/v1/link?x=1",
     "ws://127.0.0.1:8080/v1/link#f", "ws://user:pw@relay.example.org/v1/link", "ws://relay.example.org@127.0.0.1/",
     "http://relay.example.org/v1/link", "WS://relay.example.org", "ws://relay.example.org:0",
     "ws://relay.example.org:65536", "ws://relay.example.org:+80", "ws://relay.example.org:",

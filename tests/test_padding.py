@@ -194,7 +194,9 @@ def test_a_first_hop_refuses_cover_over_its_limit_with_a_typed_reason(provider):
     asyncio.run(main())
 
 
-def test_a_negotiated_answer_nobody_asked_for_destroys_the_circuit(provider):
+@pytest.mark.parametrize("command, data", [(RelayCommand.PADDING_NEGOTIATED, b"\x01\x02"),
+                                           (RelayCommand.PADDING_SETUP_OK, b"")])  # zmesh.setuppad's answer
+def test_a_negotiated_answer_nobody_asked_for_destroys_the_circuit(provider, command, data):
     async def main():
         wire = Wire()
         client = await wire.add(provider, accept_circuits=False)
@@ -202,7 +204,7 @@ def test_a_negotiated_answer_nobody_asked_for_destroys_the_circuit(provider):
         circuit = await client.build_circuit([guard.identity, exit_.identity])
         await wire.pump()
         (guard_circuit,) = guard._circuits.values()
-        await guard._send_edge(guard_circuit, [encode_relay_body(RelayCommand.PADDING_NEGOTIATED, 0, b"\x01\x02")])
+        await guard._send_edge(guard_circuit, [encode_relay_body(command, 0, data)])
         await wire.pump()
         assert circuit not in client.circuits() and client.metrics["circuit_failures_protocol"] == 1
 

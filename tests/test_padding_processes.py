@@ -56,7 +56,7 @@ def _event(process: Process, name: str) -> float:
 
 
 def test_keepalive_padding_flows_on_idle_links_and_is_counted_in_metrics(mesh):
-    client, socks = _client(mesh, "--padding-keepalive", "0.6")
+    client, socks = _client(mesh, "--padding-keepalive", "0.6", "--setup-padding", "0")  # keep-alive alone
     body = asyncio.run(asyncio.wait_for(fetch(socks, "127.0.0.1", mesh["files_port"], "/small"), 60))
     assert body
     before = _padding(client)
@@ -125,3 +125,18 @@ def test_a_dial_sends_a_browsers_user_agent_not_aiohttps():
         assert "aiohttp" not in seen[0] and "Python" not in seen[0]
 
     asyncio.run(main())
+
+
+def test_a_default_client_pads_each_circuits_setup_with_its_first_hop(mesh):
+    """zmesh.setuppad: on by default (anonymity.setup_padding = 24); the first hop says yes and both
+    send DROP cells until each direction of the setup carried 24 cells."""
+    negotiated = sum(_event(relay, "padding_setup_negotiated") for relay in mesh["relays"])
+    client, socks = _client(mesh)
+    assert asyncio.run(asyncio.wait_for(fetch(socks, "127.0.0.1", mesh["files_port"], "/small"), 60))
+    assert sum(_event(relay, "padding_setup_negotiated") for relay in mesh["relays"]) > negotiated
+    assert _event(client, "padding_setup_negotiated") >= 1
+    time.sleep(2.5)  # the setup window is over
+    assert _event(client, "padding_setup_cells_out") >= 1
+    off, socks = _client(mesh, "--setup-padding", "0")
+    assert asyncio.run(asyncio.wait_for(fetch(socks, "127.0.0.1", mesh["files_port"], "/small"), 60))
+    assert _event(off, "padding_setup_negotiated") == 0 and _event(off, "padding_setup_cells_out") == 0

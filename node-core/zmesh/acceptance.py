@@ -86,10 +86,14 @@ RELAY_TABLE: dict[tuple[Role, Enum, RelayCommand], str] = {
     # (the first hop's answer may arrive after an onion circuit was handed to its role, as CC_ACCEPT can)
     **{(_O, state, RelayCommand.PADDING_NEGOTIATED): "_on_pad_negotiated"
        for state in (BuildState.BUILDING, BuildState.OPEN, *_ONION_ORIGIN)},
+    # the circuit-setup machine is asked for right after the first CREATED (zmesh.setuppad)
+    (_R, RelayState.OPEN, RelayCommand.PADDING_SETUP): "_on_setup_request",
+    **{(_O, state, RelayCommand.PADDING_SETUP_OK): "_on_setup_ok"
+       for state in (BuildState.BUILDING, BuildState.OPEN, *_ONION_ORIGIN)},
 }
 
 # What an origin accepts from a hop before the last one: only padding, and its negotiation.
-INNER_HOP = frozenset({RelayCommand.DROP, RelayCommand.PADDING_NEGOTIATED})
+INNER_HOP = frozenset({RelayCommand.DROP, RelayCommand.PADDING_NEGOTIATED, RelayCommand.PADDING_SETUP_OK})
 
 
 def refuse(role: Role, state: Enum, command: object, what: str = "") -> ProtocolError:

@@ -90,6 +90,8 @@ class RelayCommand(IntEnum):
     # padding machines (docs/protocol.md "Padding negotiation"): 32–39
     PADDING_NEGOTIATE = 32  # client → a hop: run this padding machine on the link this circuit came in on
     PADDING_NEGOTIATED = 33  # hop → client: the machine now runs
+    PADDING_SETUP = 34  # client → its first hop: pad this circuit's setup (zmesh.setuppad)
+    PADDING_SETUP_OK = 35  # first hop → client: it pads the setup's backward direction
 
 
 class DestroyReason(IntEnum):

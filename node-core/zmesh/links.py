@@ -282,6 +282,7 @@ class LinkTable:
         key = (handle, link_id)
         if handle:
             self._queued[key] += len(cells)
+            self._setup_count(link_id, handle, len(cells))
         else:
             link.link_cells += len(cells)
         limits = self.limits

@@ -9,8 +9,10 @@ versions (3.11 calls ``64:ff9b::7f00:1`` and ``fec0::1`` global). The ranges mar
 real hosts of a LAN or test network; a declared private network (``allow_private``) opens those.
 
 A descriptor's link address is attacker-chosen text, so it is not a URL to fetch: it is parsed
-strictly into scheme, host, port and an optional certificate pin (``LinkAddress``) and the dialer
-builds the URL itself, always on ``LINK_PATH``. Hostnames are checked after resolution by whoever resolves them
+strictly into scheme, host, port, an optional path and an optional certificate pin (``LinkAddress``)
+and the dialer builds the URL itself, on ``LINK_PATH`` unless the address names another path (a
+relay's ``relay.ws_path``: a few segments of unreserved characters, never ``.`` or ``..``, so the
+URL a dialer opens is exactly the text it checked). Hostnames are checked after resolution by whoever resolves them
 (``check_resolved``); without a resolver (a tab, the directory) only literals and ``localhost``
 names can be judged (``LinkAddress.refusal``).
 """
@@ -29,6 +31,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LINK_PATH = "/v1/link"
+MAX_PATH = 128  # characters of a link path
 LINK_SCHEMES = {"ws": 80, "wss": 443}  # scheme → default port
 PRIVATE_SWITCH = "network.allow_private_addresses (ZMESH_NETWORK_ALLOW_PRIVATE_ADDRESSES=true)"
 
@@ -176,12 +179,23 @@ def _parse_ip(text: str) -> IPAddress | None:
         return None
 
 
-# scheme://host[:port][/v1/link][#sha256=PIN] and nothing else: no userinfo, query or other path.
+# scheme://host[:port][/PATH][#sha256=PIN] and nothing else: no userinfo, query, escapes or dot segments.
+_PATH = r"(?:/[A-Za-z0-9_~.-]{1,64}){1,8}"
 _LINK = re.compile(r"(?P<scheme>wss?)://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[0-9A-Za-z.-]+))"
-                   r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/v1/link)?(?:#sha256=(?P<pin>[0-9a-f]{64}))?")
+                   rf"(?::(?P<port>[0-9]{{1,5}}))?(?P<path>{_PATH})?(?:#sha256=(?P<pin>[0-9a-f]{{64}}))?")
 PIN_SIZE = 32  # SHA-256 of the relay's DER certificate
 _LABEL = re.compile(r"(?!-)[0-9a-z-]{1,63}(?<!-)")
 _TOP_LABEL = re.compile(r"[a-z][0-9a-z-]*")  # a name's last label: never all digits (WHATWG reads 127.1 as IPv4)
+
+
+def check_link_path(path: str, error: type[Exception] = ConfigError) -> str:
+    """``path`` if it is a link path (``/seg[/seg…]``, unreserved characters, no dot segments,
+    at most ``MAX_PATH`` characters), else ``error`` saying why."""
+    if (not isinstance(path, str) or len(path) > MAX_PATH or not re.fullmatch(_PATH, path)
+            or any(segment in (".", "..") for segment in path.split("/"))):
+        raise error(f"a link path is /SEGMENT[/SEGMENT…] of A-Z a-z 0-9 _ ~ . - (no . or .. segment, at most "
+                    f"{MAX_PATH} characters), got {str(path)!r:.80}")
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,14 +211,16 @@ class LinkAddress:
     host: str
     port: int
     pin: bytes | None = None
+    path: str = LINK_PATH
 
     @classmethod
     def parse(cls, text: str) -> LinkAddress:
         """Parse a descriptor's ``ws`` entry strictly; ``ProtocolError`` says what is wrong."""
         match = _LINK.fullmatch(text) if isinstance(text, str) else None
         if match is None:
-            raise ProtocolError(f"link address {text!r:.80} is not ws[s]://HOST[:PORT]{LINK_PATH} "
-                                "(no user, query, fragment or other path)")
+            raise ProtocolError(f"link address {text!r:.80} is not ws[s]://HOST[:PORT][/PATH] "
+                                "(no user, query, fragment or escapes; PATH segments of A-Z a-z 0-9 _ ~ . -)")
+        path = check_link_path(match["path"], ProtocolError) if match["path"] is not None else LINK_PATH
         port = int(match["port"]) if match["port"] is not None else LINK_SCHEMES[match["scheme"]]
         if not 1 <= port <= 65535:
             raise ProtocolError(f"link address port {port} is not within 1-65535")
@@ -215,16 +231,16 @@ class LinkAddress:
             literal = _parse_ip(match["v6"])
             if not isinstance(literal, ipaddress.IPv6Address):
                 raise ProtocolError(f"link address host [{match['v6']}] is not an IPv6 address")
-            return cls(match["scheme"], str(literal), port, pin)
+            return cls(match["scheme"], str(literal), port, pin, path)
         host = match["host"].lower()
         literal = _parse_ip(host)
         if literal is not None:
-            return cls(match["scheme"], str(literal), port, pin)
+            return cls(match["scheme"], str(literal), port, pin, path)
         labels = host.removesuffix(".").split(".")
         if (len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels)
                 or not _TOP_LABEL.fullmatch(labels[-1])):
             raise ProtocolError(f"link address host {host!r:.80} is neither an IP address nor a DNS name")
-        return cls(match["scheme"], host, port, pin)
+        return cls(match["scheme"], host, port, pin, path)
 
     @property
     def literal(self) -> IPAddress | None:
@@ -234,7 +250,7 @@ class LinkAddress:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{LINK_PATH}"
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
 
     def __str__(self) -> str:
         return self.url + (f"#sha256={self.pin.hex()}" if self.pin is not None else "")
@@ -243,7 +259,7 @@ class LinkAddress:
         """This address with ``certificate_sha256`` as its pin (``ConfigError`` unless ``wss``)."""
         if self.scheme != "wss" or len(certificate_sha256) != PIN_SIZE:
             raise ConfigError(f"only a wss:// address can be pinned to a certificate, not {self.url}")
-        return LinkAddress(self.scheme, self.host, self.port, certificate_sha256)
+        return LinkAddress(self.scheme, self.host, self.port, certificate_sha256, self.path)
 
     @property
     def unspecified(self) -> bool:

@@ -40,6 +40,7 @@ from .origin import OriginRole
 from .padnego import PaddingRole
 from .points import PointRole
 from .relaying import RelayRole
+from .setuppad import SetupPaddingRole
 
 __all__ = ["LINK_AUTH_DOMAIN", "Node", "NodeLimits"]
 
@@ -47,7 +48,8 @@ _Circuit = OriginCircuit | RelayCircuit
 _NONE: dict = {}
 
 
-class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRole, OnionEndpointRole, PaddingRole):
+class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRole, OnionEndpointRole, PaddingRole,
+           SetupPaddingRole):
     """Protocol state of one mesh node. ``clock`` returns seconds (monotonic).
 
     The facade: input, output, timers, routing to the circuit a cell belongs to, and teardown. The
@@ -82,6 +84,7 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRol
         # it to its own link's new deadline (O(1)); handle_timer recomputes it over all links.
         self._link_timer = math.inf
         self._queued: Counter[tuple[int, int]] = Counter()
+        self._setup_padders = {}  # circuit handle -> its circuit-setup machine (zmesh.setuppad)
         self._cc_windows: dict[int, int] = {}  # circuit handle -> congestion window negotiated (zmesh.negotiation)
         self._cc_paths: dict[int, PathNegotiation] = {}  # origin circuits still negotiating
         self._events: list[Event] = []
@@ -176,7 +179,7 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRol
 
     def next_deadline(self) -> float | None:
         deadline = min(min(self._deadlines.values(), default=math.inf), self._link_timer,
-                       self._handshakes.next_deadline(), self._pad_timer)
+                       self._handshakes.next_deadline(), self._pad_timer, self._setup_timer)
         return None if deadline == math.inf else deadline
 
     async def handle_timer(self, now: float) -> None:
@@ -188,6 +191,8 @@ class Node(LinkTable, OriginRole, RelayRole, EdgeRole, NegotiationRole, PointRol
             await self._check_links(now)
         if now >= self._pad_timer:
             self._run_padders(now)
+        if now >= self._setup_timer:
+            await self._run_setup_padders(now)
         if self._handshakes:
             await self._run_handshakes()
         if self._closing:

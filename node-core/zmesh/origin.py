@@ -108,6 +108,7 @@ class OriginRole:
         circ.hops.append(HopCrypto(self.provider, keys))
         await self._cc_offer(circ)  # zmesh.negotiation: before anything else reaches the new hop
         await self._pad_offer(circ)  # zmesh.padnego: the first hop pads its side of the link
+        await self._setup_offer(circ)  # zmesh.setuppad: both pad this circuit's setup
         if len(circ.hops) == len(circ.path):
             circ.state, circ.handshake = BuildState.OPEN, None
             self._deadlines.pop(circ.handle, None)

@@ -206,6 +206,8 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--listen", dest="relay.listen", metavar="HOST:PORT")
     relay.add_argument("--data-dir", dest="relay.data_dir", metavar="DIR")
     relay.add_argument("--advertise", dest="relay.advertise", metavar="URL")
+    relay.add_argument("--ws-path", dest="relay.ws_path", metavar="PATH",
+                       help="accept and publish links on this path (default /v1/link)")
     relay.add_argument("--tls-cert", dest="relay.tls_cert", metavar="PEM")
     relay.add_argument("--tls-key", dest="relay.tls_key", metavar="PEM")
     relay.add_argument("--exit", dest="relay.exit", action="store_const", const=True)
@@ -259,6 +261,8 @@ def parser() -> argparse.ArgumentParser:
                         help="cover traffic on the first link, both ways (docs/anonymity.md)")
     client.add_argument("--padding-keepalive", dest="anonymity.keepalive", type=float, metavar="SECONDS")
     client.add_argument("--frame-padding", dest="anonymity.frame_padding", action="store_const", const=True)
+    client.add_argument("--setup-padding", dest="anonymity.setup_padding", type=int, metavar="CELLS",
+                        help="pad each new circuit's setup to CELLS cells each way on the first link (0: off)")
     _authority_flag(client)
     client.add_argument("--control", dest="client.control", metavar="HOST:PORT")
     client.add_argument("--control-allow-remote", dest="client.control_allow_remote", action="store_const",

@@ -41,7 +41,7 @@ from zmesh.path import PathSelector
 from zmesh_signal.client import SignalClient
 
 from .authority_client import AuthorityClient, open_consensus_view
-from .config import circuit_policy, control_address, padding_policy, socks_limits, split_host_port
+from .config import circuit_policy, control_address, padding_policy, setup_padding, socks_limits, split_host_port
 from .control import ControlServer
 from .guard_file import open_guards
 from .keys import load_or_create_client_auth_key
@@ -96,6 +96,7 @@ class Client:
                     limits=NodeLimits(build_timeout=self.config["core.build_timeout"],
                                       cc_max_window=self.config["core.cc_max_window"]))
         node.padding_policy = padding_policy(self.config)
+        node.setup_padding = setup_padding(self.config)
         # No inbound handler: a client answers no WebRTC offers and publishes nothing.
         self.transports = NativeTransports(self.config, self.signal, self.directory, identity, self.provider)
         await self.transports.start()

@@ -29,9 +29,10 @@ from zmesh.descriptor import EXIT_KINDS, MAX_FAMILY
 from zmesh.errors import ConfigError, ProtocolError
 from zmesh.identity import PeerId
 from zmesh.limits import PeerTiers
-from zmesh.netaddr import LinkAddress
+from zmesh.netaddr import LINK_PATH, LinkAddress, check_link_path
 from zmesh.node import NodeLimits
 from zmesh.onionkeys import DEFAULT_ONION_KEY_GRACE, DEFAULT_ONION_KEY_LIFETIME, check_schedule
+from zmesh.setuppad import SetupSpec
 
 from .exit_policy import ExitRule, PolicyRule
 from .socks5 import SocksLimits
@@ -236,6 +237,12 @@ def _positive(value: int) -> int:
     return value
 
 
+def _ws_path(value: str) -> str:
+    if value == "/healthz":
+        raise ValueError("/healthz is the relay's health check, not a link path")
+    return check_link_path(value, ValueError)
+
+
 def _link_address(value: str) -> str:
     if value:
         try:
@@ -263,6 +270,12 @@ def _keepalive_padding(value: float) -> float:
 
 def _jitter(value: float) -> float:
     return PaddingPolicy(jitter=value).jitter  # PaddingPolicy owns the rule
+
+
+def _setup_padding(value: int) -> int:
+    if value:
+        SetupSpec(cells=value)  # SetupSpec owns the range
+    return value
 
 
 def _padding_max_rate(value: float) -> float:
@@ -373,6 +386,9 @@ SETTINGS: dict[str, Setting] = {
     "relay.advertise": Setting(str, "", _link_address,
                                "the link address to publish, e.g. wss://relay.example.org/v1/link (default: "
                                "the listening one; needed on 0.0.0.0 or behind a TLS proxy)"),
+    "relay.ws_path": Setting(str, LINK_PATH, _ws_path,
+                             "the path links are accepted on and published with (e.g. one an ordinary site would "
+                             "use); older descriptors without a path mean /v1/link"),
     "relay.tls_cert": Setting(str, "", None, "PEM certificate (chain) to serve links over TLS; published pinned"),
     "relay.tls_key": Setting(str, "", None, "PEM private key of relay.tls_cert"),
     "relay.data_dir": Setting(str, "~/.zmesh/relay", None, "identity key folder (created 0700, key 0600)"),
@@ -457,6 +473,10 @@ SETTINGS: dict[str, Setting] = {
     "anonymity.frame_padding": Setting(bool, False, None,
                                        "end each link frame with 0..1023 zero bytes, so frame sizes are not all "
                                        "multiples of 1024 (every peer must run this version or later)"),
+    "anonymity.setup_padding": Setting(int, SetupSpec().cells, _setup_padding,
+                                       "circuit-setup padding: each new circuit of this node carries at least this "
+                                       "many cells each way on its first link within 2 s of the first hop's answer "
+                                       "(DROP cells fill up), whatever its purpose; 0: off"),
     "anonymity.padding_max_rate": Setting(float, _NODE.padding_max_rate, _padding_max_rate,
                                           "padding cells/s a peer may ask this node to send it on one link; more is "
                                           "refused (DESTROY padding-limit)"),
@@ -549,6 +569,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def setup_padding(config: dict[str, Any]) -> SetupSpec | None:
+    cells = config["anonymity.setup_padding"]
+    return SetupSpec(cells=cells) if cells else None
 
 
 def padding_policy(config: dict[str, Any]) -> PaddingPolicy:

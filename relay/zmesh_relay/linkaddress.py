@@ -5,13 +5,15 @@ address pinned to its certificate (``zmesh.netaddr.LinkAddress``), so a self-sig
 as safe as a CA-signed one between native nodes: the pin travels in the signed descriptor.
 ``relay.advertise`` publishes another address than the listening one — a relay on ``0.0.0.0``, or
 behind a reverse proxy that terminates TLS with a certificate from an authority (then unpinned).
+Both are published with ``relay.ws_path``, unless ``relay.advertise`` names a path of its own (a
+proxy that maps one path to another).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from zmesh.errors import ConfigError, ProtocolError
@@ -43,13 +45,16 @@ def load_tls(cert: str, key: str) -> RelayTls | None:
     return RelayTls(context, hashlib.sha256(ssl.PEM_cert_to_DER_cert(leaf)).digest())
 
 
-def published_address(listen_host: str, port: int, *, advertise: str, tls: RelayTls | None) -> LinkAddress:
+def published_address(listen_host: str, port: int, *, advertise: str, tls: RelayTls | None,
+                      path: str = LINK_PATH) -> LinkAddress:
     """The link address to put in the descriptor, or ``ConfigError`` saying what to set."""
     if advertise:
         try:
             address = LinkAddress.parse(advertise)
         except ProtocolError as exc:
             raise ConfigError(f"relay.advertise: {exc}") from exc
+        if "/" not in advertise.partition("#")[0].partition("://")[2]:  # no path of its own
+            address = replace(address, path=path)
         if tls is not None:
             if address.scheme != "wss":
                 raise ConfigError(f"this relay serves TLS, so relay.advertise must be wss://, not {address.url}")
@@ -60,7 +65,7 @@ def published_address(listen_host: str, port: int, *, advertise: str, tls: Relay
             raise ConfigError(f"relay.advertise {address.url} is not an address anyone can dial")
         return address
     host = f"[{listen_host}]" if ":" in listen_host else listen_host
-    address = LinkAddress.parse(f"{'wss' if tls else 'ws'}://{host}:{port}{LINK_PATH}")
+    address = LinkAddress.parse(f"{'wss' if tls else 'ws'}://{host}:{port}{path}")
     if address.unspecified:
         raise ConfigError(f"this relay listens on {listen_host}, every interface, which nobody can dial: "
                           "say which address to publish with relay.advertise (--advertise ws://HOST:PORT)")

@@ -73,6 +73,7 @@ async def open_native_mesh(signal_url: str, destination: str | None = None, *,
                 limits=NodeLimits(build_timeout=config["core.build_timeout"],
                                   cc_max_window=config["core.cc_max_window"]))
     node.padding_policy = settings.padding_policy(config)
+    node.setup_padding = settings.setup_padding(config)
     transports = NativeTransports(config, signal, directory, identity, provider)
     driver = NodeDriver(node, dialer=transports.dialer)
     options.setdefault("tls", stdlib_connector())

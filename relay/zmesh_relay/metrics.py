@@ -124,7 +124,8 @@ class NodeCollector(Collector):
         family.add_metric(["full"], full)
         family.add_metric(["not_accepted"], refused - full)
         yield family
-        # "out" counts the link PADDING cells this node's padding machines queued (zmesh.padnego)
+        # "out" counts the link PADDING cells this node's padding machines queued (zmesh.padnego) and
+        # the DROP cells its circuit-setup machines sent (zmesh.setuppad; also padding_setup_cells_out)
         family = CounterMetricFamily("zmesh_padding_cells", "padding cells (link PADDING and long-range DROP)",
                                      labels=["direction"])
         family.add_metric(["in"], counts.get("padding_cells_in", 0))

@@ -120,7 +120,7 @@ class Relay:
         await self.transports.start()
         app = web.Application(middlewares=[_json_errors])
         app.on_response_prepare.append(wslink.hide_server)
-        app.router.add_get(wslink.LINK_PATH, self._accept_link)
+        app.router.add_get(self.config["relay.ws_path"], self._accept_link)
         app.router.add_get("/healthz", self._health)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -128,7 +128,8 @@ class Relay:
         site = web.TCPSite(self._runner, host, port, ssl_context=self.tls.context if self.tls else None)
         await site.start()
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.link_url = str(published_address(host, bound, advertise=self.config["relay.advertise"], tls=self.tls))
+        self.link_url = str(published_address(host, bound, advertise=self.config["relay.advertise"], tls=self.tls,
+                                              path=self.config["relay.ws_path"]))
         await self._publish()
         if self.authorities is None:  # an authority answers a publication only after testing the relay
             await self._await_listed(self.config["relay.listing_wait"])

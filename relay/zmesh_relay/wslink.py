@@ -1,10 +1,11 @@
 """WebSocket links (aiohttp): one binary WebSocket message per zmesh frame.
 
-Relays listen on ``/v1/link``; anyone may dial. Dialing follows ``zmesh.netaddr``: the URL is
-built from a parsed host and port, the host is resolved and checked here, and the connection goes
-to a checked address within one deadline. The link itself does not authenticate the dialer —
-the circuit handshake authenticates every relay a client talks to, so an inbound link's peer is
-unknown (``None``) to the node, exactly like Tor's client connections.
+Relays listen on ``relay.ws_path`` (default ``/v1/link``), published in their link address;
+anyone may dial. Dialing follows ``zmesh.netaddr``: the URL is built from a parsed host, port and
+path, the host is resolved and checked here, and the connection goes to a checked address within
+one deadline. The link itself does not authenticate the dialer — the circuit handshake
+authenticates every relay a client talks to, so an inbound link's peer is unknown (``None``) to
+the node, exactly like Tor's client connections.
 """
 
 from __future__ import annotations

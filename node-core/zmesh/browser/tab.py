@@ -37,6 +37,7 @@ from ..link import Link
 from ..netaddr import LinkAddress, page_allows_private
 from ..node import Node
 from ..onionkeys import OnionKeyRing
+from ..setuppad import SetupSpec
 from ..signaling import SignalSession
 from .links import BrowserChannelLink, BrowserTextSocket
 from .onion import page_descriptors
@@ -320,6 +321,7 @@ async def open_mesh(options: Any) -> TabMesh:
     # A tab joining again after disconnect(): its new descriptor must be newer than the one it left
     node._published = int(settings.pop("published_after", 0))
     node.driver.node.padding_policy = padding
+    node.driver.node.setup_padding = SetupSpec()  # as a native client's default (zmesh.setuppad)
     guards = tab_guards(bytes(saved_guards) if saved_guards is not None else None, save_guards)
     if consensus is not None:
         guards.eligible = consensus.is_guard
