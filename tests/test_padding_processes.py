@@ -12,8 +12,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from aiohttp import web
 
+from tests.test_rtclink import websocket_listener
 from zmesh_relay import wslink
 
 from .test_native_mesh import Process, _http_server, fetch
@@ -102,25 +102,14 @@ def test_a_dial_sends_a_browsers_user_agent_not_aiohttps():
     async def main():
         seen = []
 
-        async def accept(request):
-            seen.append(request.headers.get("User-Agent", ""))
-            ws, link = await wslink.accept(request)
+        async def on_link(link, headers):
+            seen.append(headers.get("User-Agent", ""))
             await link.close()
-            return ws
 
-        app = web.Application()
-        app.router.add_get(wslink.LINK_PATH, accept)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            url = f"ws://127.0.0.1:{runner.addresses[0][1]}{wslink.LINK_PATH}"
+        async with websocket_listener(on_link) as url:
             for headers in (None, {"User-Agent": "curl/8.5.0"}):
                 link = await wslink.open_link(url, headers=headers)
                 await link.close()
-        finally:
-            await runner.cleanup()
         assert seen == [wslink.DIAL_HEADERS["User-Agent"], "curl/8.5.0"]
         assert "aiohttp" not in seen[0] and "Python" not in seen[0]
 

@@ -185,10 +185,11 @@ def test_negotiated_and_unordered_channels_open_as_configured():
 
 @contextlib.asynccontextmanager
 async def websocket_listener(on_link):
-    """A real WebSocket link listener on loopback (what ``zmesh relay`` serves at /v1/link)."""
+    """A real WebSocket link listener on loopback (what ``zmesh relay`` serves at /v1/link);
+    ``on_link(link, headers)`` gets each accepted link and the headers its dialer sent."""
     async def accept(request):
         ws, link = await wslink.accept(request)
-        await on_link(link)
+        await on_link(link, request.headers)
         await link.wait_closed()
         return ws
 
@@ -217,7 +218,7 @@ def test_auto_prefers_webrtc_and_falls_back_to_websocket_when_ice_fails(mode, po
     async def main():
         async with connectors(provider, options=RtcOptions(timeout=deadline, ice_policy=policy)) as (
                 (_, _, alice, _), (bob, _, _, inbound)):
-            async with websocket_listener(lambda link: inbound.put((link, None))) as ws_url:
+            async with websocket_listener(lambda link, _headers: inbound.put((link, None))) as ws_url:
                 descriptor = await sign_descriptor(provider, bob, now=int(time.time()),
                                                    addresses={"ws": (ws_url,), **RTC_ADDRESS},
                                                    capabilities=Capabilities(relay=True))
