@@ -34,11 +34,9 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "playwright"))
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-from playwright_support import CHROMIUM_ARGS  # noqa: E402
+from playwright_support import evaluate_in_tab  # noqa: E402
 
 from bench.figures import add_json_flag, print_json  # noqa: E402
-from tests.test_native_mesh import Process  # noqa: E402
 from zmesh.consensus import (  # noqa: E402
     CONSENSUS_DOMAIN,
     Consensus,
@@ -220,19 +218,8 @@ json.dumps(out)
 
 def tab_figures(raw: bytes, fingerprints: list[bytes], now: float, rounds: int) -> dict:
     """The figures of ``IN_TAB`` for the signed consensus ``raw`` (``fingerprints``: its authorities)."""
-    web = Path(__file__).resolve().parent.parent / "web"
-    server = Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(web))
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(f"{server.address[0]}/example.html")
-            encoded = [base64.b64encode(raw).decode(), [base64.b64encode(f).decode() for f in fingerprints]]
-            figures = json.loads(page.evaluate(IN_TAB, [*encoded, now, rounds]))
-            browser.close()
-    finally:
-        server.stop()
-    return figures
+    encoded = [base64.b64encode(raw).decode(), [base64.b64encode(f).decode() for f in fingerprints]]
+    return json.loads(evaluate_in_tab(IN_TAB, [*encoded, now, rounds]))
 
 
 def tab_consensus(count: int, rounds: int) -> dict:

@@ -20,11 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "playwright"))
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-from playwright_support import CHROMIUM_ARGS  # noqa: E402
+from playwright_support import evaluate_in_tab  # noqa: E402
 
 from bench.figures import add_json_flag, print_json  # noqa: E402
-from tests.test_native_mesh import Process  # noqa: E402
 
 # One body for both runtimes: Python that times `runs` verifications of each kind with `provider`.
 TIMING = """
@@ -75,17 +73,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     add_json_flag(parser)
     args = parser.parse_args()
-    web = Path(__file__).resolve().parent.parent / "web"
-    server = Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(web))
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(f"{server.address[0]}/example.html")
-            tab = json.loads(page.evaluate(IN_TAB, [TIMING, args.runs]))
-            browser.close()
-    finally:
-        server.stop()
+    tab = json.loads(evaluate_in_tab(IN_TAB, [TIMING, args.runs]))
     here = native(args.runs)
     print(f"median of {args.runs} verifications of a 4 KiB message, milliseconds")
     print(f"{'':12}{'tab (WebCrypto)':>18}{'native (OpenSSL)':>18}")

@@ -1,11 +1,19 @@
 """What the browser tests (and benchmarks) share: Chromium's flags, the file they fetch, joining a
-tab, running native code beside Playwright, a native client's circuit through a tab."""
+tab, running native code beside Playwright, a native client's circuit through a tab, one script
+evaluated in a fresh tab (for benchmarks timing the tab's own code)."""
 
 import asyncio
 import concurrent.futures
 import os
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
+
+from playwright.sync_api import sync_playwright
+
+from tests.test_native_mesh import Process
+
+WEB = Path(__file__).resolve().parent.parent / "web"
 
 PAYLOAD = os.urandom(5 * 1024 * 1024)
 
@@ -52,6 +60,21 @@ def example_page(browser: Any, url: str) -> Any:
     page = browser.new_page()
     page.goto(f"{url}/example.html")
     return page
+
+
+def evaluate_in_tab(script: str, arg: Any) -> Any:
+    """``script`` (a JS function) evaluated with ``arg`` in a tab of a `zmesh signal` serving this
+    checkout's ``web/``; browser and server are closed after."""
+    server = Process("signal", "--listen", "127.0.0.1:0", "--web-root", str(WEB))
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                return example_page(browser, server.address[0]).evaluate(script, arg)
+            finally:
+                browser.close()
+    finally:
+        server.stop()
 
 
 async def fetch_through_tab(signal_url: str, port: int, tab: Any) -> Any:
